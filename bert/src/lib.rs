@@ -1,0 +1,1 @@
+//! `bert`: BertConfig, WordPiece tokenizer, BertModel and BertForMaskedLM (issue: HF-compatible BERT).

@@ -1,0 +1,1 @@
+//! `cotmae`: span preparation, whole-word-mask collator, BertForCotMAE and the pretraining trainer.

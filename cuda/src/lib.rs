@@ -1,0 +1,1 @@
+//! `cuda`: the CUDA runtime (cudarc, NVRTC kernels, cuBLAS, NCCL). Filled by the CUDA backend issue.

@@ -1,0 +1,1 @@
+//! `retrieval`: Tevatron-style dense retrieval: training, encoding, exact search, evaluation.

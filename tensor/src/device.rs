@@ -1,0 +1,17 @@
+//! Where a tensor lives. Only the CPU exists in this crate's base build; the CUDA backend adds
+//! `Device::Cuda(ordinal)` behind the `cuda` feature without changing any caller.
+
+/// A compute device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `tensor`: the n-dimensional array under the whole stack.
+//!
+//! Reading order: [`DType`] (element types), [`Layout`] (shape, strides, offset: how a view maps
+//! onto storage), [`Storage`] (the flat buffer, owned or memory-mapped), [`Tensor`] (storage +
+//! layout), then `ops/` (one file per op family: argument checks and dispatch, the single door
+//! every op passes through) and `cpu/` (the CPU kernels those ops call).
+
+pub mod cpu;
+mod device;
+mod dtype;
+mod error;
+mod layout;
+pub mod ops;
+pub mod profiler;
+pub mod rng;
+pub mod safetensors;
+mod storage;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Float, WithDType};
+pub use error::{Error, Result};
+pub use layout::{broadcast_shapes, contiguous_strides, resolve_dim, Layout};
+pub use rng::Rng;
+pub use storage::{Buf, CpuStorage, Storage};
+pub use tensor::Tensor;
