@@ -1,0 +1,24 @@
+//! Cross-entropy over classes with ignore_index, fused (log-softmax + NLL, mean over the rows
+//! whose target is not ignored). The forward keeps each row's log-sum-exp for the backward.
+
+use crate::var::Var;
+use tensor::{Result, Tensor};
+
+impl Var {
+    /// `self`: logits [N, C]; `targets`: I64 [N]. Returns the rank-0 mean loss.
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i64) -> Result<Var> {
+        let logits = self.value().clone();
+        let targets = targets.clone();
+        let (loss, lse) = Tensor::cross_entropy(&logits, &targets, ignore_index)?;
+        Ok(Var::from_op(
+            "cross_entropy",
+            loss,
+            vec![self.clone()],
+            Box::new(move |g| {
+                let gl = g.to_dtype(tensor::DType::F64)?.to_scalar::<f64>()?;
+                let d = Tensor::cross_entropy_backward(&logits, &targets, &lse, ignore_index, gl)?;
+                Ok(vec![Some(d)])
+            }),
+        ))
+    }
+}

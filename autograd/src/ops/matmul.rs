@@ -1,0 +1,22 @@
+//! Matrix product: for y = a b, da = g b^T and db = a^T g, each summed over batch dims that
+//! were broadcast. The transposes are stride views, so no copies are made.
+
+use crate::var::Var;
+use tensor::Result;
+
+impl Var {
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let (a, b) = (self.value().clone(), rhs.value().clone());
+        let y = a.matmul(&b)?;
+        Ok(Var::from_op(
+            "matmul",
+            y,
+            vec![self.clone(), rhs.clone()],
+            Box::new(move |g| {
+                let ga = g.matmul(&b.t()?)?.sum_to_shape(a.shape())?;
+                let gb = a.t()?.matmul(g)?.sum_to_shape(b.shape())?;
+                Ok(vec![Some(ga), Some(gb)])
+            }),
+        ))
+    }
+}

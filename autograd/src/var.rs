@@ -1,0 +1,121 @@
+//! `Var`: a tensor that remembers how it was made. Leaves are parameters or inputs (created with
+//! `Var::param` / `Var::constant`); every op output holds its inputs and a closure that maps the
+//! gradient of the output to the gradients of the inputs.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tensor::{Result, Tensor};
+
+/// Maps the gradient of an op's output to one optional gradient per input (None: no gradient
+/// flows to that input, e.g. an integer index).
+pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+pub(crate) struct OpNode {
+    pub name: &'static str,
+    pub inputs: Vec<Var>,
+    pub backward: BackwardFn,
+}
+
+pub(crate) struct Node {
+    pub id: usize,
+    pub value: Tensor,
+    pub requires_grad: bool,
+    pub op: Option<OpNode>,
+}
+
+/// A differentiable value. Cloning is cheap and shares the node.
+#[derive(Clone)]
+pub struct Var(pub(crate) Arc<Node>);
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` without recording any op: outputs are constants and hold no inputs.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    let r = f();
+    GRAD_ENABLED.with(|g| g.set(prev));
+    r
+}
+
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = self.0.op.as_ref().map_or("leaf", |o| o.name);
+        write!(f, "Var#{}({:?}, {op})", self.0.id, self.0.value)
+    }
+}
+
+impl Var {
+    fn leaf(value: Tensor, requires_grad: bool) -> Var {
+        Var(Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            value,
+            requires_grad,
+            op: None,
+        }))
+    }
+
+    /// A leaf whose gradient `backward` computes (a parameter or an input under test).
+    pub fn param(value: Tensor) -> Var {
+        Var::leaf(value, true)
+    }
+
+    /// A leaf with no gradient (data, masks, indices).
+    pub fn constant(value: Tensor) -> Var {
+        Var::leaf(value, false)
+    }
+
+    /// The output of an op. Records the op only when some input needs a gradient and recording
+    /// is enabled; otherwise the output is a constant and the closure is dropped.
+    pub fn from_op(name: &'static str, value: Tensor, inputs: Vec<Var>, backward: BackwardFn) -> Var {
+        let requires_grad = is_grad_enabled() && inputs.iter().any(|v| v.requires_grad());
+        if !requires_grad {
+            return Var::constant(value);
+        }
+        Var(Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            value,
+            requires_grad,
+            op: Some(OpNode {
+                name,
+                inputs,
+                backward,
+            }),
+        }))
+    }
+
+    /// A unique id (gradients are keyed by it).
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.0.value
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.0.value.shape()
+    }
+
+    /// The same value cut off from the graph.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.0.value.clone())
+    }
+
+    /// The name of the op that made this value ("leaf" for leaves).
+    pub fn op_name(&self) -> &'static str {
+        self.0.op.as_ref().map_or("leaf", |o| o.name)
+    }
+}
