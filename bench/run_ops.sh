@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the CPU op benchmark for our tensor library and for PyTorch with the same thread count in
+# one go, then prints each op's time ratio. usage: bench/run_ops.sh [THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads="${1:-2}"
+out="$(mktemp -d)"
+cargo build --release -p bench --bin ops >&2
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads=$threads"
+echo "# command: bash bench/run_ops.sh $threads"
+RAYON_NUM_THREADS="$threads" target/release/ops | tee "$out/ours.jsonl"
+OMP_NUM_THREADS="$threads" python3 bench/ops_torch.py --threads "$threads" | tee "$out/torch.jsonl"
+echo "# torch $(python3 -c 'import torch; print(torch.__version__)')"
+python3 bench/compare.py "$out/ours.jsonl" "$out/torch.jsonl" --goal 1.2
