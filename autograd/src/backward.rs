@@ -50,7 +50,11 @@ fn topological_order(root: &Var) -> Vec<Var> {
         }
         stack.push((v.clone(), true));
         if let Some(op) = &v.0.op {
-            for i in op.inputs.iter().filter(|i| i.requires_grad() && !seen.contains(&i.id())) {
+            for i in op
+                .inputs
+                .iter()
+                .filter(|i| i.requires_grad() && !seen.contains(&i.id()))
+            {
                 stack.push((i.clone(), false));
             }
         }
@@ -64,7 +68,10 @@ impl Var {
         if self.value().elem_count() != 1 {
             return Err(Error::op(
                 "backward",
-                format!("needs a single-element output, got shape {:?}; use backward_with", self.shape()),
+                format!(
+                    "needs a single-element output, got shape {:?}; use backward_with",
+                    self.shape()
+                ),
             ));
         }
         let seed = Tensor::ones(self.shape(), self.value().dtype(), self.value().device())?;
@@ -88,7 +95,9 @@ impl Var {
         grads.insert(self.id(), grad);
         for v in topological_order(self).iter().rev() {
             // Each node's gradient is complete once every later node has been visited.
-            let Some(g) = grads.remove(&v.id()) else { continue };
+            let Some(g) = grads.remove(&v.id()) else {
+                continue;
+            };
             let Some(op) = &v.0.op else {
                 leaves.0.insert(v.id(), g);
                 continue;

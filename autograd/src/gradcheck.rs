@@ -34,10 +34,23 @@ pub fn gradcheck(
     let is_checked = |t: &Tensor| t.dtype() == DType::F64;
     let vars: Vec<Var> = inputs
         .iter()
-        .map(|t| if is_checked(t) { Var::param(t.clone()) } else { Var::constant(t.clone()) })
+        .map(|t| {
+            if is_checked(t) {
+                Var::param(t.clone())
+            } else {
+                Var::constant(t.clone())
+            }
+        })
         .collect();
     let out = f(&vars)?;
-    let w = Tensor::rand_uniform(out.shape(), -1.0, 1.0, DType::F64, Device::Cpu, &mut Rng::new(1234))?;
+    let w = Tensor::rand_uniform(
+        out.shape(),
+        -1.0,
+        1.0,
+        DType::F64,
+        Device::Cpu,
+        &mut Rng::new(1234),
+    )?;
     let grads = out.backward_with(w.clone())?;
 
     // The scalar the finite differences look at.

@@ -75,7 +75,12 @@ impl Var {
 
     /// The output of an op. Records the op only when some input needs a gradient and recording
     /// is enabled; otherwise the output is a constant and the closure is dropped.
-    pub fn from_op(name: &'static str, value: Tensor, inputs: Vec<Var>, backward: BackwardFn) -> Var {
+    pub fn from_op(
+        name: &'static str,
+        value: Tensor,
+        inputs: Vec<Var>,
+        backward: BackwardFn,
+    ) -> Var {
         let requires_grad = is_grad_enabled() && inputs.iter().any(|v| v.requires_grad());
         if !requires_grad {
             return Var::constant(value);

@@ -6,11 +6,27 @@ use autograd::{gradcheck, GradcheckOptions, Var};
 use tensor::{DType, Device, Result, Rng, Tensor};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::rand_uniform(shape, -1.0, 1.0, DType::F64, Device::Cpu, &mut Rng::new(seed)).unwrap()
+    Tensor::rand_uniform(
+        shape,
+        -1.0,
+        1.0,
+        DType::F64,
+        Device::Cpu,
+        &mut Rng::new(seed),
+    )
+    .unwrap()
 }
 
 fn positive(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::rand_uniform(shape, 0.5, 2.0, DType::F64, Device::Cpu, &mut Rng::new(seed)).unwrap()
+    Tensor::rand_uniform(
+        shape,
+        0.5,
+        2.0,
+        DType::F64,
+        Device::Cpu,
+        &mut Rng::new(seed),
+    )
+    .unwrap()
 }
 
 fn check(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor]) {
@@ -28,7 +44,10 @@ fn binary_ops_with_broadcast_and_transposed_inputs() {
     check(|v| v[0].div(&v[1].t()?), &[a.clone(), bt.clone()]);
     // The same input used twice accumulates both gradients.
     check(|v| v[0].mul(&v[0])?.add(&v[0]), &[a.clone()]);
-    check(|v| v[0].affine(2.5, -1.0)?.add_scalar(3.0)?.mul_scalar(-0.5), &[a.clone()]);
+    check(
+        |v| v[0].affine(2.5, -1.0)?.add_scalar(3.0)?.mul_scalar(-0.5),
+        &[a.clone()],
+    );
     check(|v| v[0].powf(2.5), &[positive(&[5], 4)]);
 }
 
@@ -44,7 +63,16 @@ fn unary_ops() {
     check(|v| v[0].sigmoid(), &[x.clone()]);
     check(|v| v[0].sqr(), &[x.clone()]);
     // Away from 0 for the kinks: shift magnitudes into [0.5, 2] with random signs.
-    let signed = p.mul(&x.gt(&Tensor::zeros(&[], DType::F64, Device::Cpu).unwrap()).unwrap().to_dtype(DType::F64).unwrap().affine(2.0, -1.0).unwrap()).unwrap();
+    let signed = p
+        .mul(
+            &x.gt(&Tensor::zeros(&[], DType::F64, Device::Cpu).unwrap())
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .affine(2.0, -1.0)
+                .unwrap(),
+        )
+        .unwrap();
     check(|v| v[0].relu(), &[signed.clone()]);
     check(|v| v[0].abs(), &[signed]);
     check(|v| v[0].transpose(0, 2)?.exp(), &[x]);
@@ -66,7 +94,10 @@ fn views_and_concatenation() {
     let y = rand(&[2, 2, 4], 9);
     check(|v| v[0].reshape(&[6, 4])?.t()?.contiguous(), &[x.clone()]);
     check(|v| v[0].permute(&[1, 2, 0])?.narrow(1, 1, 2), &[x.clone()]);
-    check(|v| v[0].unsqueeze(1)?.broadcast_to(&[2, 5, 3, 4]), &[x.clone()]);
+    check(
+        |v| v[0].unsqueeze(1)?.broadcast_to(&[2, 5, 3, 4]),
+        &[x.clone()],
+    );
     check(|v| Var::cat(&[&v[0], &v[1]], 1), &[x.clone(), y]);
     check(
         |v| {
@@ -94,7 +125,10 @@ fn softmax_with_mask_and_scale() {
     let mask = Tensor::from_vec(mask_vals, &[2, 1, 5]).unwrap();
     let m = mask.clone();
     check(move |v| v[0].softmax_last(Some(&m), 0.7), &[x.clone()]);
-    check(move |v| v[0].log_softmax_last(Some(&mask), 1.3), &[x.clone()]);
+    check(
+        move |v| v[0].log_softmax_last(Some(&mask), 1.3),
+        &[x.clone()],
+    );
     check(|v| v[0].transpose(1, 2)?.softmax_last(None, 1.0), &[x]);
 }
 
@@ -103,13 +137,31 @@ fn layer_norm_all_inputs() {
     let x = rand(&[4, 6], 14);
     let w = rand(&[6], 15);
     let b = rand(&[6], 16);
-    check(|v| v[0].layer_norm(&v[1], &v[2], 1e-5), &[x.clone(), w.clone(), b.clone()]);
-    check(|v| v[0].t()?.layer_norm(&v[1], &v[2], 1e-12), &[rand(&[6, 4], 17), rand(&[4], 18), b.narrow(0, 0, 4).unwrap().contiguous().unwrap()]);
+    check(
+        |v| v[0].layer_norm(&v[1], &v[2], 1e-5),
+        &[x.clone(), w.clone(), b.clone()],
+    );
+    check(
+        |v| v[0].t()?.layer_norm(&v[1], &v[2], 1e-12),
+        &[
+            rand(&[6, 4], 17),
+            rand(&[4], 18),
+            b.narrow(0, 0, 4).unwrap().contiguous().unwrap(),
+        ],
+    );
 }
 
 #[test]
 fn gelu_fused() {
-    let x = Tensor::rand_uniform(&[3, 7], -4.0, 4.0, DType::F64, Device::Cpu, &mut Rng::new(19)).unwrap();
+    let x = Tensor::rand_uniform(
+        &[3, 7],
+        -4.0,
+        4.0,
+        DType::F64,
+        Device::Cpu,
+        &mut Rng::new(19),
+    )
+    .unwrap();
     check(|v| v[0].gelu(), &[x.clone()]);
     check(|v| v[0].t()?.gelu(), &[x]);
 }
@@ -120,7 +172,15 @@ fn cross_entropy_with_ignored_rows() {
     let targets = Tensor::from_vec(vec![3i64, -100, 0, 6, -100], &[5]).unwrap();
     let t = targets.clone();
     check(move |v| v[0].cross_entropy(&t, -100), &[logits.clone()]);
-    check(move |v| v[0].t()?.t()?.mul_scalar(2.0)?.cross_entropy(&targets, -100), &[logits]);
+    check(
+        move |v| {
+            v[0].t()?
+                .t()?
+                .mul_scalar(2.0)?
+                .cross_entropy(&targets, -100)
+        },
+        &[logits],
+    );
 }
 
 #[test]
@@ -141,8 +201,13 @@ fn dropout_backward_uses_the_forward_mask() {
     // A fresh generator with the same seed inside every call gives the same mask each time, so
     // the finite differences see the same function.
     check(|v| v[0].dropout(0.3, true, &mut Rng::new(99)), &[x.clone()]);
-    let y = Var::param(x.clone()).dropout(0.3, false, &mut Rng::new(1)).unwrap();
-    assert_eq!(y.value().to_vec::<f64>().unwrap(), x.to_vec::<f64>().unwrap());
+    let y = Var::param(x.clone())
+        .dropout(0.3, false, &mut Rng::new(1))
+        .unwrap();
+    assert_eq!(
+        y.value().to_vec::<f64>().unwrap(),
+        x.to_vec::<f64>().unwrap()
+    );
 }
 
 #[test]
@@ -152,7 +217,10 @@ fn gradients_reach_only_leaves_that_require_them() {
     let loss = a.mul(&c).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();
     assert_eq!(g.len(), 1);
-    assert_eq!(g.get(&a).unwrap().to_vec::<f64>().unwrap(), c.value().to_vec::<f64>().unwrap());
+    assert_eq!(
+        g.get(&a).unwrap().to_vec::<f64>().unwrap(),
+        c.value().to_vec::<f64>().unwrap()
+    );
     assert!(g.get(&c).is_none());
     // Under no_grad nothing is recorded.
     let y = autograd::no_grad(|| a.exp().unwrap());

@@ -64,7 +64,7 @@ pub fn totals() -> Vec<(&'static str, u64, Duration)> {
         .iter()
         .flat_map(|m| m.iter().map(|(k, (n, d))| (*k, *n, *d)))
         .collect();
-    v.sort_by(|a, b| b.2.cmp(&a.2));
+    v.sort_by_key(|e| std::cmp::Reverse(e.2));
     v
 }
 

@@ -100,7 +100,7 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         let w = philox_block(self.seed, self.offset);
         self.offset += 1;
-        (((w[0] as u64) << 32 | w[1] as u64) as u128 * n as u128 >> 64) as u64
+        ((((w[0] as u64) << 32 | w[1] as u64) as u128 * n as u128) >> 64) as u64
     }
 }
 

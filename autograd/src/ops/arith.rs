@@ -20,7 +20,10 @@ fn binary(
         vec![a.clone(), b.clone()],
         Box::new(move |g| {
             let (ga, gb) = grads(&av, &bv, g)?;
-            Ok(vec![Some(ga.sum_to_shape(&sa)?), Some(gb.sum_to_shape(&sb)?)])
+            Ok(vec![
+                Some(ga.sum_to_shape(&sa)?),
+                Some(gb.sum_to_shape(&sb)?),
+            ])
         }),
     )
 }
@@ -28,17 +31,23 @@ fn binary(
 impl Var {
     pub fn add(&self, rhs: &Var) -> Result<Var> {
         let y = self.value().add(rhs.value())?;
-        Ok(binary("add", self, rhs, y, |_, _, g| Ok((g.clone(), g.clone()))))
+        Ok(binary("add", self, rhs, y, |_, _, g| {
+            Ok((g.clone(), g.clone()))
+        }))
     }
 
     pub fn sub(&self, rhs: &Var) -> Result<Var> {
         let y = self.value().sub(rhs.value())?;
-        Ok(binary("sub", self, rhs, y, |_, _, g| Ok((g.clone(), g.neg()?))))
+        Ok(binary("sub", self, rhs, y, |_, _, g| {
+            Ok((g.clone(), g.neg()?))
+        }))
     }
 
     pub fn mul(&self, rhs: &Var) -> Result<Var> {
         let y = self.value().mul(rhs.value())?;
-        Ok(binary("mul", self, rhs, y, |a, b, g| Ok((g.mul(b)?, g.mul(a)?))))
+        Ok(binary("mul", self, rhs, y, |a, b, g| {
+            Ok((g.mul(b)?, g.mul(a)?))
+        }))
     }
 
     /// d(a/b) = g/b, -g*a/b^2.
@@ -53,7 +62,12 @@ impl Var {
     /// x + c.
     pub fn add_scalar(&self, c: f64) -> Result<Var> {
         let y = self.value().add_scalar(c)?;
-        Ok(Var::from_op("add_scalar", y, vec![self.clone()], Box::new(|g| Ok(vec![Some(g.clone())]))))
+        Ok(Var::from_op(
+            "add_scalar",
+            y,
+            vec![self.clone()],
+            Box::new(|g| Ok(vec![Some(g.clone())])),
+        ))
     }
 
     /// x * c.

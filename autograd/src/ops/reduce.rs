@@ -29,7 +29,10 @@ impl Var {
     }
 
     pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Var> {
-        let n: usize = dims.iter().map(|&d| self.shape().get(d).copied().unwrap_or(1)).product();
+        let n: usize = dims
+            .iter()
+            .map(|&d| self.shape().get(d).copied().unwrap_or(1))
+            .product();
         self.sum(dims, keepdim)?.mul_scalar(1.0 / n as f64)
     }
 

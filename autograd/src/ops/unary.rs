@@ -41,12 +41,16 @@ impl Var {
 
     pub fn tanh(&self) -> Result<Var> {
         // d tanh = 1 - y^2
-        self.pointwise("tanh", Tensor::tanh, |_, y, g| g.mul(&y.sqr()?.affine(-1.0, 1.0)?))
+        self.pointwise("tanh", Tensor::tanh, |_, y, g| {
+            g.mul(&y.sqr()?.affine(-1.0, 1.0)?)
+        })
     }
 
     pub fn sigmoid(&self) -> Result<Var> {
         // d sigmoid = y (1 - y)
-        self.pointwise("sigmoid", Tensor::sigmoid, |_, y, g| g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?))
+        self.pointwise("sigmoid", Tensor::sigmoid, |_, y, g| {
+            g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)
+        })
     }
 
     /// max(x, 0); the gradient at 0 is 0, as in torch.
@@ -65,7 +69,10 @@ impl Var {
     pub fn abs(&self) -> Result<Var> {
         self.pointwise("abs", Tensor::abs, |x, _, g| {
             let zero = Tensor::zeros(&[], x.dtype(), x.device())?;
-            let sign = x.gt(&zero)?.to_dtype(x.dtype())?.sub(&x.lt(&zero)?.to_dtype(x.dtype())?)?;
+            let sign = x
+                .gt(&zero)?
+                .to_dtype(x.dtype())?
+                .sub(&x.lt(&zero)?.to_dtype(x.dtype())?)?;
             g.mul(&sign)
         })
     }

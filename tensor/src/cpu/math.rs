@@ -1,6 +1,8 @@
 //! Scalar math that the standard library lacks (erf) or that must vectorise (exp). Written as
 //! branch-free polynomial code so LLVM can turn loops over them into SIMD.
 
+// Cody's coefficients are kept exactly as published, digits beyond f64 precision included.
+#[allow(clippy::excessive_precision)]
 /// erf for f64: W. J. Cody's rational approximations (max relative error ~1e-16 in practice for
 /// this split into three ranges).
 pub fn erf_f64(x: f64) -> f64 {

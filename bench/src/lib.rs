@@ -1,0 +1,28 @@
+//! Shared timing helpers for the benchmark programs in `src/bin/`. Every program prints JSON lines
+//! `{"op", "shape", "ms"}` so `bench/compare.py` can join them with the reference's output.
+
+use std::time::{Duration, Instant};
+
+/// Median milliseconds of `f` after 3 warm-up calls, over at least 5 calls and `min_time`.
+pub fn time_ms(min_time: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 5 || start.elapsed() < min_time {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// One JSON result line.
+pub fn report(op: &str, shape: &str, ms: f64) {
+    println!(
+        "{}",
+        serde_json::json!({ "op": op, "shape": shape, "ms": ms })
+    );
+}
