@@ -114,6 +114,14 @@ impl Var {
         self.0.value.shape()
     }
 
+    /// The value, taken out without a copy when no other handle or graph node holds this `Var`.
+    pub fn into_value(self) -> Tensor {
+        match Arc::try_unwrap(self.0) {
+            Ok(node) => node.value,
+            Err(shared) => shared.value.clone(),
+        }
+    }
+
     /// The same value cut off from the graph.
     pub fn detach(&self) -> Var {
         Var::constant(self.0.value.clone())

@@ -188,7 +188,7 @@ fn embedding_index_select_gather_with_repeats() {
     let table = rand(&[6, 3], 21);
     let ids = Tensor::from_vec(vec![1i64, 4, 1, 5, 0, 1], &[2, 3]).unwrap();
     let i2 = ids.clone();
-    check(move |v| v[0].embedding(&i2), &[table.clone()]);
+    check(move |v| v[0].embedding(&i2, None), &[table.clone()]);
     let idx = Tensor::from_vec(vec![2i64, 0, 2], &[3]).unwrap();
     check(move |v| v[0].index_select(0, &idx), &[table.clone()]);
     let gidx = Tensor::from_vec(vec![0i64, 2, 2, 1, 0, 0], &[2, 3]).unwrap();
@@ -228,4 +228,17 @@ fn gradients_reach_only_leaves_that_require_them() {
     // backward on a non-scalar is an error naming the op, not a panic.
     let err = a.exp().unwrap().backward().err().unwrap().to_string();
     assert!(err.contains("backward"), "{err}");
+}
+
+#[test]
+fn embedding_padding_row_gets_no_gradient() {
+    let table = Var::param(rand(&[6, 3], 25));
+    let ids = Tensor::from_vec(vec![1i64, 4, 1, 0], &[4]).unwrap();
+    let g_pad = table.embedding(&ids, Some(1)).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_all = table.embedding(&ids, None).unwrap().sum_all().unwrap().backward().unwrap();
+    let (p, a) = (g_pad.get(&table).unwrap().to_vec::<f64>().unwrap(), g_all.get(&table).unwrap().to_vec::<f64>().unwrap());
+    assert_eq!(&a[3..6], &[2.0, 2.0, 2.0]); // id 1 used twice
+    assert_eq!(&p[3..6], &[0.0, 0.0, 0.0]);
+    assert_eq!(&p[..3], &a[..3]);
+    assert_eq!(&p[6..], &a[6..]);
 }

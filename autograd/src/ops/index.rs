@@ -2,18 +2,42 @@
 //! read, adding where an index repeats.
 
 use crate::var::Var;
-use tensor::{Result, Tensor};
+use half::{bf16, f16};
+use tensor::{DType, Result, Tensor, WithDType};
+
+/// Zeroes row `row` of a 2-D float tensor in place.
+fn zero_row(t: &mut Tensor, row: usize) -> Result<()> {
+    fn fill<T: WithDType>(t: &mut Tensor, row: usize) -> Result<()> {
+        let h = t.shape()[1];
+        t.data_mut::<T>()?[row * h..(row + 1) * h].fill(T::from_f64(0.0));
+        Ok(())
+    }
+    match t.dtype() {
+        DType::F32 => fill::<f32>(t, row),
+        DType::F64 => fill::<f64>(t, row),
+        DType::F16 => fill::<f16>(t, row),
+        DType::BF16 => fill::<bf16>(t, row),
+        dtype => Err(tensor::Error::UnsupportedDType { op: "embedding", dtype }),
+    }
+}
 
 impl Var {
-    /// Rows of `self` (a [V, H] table) at `ids` (I64, any shape) -> ids.shape + [H].
-    pub fn embedding(&self, ids: &Tensor) -> Result<Var> {
+    /// Rows of `self` (a [V, H] table) at `ids` (I64, any shape) -> ids.shape + [H]. The row
+    /// `padding_idx`, if given, receives no gradient (torch's `nn.Embedding(padding_idx=...)`).
+    pub fn embedding(&self, ids: &Tensor, padding_idx: Option<usize>) -> Result<Var> {
         let y = Tensor::embedding(self.value(), ids)?;
         let (ids, v) = (ids.clone(), self.shape()[0]);
         Ok(Var::from_op(
             "embedding",
             y,
             vec![self.clone()],
-            Box::new(move |g| Ok(vec![Some(Tensor::embedding_backward(&ids, g, v)?)])),
+            Box::new(move |g| {
+                let mut dw = Tensor::embedding_backward(&ids, g, v)?;
+                if let Some(p) = padding_idx.filter(|&p| p < v) {
+                    zero_row(&mut dw, p)?;
+                }
+                Ok(vec![Some(dw)])
+            }),
         ))
     }
 

@@ -1,0 +1,12 @@
+//! The basic layers, with HF's parameter names (`weight`, `bias`) and BERT's initialisation
+//! (normal with std `initializer_range`, zero bias, LayerNorm 1 and 0).
+
+mod dropout;
+mod embedding;
+mod layer_norm;
+mod linear;
+
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
