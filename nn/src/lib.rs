@@ -1,1 +1,18 @@
 //! `nn`: Module, layers, AdamW, schedules, safetensors checkpoints (issue: HF-compatible BERT).
+//!
+//! Optimisation, in the order a training step uses it (all on plain `tensor::Tensor`s, f32):
+//! [`loss_scale`] (fp16 dynamic loss scaling: unscale the gradients, detect inf/NaN, decide whether
+//! the step is taken), [`clip`] (global L2-norm gradient clipping), [`schedule`] (the learning rate
+//! of the step: linear warmup then linear decay, as HF `get_linear_schedule_with_warmup`) and
+//! [`optim`] (AdamW, in the HF 4.17 and the torch variants, with HF's no-decay parameter groups and
+//! a safetensors state file for bit-exact resume).
+
+pub mod clip;
+pub mod loss_scale;
+pub mod optim;
+pub mod schedule;
+
+pub use clip::{clip_grad_norm, total_norm};
+pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
+pub use optim::{AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
+pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};
