@@ -73,18 +73,10 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tensor::{DType, Device, Rng};
+    use tensor::{DType, Device};
 
     fn randn(shape: &[usize], seed: u64, std: f64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            std,
-            DType::F32,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        tensor::testing::randn(shape, std, DType::F32, seed)
     }
 
     fn naive_norm(ts: &[&Tensor]) -> f64 {

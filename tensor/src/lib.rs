@@ -16,6 +16,7 @@ pub mod rng;
 pub mod safetensors;
 mod storage;
 mod tensor;
+pub mod testing;
 
 pub use device::Device;
 pub use dtype::{DType, Float, WithDType};

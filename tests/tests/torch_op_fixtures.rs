@@ -3,6 +3,7 @@
 //! tensor, and must be below 1e-5 for f32.
 
 use tensor::safetensors::SafeTensors;
+use tensor::testing::max_rel_err;
 use tensor::{Result, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -25,14 +26,7 @@ fn scalar(f: &SafeTensors, name: &str) -> f64 {
 /// torch's largest magnitude).
 fn assert_close(name: &str, ours: &Tensor, want: &Tensor) {
     assert_eq!(ours.shape(), want.shape(), "{name}: shape");
-    let (a, b) = (ours.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let err = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f64, f64::max)
-        / scale;
+    let err = max_rel_err(ours, want);
     assert!(err < TOL, "{name}: relative error {err:e} >= {TOL:e}");
 }
 

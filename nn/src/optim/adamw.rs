@@ -544,18 +544,10 @@ fn update_torch(c: &Coefs, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tensor::{Device, Rng};
+    use tensor::Device;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            1.0,
-            DType::F32,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        tensor::testing::randn(shape, 1.0, DType::F32, seed)
     }
 
     fn config(variant: AdamWVariant, wd: f64) -> AdamWConfig {

@@ -61,18 +61,10 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::cpu::math::erf_f64;
-    use crate::{Device, Rng};
+    use crate::Device;
 
     fn randn(shape: &[usize], std: f64, seed: u64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            std,
-            DType::F64,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        crate::testing::randn(shape, std, DType::F64, seed)
     }
 
     fn gelu_ref(x: f64) -> f64 {

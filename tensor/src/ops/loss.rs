@@ -172,15 +172,7 @@ mod tests {
     const IGNORE: i64 = -100;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            2.0,
-            DType::F64,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        crate::testing::randn(shape, 2.0, DType::F64, seed)
     }
 
     /// Targets for `n` rows of `c` classes, every third row ignored.

@@ -68,18 +68,10 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Device, Rng};
+    use crate::Device;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            1.0,
-            DType::F64,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        crate::testing::randn(shape, 1.0, DType::F64, seed)
     }
 
     /// The broadcast batched product in f64, summing in index order.

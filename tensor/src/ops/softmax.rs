@@ -220,18 +220,10 @@ fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Device, Rng};
+    use crate::Device;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        Tensor::randn(
-            shape,
-            0.0,
-            1.0,
-            DType::F64,
-            Device::Cpu,
-            &mut Rng::new(seed),
-        )
-        .unwrap()
+        crate::testing::randn(shape, 1.0, DType::F64, seed)
     }
 
     /// softmax(x * scale + mask) (or its log) over the last dim, in f64, element by element.

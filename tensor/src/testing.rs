@@ -1,0 +1,31 @@
+//! Helpers for tests and benchmarks across the workspace: seeded random tensors on the CPU and a
+//! relative-error measure. They panic on misuse, which is what a test wants.
+
+use crate::{DType, Device, Rng, Tensor};
+
+/// Normal(0, std^2) CPU tensor of `dtype` from Philox `seed`.
+pub fn randn(shape: &[usize], std: f64, dtype: DType, seed: u64) -> Tensor {
+    Tensor::randn(shape, 0.0, std, dtype, Device::Cpu, &mut Rng::new(seed)).expect("randn")
+}
+
+/// Uniform [lo, hi) CPU tensor of `dtype` from Philox `seed`.
+pub fn uniform(shape: &[usize], lo: f64, hi: f64, dtype: DType, seed: u64) -> Tensor {
+    Tensor::rand_uniform(shape, lo, hi, dtype, Device::Cpu, &mut Rng::new(seed)).expect("uniform")
+}
+
+/// max |a - b| / max |b| over all elements (0 when both are empty or all zero).
+pub fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "max_rel_err: shapes differ");
+    let (a, b) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f64, f64::max);
+    if scale == 0.0 {
+        err
+    } else {
+        err / scale
+    }
+}
