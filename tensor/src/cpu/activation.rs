@@ -4,13 +4,14 @@
 //! gelu(x) = x Φ(x) = 0.5 x (1 + erf(x/√2)); gelu'(x) = Φ(x) + x φ(x) with
 //! φ(x) = exp(-x²/2)/√(2π). f64 uses the exact `erf_f64`; f32 uses [`erfc_parts`], an
 //! Abramowitz–Stegun 7.1.26 form (the one PyTorch's vectorised CPU erf uses) evaluated with
-//! fused multiply-adds and the vectorisable `exp_fast`. For x < 0 the f32 GELU takes
+//! fused multiply-adds and the vectorisable `exp_f32`. For x < 0 the f32 GELU takes
 //! 1 + erf(u) = erfc(|u|) straight from that form instead of cancelling 1 - (1 - ...), so its
 //! relative error stays below 2e-3 down to x = -5 (where gelu(x) ~ -1.4e-6) rather than losing
 //! every digit there.
 
 use crate::cpu::math::erf_f64;
-use crate::cpu::softmax::{build, exp_fast, multiversion, Filled, Uninit, VecFloat};
+use crate::cpu::math::exp_f32;
+use crate::cpu::simd::{build, multiversion, Filled, Uninit, VecFloat};
 
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1/√(2π).
@@ -34,7 +35,7 @@ pub fn erfc_parts(a: f32) -> (f32, f32) {
     for &c in A[..4].iter().rev() {
         poly = poly.mul_add(t, c);
     }
-    let e = exp_fast(-a * a);
+    let e = exp_f32(-a * a);
     (t * poly * e, e)
 }
 

@@ -8,7 +8,7 @@
 //! sum per block of rows); the blocks are fixed by the shape alone and their partials added in
 //! block order, so results do not depend on the thread count.
 
-use crate::cpu::softmax::{
+use crate::cpu::simd::{
     build_rows, merge_lanes, multiversion, rows_per_task, sum, sum_sq_dev, Filled, Uninit,
     VecFloat, LANES,
 };

@@ -6,7 +6,7 @@
 //! `lse - x[target]` are summed in f64, in row order. Backward writes
 //! coef * (exp(x - lse) - onehot(target)) in one pass per row, zeros for ignored rows.
 
-use crate::cpu::softmax::{build, multiversion, row_lse, rows_per_task, Filled, Uninit, VecFloat};
+use crate::cpu::simd::{build, multiversion, row_lse, rows_per_task, Filled, Uninit, VecFloat};
 use rayon::prelude::*;
 
 /// Forward result: Σ over valid rows of `lse - logit[target]` in f64, the number of valid rows,

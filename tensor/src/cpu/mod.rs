@@ -10,5 +10,6 @@ pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod reduce;
+pub mod simd;
 pub mod softmax;
 pub mod topk;

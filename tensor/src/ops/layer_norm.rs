@@ -7,7 +7,7 @@
 
 use super::softmax::{check_dtype, check_float, check_same, contiguous_slice, is_half};
 use crate::cpu::layer_norm as kernel;
-use crate::cpu::softmax::VecFloat;
+use crate::cpu::simd::VecFloat;
 use crate::{CpuStorage, DType, Error, Result, Storage, Tensor};
 
 /// The dtype of the saved statistics for an input of `dtype`.

@@ -7,7 +7,7 @@
 
 use super::softmax::{check_dtype, check_float, is_half};
 use crate::cpu::loss as kernel;
-use crate::cpu::softmax::VecFloat;
+use crate::cpu::simd::VecFloat;
 use crate::{CpuStorage, DType, Error, Result, Storage, Tensor};
 
 /// The dtype lse comes in for logits of `dtype`.

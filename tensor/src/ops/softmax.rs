@@ -7,7 +7,8 @@
 //!
 //! Also the small argument helpers the other row-op files (layer_norm, activation, loss) share.
 
-use crate::cpu::softmax::{self as kernel, RowMask, VecFloat};
+use crate::cpu::simd::VecFloat;
+use crate::cpu::softmax::{self as kernel, RowMask};
 use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor, WithDType};
 
 // ---- shared argument helpers ------------------------------------------------------------------
