@@ -8,11 +8,12 @@
 //! [B, L, H]. Then `attention.output`: LayerNorm(dropout(context W_o^T + b_o) + x).
 
 use crate::config::BertConfig;
+use crate::init::Init;
 use crate::layer::BertOutput;
 use autograd::Var;
 use nn::layers::{Dropout, Linear};
 use nn::{join, Ctx, Module, Param};
-use tensor::{bail, DType, Result, Rng, Tensor};
+use tensor::{bail, DType, Result, Tensor};
 
 /// `attention.output` has the same shape as a layer's `output`: dense, dropout, residual, LayerNorm.
 pub type BertSelfOutput = BertOutput;
@@ -53,12 +54,12 @@ pub struct BertSelfAttention {
 }
 
 impl BertSelfAttention {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertSelfAttention> {
-        let (h, std) = (c.hidden_size, c.initializer_range);
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertSelfAttention> {
+        let h = c.hidden_size;
         Ok(BertSelfAttention {
-            query: Linear::new(h, h, true, std, rng)?,
-            key: Linear::new(h, h, true, std, rng)?,
-            value: Linear::new(h, h, true, std, rng)?,
+            query: init.linear(h, h, c)?,
+            key: init.linear(h, h, c)?,
+            value: init.linear(h, h, c)?,
             num_heads: c.num_attention_heads,
             dropout: Dropout::new(c.attention_probs_dropout_prob),
         })
@@ -101,10 +102,10 @@ pub struct BertAttention {
 }
 
 impl BertAttention {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertAttention> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertAttention> {
         Ok(BertAttention {
-            self_attention: BertSelfAttention::new(c, rng)?,
-            output: BertSelfOutput::new(c.hidden_size, c, rng)?,
+            self_attention: BertSelfAttention::new(c, init)?,
+            output: BertSelfOutput::new(c.hidden_size, c, init)?,
         })
     }
 

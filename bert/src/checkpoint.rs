@@ -25,6 +25,7 @@
 
 use crate::config::BertConfig;
 use crate::error::{BertError, Result};
+use crate::init::{reinit, Init};
 use crate::mlm::BertForMaskedLM;
 use crate::model::BertModel;
 use crate::tokenizer::Tokenizer;
@@ -273,16 +274,29 @@ fn read_config(dir: &Path) -> Result<BertConfig> {
     BertConfig::from_file(dir.join(CONFIG_FILE))
 }
 
+/// HF's initialisation (seed 0, in parameter order) for the parameters the checkpoint lacked.
+fn init_missing(module: &dyn Module, report: &LoadReport, config: &BertConfig) -> Result<()> {
+    let mut rng = Rng::new(0);
+    for (name, p) in module.named_params() {
+        if report.missing.contains(&name) {
+            reinit(&name, &p, config, &mut rng)?;
+        }
+    }
+    Ok(())
+}
+
 impl BertModel {
     /// Loads an HF model directory (`config.json` + safetensors weights). Parameters the
-    /// checkpoint lacks keep HF's random initialisation (seed 0); see the report.
+    /// checkpoint lacks get HF's random initialisation (seed 0); see the report.
     pub fn from_pretrained(
         dir: impl AsRef<Path>,
         add_pooling_layer: bool,
     ) -> Result<(BertModel, LoadReport)> {
         let dir = dir.as_ref();
-        let model = BertModel::new(&read_config(dir)?, add_pooling_layer, &mut Rng::new(0))?;
+        let config = read_config(dir)?;
+        let model = BertModel::with_init(&config, add_pooling_layer, &mut Init::Zeros)?;
         let report = model.load_weights(dir)?;
+        init_missing(&model, &report, &config)?;
         Ok((model, report))
     }
 
@@ -306,8 +320,10 @@ impl BertForMaskedLM {
     /// MLM head then missing and randomly initialised (seed 0).
     pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(BertForMaskedLM, LoadReport)> {
         let dir = dir.as_ref();
-        let model = BertForMaskedLM::new(&read_config(dir)?, &mut Rng::new(0))?;
+        let config = read_config(dir)?;
+        let model = BertForMaskedLM::with_init(&config, &mut Init::Zeros)?;
         let report = model.load_weights(dir)?;
+        init_missing(&model, &report, &config)?;
         Ok((model, report))
     }
 

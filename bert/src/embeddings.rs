@@ -4,10 +4,11 @@
 //! that summation order can decide.
 
 use crate::config::BertConfig;
+use crate::init::Init;
 use autograd::Var;
 use nn::layers::{Dropout, Embedding, LayerNorm};
 use nn::{join, Ctx, Module, Param};
-use tensor::{bail, DType, Result, Rng, Tensor};
+use tensor::{bail, DType, Result, Tensor};
 
 pub struct BertEmbeddings {
     pub word_embeddings: Embedding,
@@ -20,24 +21,16 @@ pub struct BertEmbeddings {
 impl BertEmbeddings {
     /// HF initialisation: every table normal(0, initializer_range), the padding row of the word
     /// embeddings zero; LayerNorm 1 and 0.
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertEmbeddings> {
-        let std = c.initializer_range;
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertEmbeddings> {
         Ok(BertEmbeddings {
-            word_embeddings: Embedding::new(c.vocab_size, c.hidden_size, c.pad_token_id, std, rng)?,
-            position_embeddings: Embedding::new(
+            word_embeddings: init.embedding(c.vocab_size, c.hidden_size, c.pad_token_id, c)?,
+            position_embeddings: init.embedding(
                 c.max_position_embeddings,
                 c.hidden_size,
                 None,
-                std,
-                rng,
+                c,
             )?,
-            token_type_embeddings: Embedding::new(
-                c.type_vocab_size,
-                c.hidden_size,
-                None,
-                std,
-                rng,
-            )?,
+            token_type_embeddings: init.embedding(c.type_vocab_size, c.hidden_size, None, c)?,
             layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps)?,
             dropout: Dropout::new(c.hidden_dropout_prob),
         })

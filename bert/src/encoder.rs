@@ -2,19 +2,20 @@
 //! additive attention mask.
 
 use crate::config::BertConfig;
+use crate::init::Init;
 use crate::layer::BertLayer;
 use autograd::Var;
 use nn::{join, Ctx, Module, Param};
-use tensor::{Result, Rng, Tensor};
+use tensor::{Result, Tensor};
 
 pub struct BertEncoder {
     pub layers: Vec<BertLayer>,
 }
 
 impl BertEncoder {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertEncoder> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertEncoder> {
         let layers = (0..c.num_hidden_layers)
-            .map(|_| BertLayer::new(c, rng))
+            .map(|_| BertLayer::new(c, init))
             .collect::<Result<_>>()?;
         Ok(BertEncoder { layers })
     }

@@ -4,10 +4,11 @@
 
 use crate::attention::BertAttention;
 use crate::config::BertConfig;
+use crate::init::Init;
 use autograd::Var;
 use nn::layers::{Dropout, LayerNorm, Linear};
 use nn::{join, Ctx, Module, Param};
-use tensor::{Result, Rng, Tensor};
+use tensor::{Result, Tensor};
 
 /// `intermediate`: dense H -> I, then the erf GELU.
 pub struct BertIntermediate {
@@ -15,15 +16,9 @@ pub struct BertIntermediate {
 }
 
 impl BertIntermediate {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertIntermediate> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertIntermediate> {
         Ok(BertIntermediate {
-            dense: Linear::new(
-                c.hidden_size,
-                c.intermediate_size,
-                true,
-                c.initializer_range,
-                rng,
-            )?,
+            dense: init.linear(c.hidden_size, c.intermediate_size, c)?,
         })
     }
 
@@ -47,9 +42,9 @@ pub struct BertOutput {
 
 impl BertOutput {
     /// A projection from `in_features` to the hidden size.
-    pub fn new(in_features: usize, c: &BertConfig, rng: &mut Rng) -> Result<BertOutput> {
+    pub fn new(in_features: usize, c: &BertConfig, init: &mut Init) -> Result<BertOutput> {
         Ok(BertOutput {
-            dense: Linear::new(in_features, c.hidden_size, true, c.initializer_range, rng)?,
+            dense: init.linear(in_features, c.hidden_size, c)?,
             layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps)?,
             dropout: Dropout::new(c.hidden_dropout_prob),
         })
@@ -75,11 +70,11 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertLayer> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertLayer> {
         Ok(BertLayer {
-            attention: BertAttention::new(c, rng)?,
-            intermediate: BertIntermediate::new(c, rng)?,
-            output: BertOutput::new(c.intermediate_size, c, rng)?,
+            attention: BertAttention::new(c, init)?,
+            intermediate: BertIntermediate::new(c, init)?,
+            output: BertOutput::new(c.intermediate_size, c, init)?,
         })
     }
 

@@ -4,7 +4,7 @@
 //! LayerNorm, dropout), [`attention`] (multi-head self-attention with the additive padding mask),
 //! [`layer`] (attention + feed-forward block), [`encoder`] (the stack), [`model`] (`BertModel`
 //! with the pooler), [`mlm`] (the tied MLM head and `BertForMaskedLM`, whose loss runs the head
-//! only at labelled positions), [`checkpoint`] (loading and saving HF model directories).
+//! only at labelled positions), [`init`] (HF's weight initialisation), [`checkpoint`] (loading and saving HF model directories).
 //! Every module implements `nn::Module` with HF's parameter names in HF's order.
 
 pub mod attention;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
+pub mod init;
 pub mod layer;
 pub mod mlm;
 pub mod model;
@@ -24,6 +25,7 @@ pub use config::BertConfig;
 pub use embeddings::BertEmbeddings;
 pub use encoder::BertEncoder;
 pub use error::{BertError, Result};
+pub use init::{reinit, Init};
 pub use layer::{BertIntermediate, BertLayer, BertOutput};
 pub use mlm::{
     BertForMaskedLM, BertLMPredictionHead, BertOnlyMLMHead, BertPredictionHeadTransform,

@@ -10,6 +10,7 @@
 //! same loss and gradients as HF's full [B, L, V] logits, for N/(B*L) of the work.
 
 use crate::config::BertConfig;
+use crate::init::Init;
 use crate::model::BertModel;
 use autograd::Var;
 use nn::layers::{LayerNorm, Linear};
@@ -26,9 +27,9 @@ pub struct BertPredictionHeadTransform {
 }
 
 impl BertPredictionHeadTransform {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertPredictionHeadTransform> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertPredictionHeadTransform> {
         Ok(BertPredictionHeadTransform {
-            dense: Linear::new(c.hidden_size, c.hidden_size, true, c.initializer_range, rng)?,
+            dense: init.linear(c.hidden_size, c.hidden_size, c)?,
             layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps)?,
         })
     }
@@ -70,11 +71,11 @@ impl BertLMPredictionHead {
     pub fn new(
         c: &BertConfig,
         word_embeddings: Param,
-        rng: &mut Rng,
+        init: &mut Init,
     ) -> Result<BertLMPredictionHead> {
         let v = word_embeddings.shape()[0];
         Ok(BertLMPredictionHead {
-            transform: BertPredictionHeadTransform::new(c, rng)?,
+            transform: BertPredictionHeadTransform::new(c, init)?,
             decoder_weight: word_embeddings,
             bias: Param::new(Tensor::zeros(&[v], DType::F32, Device::Cpu)?),
         })
@@ -193,9 +194,14 @@ impl BertForMaskedLM {
     /// Randomly initialised as HF does (normal(0, initializer_range), zero biases including the
     /// MLM bias, LayerNorm 1/0, zero padding row), the decoder tied to the word embeddings.
     pub fn new(config: &BertConfig, rng: &mut Rng) -> Result<BertForMaskedLM> {
-        let bert = BertModel::new(config, false, rng)?;
+        Self::with_init(config, &mut Init::Hf(rng))
+    }
+
+    /// A model initialised by `init` ([`Init::Zeros`]: for weights about to be loaded).
+    pub fn with_init(config: &BertConfig, init: &mut Init) -> Result<BertForMaskedLM> {
+        let bert = BertModel::with_init(config, false, init)?;
         let tied = bert.embeddings.word_embeddings.weight.clone();
-        let predictions = BertLMPredictionHead::new(config, tied, rng)?;
+        let predictions = BertLMPredictionHead::new(config, tied, init)?;
         Ok(BertForMaskedLM {
             bert,
             cls: BertOnlyMLMHead { predictions },

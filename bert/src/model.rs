@@ -10,6 +10,7 @@ use crate::attention::extended_attention_mask;
 use crate::config::BertConfig;
 use crate::embeddings::BertEmbeddings;
 use crate::encoder::BertEncoder;
+use crate::init::Init;
 use autograd::Var;
 use nn::layers::Linear;
 use nn::{join, Ctx, Module, Param};
@@ -21,9 +22,9 @@ pub struct BertPooler {
 }
 
 impl BertPooler {
-    pub fn new(c: &BertConfig, rng: &mut Rng) -> Result<BertPooler> {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertPooler> {
         Ok(BertPooler {
-            dense: Linear::new(c.hidden_size, c.hidden_size, true, c.initializer_range, rng)?,
+            dense: init.linear(c.hidden_size, c.hidden_size, c)?,
         })
     }
 
@@ -60,10 +61,19 @@ pub struct BertModel {
 impl BertModel {
     /// A randomly initialised model (HF's `_init_weights`), drawing from `rng` in parameter order.
     pub fn new(config: &BertConfig, add_pooling_layer: bool, rng: &mut Rng) -> Result<BertModel> {
-        let embeddings = BertEmbeddings::new(config, rng)?;
-        let encoder = BertEncoder::new(config, rng)?;
+        Self::with_init(config, add_pooling_layer, &mut Init::Hf(rng))
+    }
+
+    /// A model initialised by `init` ([`Init::Zeros`]: for weights about to be loaded).
+    pub fn with_init(
+        config: &BertConfig,
+        add_pooling_layer: bool,
+        init: &mut Init,
+    ) -> Result<BertModel> {
+        let embeddings = BertEmbeddings::new(config, init)?;
+        let encoder = BertEncoder::new(config, init)?;
         let pooler = add_pooling_layer
-            .then(|| BertPooler::new(config, rng))
+            .then(|| BertPooler::new(config, init))
             .transpose()?;
         Ok(BertModel {
             config: config.clone(),

@@ -188,7 +188,15 @@ fn base_model_and_mlm_checkpoints_load_into_each_other() {
         &w(&mlm2, "bert.embeddings.word_embeddings.weight"),
         &w(&mlm, "bert.embeddings.word_embeddings.weight")
     ));
-    // Missing parameters keep HF's initialisation: zero MLM bias, LayerNorm 1/0.
+    // Missing parameters get HF's initialisation: normal(0, 0.02) weights, zero MLM bias,
+    // LayerNorm 1/0.
+    let pw = w(&base, "pooler.dense.weight").to_vec::<f32>().unwrap();
+    let std = (pw.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / pw.len() as f64).sqrt();
+    assert!((0.017..0.023).contains(&std), "pooler std {std}");
+    let tw = w(&mlm2, "cls.predictions.transform.dense.weight")
+        .to_vec::<f32>()
+        .unwrap();
+    assert!(tw.iter().any(|&x| x != 0.0));
     assert!(w(&mlm2, "cls.predictions.bias")
         .to_vec::<f32>()
         .unwrap()
