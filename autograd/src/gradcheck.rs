@@ -76,7 +76,9 @@ pub fn gradcheck(
                 objective(&xs)
             };
             let numeric = (probe(opts.eps)? - probe(-opts.eps)?) / (2.0 * opts.eps);
-            if !((a - numeric).abs() <= opts.atol + opts.rtol * numeric.abs()) {
+            // Written so that a NaN on either side fails.
+            let close = (a - numeric).abs() <= opts.atol + opts.rtol * numeric.abs();
+            if !close {
                 return Err(Error::op(
                     "gradcheck",
                     format!(

@@ -1,5 +1,9 @@
 //! `nn`: Module, layers, AdamW, schedules, safetensors checkpoints (issue: HF-compatible BERT).
 //!
+//! Modules: [`Param`] (a shared trainable tensor), [`Module`] (parameters listed with HF's dotted
+//! names in state_dict order), [`Ctx`] (train/eval and the dropout RNG), and the layers
+//! [`Linear`], [`Embedding`], [`LayerNorm`], [`Dropout`].
+//!
 //! Optimisation, in the order a training step uses it (all on plain `tensor::Tensor`s, f32):
 //! [`loss_scale`] (fp16 dynamic loss scaling: unscale the gradients, detect inf/NaN, decide whether
 //! the step is taken), [`clip`] (global L2-norm gradient clipping), [`schedule`] (the learning rate
@@ -8,11 +12,17 @@
 //! a safetensors state file for bit-exact resume).
 
 pub mod clip;
+pub mod layers;
 pub mod loss_scale;
+pub mod module;
 pub mod optim;
+mod param;
 pub mod schedule;
 
 pub use clip::{clip_grad_norm, total_norm};
+pub use layers::{Dropout, Embedding, LayerNorm, Linear};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
+pub use module::{join, Ctx, Module};
 pub use optim::{AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
+pub use param::Param;
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};

@@ -39,7 +39,10 @@ impl Param {
         if t.shape() != have.as_slice() {
             return Err(Error::op(
                 "Param::set",
-                format!("{name}: shape {:?} does not match the parameter's {have:?}", t.shape()),
+                format!(
+                    "{name}: shape {:?} does not match the parameter's {have:?}",
+                    t.shape()
+                ),
             ));
         }
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Var::param(t);

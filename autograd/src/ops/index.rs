@@ -17,7 +17,10 @@ fn zero_row(t: &mut Tensor, row: usize) -> Result<()> {
         DType::F64 => fill::<f64>(t, row),
         DType::F16 => fill::<f16>(t, row),
         DType::BF16 => fill::<bf16>(t, row),
-        dtype => Err(tensor::Error::UnsupportedDType { op: "embedding", dtype }),
+        dtype => Err(tensor::Error::UnsupportedDType {
+            op: "embedding",
+            dtype,
+        }),
     }
 }
 

@@ -12,7 +12,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(num: usize, dim: usize, padding_idx: Option<usize>, std: f64, rng: &mut Rng) -> Result<Embedding> {
+    pub fn new(
+        num: usize,
+        dim: usize,
+        padding_idx: Option<usize>,
+        std: f64,
+        rng: &mut Rng,
+    ) -> Result<Embedding> {
         let mut w = Tensor::randn(&[num, dim], 0.0, std, DType::F32, Device::Cpu, rng)?;
         if let Some(p) = padding_idx.filter(|&p| p < num) {
             w.data_mut::<f32>()?[p * dim..(p + 1) * dim].fill(0.0);

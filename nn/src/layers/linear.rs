@@ -13,9 +13,24 @@ pub struct Linear {
 
 impl Linear {
     /// BERT initialisation: weight ~ N(0, std^2), bias 0.
-    pub fn new(in_features: usize, out_features: usize, bias: bool, std: f64, rng: &mut Rng) -> Result<Linear> {
-        let w = Tensor::randn(&[out_features, in_features], 0.0, std, DType::F32, Device::Cpu, rng)?;
-        let b = bias.then(|| Tensor::zeros(&[out_features], DType::F32, Device::Cpu)).transpose()?;
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        std: f64,
+        rng: &mut Rng,
+    ) -> Result<Linear> {
+        let w = Tensor::randn(
+            &[out_features, in_features],
+            0.0,
+            std,
+            DType::F32,
+            Device::Cpu,
+            rng,
+        )?;
+        let b = bias
+            .then(|| Tensor::zeros(&[out_features], DType::F32, Device::Cpu))
+            .transpose()?;
         Ok(Linear {
             weight: Param::new(w),
             bias: b.map(Param::new),

@@ -119,7 +119,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let xc = x.clamp(-87.5, 88.75);
-    let k = (xc * LOG2E).round();
+    // Round to nearest by adding and subtracting 1.5 * 2^23: no libm call, so loops vectorise.
+    let k = (xc * LOG2E + 12_582_912.0) - 12_582_912.0;
     let r = (xc - k * LN2_HI) - k * LN2_LO;
     // Taylor/minimax coefficients for e^r on |r| <= ln2/2.
     let p = 1.0
