@@ -1,0 +1,123 @@
+//! Multi-head self-attention (`attention.self`) and its output projection (`attention.output`).
+//!
+//! For x [B, L, H] with n heads of d = H / n dims: q, k, v = x W^T + b, each viewed as
+//! [B, n, L, d] (a stride view of the [B, L, H] projection); scores = q k^T [B, n, L, L];
+//! probs = softmax(scores / sqrt(d) + mask) over the keys, where the additive mask is 0 on real
+//! tokens and the dtype's most negative finite value on padding (HF 5's eager attention; HF 4.17
+//! used -10000, which gives the same probabilities); dropout on probs; context = probs v, back to
+//! [B, L, H]. Then `attention.output`: LayerNorm(dropout(context W_o^T + b_o) + x).
+
+use crate::config::BertConfig;
+use crate::init::Init;
+use crate::layer::BertOutput;
+use autograd::Var;
+use nn::layers::{Dropout, Linear};
+use nn::{join, Ctx, Module, Param};
+use tensor::{bail, DType, Result, Tensor};
+
+/// `attention.output` has the same shape as a layer's `output`: dense, dropout, residual, LayerNorm.
+pub type BertSelfOutput = BertOutput;
+
+/// The additive attention mask for a [B, L] 0/1 (any dtype; non-zero = attend) padding mask:
+/// [B, 1, 1, L] of `dtype`, `(1 - mask) * dtype_min`, broadcast over heads and queries.
+pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    if mask.rank() != 2 {
+        bail!(
+            "attention_mask",
+            "expected [batch, seq], got {:?}",
+            mask.shape()
+        );
+    }
+    let min = match dtype {
+        DType::F32 => f32::MIN as f64,
+        DType::F64 => f64::MIN,
+        DType::F16 => half::f16::MIN.to_f64(),
+        DType::BF16 => half::bf16::MIN.to_f64(),
+        other => bail!(
+            "attention_mask",
+            "the additive mask needs a float dtype, got {other}"
+        ),
+    };
+    let (b, l) = (mask.shape()[0], mask.shape()[1]);
+    // m * (-min) + min: exactly 0 where m == 1 and `min` where m == 0.
+    mask.to_dtype(dtype)?
+        .affine(-min, min)?
+        .reshape(&[b, 1, 1, l])
+}
+
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub num_heads: usize,
+    pub dropout: Dropout,
+}
+
+impl BertSelfAttention {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertSelfAttention> {
+        let h = c.hidden_size;
+        Ok(BertSelfAttention {
+            query: init.linear(h, h, c)?,
+            key: init.linear(h, h, c)?,
+            value: init.linear(h, h, c)?,
+            num_heads: c.num_attention_heads,
+            dropout: Dropout::new(c.attention_probs_dropout_prob),
+        })
+    }
+
+    /// x [B, L, H], `mask` the additive [B, 1, 1, L] mask (or None) -> context [B, L, H].
+    pub fn forward(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
+        let &[b, l, h] = x.shape() else {
+            bail!(
+                "BertSelfAttention",
+                "expected [batch, seq, hidden], got {:?}",
+                x.shape()
+            );
+        };
+        let (n, d) = (self.num_heads, h / self.num_heads);
+        let heads = |y: Var| y.reshape(&[b, l, n, d])?.transpose(1, 2);
+        let q = heads(self.query.forward(x)?)?;
+        let k = heads(self.key.forward(x)?)?;
+        let v = heads(self.value.forward(x)?)?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?;
+        // The [B, 1, 1, L] mask broadcasts over heads and queries inside the fused softmax.
+        let probs = scores.softmax_last(mask, (d as f64).powf(-0.5))?;
+        let probs = self.dropout.forward(&probs, ctx)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape(&[b, l, h])
+    }
+}
+
+impl Module for BertSelfAttention {
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        self.query.visit_params(&join(prefix, "query"), f);
+        self.key.visit_params(&join(prefix, "key"), f);
+        self.value.visit_params(&join(prefix, "value"), f);
+    }
+}
+
+/// `attention`: self-attention, then the output projection with the residual from its input.
+pub struct BertAttention {
+    pub self_attention: BertSelfAttention,
+    pub output: BertSelfOutput,
+}
+
+impl BertAttention {
+    pub fn new(c: &BertConfig, init: &mut Init) -> Result<BertAttention> {
+        Ok(BertAttention {
+            self_attention: BertSelfAttention::new(c, init)?,
+            output: BertSelfOutput::new(c.hidden_size, c, init)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
+        let context = self.self_attention.forward(x, mask, ctx)?;
+        self.output.forward(&context, x, ctx)
+    }
+}
+
+impl Module for BertAttention {
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        self.self_attention.visit_params(&join(prefix, "self"), f);
+        self.output.visit_params(&join(prefix, "output"), f);
+    }
+}
