@@ -52,12 +52,22 @@ impl Param {
     /// Runs `f` on the value in place. The old leaf is released first, so when no graph still
     /// holds it the update writes into the existing buffer with no copy.
     pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
-        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut *guard, Var::constant(Tensor::scalar(0f32)));
-        let mut t = old.into_value();
+        let mut t = self.take();
         let r = f(&mut t);
-        *guard = Var::param(t);
+        self.put(t);
         r
+    }
+
+    /// Takes the value out, leaving a placeholder until [`Param::put`] returns it. Lets an
+    /// optimizer hold every parameter mutably at once (see `optim::step_params`).
+    pub(crate) fn take(&self) -> Tensor {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *guard, Var::constant(Tensor::scalar(0f32))).into_value()
+    }
+
+    /// Puts back a value taken with [`Param::take`], as a fresh leaf.
+    pub(crate) fn put(&self, t: Tensor) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Var::param(t);
     }
 
     /// True when both handles are the same parameter (tied weights).

@@ -5,10 +5,12 @@
 //! (borrowed when contiguous) and the size above which loops are split across rayon threads.
 
 pub mod adamw;
+mod params;
 
 pub use adamw::{
     AdamW, AdamWConfig, AdamWVariant, ParamState, ParamUpdate, StateDict, DEFAULT_NO_DECAY,
 };
+pub use params::step_params;
 
 use std::borrow::Cow;
 use tensor::{DType, Result, Tensor};
