@@ -1,0 +1,113 @@
+//! BERT-base on the CPU: encode (forward, no graph) and one full MLM training step (forward with
+//! 30% of positions labelled, backward, AdamW), batch 8 x 128 tokens; and, as separate
+//! processes, saving a bert-base-sized checkpoint and loading it (time and peak RSS).
+//! The PyTorch twin is `bench/bert_torch.py`; `bench/run_bert.sh` runs both.
+//!
+//! usage: bert                 timings, JSON lines
+//!        bert save DIR        write a random bert-base BertForMaskedLM to DIR
+//!        bert load DIR        load DIR as a BertModel; JSON line with ms and peak RSS
+
+use autograd::no_grad;
+use bench::{report, time_ms};
+use bert::{BertConfig, BertForMaskedLM, BertModel};
+use nn::{step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module};
+use std::time::{Duration, Instant};
+use tensor::{Result, Rng, Tensor};
+
+const BATCH: usize = 8;
+const SEQ: usize = 128;
+
+/// Peak resident set size of this process in MiB (VmHWM).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    kb / 1024.0
+}
+
+/// Token ids in [1000, 30000), all attended, and labels on 30% of the positions.
+fn batch(rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
+    let n = BATCH * SEQ;
+    let ids: Vec<i64> = (0..n).map(|_| 1000 + rng.below(29_000) as i64).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .map(|&id| if rng.below(10) < 3 { id } else { -100 })
+        .collect();
+    Ok((
+        Tensor::from_vec(ids, &[BATCH, SEQ])?,
+        Tensor::from_vec(vec![1i64; n], &[BATCH, SEQ])?,
+        Tensor::from_vec(labels, &[BATCH, SEQ])?,
+    ))
+}
+
+fn timings() -> Result<()> {
+    let min = Duration::from_secs(3);
+    let shape = format!("[{BATCH},{SEQ}]");
+    let rng = &mut Rng::new(0);
+    let model = BertForMaskedLM::new(&BertConfig::default(), rng)?;
+    let (ids, mask, labels) = batch(rng)?;
+
+    let encode = || -> Result<()> {
+        no_grad(|| model.bert.forward(&ids, Some(&mask), None, &mut Ctx::eval()))?;
+        Ok(())
+    };
+    encode()?;
+    let ms = time_ms(min, || encode().expect("encode"));
+    report("bert_encode", &shape, ms);
+    eprintln!("bert_encode: {:.1} sequences/s", BATCH as f64 / ms * 1e3);
+
+    let params = model.named_params();
+    let cfg = AdamWConfig {
+        lr: 1e-4,
+        weight_decay: 0.01,
+        variant: AdamWVariant::Torch,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(cfg)?;
+    let mut ctx = Ctx::train(1);
+    let mut step = || -> Result<f32> {
+        let out = model.forward(&ids, Some(&mask), None, &labels, &mut ctx)?;
+        let loss = out.loss.value().to_scalar::<f32>()?;
+        let grads = out.loss.backward()?;
+        drop(out); // release the graph so the optimizer writes parameters in place
+        step_params(&mut opt, 1e-4, &params, &grads)?;
+        Ok(loss)
+    };
+    let first = step()?;
+    let ms = time_ms(min, || {
+        step().expect("train step");
+    });
+    report("bert_mlm_train_step", &shape, ms);
+    eprintln!("bert_mlm_train_step: first loss {first:.3}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => timings(),
+        [cmd, dir] if cmd == "save" => {
+            let model = BertForMaskedLM::new(&BertConfig::default(), &mut Rng::new(0))?;
+            model.save_pretrained(dir, None).map_err(|e| tensor::Error::op("save", e.to_string()))
+        }
+        [cmd, dir] if cmd == "load" => {
+            let t = Instant::now();
+            let (model, _report) =
+                BertModel::from_pretrained(dir, true).map_err(|e| tensor::Error::op("load", e.to_string()))?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let mapped = model.named_params().iter().filter(|(_, p)| p.tensor().is_mapped()).count();
+            println!(
+                "{}",
+                serde_json::json!({"op": "bert_load", "shape": "bert-base", "ms": ms,
+                    "peak_rss_mib": peak_rss_mib(), "params_mapped": mapped,
+                    "params": model.named_params().len()})
+            );
+            Ok(())
+        }
+        _ => Err(tensor::Error::op("bert", "usage: bert | bert save DIR | bert load DIR")),
+    }
+}
