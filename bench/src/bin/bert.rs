@@ -52,7 +52,11 @@ fn timings() -> Result<()> {
     let (ids, mask, labels) = batch(rng)?;
 
     let encode = || -> Result<()> {
-        no_grad(|| model.bert.forward(&ids, Some(&mask), None, &mut Ctx::eval()))?;
+        no_grad(|| {
+            model
+                .bert
+                .forward(&ids, Some(&mask), None, &mut Ctx::eval())
+        })?;
         Ok(())
     };
     encode()?;
@@ -92,14 +96,20 @@ fn main() -> Result<()> {
         [] => timings(),
         [cmd, dir] if cmd == "save" => {
             let model = BertForMaskedLM::new(&BertConfig::default(), &mut Rng::new(0))?;
-            model.save_pretrained(dir, None).map_err(|e| tensor::Error::op("save", e.to_string()))
+            model
+                .save_pretrained(dir, None)
+                .map_err(|e| tensor::Error::op("save", e.to_string()))
         }
         [cmd, dir] if cmd == "load" => {
             let t = Instant::now();
-            let (model, _report) =
-                BertModel::from_pretrained(dir, true).map_err(|e| tensor::Error::op("load", e.to_string()))?;
+            let (model, _report) = BertModel::from_pretrained(dir, true)
+                .map_err(|e| tensor::Error::op("load", e.to_string()))?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            let mapped = model.named_params().iter().filter(|(_, p)| p.tensor().is_mapped()).count();
+            let mapped = model
+                .named_params()
+                .iter()
+                .filter(|(_, p)| p.tensor().is_mapped())
+                .count();
             println!(
                 "{}",
                 serde_json::json!({"op": "bert_load", "shape": "bert-base", "ms": ms,
@@ -108,6 +118,9 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        _ => Err(tensor::Error::op("bert", "usage: bert | bert save DIR | bert load DIR")),
+        _ => Err(tensor::Error::op(
+            "bert",
+            "usage: bert | bert save DIR | bert load DIR",
+        )),
     }
 }

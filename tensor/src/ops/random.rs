@@ -2,14 +2,39 @@
 //! kernels reproduce element for element).
 
 use crate::rng::{normal_at, uniform_at, Rng};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Elements per rayon task for the generators.
 const CHUNK: usize = 1 << 14;
 
+/// A tensor of `shape` whose element `i` is `f(i)`, computed in parallel. f32 tensors are filled
+/// directly; other dtypes are filled in f64 and cast (rounding once either way).
+fn generate(
+    shape: &[usize],
+    dtype: DType,
+    device: Device,
+    f: impl Fn(u64) -> f64 + Sync,
+) -> Result<Tensor> {
+    fn fill<T: WithDType>(n: usize, f: &(impl Fn(u64) -> f64 + Sync)) -> Vec<T> {
+        let mut v = vec![T::from_f64(0.0); n];
+        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+            for (j, x) in chunk.iter_mut().enumerate() {
+                *x = T::from_f64(f((c * CHUNK + j) as u64));
+            }
+        });
+        v
+    }
+    let n: usize = shape.iter().product();
+    let t = match dtype {
+        DType::F32 => Tensor::from_vec(fill::<f32>(n, &f), shape)?,
+        _ => Tensor::from_vec(fill::<f64>(n, &f), shape)?.to_dtype(dtype)?,
+    };
+    t.to_device(device)
+}
+
 impl Tensor {
-    /// Uniform in [lo, hi), drawn in f32 (in f64 for an f64 tensor, from the same 24-bit words).
+    /// Uniform in [lo, hi): lo + (hi - lo) u in f64 from the 24-bit uniform u, rounded to `dtype`.
     pub fn rand_uniform(
         shape: &[usize],
         lo: f64,
@@ -19,18 +44,10 @@ impl Tensor {
         rng: &mut Rng,
     ) -> Result<Tensor> {
         let _p = crate::profiler::scope("rand_uniform");
-        let n: usize = shape.iter().product();
-        let (seed, off) = (rng.seed, rng.reserve(n, 4));
-        let mut v = vec![0f64; n];
-        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            for (j, x) in chunk.iter_mut().enumerate() {
-                let u = uniform_at(seed, off, (c * CHUNK + j) as u64) as f64;
-                *x = lo + (hi - lo) * u;
-            }
-        });
-        Tensor::from_vec(v, shape)?
-            .to_dtype(dtype)?
-            .to_device(device)
+        let (seed, off) = (rng.seed, rng.reserve(shape.iter().product(), 4));
+        generate(shape, dtype, device, |i| {
+            lo + (hi - lo) * uniform_at(seed, off, i) as f64
+        })
     }
 
     /// Normal with the given mean and std (Box-Muller in f64, rounded to `dtype`).
@@ -43,17 +60,10 @@ impl Tensor {
         rng: &mut Rng,
     ) -> Result<Tensor> {
         let _p = crate::profiler::scope("randn");
-        let n: usize = shape.iter().product();
-        let (seed, off) = (rng.seed, rng.reserve(n, 2));
-        let mut v = vec![0f64; n];
-        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            for (j, x) in chunk.iter_mut().enumerate() {
-                *x = mean + std * normal_at(seed, off, (c * CHUNK + j) as u64);
-            }
-        });
-        Tensor::from_vec(v, shape)?
-            .to_dtype(dtype)?
-            .to_device(device)
+        let (seed, off) = (rng.seed, rng.reserve(shape.iter().product(), 2));
+        generate(shape, dtype, device, |i| {
+            mean + std * normal_at(seed, off, i)
+        })
     }
 
     /// A u8 mask: 1 where uniform element i < p. Dropout keeps elements where this is 0 for p =
