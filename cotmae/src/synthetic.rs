@@ -3,18 +3,20 @@
 //! Design: every document is about one [`Topic`], a made-up person with attributes (a name built
 //! from syllables, unique within a corpus; a made-up home town; a colour, an object, an animal, an
 //! occupation, a food, a number and a year drawn from fixed lists and ranges). Each sentence fills
-//! one of [`TEMPLATES`] with the topic: it always names the person and states or relates one or
-//! two attributes, so the sentences of a document belong together and context within a document
+//! one of [`TEMPLATES`] with the topic: it always names the person and states or relates one to
+//! three attributes, so the sentences of a document belong together and context within a document
 //! carries information (a span's neighbours mention the same person and more of their
 //! attributes), while different documents share vocabulary and sentence shapes. A retrieval demo
 //! can ask for one attribute ("Which colour does Velora like?") and the relevant passage is the
 //! chunk of that person's document stating it; [`Topic::attributes`] lists the facts.
 //!
-//! Sentences are built to split cleanly with `sentences::split_sentences` (each starts with an
-//! upper-case letter and ends with a `.` after an ordinary word or a number of 4 digits or a
-//! non-initial position). Randomness: `tensor::Rng`, document `d` drawing from the counter blocks
-//! of item `d` under the seed (see `draw::item_rng`), so a document does not depend on how many
-//! were generated; a name collision is re-drawn from the same document's stream.
+//! Sentences are built to split cleanly with `sentences::split_sentences`: each starts with an
+//! upper-case letter and ends with `.` after an ordinary word or a four-digit year, never after
+//! an abbreviation, an initial or a short number.
+//!
+//! Randomness: `tensor::Rng`, document `d` drawing from the counter blocks of item `d` under the
+//! seed (see `draw::item_rng`), so a document does not depend on how many were generated; a name
+//! collision is re-drawn from the same document's stream.
 
 use std::collections::HashSet;
 use std::io::Write;
