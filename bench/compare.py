@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Joins two benchmark outputs (JSON lines {"op", "shape", "ms"}) and prints, per op, our time,
-the reference's time and the ratio ours / reference (below 1.0 means we are faster).
+"""Joins benchmark outputs (JSON lines {"op", "shape", "ms"}) and prints, per op, our time, the
+reference's time and the ratio ours / reference (below 1.0 means we are faster).
 
-usage: compare.py OURS.jsonl REFERENCE.jsonl [--goal 1.2]
+usage: compare.py OURS.jsonl[,OURS2.jsonl...] REFERENCE.jsonl[,REF2.jsonl...] [--goal 1.2]
+
+With several comma-separated files per side (rounds run alternately, ours then the reference),
+each op's time is the best round: the machine is a shared VM whose speed drifts by 20% over
+minutes, and the fastest round is the one least disturbed.
 """
 import json
 import sys
 
 
-def load(path):
+def load(paths):
     rows = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("{"):
-                r = json.loads(line)
-                rows[r["op"]] = r
+    for path in paths.split(","):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    if r["op"] not in rows or r["ms"] < rows[r["op"]]["ms"]:
+                        rows[r["op"]] = r
     return rows
 
 
