@@ -63,6 +63,11 @@ fn timings() -> Result<()> {
     let ms = time_ms(min, || encode().expect("encode"));
     report("bert_encode", &shape, ms);
     eprintln!("bert_encode: {:.1} sequences/s", BATCH as f64 / ms * 1e3);
+    // With COTMAE_PROFILE=1, the time per op of everything so far.
+    if !tensor::profiler::totals().is_empty() {
+        eprintln!("{}", tensor::profiler::report());
+        tensor::profiler::reset();
+    }
 
     let params = model.named_params();
     let cfg = AdamWConfig {
@@ -87,6 +92,9 @@ fn timings() -> Result<()> {
     });
     report("bert_mlm_train_step", &shape, ms);
     eprintln!("bert_mlm_train_step: first loss {first:.3}");
+    if !tensor::profiler::totals().is_empty() {
+        eprintln!("{}", tensor::profiler::report());
+    }
     Ok(())
 }
 
