@@ -48,6 +48,28 @@ pub fn uniform_at(seed: u64, offset: u64, i: u64) -> f32 {
     word_to_unit(philox_block(seed, offset + i / 4)[(i % 4) as usize])
 }
 
+/// A u8 mask over uniform elements `0..n` of the draw starting at block `offset`: `below` where
+/// the uniform is < `p`, `1 - below` elsewhere (bernoulli: below = 1; dropout's keep-mask:
+/// below = 0). Same numbers as `uniform_at`, but one Philox block per four elements, in parallel.
+pub fn uniform_mask(seed: u64, offset: u64, n: usize, p: f32, below: u8) -> Vec<u8> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14; // a multiple of 4, so every chunk starts on a block
+    let mut m = vec![0u8; n];
+    m.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        for (q, quad) in chunk.chunks_mut(4).enumerate() {
+            let w = philox_block(seed, offset + ((c * CHUNK) / 4 + q) as u64);
+            for (x, &word) in quad.iter_mut().zip(&w) {
+                *x = if word_to_unit(word) < p {
+                    below
+                } else {
+                    1 - below
+                };
+            }
+        }
+    });
+    m
+}
+
 /// Standard normal element `i` of the draw starting at block `offset` (computed in f64).
 #[inline]
 pub fn normal_at(seed: u64, offset: u64, i: u64) -> f64 {

@@ -5,7 +5,7 @@
 //! reproduces it bit for bit. Outputs are contiguous. The kernels are the two small slice loops
 //! below (mask draw, masked scale).
 
-use crate::rng::{uniform_at, Rng};
+use crate::rng::Rng;
 use crate::{CpuStorage, DType, Error, Float, Result, Storage, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -15,13 +15,7 @@ const CHUNK: usize = 1 << 14;
 
 /// The keep mask of a draw of `n` elements at block `offset`: 1 iff uniform element `i >= p`.
 fn keep_mask(seed: u64, offset: u64, n: usize, p: f32) -> Vec<u8> {
-    let mut m = vec![0u8; n];
-    m.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        for (j, x) in chunk.iter_mut().enumerate() {
-            *x = (uniform_at(seed, offset, (c * CHUNK + j) as u64) >= p) as u8;
-        }
-    });
-    m
+    crate::rng::uniform_mask(seed, offset, n, p, 0)
 }
 
 /// `keep[i] != 0 ? x[i] * scale : 0`. A dropped element is an exact zero whatever `x` holds.

@@ -79,12 +79,7 @@ impl Tensor {
         let n: usize = shape.iter().product();
         let (seed, off) = (rng.seed, rng.reserve(n, 4));
         let p32 = p as f32;
-        let mut v = vec![0u8; n];
-        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            for (j, x) in chunk.iter_mut().enumerate() {
-                *x = (uniform_at(seed, off, (c * CHUNK + j) as u64) < p32) as u8;
-            }
-        });
+        let v = crate::rng::uniform_mask(seed, off, n, p32, 1);
         Tensor::from_vec(v, shape)?.to_device(device)
     }
 }
