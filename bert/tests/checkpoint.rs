@@ -85,7 +85,7 @@ fn save_then_load_is_identical_and_hf_shaped() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"], serde_json::json!(["BertForMaskedLM"]));
     assert_eq!(cfg["model_type"], "bert");
-    assert_eq!(cfg["hidden_size"], 32);
+    assert_eq!(cfg["hidden_size"], 64);
     let tok2 = Tokenizer::from_dir(&dir).unwrap();
     assert_eq!(tok2.vocab_size(), tok.vocab_size());
     assert_eq!(
@@ -313,7 +313,7 @@ fn loader_errors_name_file_and_tensor() {
     let before = tensors_of(&target);
     let e = err_of(target.load_weights(&dir));
     assert!(
-        e.contains(bad) && e.contains("[32, 16]") && e.contains("[32, 32]"),
+        e.contains(bad) && e.contains("[32, 16]") && e.contains("[64, 64]"),
         "{e}"
     );
     assert!(e.contains("model.safetensors"), "{e}");
@@ -323,7 +323,7 @@ fn loader_errors_name_file_and_tensor() {
 
     // Integer tensor where a parameter is expected.
     let mut tensors = tensors_of(&mlm);
-    tensors[1].1 = Tensor::zeros(&[64, 32], DType::I64, Device::Cpu).unwrap();
+    tensors[1].1 = Tensor::zeros(&[64, 64], DType::I64, Device::Cpu).unwrap();
     let dir = scratch.0.join("dtype");
     write_ckpt(&dir, &tensors);
     let e = err_of(BertForMaskedLM::from_pretrained(&dir));
@@ -411,10 +411,12 @@ fn init_is_hf_like() {
     assert_eq!(names[37], "cls.predictions.bias");
     assert_eq!(names[41], "cls.predictions.transform.LayerNorm.bias");
     assert_eq!(names.len(), 42);
-    assert_eq!(
-        m.num_params(),
-        128 * 32 + 64 * 32 + 2 * 32 + 64 + 2 * 8544 + 32 * 32 + 32 + 64 + 128
-    );
+    // vocab 128, positions 64, 2 token types, hidden H = 64, intermediate I = 128, 2 layers.
+    let (h, i) = (64, 128);
+    let layer = 4 * h * h + 4 * h + 2 * h + 2 * h * i + i + h + 2 * h; // QKVO, LN, FFN, LN
+    let embeddings = 128 * h + 64 * h + 2 * h + 2 * h;
+    let head = h * h + h + 2 * h + 128; // transform dense, LN, decoder bias
+    assert_eq!(m.num_params(), embeddings + 2 * layer + head);
     for (n, p) in m.named_params() {
         let v = p.tensor().to_vec::<f32>().unwrap();
         if n.ends_with("LayerNorm.weight") {
@@ -435,6 +437,6 @@ fn init_is_hf_like() {
         .tensor()
         .to_vec::<f32>()
         .unwrap();
-    assert!(w[..32].iter().all(|&x| x == 0.0));
-    assert!(w[32..64].iter().any(|&x| x != 0.0));
+    assert!(w[..64].iter().all(|&x| x == 0.0));
+    assert!(w[64..128].iter().any(|&x| x != 0.0));
 }
