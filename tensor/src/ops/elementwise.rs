@@ -139,13 +139,24 @@ impl Tensor {
         self.binary_op(rhs, BinaryOp::Minimum)
     }
 
-    fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        let name = op.name();
+    /// The checks and layouts every broadcasting pair op starts with: same dtype, the broadcast
+    /// shape, and both operands' layouts stretched to it.
+    fn broadcast_pair(
+        &self,
+        rhs: &Tensor,
+        name: &'static str,
+    ) -> Result<(Vec<usize>, Layout, Layout)> {
         same_dtype(name, self, rhs)?;
         let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
-        let _p = crate::profiler::scope(name);
         let la = self.layout().broadcast_to(name, &shape)?;
         let lb = rhs.layout().broadcast_to(name, &shape)?;
+        Ok((shape, la, lb))
+    }
+
+    fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let name = op.name();
+        let (shape, la, lb) = self.broadcast_pair(rhs, name)?;
+        let _p = crate::profiler::scope(name);
         let out = match (self.storage(), rhs.storage()) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 let (a, b, lr) = ((a, &la), (b, &lb), rhs.layout());
@@ -193,11 +204,8 @@ impl Tensor {
 
     fn compare_op(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         let name = op.name();
-        same_dtype(name, self, rhs)?;
-        let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
+        let (shape, la, lb) = self.broadcast_pair(rhs, name)?;
         let _p = crate::profiler::scope(name);
-        let la = self.layout().broadcast_to(name, &shape)?;
-        let lb = rhs.layout().broadcast_to(name, &shape)?;
         let out = match (self.storage(), rhs.storage()) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 map_cpu_storage!(a, x => compare_cpu(op, (x.as_slice(), &la), (b, &lb))?)
