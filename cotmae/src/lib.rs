@@ -12,8 +12,10 @@
 //! Randomness: everything here draws from `tensor::Rng` (Philox, counter based) through the small
 //! helpers below, so a stream is a pure function of (seed, counter) and can be saved and resumed.
 
+pub mod cli;
 pub mod collator;
 pub mod error;
+pub mod model;
 pub mod prepare;
 pub mod sentences;
 pub mod spans;
@@ -24,6 +26,7 @@ pub use collator::{
     CollatorConfig, CollatorState, CotMaeBatch, CotMaeCollator, DataType, SpanSource,
 };
 pub use error::{Error, Result};
+pub use model::{BertForCotMAE, CotMaeModelArgs, CotMaeOutput};
 pub use prepare::{prepare, InputFormat, PrepareOptions, PrepareReport, SkippedLine};
 pub use sentences::split_sentences;
 pub use spans::{

@@ -1,0 +1,50 @@
+//! The `cotmae` command line: one subcommand per pipeline stage, each in its own file here with
+//! its clap `Args` struct (flag names from the original scripts) and a `run` function.
+//!
+//! `main.rs` only parses and calls [`run`]; errors come back as [`CliError`] and are printed as
+//! one `error: ...` line (the chain of causes included) with exit status 1, never as a panic.
+
+use clap::{Parser, Subcommand};
+
+pub mod prepare;
+
+/// Any error a subcommand returns; its `Display` names the file, line or flag at fault.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+pub type CliResult<T = ()> = std::result::Result<T, CliError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cotmae",
+    version,
+    about = "CoT-MAE (ConTextual Masked Auto-Encoder) pretraining and dense passage retrieval, \
+             on a Rust ML stack with no framework",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Split documents into sentences and spans; write data.jsonl and the token store.
+    Prepare(prepare::PrepareArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Prepare(a) => prepare::run(a),
+    }
+}
+
+/// The `rayon` pool for `--threads`-style flags: `0` means the default (all cores).
+pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> CliResult<T> {
+    if threads == 0 {
+        return Ok(f());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f))
+}
