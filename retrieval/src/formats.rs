@@ -1,0 +1,144 @@
+//! The JSON-lines files the retrieval stages exchange (Tevatron's formats, REFERENCE §5):
+//! - [`EncodeItem`] `{"text_id": "...", "text": [ids]}`: a tokenized passage or query, no special
+//!   tokens (written by `tokenize-corpus` / `tokenize-queries`, read by `encode`);
+//! - [`TrainExample`] `{"query": [ids], "positives": [[ids], ...], "negatives": [[ids], ...]}`
+//!   (written by `build-train` / `build-train-hn`, read by `train-retriever`).
+//!
+//! [`read_jsonl`] parses a whole file, naming the line of the first malformed record;
+//! [`JsonlWriter`] writes one record a line to a temporary file renamed into place by
+//! [`JsonlWriter::finish`], so a crash never leaves a half-written file under the final name.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A tokenized text with its id (ids without [CLS]/[SEP]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodeItem {
+    pub text_id: String,
+    pub text: Vec<u32>,
+}
+
+/// One training query with its positive and negative passages (token ids, no special tokens).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainExample {
+    pub query: Vec<u32>,
+    pub positives: Vec<Vec<u32>>,
+    pub negatives: Vec<Vec<u32>>,
+}
+
+/// Every record of a JSON-lines file; blank lines are skipped. The first malformed line is an
+/// error naming the file and the line number.
+pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+        let line = line.map_err(|e| Error::line(path, i + 1, e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line)
+            .map_err(|e| Error::line(path, i + 1, format!("invalid record: {e}")))?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// Writes records one JSON object a line, atomically (module doc).
+pub struct JsonlWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    count: usize,
+}
+
+impl JsonlWriter {
+    pub fn create(path: impl AsRef<Path>) -> Result<JsonlWriter> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(JsonlWriter {
+            path,
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            count: 0,
+        })
+    }
+
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        serde_json::to_writer(&mut self.out, record).map_err(|e| Error::io(&self.tmp, e.into()))?;
+        self.out
+            .write_all(b"\n")
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Flushes, syncs and renames the file into place; returns its path.
+    pub fn finish(self) -> Result<PathBuf> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_bad_lines_are_named() {
+        let dir = std::env::temp_dir().join(format!("retrieval-formats-{}", std::process::id()));
+        let path = dir.join("train.jsonl");
+        let examples = vec![
+            TrainExample {
+                query: vec![1, 2],
+                positives: vec![vec![3]],
+                negatives: vec![vec![4, 5], vec![]],
+            },
+            TrainExample {
+                query: vec![],
+                positives: vec![],
+                negatives: vec![],
+            },
+        ];
+        let mut w = JsonlWriter::create(&path).unwrap();
+        for e in &examples {
+            w.write(e).unwrap();
+        }
+        assert_eq!(w.count(), 2);
+        w.finish().unwrap();
+        assert_eq!(read_jsonl::<TrainExample>(&path).unwrap(), examples);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(r#"{"query":[1,2],"positives":[[3]],"negatives":[[4,5],[]]}"#));
+
+        std::fs::write(
+            &path,
+            "{\"text_id\": \"7\", \"text\": [1]}\n\n{\"text_id\": 7}\n",
+        )
+        .unwrap();
+        let err = read_jsonl::<EncodeItem>(&path).unwrap_err().to_string();
+        assert!(err.contains("train.jsonl:3:"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
