@@ -119,6 +119,14 @@ fn matmul_batched_broadcast_and_transposed() {
 }
 
 #[test]
+fn matmul_bias_with_transposed_weight() {
+    let x = rand(&[3, 4], 40);
+    let w = rand(&[5, 4], 41); // used as w.t(), as the linear layer does
+    let b = rand(&[5], 42);
+    check(|v| v[0].matmul_bias(&v[1].t()?, &v[2]), [x, w, b]);
+}
+
+#[test]
 fn softmax_with_mask_and_scale() {
     let x = rand(&[2, 3, 5], 13);
     let mask_vals: Vec<f64> = vec![0.0, 0.0, -1e4, 0.0, -1e4, 0.0, 0.0, 0.0, 0.0, -1e4];

@@ -31,10 +31,10 @@ impl Init<'_> {
     ) -> Result<Linear> {
         match self {
             Init::Hf(rng) => Linear::new(in_features, out_features, true, c.initializer_range, rng),
-            Init::Zeros => Ok(Linear {
-                weight: zeros(&[out_features, in_features])?,
-                bias: Some(zeros(&[out_features])?),
-            }),
+            Init::Zeros => Ok(Linear::from_params(
+                zeros(&[out_features, in_features])?,
+                Some(zeros(&[out_features])?),
+            )),
         }
     }
 

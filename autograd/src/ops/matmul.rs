@@ -1,5 +1,6 @@
 //! Matrix product: for y = a b, da = g b^T and db = a^T g, each summed over batch dims that
-//! were broadcast. The transposes are stride views, so no copies are made.
+//! were broadcast. The transposes are stride views, so no copies are made. `matmul_bias` (the
+//! linear layer, y = a b + bias) adds d bias = the column sums of g.
 
 use crate::var::Var;
 use tensor::Result;
@@ -16,6 +17,23 @@ impl Var {
                 let ga = g.matmul(&b.t()?)?.sum_to_shape(a.shape())?;
                 let gb = a.t()?.matmul(g)?.sum_to_shape(b.shape())?;
                 Ok(vec![Some(ga), Some(gb)])
+            }),
+        ))
+    }
+
+    /// `self [m, k] @ rhs [k, n] + bias [n]` in one GEMM (see `Tensor::matmul_bias`).
+    pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
+        let (a, b) = (self.value().clone(), rhs.value().clone());
+        let y = a.matmul_bias(&b, bias.value())?;
+        let n = b.shape()[1];
+        Ok(Var::from_op(
+            "matmul_bias",
+            y,
+            vec![self.clone(), rhs.clone(), bias.clone()],
+            Box::new(move |g| {
+                let ga = g.matmul(&b.t()?)?;
+                let gb = a.t()?.matmul(g)?;
+                Ok(vec![Some(ga), Some(gb), Some(g.sum_to_shape(&[n])?)])
             }),
         ))
     }

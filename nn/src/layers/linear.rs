@@ -1,5 +1,15 @@
 //! `Linear`: y = x W^T + b with W stored [out, in] as in torch. The input's leading dims are
-//! flattened into one so the product is a single 2-D GEMM against a transposed view of W.
+//! flattened into one so the product is a single 2-D GEMM, with the bias accumulated in that
+//! GEMM (`matmul_bias`).
+//!
+//! The GEMM reads W^T. In training it is a stride view of W (no copy; W changes every step). In
+//! inference (`autograd::no_grad`) the layer keeps a row-major copy of W^T, made once per weight
+//! value: the CPU GEMM runs markedly faster on a row-major right operand than on the
+//! column-major view (see docs/perf/), at the price of a second copy of the weight in memory.
+//! The copy is keyed by the parameter's current `Var`, so an optimizer step (which installs a
+//! new value) invalidates it.
+
+use std::sync::Mutex;
 
 use crate::module::{join, Module};
 use crate::Param;
@@ -9,6 +19,8 @@ use tensor::{DType, Device, Result, Rng, Tensor};
 pub struct Linear {
     pub weight: Param,
     pub bias: Option<Param>,
+    /// (id of the weight's `Var`, its row-major transpose [in, out]) for inference.
+    weight_t: Mutex<Option<(usize, Tensor)>>,
 }
 
 impl Linear {
@@ -31,10 +43,33 @@ impl Linear {
         let b = bias
             .then(|| Tensor::zeros(&[out_features], DType::F32, Device::Cpu))
             .transpose()?;
-        Ok(Linear {
-            weight: Param::new(w),
-            bias: b.map(Param::new),
-        })
+        Ok(Linear::from_params(Param::new(w), b.map(Param::new)))
+    }
+
+    /// A layer on existing parameters: weight [out, in], bias [out].
+    pub fn from_params(weight: Param, bias: Option<Param>) -> Linear {
+        Linear {
+            weight,
+            bias,
+            weight_t: Mutex::new(None),
+        }
+    }
+
+    /// W^T [in, out]: a view in training, the cached row-major copy in inference (module doc).
+    fn weight_t(&self) -> Result<Var> {
+        let w = self.weight.var();
+        if autograd::is_grad_enabled() {
+            return w.t();
+        }
+        let mut cache = self.weight_t.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((id, t)) if *id == w.id() => Ok(Var::constant(t.clone())),
+            _ => {
+                let t = w.value().t()?.contiguous()?;
+                *cache = Some((w.id(), t.clone()));
+                Ok(Var::constant(t))
+            }
+        }
     }
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
@@ -42,10 +77,11 @@ impl Linear {
         let in_features = *shape.last().unwrap_or(&0);
         let rows = x.value().elem_count() / in_features.max(1);
         let x2 = x.reshape(&[rows, in_features])?;
-        let mut y = x2.matmul(&self.weight.var().t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.add(&b.var())?;
-        }
+        let w_t = self.weight_t()?;
+        let y = match &self.bias {
+            Some(b) => x2.matmul_bias(&w_t, &b.var())?,
+            None => x2.matmul(&w_t)?,
+        };
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
         y.reshape(&out_shape)
@@ -58,5 +94,65 @@ impl Module for Linear {
         if let Some(b) = &self.bias {
             f(join(prefix, "bias"), b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_copy_matches_training_view_and_follows_updates() {
+        let mut rng = Rng::new(3);
+        let lin = Linear::new(6, 4, true, 0.5, &mut rng).unwrap();
+        lin.bias
+            .as_ref()
+            .unwrap()
+            .set(
+                "bias",
+                Tensor::randn(&[4], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap(),
+            )
+            .unwrap();
+        let x = Var::constant(
+            Tensor::randn(&[2, 3, 6], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap(),
+        );
+        let run = |lin: &Linear| lin.forward(&x).unwrap().value().to_vec::<f32>().unwrap();
+        // The two paths differ only in the GEMM's summation order.
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + y.abs()))
+        };
+        let train = run(&lin);
+        let infer = autograd::no_grad(|| run(&lin));
+        assert!(close(&train, &infer), "{train:?} vs {infer:?}");
+        // A new weight value must not be served from the stale copy.
+        lin.weight
+            .update(|w| {
+                *w = w.mul_scalar(2.0)?;
+                Ok(())
+            })
+            .unwrap();
+        let (train, infer) = (run(&lin), autograd::no_grad(|| run(&lin)));
+        assert!(close(&train, &infer), "{train:?} vs {infer:?}");
+        let no_bias = Linear::from_params(lin.weight.clone(), None);
+        let want = x
+            .value()
+            .reshape(&[6, 6])
+            .unwrap()
+            .matmul(&lin.weight.tensor().t().unwrap())
+            .unwrap();
+        let got = autograd::no_grad(|| {
+            no_bias
+                .forward(&x)
+                .unwrap()
+                .value()
+                .reshape(&[6, 4])
+                .unwrap()
+        });
+        assert!(close(
+            &got.to_vec::<f32>().unwrap(),
+            &want.to_vec::<f32>().unwrap()
+        ));
     }
 }

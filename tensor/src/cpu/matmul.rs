@@ -65,7 +65,7 @@ pub fn matmul<T: GemmElem>(lhs: &[T], lhs_l: &Layout, rhs: &[T], rhs_l: &Layout)
                 cs: folded.strides()[1] as isize,
             };
             let b = operand(rhs_l, rhs_l.offset());
-            gemm_one(&mut out, batch * m, n, k, lhs, a, rhs, b, threads);
+            gemm_one(&mut out, batch * m, n, k, lhs, a, rhs, b, threads, false);
             // SAFETY: the one product wrote all of `out` (see `gemm_one`).
             return unsafe { out.assume_init() }.into_vec();
         }
@@ -82,7 +82,7 @@ pub fn matmul<T: GemmElem>(lhs: &[T], lhs_l: &Layout, rhs: &[T], rhs_l: &Layout)
     let (lo, ro) = (batch_offsets(lhs_l), batch_offsets(rhs_l));
     let per_batch = |i: usize, dst: &mut [MaybeUninit<T>], threads: usize| {
         let (a, b) = (operand(lhs_l, lo[i]), operand(rhs_l, ro[i]));
-        gemm_one(dst, m, n, k, lhs, a, rhs, b, threads);
+        gemm_one(dst, m, n, k, lhs, a, rhs, b, threads, false);
     };
     let small = m.saturating_mul(n).saturating_mul(k) <= SMALL_PRODUCT;
     if batch > 1 && (batch >= 2 * threads || (small && batch >= threads)) {
@@ -98,8 +98,51 @@ pub fn matmul<T: GemmElem>(lhs: &[T], lhs_l: &Layout, rhs: &[T], rhs_l: &Layout)
     unsafe { out.assume_init() }.into_vec()
 }
 
-/// dst (row-major m x n) = a (m x k) · b (k x n), with gemm using up to `threads` threads.
-/// Writes every element of `dst[..m * n]` (gemm with read_dst = false never reads it).
+/// `bias[j] + sum_l lhs[i, l] rhs[l, j]` for 2-D operands: the destination is first filled with
+/// the bias rows, then the product is accumulated into it by gemm (read_dst = true), so the bias
+/// costs one write pass instead of a separate read-add-write over the output.
+pub fn matmul_bias<T: GemmElem>(
+    lhs: &[T],
+    lhs_l: &Layout,
+    rhs: &[T],
+    rhs_l: &Layout,
+    bias: &[T],
+) -> Vec<T> {
+    let (m, k, n) = (lhs_l.shape()[0], lhs_l.shape()[1], rhs_l.shape()[1]);
+    debug_assert_eq!(bias.len(), n);
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        out.extend_from_slice(bias);
+    }
+    if m * n == 0 || k == 0 {
+        return out;
+    }
+    let operand = |l: &Layout| Operand {
+        offset: l.offset(),
+        rs: l.strides()[0] as isize,
+        cs: l.strides()[1] as isize,
+    };
+    // SAFETY: `MaybeUninit<T>` has T's layout, and every element is initialised (the bias rows).
+    let dst = unsafe { &mut *(out.as_mut_slice() as *mut [T] as *mut [MaybeUninit<T>]) };
+    let threads = rayon::current_num_threads();
+    gemm_one(
+        dst,
+        m,
+        n,
+        k,
+        lhs,
+        operand(lhs_l),
+        rhs,
+        operand(rhs_l),
+        threads,
+        true,
+    );
+    out
+}
+
+/// dst (row-major m x n) = a (m x k) · b (k x n), plus dst's old value when `accumulate`,
+/// with gemm using up to `threads` threads. Without `accumulate`, writes every element of
+/// `dst[..m * n]` and never reads it; with it, `dst` must be initialised.
 #[allow(clippy::too_many_arguments)]
 fn gemm_one<T: GemmElem>(
     dst: &mut [MaybeUninit<T>],
@@ -111,6 +154,7 @@ fn gemm_one<T: GemmElem>(
     rhs: &[T],
     b: Operand,
     threads: usize,
+    accumulate: bool,
 ) {
     assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
     // Every element the operands address must lie inside their buffers.
@@ -123,8 +167,8 @@ fn gemm_one<T: GemmElem>(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `dst` holds m*n elements, written at row stride n and never read (read_dst =
-    // false), so they may start uninitialised; the asserts above show that every
+    // SAFETY: `dst` holds m*n elements, written at row stride n and read only when
+    // `accumulate` (then the caller initialised them); the asserts above show that every
     // element of both operands (offset + i*rs + j*cs, strides non-negative) is inside its buffer;
     // T is f32, f64 or f16 (`GemmElem`), the types gemm supports.
     unsafe {
@@ -135,14 +179,14 @@ fn gemm_one<T: GemmElem>(
             dst.as_mut_ptr() as *mut T,
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.as_ptr().add(a.offset),
             a.cs,
             a.rs,
             rhs.as_ptr().add(b.offset),
             b.cs,
             b.rs,
-            T::from_f64(0.0),
+            T::from_f64(if accumulate { 1.0 } else { 0.0 }),
             T::from_f64(1.0),
             false,
             false,

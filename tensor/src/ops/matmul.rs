@@ -6,6 +6,34 @@
 use crate::cpu::matmul::{self as kernel, GemmElem};
 use crate::{broadcast_shapes, CpuStorage, DType, Error, Layout, Result, Storage, Tensor};
 
+/// Checks dtypes and the inner dim; returns (m, k, n) of the last two dims.
+fn check_operands(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize, usize, usize)> {
+    let (a, b) = (x.shape(), y.shape());
+    if a.len() < 2 || b.len() < 2 {
+        crate::bail!(op, "needs operands of rank >= 2, got {a:?} and {b:?}");
+    }
+    let dtype = x.dtype();
+    if !dtype.is_float() {
+        return Err(Error::UnsupportedDType { op, dtype });
+    }
+    if y.dtype() != dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            expected: dtype,
+            got: y.dtype(),
+        });
+    }
+    let (ra, rb) = (a.len(), b.len());
+    if b[rb - 2] != a[ra - 1] {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: a.to_vec(),
+            rhs: b.to_vec(),
+        });
+    }
+    Ok((a[ra - 2], a[ra - 1], b[rb - 1]))
+}
+
 impl Tensor {
     /// Matrix product of the last two dims, batch dims broadcast.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -16,25 +44,9 @@ impl Tensor {
             lhs: a.to_vec(),
             rhs: b.to_vec(),
         };
-        if a.len() < 2 || b.len() < 2 {
-            crate::bail!(OP, "needs operands of rank >= 2, got {a:?} and {b:?}");
-        }
+        let (m, k, n) = check_operands(OP, self, rhs)?;
         let dtype = self.dtype();
-        if !dtype.is_float() {
-            return Err(Error::UnsupportedDType { op: OP, dtype });
-        }
-        if rhs.dtype() != dtype {
-            return Err(Error::DTypeMismatch {
-                op: OP,
-                expected: dtype,
-                got: rhs.dtype(),
-            });
-        }
         let (ra, rb) = (a.len(), b.len());
-        let (m, k, n) = (a[ra - 2], a[ra - 1], b[rb - 1]);
-        if b[rb - 2] != k {
-            return Err(mismatch());
-        }
         let batch = broadcast_shapes(OP, &a[..ra - 2], &b[..rb - 2]).map_err(|_| mismatch())?;
         if dtype == DType::BF16 {
             let (x, y) = (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?);
@@ -62,6 +74,60 @@ impl Tensor {
             },
         };
         Ok(Tensor::from_cpu(out, &with([m, n])))
+    }
+
+    /// `self [m, k] @ rhs [k, n] + bias [n]` (torch's `addmm(bias, self, rhs)`, the linear
+    /// layer): the bias is written first and the product accumulated onto it in the GEMM, which
+    /// saves the separate pass over the output that `matmul(..).add(bias)` makes.
+    pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul_bias";
+        let (m, _, n) = check_operands(OP, self, rhs)?;
+        if self.rank() != 2 || rhs.rank() != 2 || bias.shape() != [n] {
+            crate::bail!(
+                OP,
+                "expects [m, k] @ [k, n] + [n], got {:?} @ {:?} + {:?}",
+                self.shape(),
+                rhs.shape(),
+                bias.shape()
+            );
+        }
+        let dtype = self.dtype();
+        if bias.dtype() != dtype {
+            return Err(Error::DTypeMismatch {
+                op: OP,
+                expected: dtype,
+                got: bias.dtype(),
+            });
+        }
+        if dtype == DType::BF16 {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            return f(self)?
+                .matmul_bias(&f(rhs)?, &f(bias)?)?
+                .to_dtype(DType::BF16);
+        }
+        let _p = crate::profiler::scope(OP);
+        let bias = bias.contiguous()?;
+        let bias_range = bias.layout().contiguous_range().unwrap_or(0..n);
+        fn run<T: GemmElem>(
+            x: &CpuStorage,
+            xl: &Layout,
+            y: &CpuStorage,
+            yl: &Layout,
+            b: &[T],
+        ) -> Result<CpuStorage> {
+            let (xs, ys) = (x.as_slice::<T>(OP)?, y.as_slice::<T>(OP)?);
+            Ok(CpuStorage::from_vec(kernel::matmul_bias(xs, xl, ys, yl, b)))
+        }
+        let (xl, yl) = (self.layout(), rhs.layout());
+        let out = match (self.storage(), rhs.storage(), bias.storage()) {
+            (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(b)) => match dtype {
+                DType::F32 => run::<f32>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+                DType::F64 => run::<f64>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+                DType::F16 => run::<half::f16>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
+            },
+        };
+        Ok(Tensor::from_cpu(out, &[m, n]))
     }
 }
 
@@ -192,5 +258,50 @@ mod tests {
         assert!(a.matmul(&f).unwrap_err().to_string().contains("matmul"));
         let i = Tensor::zeros(&[3, 3], DType::I64, Device::Cpu).unwrap();
         assert!(i.matmul(&i).unwrap_err().to_string().contains("matmul"));
+    }
+    #[test]
+    fn matmul_bias_equals_matmul_plus_bias() {
+        // (m, k, n), a plain or transposed rhs (the linear layer's `w.t()`), a strided bias.
+        for (seed, &(m, k, n)) in [(3, 4, 5), (1, 1, 1), (0, 3, 4), (3, 0, 4), (37, 70, 50)]
+            .iter()
+            .enumerate()
+        {
+            let seed = 3 * seed as u64;
+            let a = randn(&[m, k], seed);
+            let w = randn(&[n, k], seed + 1);
+            let bias = randn(&[n, 2], seed + 2)
+                .narrow(1, 1, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            for rhs in [w.t().unwrap(), w.t().unwrap().contiguous().unwrap()] {
+                let want = a
+                    .matmul(&rhs)
+                    .unwrap()
+                    .add(&bias)
+                    .unwrap()
+                    .to_vec_f64()
+                    .unwrap();
+                for (dtype, tol) in [(DType::F64, 1e-13), (DType::F32, 1e-5), (DType::BF16, 3e-2)] {
+                    let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+                    let got = c(&a).matmul_bias(&c(&rhs), &c(&bias)).unwrap();
+                    assert_eq!((got.shape(), got.dtype()), (&[m, n][..], dtype));
+                    for (g, w) in got.to_vec_f64().unwrap().iter().zip(&want) {
+                        let scale = (k as f64).sqrt().max(1.0) * (1.0 + w.abs());
+                        assert!(
+                            (g - w).abs() <= tol * scale,
+                            "{m}x{k}x{n} {dtype}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+        let a = randn(&[2, 3], 0);
+        let e = a
+            .matmul_bias(&randn(&[3, 4], 1), &randn(&[3], 2))
+            .unwrap_err();
+        assert!(e.to_string().contains("matmul_bias"), "{e}");
+        let e = randn(&[2, 2, 3], 0).matmul_bias(&randn(&[3, 4], 1), &randn(&[4], 2));
+        assert!(e.unwrap_err().to_string().contains("matmul_bias"));
     }
 }
