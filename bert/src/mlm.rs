@@ -87,9 +87,7 @@ impl BertLMPredictionHead {
         let hsize = *shape.last().unwrap_or(&0);
         let rows = h.value().elem_count() / hsize.max(1);
         let t = self.transform.forward(&h.reshape(&[rows, hsize])?)?;
-        let logits = t
-            .matmul(&self.decoder_weight.var().t()?)?
-            .add(&self.bias.var())?;
+        let logits = t.matmul_bias(&self.decoder_weight.var().t()?, &self.bias.var())?;
         let mut out = shape;
         *out.last_mut().expect("rank >= 1") = logits.shape()[1];
         logits.reshape(&out)
