@@ -77,11 +77,12 @@ LENGTHS = [12, 9, 7, 12, 5, 10]
 
 
 class CotMae(nn.Module):
-    """The original's BertForCotMAE as a BertForMaskedLM plus a ModuleList of BertLayers."""
+    """The original's BertForCotMAE as a BertForMaskedLM plus a ModuleList of BertLayers (also
+    timed by bench/cotmae_torch.py)."""
 
-    def __init__(self, config, n_head_layers, head_mlm_coef):
+    def __init__(self, config, n_head_layers, head_mlm_coef, attn_implementation="eager"):
         super().__init__()
-        self.lm = BertForMaskedLM._from_config(config, attn_implementation="eager")
+        self.lm = BertForMaskedLM._from_config(config, attn_implementation=attn_implementation)
         self.c_head = nn.ModuleList([BertLayer(self.lm.config) for _ in range(n_head_layers)])
         self.c_head.apply(self.lm._init_weights)
         self.head_mlm_coef = head_mlm_coef

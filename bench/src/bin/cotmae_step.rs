@@ -1,0 +1,237 @@
+//! One CoT-MAE pretraining step on the CPU: `BertForCotMAE` at bert-base shape (random init,
+//! dropout 0.1, two decoder-head layers), a batch of 8 documents = 16 sequences of 128 tokens,
+//! forward (encoder and decoder MLM losses), backward, gradient clipping to norm 1.0 and an AdamW
+//! step (torch's rule, weight decay 0.01 except biases and LayerNorm weights). The PyTorch twin is
+//! `bench/cotmae_torch.py`; `bench/run_cotmae.sh` runs both on the same batch.
+//!
+//! The batch is real collator output: synthetic documents (`cotmae::synthetic`), split into
+//! sentences, tokenized with the bert-base-uncased vocabulary, grouped into spans with their
+//! contextual spans (REFERENCE §1), then one anchor/context pair per document, cropped, padded and
+//! whole-word masked at 0.30 (encoder) and 0.45 (decoder) by `CotMaeCollator` (REFERENCE §2).
+//! It is written to a safetensors file (the six `CotMaeBatch` tensors, i64 [16, 128]) so both
+//! sides time the same batch.
+//!
+//! usage: cotmae_step batch FILE                       write the batch
+//!        cotmae_step FILE [--tiny] [--warmup N] [--iters N]
+//!                                                     time the step on FILE's batch: warm-up
+//!                                                     steps (2, at least 1), then the median of
+//!                                                     N (5); one JSON line on stdout, the first
+//!                                                     step's losses and all times on stderr
+//!
+//! `--tiny` (hidden 64, 2 layers, 4 heads, FFN 128, same vocabulary) is for smoke tests only.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autograd::Gradients;
+use bench::report;
+use bert::{BertConfig, BertForMaskedLM, Tokenizer, IGNORE_INDEX};
+use cotmae::model::loss_values;
+use cotmae::{
+    document_spans, generate_documents, BertForCotMAE, CollatorConfig, CotMaeBatch, CotMaeCollator,
+    CotMaeModelArgs,
+};
+use nn::{clip_grad_norm, step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module, Param};
+use tensor::safetensors::{save, SafeTensors};
+use tensor::{Error, Result, Rng, Tensor};
+
+const DOCS: usize = 8;
+const SEQ: usize = 128;
+const MAX_GRAD_NORM: f64 = 1.0;
+const LR: f64 = 1e-4;
+const KEYS: [&str; 6] = [
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_labels",
+];
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::op("cotmae_step", e.to_string())
+}
+
+fn vocab_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/vocab.txt")
+}
+
+/// The collator's batch of `DOCS` synthetic documents (module docs).
+fn make_batch() -> Result<CotMaeBatch> {
+    let tok = Tokenizer::from_vocab_file(vocab_path(), true).map_err(err)?;
+    let mut rng = Rng::new(42);
+    let docs: Vec<_> = generate_documents(DOCS, 30..=60, 42)
+        .iter()
+        .map(|d| {
+            let sentences = d.sentences.iter().map(|s| tok.encode(s, false, None));
+            document_spans(sentences, SEQ, 100, 0.15, &mut rng)
+                .map(|s| s.span_sets())
+                .ok_or_else(|| err(format!("synthetic document {} has < 2 spans", d.docid)))
+        })
+        .collect::<Result<_>>()?;
+    let mut collator = CotMaeCollator::new(&tok, CollatorConfig::default(), 42).map_err(err)?;
+    let ids: Vec<usize> = (0..DOCS).collect();
+    collator.collate(&docs[..], &ids).map_err(err)
+}
+
+fn tensors(b: &CotMaeBatch) -> [&Tensor; 6] {
+    [
+        &b.input_ids,
+        &b.attention_mask,
+        &b.labels,
+        &b.decoder_input_ids,
+        &b.decoder_attention_mask,
+        &b.decoder_labels,
+    ]
+}
+
+fn write_batch(path: &str) -> Result<()> {
+    let b = make_batch()?;
+    let named: Vec<(&str, &Tensor)> = KEYS.into_iter().zip(tensors(&b)).collect();
+    let tmp = format!("{path}.tmp");
+    save(&tmp, &named, None)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    let count = |t: &Tensor, keep: fn(i64) -> bool| -> Result<usize> {
+        Ok(t.to_vec::<i64>()?.into_iter().filter(|&x| keep(x)).count())
+    };
+    let real = count(&b.attention_mask, |x| x != 0)?;
+    let n = b.attention_mask.elem_count();
+    let enc = count(&b.labels, |x| x != IGNORE_INDEX)?;
+    let dec = count(&b.decoder_labels, |x| x != IGNORE_INDEX)?;
+    eprintln!(
+        "batch {:?} -> {path}: {real}/{n} real tokens, {enc} encoder and {dec} decoder labels",
+        b.input_ids.shape()
+    );
+    Ok(())
+}
+
+fn read_batch(path: &str) -> Result<CotMaeBatch> {
+    let st = SafeTensors::open(path)?;
+    let [input_ids, attention_mask, labels, decoder_input_ids, decoder_attention_mask, decoder_labels] =
+        KEYS.map(|k| st.get(k));
+    Ok(CotMaeBatch {
+        input_ids: input_ids?,
+        attention_mask: attention_mask?,
+        labels: labels?,
+        decoder_input_ids: decoder_input_ids?,
+        decoder_attention_mask: decoder_attention_mask?,
+        decoder_labels: decoder_labels?,
+    })
+}
+
+/// Clips the gradients of `params` (each tied parameter once) to a global norm of `max_norm`.
+fn clip(params: &[(String, Param)], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    let mut taken: Vec<_> = params
+        .iter()
+        .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
+        .collect();
+    let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
+    let norm = clip_grad_norm(&mut refs, max_norm)?;
+    for (v, g) in taken {
+        grads.insert(&v, g);
+    }
+    Ok(norm)
+}
+
+struct Options {
+    tiny: bool,
+    warmup: usize,
+    iters: usize,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        tiny: false,
+        warmup: 2,
+        iters: 5,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<usize> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| err(format!("{name} needs a number")))
+        };
+        match a.as_str() {
+            "--tiny" => o.tiny = true,
+            "--warmup" => o.warmup = num("--warmup")?,
+            "--iters" => o.iters = num("--iters")?.max(1),
+            other => return Err(err(format!("unknown argument {other:?}"))),
+        }
+    }
+    Ok(o)
+}
+
+fn config(tiny: bool) -> BertConfig {
+    if tiny {
+        BertConfig {
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 128,
+            ..BertConfig::default()
+        }
+    } else {
+        BertConfig::default()
+    }
+}
+
+fn time_step(path: &str, o: &Options) -> Result<()> {
+    let batch = read_batch(path)?;
+    let rng = &mut Rng::new(0);
+    let lm = BertForMaskedLM::new(&config(o.tiny), rng)?;
+    let model = BertForCotMAE::new(lm, CotMaeModelArgs::default(), rng)?;
+    let params = model.named_params();
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: LR,
+        weight_decay: 0.01,
+        variant: AdamWVariant::Torch,
+        ..AdamWConfig::default()
+    })?;
+    let mut ctx = Ctx::train(1);
+    let mut step = || -> Result<(f64, f64, f64)> {
+        let out = model.forward(&batch, &mut ctx)?;
+        let (_, enc, head) = loss_values(&out)?;
+        let mut grads = out.loss.backward()?;
+        drop(out); // release the graph so the optimizer writes parameters in place
+        let norm = clip(&params, &mut grads, MAX_GRAD_NORM)?;
+        step_params(&mut opt, LR, &params, &grads)?;
+        Ok((enc, head.unwrap_or(f64::NAN), norm))
+    };
+    let (enc, head, norm) = step()?;
+    eprintln!("first step: encoder loss {enc:.4}, head loss {head:.4}, grad norm {norm:.3}");
+    for _ in 1..o.warmup {
+        step()?;
+    }
+    let mut ms = Vec::with_capacity(o.iters);
+    for _ in 0..o.iters {
+        let t = Instant::now();
+        step()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let &[rows, len] = batch.input_ids.shape() else {
+        return Err(err("the batch must be [rows, seq]"));
+    };
+    let shape = format!(
+        "[{rows},{len}] {}",
+        if o.tiny { "tiny" } else { "bert-base" }
+    );
+    report("cotmae_train_step", &shape, ms[ms.len() / 2]);
+    eprintln!("step ms: {ms:.0?}");
+    if !tensor::profiler::totals().is_empty() {
+        eprintln!("{}", tensor::profiler::report());
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [cmd, path] if cmd == "batch" => write_batch(path),
+        [path, rest @ ..] if !path.starts_with('-') => time_step(path, &parse(rest)?),
+        _ => Err(err(
+            "usage: cotmae_step batch FILE | cotmae_step FILE [--tiny] [--warmup N] [--iters N]",
+        )),
+    }
+}
