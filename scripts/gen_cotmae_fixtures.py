@@ -13,8 +13,8 @@ of transformers `BertLayer`s (`c_head`), wired as the original caskcsg/ir `BertF
              head loss = mean cross-entropy of lm.cls(x) against decoder_labels (ignore -100)
     loss = encoder loss + head_mlm_coef * head loss
 
-Its parameter names are therefore ours (`lm.bert.*`, `lm.cls.*`, `c_head.<i>.*`); the original
-subclasses BertForMaskedLM, so its names lack the `lm.` prefix. The additive mask is
+Parameters are stored under the original's names (`bert.*`, `cls.*`, `c_head.<i>.*`: it subclasses
+BertForMaskedLM), which are ours too. The additive mask is
 (1 - mask) * finfo(float32).min, what transformers 5 uses for its eager attention (4.17 used
 -10000; both give exactly 0 after the softmax in f32).
 
@@ -174,7 +174,8 @@ def main():
     loss.backward()
 
     # named_parameters lists the tied decoder weight once, under the word embeddings' name.
-    params = dict(model.named_parameters())
+    # Stored under the original's names: it subclasses BertForMaskedLM, so no `lm.` prefix.
+    params = {n.removeprefix("lm."): p for n, p in model.named_parameters()}
     out = dict(batch)
     for n, p in params.items():
         out[n] = p.detach().clone()

@@ -14,8 +14,10 @@
 //!
 //! The embeddings and the MLM head are shared between encoder and decoder, so the decoder's
 //! gradient flows into the encoder through the [CLS] vector *and* through those shared weights.
-//! Parameter names follow the original's `state_dict`: `lm.bert.*`, `lm.cls.*`, `c_head.<i>.*`.
-//! Only `lm` (a plain `BertForMaskedLM`) is kept for fine-tuning ([`BertForCotMAE::save_encoder`]).
+//! Parameter names follow the original's `state_dict` (its `BertForCotMAE` subclasses
+//! `BertForMaskedLM`): `bert.*`, `cls.*`, then `c_head.<i>.*`; so a full checkpoint loads as an HF
+//! `BertForMaskedLM` (the head's keys reported unexpected). Only `lm` (a plain `BertForMaskedLM`)
+//! is kept for fine-tuning ([`BertForCotMAE::save_encoder`]).
 
 use std::path::Path;
 
@@ -169,7 +171,7 @@ impl BertForCotMAE {
 
 impl Module for BertForCotMAE {
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
-        self.lm.visit_params(&join(prefix, "lm"), f);
+        self.lm.visit_params(prefix, f);
         for (i, layer) in self.c_head.iter().enumerate() {
             layer.visit_params(&join(prefix, &format!("c_head.{i}")), f);
         }
@@ -210,8 +212,8 @@ mod tests {
         let mut rng = Rng::new(1);
         let m = BertForCotMAE::from_config(&tiny(), CotMaeModelArgs::default(), &mut rng).unwrap();
         let names: Vec<String> = m.named_params().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names[0], "lm.bert.embeddings.word_embeddings.weight");
-        assert!(names.contains(&"lm.cls.predictions.bias".to_string()));
+        assert_eq!(names[0], "bert.embeddings.word_embeddings.weight");
+        assert!(names.contains(&"cls.predictions.bias".to_string()));
         assert!(names.contains(&"c_head.1.output.LayerNorm.bias".to_string()));
         assert!(!names.iter().any(|n| n.starts_with("c_head.2")));
         let no_head = CotMaeModelArgs {
