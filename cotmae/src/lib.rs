@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod collator;
+pub mod demo;
 pub mod error;
 pub mod model;
 pub mod prepare;

@@ -1,0 +1,3 @@
+//! `cotmae demo`: the whole method on generated data (see [`data`] for the task).
+
+pub mod data;
