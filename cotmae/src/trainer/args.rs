@@ -177,14 +177,19 @@ pub struct PretrainArgs {
 
 /// Fields that may differ between a checkpoint's run and the run resuming it without changing
 /// the computation.
-pub const RESUME_NEUTRAL: [&str; 7] = [
-    "resume_from_checkpoint",
+pub const RESUME_NEUTRAL: [&str; 12] = [
+    "model_name_or_path",
+    "config_name",
+    "output_dir",
     "overwrite_output_dir",
     "do_train",
+    "logging_steps",
     "logging_dir",
+    "save_steps",
+    "save_total_limit",
+    "resume_from_checkpoint",
     "dataloader_num_workers",
     "debug_hang_after_step",
-    "logging_steps",
 ];
 
 impl ModelArguments {
@@ -354,5 +359,94 @@ impl PretrainArgs {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: PretrainArgs,
+    }
+
+    const BASE: [&str; 9] = [
+        "pretrain",
+        "--train_path",
+        "data",
+        "--output_dir",
+        "out",
+        "--config_name",
+        "config.json",
+        "--tokenizer_name",
+        "tok",
+    ];
+
+    fn parse(extra: &[&str]) -> PretrainArgs {
+        Flags::try_parse_from(BASE.iter().chain(extra))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn defaults_and_hf_style_booleans() {
+        let a = parse(&[]);
+        assert!(a.model.use_decoder_head && a.model.enable_head_mlm && !a.training.fp16);
+        assert_eq!(
+            (
+                a.training.learning_rate,
+                a.training.logging_steps,
+                a.training.max_steps
+            ),
+            (1e-4, 20, -1)
+        );
+        assert_eq!(
+            (a.data.encoder_mask_ratio, a.data.decoder_mask_ratio),
+            (0.30, 0.45)
+        );
+        a.validate().unwrap();
+        let b = parse(&[
+            "--use_decoder_head",
+            "false",
+            "--fp16",
+            "--overwrite_output_dir",
+            "yes",
+        ]);
+        assert!(!b.model.use_decoder_head && b.training.fp16 && b.training.overwrite_output_dir);
+        let err = b.validate().unwrap_err().to_string();
+        assert!(err.contains("--fp16") && err.contains("CUDA"), "{err}");
+        let c = parse(&["--max_steps", "-1", "--num_train_epochs", "0"]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max_steps"));
+    }
+
+    #[test]
+    fn resume_differences_skip_neutral_flags() {
+        let saved = parse(&[]).to_json();
+        let b = parse(&[
+            "--learning_rate",
+            "1e-3",
+            "--logging_steps",
+            "5",
+            "--dataloader_num_workers",
+            "2",
+            "--resume_from_checkpoint",
+            "latest",
+        ]);
+        let d = b.differences(&saved);
+        assert_eq!(
+            d,
+            [(
+                "learning_rate".to_string(),
+                "0.001".to_string(),
+                "0.0001".to_string()
+            )]
+        );
     }
 }
