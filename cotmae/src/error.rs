@@ -19,6 +19,8 @@ pub enum Error {
     Tokenizer(#[from] bert::TokenizerError),
     #[error(transparent)]
     Tensor(#[from] tensor::Error),
+    #[error(transparent)]
+    Bert(#[from] bert::BertError),
 }
 
 impl Error {

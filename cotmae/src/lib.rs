@@ -22,6 +22,7 @@ pub mod sentences;
 pub mod spans;
 pub mod synthetic;
 pub mod token_store;
+pub mod trainer;
 
 pub use collator::{
     CollatorConfig, CollatorState, CotMaeBatch, CotMaeCollator, DataType, SpanSource,

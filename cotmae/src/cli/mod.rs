@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod prepare;
+pub mod pretrain;
 
 /// Any error a subcommand returns; its `Display` names the file, line or flag at fault.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,12 +30,15 @@ pub struct Cli {
 pub enum Command {
     /// Split documents into sentences and spans; write data.jsonl and the token store.
     Prepare(prepare::PrepareArgs),
+    /// Pretrain a CoT-MAE encoder (HF Trainer flags); checkpoints, logs, TensorBoard.
+    Pretrain(Box<pretrain::PretrainArgs>),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
+        Command::Pretrain(a) => pretrain::run(*a),
     }
 }
 

@@ -1,0 +1,384 @@
+//! A whole pretraining run: set up (output directory, resume, tokenizer, data, model, optimizer,
+//! schedule, loader, log), the loop of optimizer steps with logging every `logging_steps` and a
+//! checkpoint every `save_steps`, then the final model in `output_dir`.
+//!
+//! Logged keys, in order: `loss`, `encoder_mlm_loss`, `head_mlm_loss` (each the mean over the
+//! steps since the last log, as HF's `loss`), `learning_rate` (the schedule's value for the next
+//! step, as HF logs `get_last_lr()`), `grad_norm` (the last step's, before clipping),
+//! `sequences_per_second` (since the last log, wall clock), `epoch` (fractional). The end of the
+//! run logs `train_runtime`, `train_steps_per_second`, `train_sequences_per_second` (this
+//! process) and `train_loss` (mean over every step of the run, resumed parts included).
+//!
+//! The final `output_dir` holds the encoder as an HF `BertForMaskedLM` directory, the head as
+//! `c_head.safetensors`, `training_args.json` and `trainer_state.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bert::{BertConfig, BertForMaskedLM, Tokenizer};
+use nn::{warmup_steps, AdamW, Ctx, LrSchedule, ScheduleKind};
+use tensor::Rng;
+
+use super::args::PretrainArgs;
+use super::checkpoint::{
+    latest_checkpoint, list_checkpoints, load_model, remove_stale, rotate, save_checkpoint,
+    write_run_files, Checkpoint, ARGS_FILE, OPTIMIZER_FILE,
+};
+use super::data::TrainData;
+use super::loader::{with_batches, DataLoader, LoaderState};
+use super::log::{default_logging_dir, MetricsLog};
+use super::sampler::RandomSampler;
+use super::state::{LossSums, TrainerState, STATE_FILE};
+use super::step::{train_step, unique_params, Optimization};
+use super::streams;
+use crate::collator::{CollatorState, CotMaeCollator, SpanSource};
+use crate::model::BertForCotMAE;
+use crate::{Error, Result};
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub global_step: u64,
+    /// Mean loss over every step of the run.
+    pub train_loss: f64,
+    /// Seconds this process trained.
+    pub train_runtime: f64,
+    /// Where the final model is.
+    pub output_dir: PathBuf,
+}
+
+fn non_empty(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => Ok(it.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Cleans leftovers, resolves `--resume_from_checkpoint`, applies the non-empty rule, creates
+/// `output_dir`; returns the checkpoint to resume from.
+fn prepare_output_dir(args: &PretrainArgs) -> Result<Option<PathBuf>> {
+    let t = &args.training;
+    let out = &t.output_dir;
+    if out.is_dir() {
+        for stale in remove_stale(out)? {
+            eprintln!("removed {}: an incomplete checkpoint", stale.display());
+        }
+    }
+    let resume = match t.resume_from_checkpoint.as_deref() {
+        None => None,
+        Some("latest") => Some(latest_checkpoint(out)?.ok_or_else(|| {
+            Error::Config(format!(
+                "--resume_from_checkpoint latest: no checkpoint-N directory in {}",
+                out.display()
+            ))
+        })?),
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.join(STATE_FILE).is_file() {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "--resume_from_checkpoint: not a checkpoint directory (no {STATE_FILE})"
+                    ),
+                ));
+            }
+            Some(p)
+        }
+    };
+    if resume.is_none() && non_empty(out)? {
+        if !t.overwrite_output_dir {
+            return Err(Error::Config(format!(
+                "output directory {} already exists and is not empty; use --overwrite_output_dir \
+                 to write into it, or --resume_from_checkpoint latest to continue its run",
+                out.display()
+            )));
+        }
+        for (_, dir) in list_checkpoints(out)? {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    Ok(resume)
+}
+
+/// A fresh model: pretrained encoder or random one from a config, plus a new head; the random
+/// draws come from the run's seed.
+fn build_model(args: &PretrainArgs) -> Result<BertForCotMAE> {
+    let m = &args.model;
+    let mut rng = Rng {
+        seed: args.training.seed,
+        offset: streams::INIT,
+    };
+    let model = match (&m.model_name_or_path, &m.config_name) {
+        (Some(dir), _) => {
+            let (lm, report) = BertForMaskedLM::from_pretrained(dir)?;
+            if !report.is_clean() {
+                eprintln!("warning: {}: {report}", dir.display());
+            }
+            BertForCotMAE::new(lm, m.cotmae_args(), &mut rng)?
+        }
+        (None, Some(path)) => {
+            let config = BertConfig::from_file(path)?;
+            BertForCotMAE::from_config(&config, m.cotmae_args(), &mut rng)?
+        }
+        (None, None) => unreachable!("validate() requires one of them"),
+    };
+    Ok(model)
+}
+
+/// The model must cover the tokenizer's ids and the sequence length.
+fn check_model_fits(
+    config: &BertConfig,
+    tokenizer: &Tokenizer,
+    max_seq_length: usize,
+) -> Result<()> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::Config(format!(
+            "the tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    if max_seq_length > config.max_position_embeddings {
+        return Err(Error::Config(format!(
+            "--max_seq_length {max_seq_length} exceeds the model's max_position_embeddings {}",
+            config.max_position_embeddings
+        )));
+    }
+    Ok(())
+}
+
+/// HF's step count when max_steps is not set: `ceil(epochs * max(batches // accumulation, 1))`.
+fn resolve_max_steps(args: &PretrainArgs, sampler: &RandomSampler) -> u64 {
+    let t = &args.training;
+    if t.max_steps > 0 {
+        return t.max_steps as u64;
+    }
+    let per_epoch = (sampler.batches_per_epoch() / t.gradient_accumulation_steps).max(1);
+    (t.num_train_epochs * per_epoch as f64).ceil() as u64
+}
+
+fn schedule(args: &PretrainArgs, max_steps: u64) -> LrSchedule {
+    let t = &args.training;
+    let warm = warmup_steps(max_steps, t.warmup_steps, t.warmup_ratio);
+    match ScheduleKind::from_name(&t.lr_scheduler_type) {
+        Some(ScheduleKind::Constant) => LrSchedule::constant(t.learning_rate),
+        Some(ScheduleKind::ConstantWithWarmup) => {
+            LrSchedule::constant_with_warmup(t.learning_rate, warm)
+        }
+        _ => LrSchedule::linear(t.learning_rate, warm, max_steps),
+    }
+}
+
+/// Warns about every computation-relevant flag that differs from the checkpoint's run.
+fn warn_differences(args: &PretrainArgs, checkpoint: &Path) -> Result<()> {
+    let path = checkpoint.join(ARGS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let saved: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+    for (flag, ours, theirs) in args.differences(&saved) {
+        eprintln!(
+            "warning: resuming with --{flag} {ours}, the checkpoint's run had {theirs}; the run \
+             will not continue exactly as it would have"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `cotmae pretrain` (module doc).
+pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
+    args.validate()?;
+    let t = &args.training;
+    let out = t.output_dir.clone();
+    let resume = prepare_output_dir(args)?;
+    let tokenizer = Tokenizer::from_dir(args.model.tokenizer_dir()?)?;
+    let data = TrainData::open(&args.data.train_path)?;
+    let sampler = RandomSampler::new(t.seed, data.num_docs(), t.per_device_train_batch_size);
+    let max_steps = resolve_max_steps(args, &sampler);
+
+    let mut collator = CotMaeCollator::new(&tokenizer, args.data.collator_config()?, t.seed)?;
+    collator.set_state(CollatorState {
+        seed: t.seed,
+        offset: streams::COLLATOR,
+    });
+    let mut opt = AdamW::new(args.adamw_config())?;
+    let (model, state) = match &resume {
+        Some(dir) => {
+            eprintln!("resuming from {}", dir.display());
+            warn_differences(args, dir)?;
+            let model = load_model(dir, args.model.cotmae_args())?;
+            opt.load_state(dir.join(OPTIMIZER_FILE))?;
+            let mut state = TrainerState::load(dir)?;
+            if let Some(ld) = &t.logging_dir {
+                state.logging_dir = ld.clone();
+            }
+            (model, state)
+        }
+        None => {
+            let loader = LoaderState {
+                epoch: 0,
+                index: 0,
+                collator: collator.state(),
+            };
+            let dropout = Rng {
+                seed: t.seed,
+                offset: streams::DROPOUT,
+            };
+            let logging_dir = t
+                .logging_dir
+                .clone()
+                .unwrap_or_else(|| default_logging_dir(&out));
+            // Absolute, so a run resumed from another working directory finds it.
+            let logging_dir = std::path::absolute(&logging_dir).unwrap_or(logging_dir);
+            let state = TrainerState::new(max_steps, loader, dropout, logging_dir);
+            (build_model(args)?, state)
+        }
+    };
+    check_model_fits(model.config(), &tokenizer, args.data.max_seq_length)?;
+    let mut state = TrainerState { max_steps, ..state };
+    let mut sched = schedule(args, max_steps);
+    sched.step = state.global_step;
+    let resumed_at = resume.as_ref().map(|_| state.global_step);
+    let loader = DataLoader::new(
+        &data,
+        sampler.clone(),
+        collator,
+        resumed_at.map(|_| state.loader),
+    )?;
+    let mut ctx = Ctx {
+        train: true,
+        rng: state.dropout_rng.into(),
+    };
+    let mut log = MetricsLog::open(&out, &state.logging_dir, resumed_at, max_steps)?;
+    let training_args = args.to_json();
+    let params = unique_params(&model);
+    let batch = t.per_device_train_batch_size;
+    let ga = t.gradient_accumulation_steps;
+    log.println(&format!(
+        "***** Running training *****\n  Num examples = {}\n  Num parameters = {}\n  Batch size \
+         (documents) = {batch}, gradient accumulation steps = {ga}, total = {}\n  Total \
+         optimization steps = {max_steps} (warmup {}), starting after step {}\n  Output: {}, \
+         TensorBoard: {}",
+        data.describe(),
+        nn::Module::num_params(&model),
+        batch * ga,
+        sched.warmup_steps,
+        state.global_step,
+        out.display(),
+        log.tensorboard_file().display(),
+    ));
+
+    let mut o = Optimization {
+        opt,
+        sched,
+        max_grad_norm: t.max_grad_norm,
+        accumulation: ga,
+    };
+    let started = Instant::now();
+    let steps_before = state.global_step;
+    let mut run_sums = LossSums::default();
+    let head_logged = model.args.use_decoder_head && model.args.enable_head_mlm;
+    with_batches(loader, t.dataloader_num_workers, |next| -> Result<()> {
+        let mut interval = Instant::now();
+        while state.global_step < max_steps {
+            let s = train_step(
+                &model,
+                &params,
+                &mut ctx,
+                next,
+                &mut o,
+                state.global_step + 1,
+            )?;
+            state.global_step += 1;
+            state.loader = s.loader;
+            state.dropout_rng = ctx.rng.into();
+            state.since_log.add(&s.sums);
+            state.total.add(&s.sums);
+            run_sums.add(&s.sums);
+            log.progress(state.global_step);
+            let step = state.global_step;
+            if step.is_multiple_of(t.logging_steps) {
+                let secs = interval.elapsed().as_secs_f64().max(1e-9);
+                let (loss, enc, head) = state.since_log.means();
+                let mut values = vec![("loss", loss), ("encoder_mlm_loss", enc)];
+                if head_logged {
+                    values.push(("head_mlm_loss", head));
+                }
+                values.extend([
+                    ("learning_rate", o.sched.lr()),
+                    ("grad_norm", s.grad_norm),
+                    (
+                        "sequences_per_second",
+                        state.since_log.sequences as f64 / secs,
+                    ),
+                    ("epoch", state.loader.epoch_float(data.num_docs())),
+                ]);
+                log.log(step, &values)?;
+                state.since_log = LossSums::default();
+                interval = Instant::now();
+            }
+            if step.is_multiple_of(t.save_steps) {
+                let ck = Checkpoint {
+                    model: &model,
+                    tokenizer: &tokenizer,
+                    optimizer: &o.opt,
+                    state: &state,
+                    training_args: &training_args,
+                };
+                let dir = save_checkpoint(&out, &ck)?;
+                log.println(&format!("saved {}", dir.display()));
+                for old in rotate(&out, t.save_total_limit)? {
+                    log.println(&format!("removed {} (save_total_limit)", old.display()));
+                }
+            }
+            if t.debug_hang_after_step == Some(step) {
+                log.println(&format!(
+                    "debug_hang_after_step: step {step} is done; waiting to be killed"
+                ));
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    let runtime = started.elapsed().as_secs_f64().max(1e-9);
+    let (train_loss, _, _) = state.total.means();
+    let ck = Checkpoint {
+        model: &model,
+        tokenizer: &tokenizer,
+        optimizer: &o.opt,
+        state: &state,
+        training_args: &training_args,
+    };
+    write_run_files(&out, &ck)?;
+    log.log(
+        state.global_step,
+        &[
+            ("train_runtime", runtime),
+            (
+                "train_steps_per_second",
+                (state.global_step - steps_before) as f64 / runtime,
+            ),
+            (
+                "train_sequences_per_second",
+                run_sums.sequences as f64 / runtime,
+            ),
+            ("train_loss", train_loss),
+        ],
+    )?;
+    log.finish();
+    eprintln!("saved the model to {}", out.display());
+    // COTMAE_PROFILE=1: time per op over the run.
+    if !tensor::profiler::totals().is_empty() {
+        eprintln!("{}", tensor::profiler::report());
+    }
+    Ok(TrainSummary {
+        global_step: state.global_step,
+        train_loss,
+        train_runtime: runtime,
+        output_dir: out,
+    })
+}

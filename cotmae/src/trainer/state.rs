@@ -1,0 +1,201 @@
+//! What a checkpoint records besides the weights and the optimizer: the step, the data
+//! position, the dropout generator and the loss sums of the current logging interval, as
+//! `trainer_state.json`. With these, a resumed run continues bit for bit.
+//!
+//! Floating-point sums are stored as the bits of their f64 (`"loss_bits": 4614256656552045848`),
+//! since a decimal round trip through JSON is not guaranteed to be exact.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tensor::Rng;
+
+use super::loader::LoaderState;
+use crate::{Error, Result};
+
+/// File name inside a checkpoint directory.
+pub const STATE_FILE: &str = "trainer_state.json";
+const FORMAT: &str = "cotmae.TrainerState/1";
+
+/// Serialises an f64 as its bit pattern (exact through JSON).
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+/// A `tensor::Rng`'s position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: u64,
+    pub offset: u64,
+}
+
+impl From<Rng> for RngState {
+    fn from(r: Rng) -> Self {
+        RngState {
+            seed: r.seed,
+            offset: r.offset,
+        }
+    }
+}
+
+impl From<RngState> for Rng {
+    fn from(r: RngState) -> Self {
+        Rng {
+            seed: r.seed,
+            offset: r.offset,
+        }
+    }
+}
+
+/// Sums over optimizer steps: each step adds the mean of its micro-batch losses (HF adds
+/// `loss / gradient_accumulation_steps` per micro-batch), so a mean over steps is a sum divided
+/// by `steps`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossSums {
+    pub steps: u64,
+    /// Sequences (two per document) seen.
+    pub sequences: u64,
+    #[serde(rename = "loss_bits", with = "f64_bits")]
+    pub loss: f64,
+    #[serde(rename = "encoder_mlm_loss_bits", with = "f64_bits")]
+    pub encoder_mlm_loss: f64,
+    #[serde(rename = "head_mlm_loss_bits", with = "f64_bits")]
+    pub head_mlm_loss: f64,
+}
+
+impl LossSums {
+    pub fn add(&mut self, other: &LossSums) {
+        self.steps += other.steps;
+        self.sequences += other.sequences;
+        self.loss += other.loss;
+        self.encoder_mlm_loss += other.encoder_mlm_loss;
+        self.head_mlm_loss += other.head_mlm_loss;
+    }
+
+    /// `(loss, encoder_mlm_loss, head_mlm_loss)` averaged over the steps.
+    pub fn means(&self) -> (f64, f64, f64) {
+        let n = self.steps.max(1) as f64;
+        (
+            self.loss / n,
+            self.encoder_mlm_loss / n,
+            self.head_mlm_loss / n,
+        )
+    }
+}
+
+/// The trainer's state after optimizer step `global_step`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format: String,
+    /// Optimizer steps done.
+    pub global_step: u64,
+    /// The run's total (the schedule's length).
+    pub max_steps: u64,
+    /// Where the next batch comes from.
+    pub loader: LoaderState,
+    /// The dropout generator (`Ctx::rng`).
+    pub dropout_rng: RngState,
+    /// Steps since the last log (what the next log averages).
+    pub since_log: LossSums,
+    /// Every step of the run (the final `train_loss`).
+    pub total: LossSums,
+    /// The TensorBoard directory, kept by a resumed run.
+    pub logging_dir: PathBuf,
+}
+
+impl TrainerState {
+    pub fn new(
+        max_steps: u64,
+        loader: LoaderState,
+        dropout_rng: Rng,
+        logging_dir: PathBuf,
+    ) -> Self {
+        TrainerState {
+            format: FORMAT.into(),
+            global_step: 0,
+            max_steps,
+            loader,
+            dropout_rng: dropout_rng.into(),
+            since_log: LossSums::default(),
+            total: LossSums::default(),
+            logging_dir,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("state serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Reads `dir/trainer_state.json`.
+    pub fn load(dir: &Path) -> Result<TrainerState> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))?;
+        if state.format != FORMAT {
+            return Err(Error::format(
+                &path,
+                format!("format {:?}, expected {FORMAT:?}", state.format),
+            ));
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collator::CollatorState;
+
+    #[test]
+    fn json_round_trip_is_exact() {
+        let mut st = TrainerState::new(
+            100,
+            LoaderState {
+                epoch: 2,
+                index: 17,
+                collator: CollatorState {
+                    seed: 5,
+                    offset: u64::MAX - 3,
+                },
+            },
+            Rng {
+                seed: 42,
+                offset: 1 << 56,
+            },
+            PathBuf::from("out/runs/x"),
+        );
+        st.global_step = 40;
+        // Values whose shortest decimal forms are long.
+        st.since_log = LossSums {
+            steps: 3,
+            sequences: 96,
+            loss: 0.1 + 0.2,
+            encoder_mlm_loss: 1.0 / 3.0,
+            head_mlm_loss: f64::MIN_POSITIVE * 3.0,
+        };
+        st.total.add(&st.since_log.clone());
+        st.total.add(&st.since_log.clone());
+        let dir = std::env::temp_dir().join(format!("cotmae-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), st.to_json()).unwrap();
+        let back = TrainerState::load(&dir).unwrap();
+        assert_eq!(back, st);
+        assert_eq!(back.since_log.loss.to_bits(), (0.1f64 + 0.2).to_bits());
+        assert_eq!(back.total.steps, 6);
+        std::fs::write(dir.join(STATE_FILE), "{}").unwrap();
+        let err = TrainerState::load(&dir).unwrap_err().to_string();
+        assert!(err.contains(STATE_FILE), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

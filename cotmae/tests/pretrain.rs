@@ -1,0 +1,507 @@
+//! `cotmae pretrain` end to end on a tiny model and a synthetic corpus:
+//! - a run killed with SIGKILL after step 6 and resumed from its latest checkpoint logs
+//!   bit-identical losses, learning rates and gradient norms to an uninterrupted run, and ends
+//!   with byte-identical weights (with gradient accumulation, dropout, a prefetching loader,
+//!   checkpoint rotation and a stale half-written checkpoint in the way);
+//! - a short run lowers both MLM losses markedly, and its saved encoder starts a new run
+//!   (`--model_name_or_path`) where the first left off;
+//! - the token store and data.jsonl give the same training;
+//! - wrong flags and directories are clear errors.
+//!
+//! The corpus's vocabulary is cut down to the tokens the corpus uses (the WordPiece pieces are
+//! the same as with the full vocabulary, only renumbered), so the MLM head over the vocabulary
+//! stays cheap and the tests run in seconds.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bert::{BertForMaskedLM, Tokenizer};
+use clap::Parser;
+use cotmae::cli::{Cli, Command as Sub};
+use cotmae::synthetic::generate_documents;
+use cotmae::{prepare, PrepareOptions};
+use serde_json::Value;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("cotmae-pretrain-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A prepared corpus, its tokenizer directory and a tiny BERT config.
+struct Fixture {
+    dir: TempDir,
+    data: PathBuf,
+    tok: PathBuf,
+    config: PathBuf,
+}
+
+const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+fn fixture(name: &str, n_docs: usize) -> Fixture {
+    let dir = TempDir::new(name);
+    let full = Tokenizer::from_vocab_file(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/tokenizer/vocab.txt"
+        ),
+        true,
+    )
+    .unwrap();
+    let docs = generate_documents(n_docs, 6..=14, 11);
+    let corpus = dir.0.join("corpus.txt");
+    cotmae::synthetic::write_plain_text(&corpus, &docs).unwrap();
+    let used: BTreeSet<String> = docs.iter().flat_map(|d| full.tokenize(&d.text())).collect();
+    let vocab: Vec<&str> = SPECIALS
+        .iter()
+        .copied()
+        .chain(
+            used.iter()
+                .map(String::as_str)
+                .filter(|t| !SPECIALS.contains(t)),
+        )
+        .collect();
+    let tok = dir.0.join("tok");
+    std::fs::create_dir_all(&tok).unwrap();
+    std::fs::write(tok.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let small = Tokenizer::from_dir(&tok).unwrap();
+    for d in docs.iter().take(5) {
+        let a: Vec<String> = full.tokenize(&d.text());
+        assert_eq!(
+            small.tokenize(&d.text()),
+            a,
+            "the cut vocabulary splits words alike"
+        );
+    }
+    let data = dir.0.join("data");
+    let opts = PrepareOptions {
+        maxlen: 24,
+        progress: false,
+        ..PrepareOptions::default()
+    };
+    prepare(&corpus, &data, &small, opts).unwrap();
+    let config = dir.0.join("config.json");
+    let json = serde_json::json!({
+        "vocab_size": vocab.len(),
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+    Fixture {
+        dir,
+        data,
+        tok,
+        config,
+    }
+}
+
+impl Fixture {
+    /// `pretrain` flags for a random init from the fixture's config, writing to `out`.
+    fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
+        let p = |x: &Path| x.display().to_string();
+        let mut v: Vec<String> = [
+            "--config_name",
+            &p(&self.config),
+            "--tokenizer_name",
+            &p(&self.tok),
+            "--train_path",
+            &p(&self.data),
+            "--output_dir",
+            &p(out),
+            "--max_seq_length",
+            "32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+/// Replaces the value of `flag` in `args`.
+fn set(args: &mut [String], flag: &str, value: &str) {
+    let at = args.iter().position(|s| s == flag).unwrap();
+    args[at + 1] = value.to_string();
+}
+
+/// Runs `cotmae pretrain <args>` in this process.
+fn pretrain(args: &[String]) -> Result<(), String> {
+    let cli = Cli::try_parse_from(
+        ["cotmae", "pretrain"]
+            .into_iter()
+            .map(String::from)
+            .chain(args.iter().cloned()),
+    )
+    .map_err(|e| e.to_string())?;
+    match cli.command {
+        Sub::Pretrain(a) => cotmae::trainer::pretrain(&a)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => unreachable!(),
+    }
+}
+
+/// The JSON lines of a run's log that carry `key`.
+fn log_with(out: &Path, key: &str) -> Vec<Value> {
+    std::fs::read_to_string(out.join("trainer_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get(key).is_some())
+        .collect()
+}
+
+fn steps(out: &Path) -> Vec<u64> {
+    log_with(out, "loss")
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+fn checkpoints(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every logged number of a step, as f64 bits, for a bit-for-bit comparison.
+fn step_bits(v: &Value) -> Vec<(String, u64)> {
+    [
+        "step",
+        "loss",
+        "encoder_mlm_loss",
+        "head_mlm_loss",
+        "learning_rate",
+        "grad_norm",
+        "epoch",
+    ]
+    .iter()
+    .map(|k| {
+        let x = v[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"));
+        (k.to_string(), x.to_bits())
+    })
+    .collect()
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_cotmae");
+
+#[test]
+fn killed_and_resumed_run_is_bit_identical() {
+    let fx = fixture("resume", 40);
+    let common = [
+        "--max_steps",
+        "12",
+        "--per_device_train_batch_size",
+        "3",
+        "--gradient_accumulation_steps",
+        "2",
+        "--learning_rate",
+        "5e-3",
+        "--warmup_ratio",
+        "0.25",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "4",
+        "--save_total_limit",
+        "2",
+        "--seed",
+        "7",
+    ];
+    // The uninterrupted run, in its own process like the others.
+    let a = fx.dir.0.join("a");
+    let status = Command::new(BIN)
+        .arg("pretrain")
+        .args(fx.args(&a, &common))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The same run with a prefetching loader, killed (SIGKILL) once step 6 is done.
+    let b = fx.dir.0.join("b");
+    let mut with_workers = common.to_vec();
+    with_workers.extend(["--dataloader_num_workers", "2"]);
+    let mut hang = with_workers.clone();
+    hang.extend(["--debug_hang_after_step", "6"]);
+    let mut child = Command::new(BIN)
+        .arg("pretrain")
+        .args(fx.args(&b, &hang))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(line) if line.contains("debug_hang_after_step: step 6") => break,
+            Ok(line) => seen.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!(
+                    "the run did not reach step 6 ({e:?}); stderr:\n{}",
+                    seen.join("\n")
+                );
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(checkpoints(&b), ["checkpoint-4"]);
+    assert_eq!(steps(&b), (1..=6).collect::<Vec<_>>());
+    let before_kill = log_with(&b, "loss");
+    // What a kill in the middle of writing checkpoint-8 would leave.
+    let stale = b.join("checkpoint-8.tmp-999999");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), b"partial").unwrap();
+
+    let mut resume = with_workers.clone();
+    resume.extend(["--resume_from_checkpoint", "latest"]);
+    let out = Command::new(BIN)
+        .arg("pretrain")
+        .args(fx.args(&b, &resume))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("resuming from") && err.contains("checkpoint-4"),
+        "{err}"
+    );
+    assert!(!stale.exists(), "the stale checkpoint is removed");
+
+    let (la, lb) = (log_with(&a, "loss"), log_with(&b, "loss"));
+    assert_eq!(steps(&a), (1..=12).collect::<Vec<_>>());
+    assert_eq!(steps(&b), steps(&a), "resumed log: each step once");
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(
+            step_bits(x),
+            step_bits(y),
+            "\nuninterrupted {x}\nresumed {y}"
+        );
+    }
+    for (x, y) in la.iter().zip(&before_kill) {
+        assert_eq!(
+            step_bits(x),
+            step_bits(y),
+            "\nuninterrupted {x}\nbefore the kill {y}"
+        );
+    }
+    // The logged lr is the next step's (HF): warmup ceil(0.25 * 12) = 3 steps, then linear to 0.
+    let lrs: Vec<f64> = la
+        .iter()
+        .map(|v| v["learning_rate"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        (lrs[0], lrs[2], lrs[3], lrs[11]),
+        (5e-3 * (1.0 / 3.0), 5e-3, 5e-3 * (8.0 / 9.0), 0.0)
+    );
+    for file in ["model.safetensors", "c_head.safetensors"] {
+        let (x, y) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
+        assert!(x == y, "{file}: the final weights differ");
+    }
+    assert_eq!(checkpoints(&a), ["checkpoint-12", "checkpoint-8"]);
+    assert_eq!(checkpoints(&b), checkpoints(&a));
+    // The output directory is a clean HF BertForMaskedLM directory.
+    let (_, report) = BertForMaskedLM::from_pretrained(&b).unwrap();
+    assert!(report.is_clean(), "{report}");
+    // The run summary is logged once, at the last step.
+    let summary = log_with(&b, "train_loss");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["step"], 12);
+}
+
+/// The mean of `key` over the first / last `n` logs.
+fn ends(logs: &[Value], key: &str, n: usize) -> (f64, f64) {
+    let mean = |s: &[Value]| s.iter().map(|v| v[key].as_f64().unwrap()).sum::<f64>() / n as f64;
+    (mean(&logs[..n]), mean(&logs[logs.len() - n..]))
+}
+
+#[test]
+fn tiny_run_lowers_both_losses_and_its_encoder_restarts_training() {
+    let fx = fixture("learn", 200);
+    let out = fx.dir.0.join("out");
+    let flags = [
+        "--max_steps",
+        "200",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "2e-3",
+        "--logging_steps",
+        "5",
+        "--save_steps",
+        "1000",
+    ];
+    pretrain(&fx.args(&out, &flags)).unwrap();
+    let logs = log_with(&out, "loss");
+    assert_eq!(logs.len(), 40);
+    // At initialisation both losses are about ln(vocabulary size); after 200 steps both are
+    // more than a nat lower.
+    let vocab = std::fs::read_to_string(fx.tok.join("vocab.txt"))
+        .unwrap()
+        .lines()
+        .count();
+    for key in ["encoder_mlm_loss", "head_mlm_loss"] {
+        let (first, last) = ends(&logs, key, 2);
+        println!(
+            "{key}: {first:.3} -> {last:.3} (ln {vocab} = {:.3})",
+            (vocab as f64).ln()
+        );
+        assert!(
+            (first - (vocab as f64).ln()).abs() < 0.5,
+            "{key} starts at {first}"
+        );
+        assert!(last < first - 1.0, "{key}: {first} -> {last}");
+    }
+
+    // Continue from the saved encoder (the head starts afresh).
+    let again = fx.dir.0.join("again");
+    let p = |x: &Path| x.display().to_string();
+    let args: Vec<String> = [
+        "--model_name_or_path",
+        &p(&out),
+        "--train_path",
+        &p(&fx.data),
+        "--output_dir",
+        &p(&again),
+        "--max_seq_length",
+        "32",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    pretrain(&args).unwrap();
+    let first_again = log_with(&again, "loss")[0]["encoder_mlm_loss"]
+        .as_f64()
+        .unwrap();
+    let (first, last) = ends(&logs, "encoder_mlm_loss", 2);
+    assert!(
+        first_again < last + 0.3,
+        "the loaded encoder starts at {first_again}, the first run went {first} -> {last}"
+    );
+}
+
+#[test]
+fn token_store_and_jsonl_train_alike() {
+    let fx = fixture("sources", 30);
+    let flags = [
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+    ];
+    let (a, b) = (fx.dir.0.join("a"), fx.dir.0.join("b"));
+    pretrain(&fx.args(&a, &flags)).unwrap();
+    let mut jsonl = fx.args(&b, &flags);
+    set(
+        &mut jsonl,
+        "--train_path",
+        &fx.data.join("data.jsonl").display().to_string(),
+    );
+    pretrain(&jsonl).unwrap();
+    let (la, lb) = (log_with(&a, "loss"), log_with(&b, "loss"));
+    assert_eq!(la.len(), 3);
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(step_bits(x), step_bits(y));
+    }
+}
+
+#[test]
+fn flag_and_directory_errors() {
+    let fx = fixture("errors", 12);
+    let out = fx.dir.0.join("out");
+    let one = ["--max_steps", "1", "--per_device_train_batch_size", "2"];
+    let expect_err = |args: Vec<String>, needle: &str| {
+        let err = pretrain(&args).expect_err("should fail");
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    };
+
+    let mut fp16 = fx.args(&out, &one);
+    fp16.push("--fp16".into());
+    expect_err(fp16, "CUDA");
+    let mut bf16 = fx.args(&out, &one);
+    bf16.extend(["--bf16".into(), "true".into()]);
+    expect_err(bf16, "--bf16");
+    let no_tok: Vec<String> = fx
+        .args(&out, &one)
+        .into_iter()
+        .filter(|a| !a.contains("tokenizer_name") && !a.ends_with("/tok"))
+        .collect();
+    expect_err(no_tok, "--tokenizer_name");
+    let mut both = fx.args(&out, &one);
+    both.extend([
+        "--model_name_or_path".into(),
+        fx.dir.0.display().to_string(),
+    ]);
+    expect_err(both, "only one of");
+    let mut long = fx.args(&out, &one);
+    set(&mut long, "--max_seq_length", "64");
+    expect_err(long, "max_position_embeddings");
+    let mut latest = fx.args(&out, &one);
+    latest.extend(["--resume_from_checkpoint".into(), "latest".into()]);
+    expect_err(latest, "no checkpoint-N");
+    let mut bad_type = fx.args(&out, &one);
+    bad_type.extend(["--data_type".into(), "nearby+far".into()]);
+    expect_err(bad_type, "far");
+
+    // A finished run's directory is not written into again without --overwrite_output_dir.
+    let mut save = fx.args(&out, &one);
+    save.extend(["--save_steps".into(), "1".into()]);
+    pretrain(&save).unwrap();
+    assert_eq!(checkpoints(&out), ["checkpoint-1"]);
+    expect_err(fx.args(&out, &one), "--overwrite_output_dir");
+    let mut over = fx.args(&out, &one);
+    over.push("--overwrite_output_dir".into());
+    pretrain(&over).unwrap();
+    assert!(checkpoints(&out).is_empty(), "old checkpoints are removed");
+    // A resume path that is not a checkpoint.
+    let mut resume = fx.args(&out, &one);
+    resume.extend(["--resume_from_checkpoint".into(), "nowhere".into()]);
+    expect_err(resume, "not a checkpoint directory");
+}
