@@ -6,7 +6,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod encode;
 pub mod prepare;
+pub mod train_retriever;
 
 /// Any error a subcommand returns; its `Display` names the file, line or flag at fault.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,12 +31,18 @@ pub struct Cli {
 pub enum Command {
     /// Split documents into sentences and spans; write data.jsonl and the token store.
     Prepare(prepare::PrepareArgs),
+    /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
+    TrainRetriever(train_retriever::TrainRetrieverArgs),
+    /// Encode tokenized texts into embeddings.safetensors + ids.txt.
+    Encode(encode::EncodeArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
+        Command::TrainRetriever(a) => train_retriever::run(a),
+        Command::Encode(a) => encode::run(a),
     }
 }
 
