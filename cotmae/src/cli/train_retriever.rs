@@ -1,0 +1,160 @@
+//! `cotmae train-retriever`: Tevatron-style dense-retrieval fine-tuning (see
+//! [`retrieval::train`]). Flags keep Tevatron's / HF `TrainingArguments` names.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use retrieval::{latest_checkpoint, train, PadTo, TrainConfig};
+
+use super::{with_threads, CliResult};
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct TrainRetrieverArgs {
+    /// HF model directory to fine-tune (e.g. the CoT-MAE pretrained encoder).
+    #[arg(long)]
+    pub model_name_or_path: PathBuf,
+    /// Tokenizer directory (vocab.txt); default: the model directory.
+    #[arg(long)]
+    pub tokenizer_name: Option<PathBuf>,
+    /// Where checkpoints, train_log.jsonl and the final model go.
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    /// Training examples: one JSON-lines file or a directory of *.json / *.jsonl files.
+    #[arg(long)]
+    pub train_dir: PathBuf,
+    /// Queries per batch.
+    #[arg(long, default_value_t = 8)]
+    pub per_device_train_batch_size: usize,
+    /// Passages per query: one positive and train_n_passages - 1 negatives.
+    #[arg(long, default_value_t = 16)]
+    pub train_n_passages: usize,
+    #[arg(long, default_value_t = 32)]
+    pub q_max_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub p_max_len: usize,
+    #[arg(long, default_value_t = 2e-5)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 3.0)]
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; > 0 overrides num_train_epochs.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub max_steps: i64,
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// > 0 overrides warmup_ratio.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 500)]
+    pub logging_steps: u64,
+    #[arg(long, default_value_t = 500)]
+    pub save_steps: u64,
+    /// Keep only the newest N checkpoints.
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Train into a non-empty output_dir.
+    #[arg(long)]
+    pub overwrite_output_dir: bool,
+    /// A checkpoint-N directory to continue from, or `latest` (the newest in output_dir).
+    #[arg(long)]
+    pub resume_from_checkpoint: Option<String>,
+    /// Gather representations across processes. One process here: a no-op (with a warning).
+    #[arg(long)]
+    pub negatives_x_device: bool,
+    /// Mixed precision: needs the CUDA backend, not available in this build (an error).
+    #[arg(long)]
+    pub fp16: bool,
+    /// Accepted for compatibility; batches are built in-process.
+    #[arg(long, default_value_t = 0)]
+    pub dataloader_num_workers: usize,
+    /// Pad each batch to its longest text instead of q_max_len / p_max_len (same loss, faster).
+    #[arg(long)]
+    pub pad_to_longest: bool,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(a: TrainRetrieverArgs) -> CliResult {
+    if a.fp16 {
+        return Err(
+            "--fp16 needs the CUDA backend, which this build does not have yet; \
+                    train in f32 by leaving --fp16 out"
+                .into(),
+        );
+    }
+    if a.negatives_x_device {
+        eprintln!(
+            "warning: --negatives_x_device has no effect with one process (world size 1): \
+             every passage of the batch is already a negative for every query"
+        );
+    }
+    if a.dataloader_num_workers > 0 {
+        eprintln!("note: --dataloader_num_workers is ignored; batches are built in-process");
+    }
+    let resume = match a.resume_from_checkpoint.as_deref() {
+        None => None,
+        Some("latest") => Some(latest_checkpoint(&a.output_dir)?.ok_or_else(|| {
+            format!(
+                "--resume_from_checkpoint latest: no checkpoint-N in {}",
+                a.output_dir.display()
+            )
+        })?),
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let cfg = TrainConfig {
+        model_name_or_path: a.model_name_or_path,
+        tokenizer_name: a.tokenizer_name,
+        output_dir: a.output_dir,
+        train_dir: a.train_dir,
+        per_device_train_batch_size: a.per_device_train_batch_size,
+        train_n_passages: a.train_n_passages,
+        q_max_len: a.q_max_len,
+        p_max_len: a.p_max_len,
+        learning_rate: a.learning_rate,
+        num_train_epochs: a.num_train_epochs,
+        max_steps: (a.max_steps > 0).then_some(a.max_steps as u64),
+        warmup_ratio: a.warmup_ratio,
+        warmup_steps: a.warmup_steps,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        logging_steps: a.logging_steps,
+        save_steps: a.save_steps,
+        save_total_limit: a.save_total_limit,
+        seed: a.seed,
+        overwrite_output_dir: a.overwrite_output_dir,
+        resume_from_checkpoint: resume,
+        pad_to: if a.pad_to_longest {
+            PadTo::Longest
+        } else {
+            PadTo::MaxLen
+        },
+        verbose: true,
+    };
+    let report = with_threads(a.threads, || train(&cfg))??;
+    if !tensor::profiler::totals().is_empty() {
+        eprintln!("{}", tensor::profiler::report()); // COTMAE_PROFILE=1
+    }
+    eprintln!(
+        "train-retriever: {} examples, {} of {} steps (warmup {}); model saved to {}",
+        report.num_examples,
+        report.global_step,
+        report.total_steps,
+        report.warmup_steps,
+        cfg.output_dir.display()
+    );
+    if let Some(last) = report.log.last() {
+        eprintln!(
+            "last logged step {}: loss {:.4}, lr {:.3e}",
+            last.step, last.loss, last.learning_rate
+        );
+    }
+    Ok(())
+}

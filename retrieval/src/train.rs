@@ -1,0 +1,542 @@
+//! `train-retriever`: fine-tunes a [`DenseModel`] on Tevatron training files (REFERENCE §6), on
+//! one process, with the HF Trainer's optimisation.
+//!
+//! One step: a batch of `per_device_train_batch_size` examples in this epoch's order
+//! ([`epoch_order`]) -> [`TrainDataset::batch`] -> `DenseModel::forward` (dropout on) -> backward
+//! -> global-norm clipping to `max_grad_norm` -> AdamW (HF variant, weight decay except biases and
+//! LayerNorm weights) at the schedule's lr -> the schedule advances (linear warmup over
+//! `warmup_steps`, or `ceil(warmup_ratio * total)`, then linear decay to 0).
+//!
+//! Length: `max_steps` when positive, else `ceil(num_train_epochs * steps_per_epoch)` with
+//! `steps_per_epoch = ceil(examples / batch size)` (the last batch of an epoch may be smaller,
+//! as with the HF Trainer's default `dataloader_drop_last=False`).
+//!
+//! Output directory:
+//! - `train_log.jsonl`: every `logging_steps` steps one [`LogEntry`] (mean loss since the last
+//!   entry, the lr the step used, the gradient norm before clipping), also shown by the progress
+//!   bar (or printed to stderr when it is hidden);
+//! - `checkpoint-N/` every `save_steps` steps: the model (an HF directory with the tokenizer's
+//!   files), `optimizer.safetensors` (AdamW moments and step counts) and `trainer_state.json`
+//!   (global step, epoch and position in it, schedule, dropout generator, log history). It is
+//!   written under a temporary name and renamed, and only the newest `save_total_limit` are kept;
+//!   resuming from one continues bit for bit as if never interrupted;
+//! - at the end the model itself (`config.json`, `model.safetensors`, tokenizer files).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use autograd::Var;
+use nn::{
+    clip_grad_norm, step_params, total_norm, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx,
+    LrSchedule, Module,
+};
+use serde::{Deserialize, Serialize};
+use tensor::{DType, Rng, Tensor};
+
+use crate::dense::{DenseModel, PadTo, SpecialIds};
+use crate::formats::JsonlWriter;
+use crate::train_data::{
+    epoch_order, stream_seed, BatchConfig, TrainBatch, TrainDataset, DROPOUT_STREAM,
+};
+use crate::{Error, Result};
+
+pub const LOG_FILE: &str = "train_log.jsonl";
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const CHECKPOINT_PREFIX: &str = "checkpoint-";
+
+/// Everything `train` needs; names and defaults from Tevatron / HF `TrainingArguments`.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// HF model directory to start from (e.g. the CoT-MAE pretrained encoder).
+    pub model_name_or_path: PathBuf,
+    /// Tokenizer directory (`vocab.txt`); None: the model directory.
+    pub tokenizer_name: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    /// A JSON-lines file of training examples or a directory of them.
+    pub train_dir: PathBuf,
+    pub per_device_train_batch_size: usize,
+    pub train_n_passages: usize,
+    pub q_max_len: usize,
+    pub p_max_len: usize,
+    pub learning_rate: f64,
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides `num_train_epochs` when set.
+    pub max_steps: Option<u64>,
+    pub warmup_ratio: f64,
+    /// Warmup length in steps; overrides `warmup_ratio` when positive.
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    /// 0: no logging.
+    pub logging_steps: u64,
+    /// 0: no checkpoints.
+    pub save_steps: u64,
+    /// Keep at most this many checkpoints (the oldest are deleted).
+    pub save_total_limit: Option<usize>,
+    pub seed: u64,
+    /// Train into a non-empty `output_dir` anyway.
+    pub overwrite_output_dir: bool,
+    /// A `checkpoint-N` directory to continue from (see [`latest_checkpoint`]).
+    pub resume_from_checkpoint: Option<PathBuf>,
+    /// Rows padded to `q_max_len` / `p_max_len` (Tevatron) or to the batch's longest text.
+    pub pad_to: PadTo,
+    /// Progress bar, log lines and load warnings on stderr.
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model_name_or_path: PathBuf::new(),
+            tokenizer_name: None,
+            output_dir: PathBuf::new(),
+            train_dir: PathBuf::new(),
+            per_device_train_batch_size: 8,
+            train_n_passages: 16,
+            q_max_len: 32,
+            p_max_len: 128,
+            learning_rate: 2e-5,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            warmup_ratio: 0.1,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            logging_steps: 500,
+            save_steps: 500,
+            save_total_limit: None,
+            seed: 42,
+            overwrite_output_dir: false,
+            resume_from_checkpoint: None,
+            pad_to: PadTo::MaxLen,
+            verbose: false,
+        }
+    }
+}
+
+/// One line of `train_log.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub step: u64,
+    /// Fractional epoch at the end of the step (HF's `state.epoch`).
+    pub epoch: f64,
+    /// Mean loss over the steps since the previous entry.
+    pub loss: f64,
+    /// The lr this step used.
+    pub learning_rate: f64,
+    /// Global gradient norm of this step, before clipping.
+    pub grad_norm: f64,
+}
+
+/// What identifies the sequence of batches; a checkpoint resumes only under the same values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct DataKey {
+    seed: u64,
+    per_device_train_batch_size: usize,
+    train_n_passages: usize,
+    num_examples: usize,
+}
+
+/// `trainer_state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainerState {
+    global_step: u64,
+    /// 0-based epoch of the next batch, and the batches of it already taken.
+    epoch: u64,
+    step_in_epoch: u64,
+    schedule: LrSchedule,
+    dropout_seed: u64,
+    dropout_offset: u64,
+    data: DataKey,
+    log_history: Vec<LogEntry>,
+}
+
+/// What a finished `train` did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub global_step: u64,
+    pub total_steps: u64,
+    pub warmup_steps: u64,
+    pub num_examples: usize,
+    pub log: Vec<LogEntry>,
+    /// Checkpoints written by this run, in order.
+    pub checkpoints: Vec<PathBuf>,
+}
+
+/// `checkpoint-N` directories of `dir` with their N, by N.
+fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let n = name
+            .to_str()
+            .and_then(|s| s.strip_prefix(CHECKPOINT_PREFIX))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let (Some(n), true) = (n, entry.path().is_dir()) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any.
+pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+    Ok(checkpoints(output_dir.as_ref())?
+        .into_iter()
+        .rev()
+        .map(|(_, p)| p)
+        .find(|p| p.join(TRAINER_STATE_FILE).is_file()))
+}
+
+fn check_config(c: &TrainConfig) -> Result<()> {
+    let bad = |what: &str| Err(Error::Config(format!("train-retriever: {what}")));
+    if c.per_device_train_batch_size == 0 {
+        return bad("per_device_train_batch_size must be at least 1");
+    }
+    if c.train_n_passages == 0 {
+        return bad("train_n_passages must be at least 1");
+    }
+    if c.q_max_len < 2 || c.p_max_len < 2 {
+        return bad("q_max_len and p_max_len must leave room for [CLS] and [SEP] (>= 2)");
+    }
+    if !(c.learning_rate.is_finite() && c.learning_rate >= 0.0) {
+        return bad("learning_rate must be a finite number >= 0");
+    }
+    if !(c.num_train_epochs.is_finite() && c.num_train_epochs >= 0.0) {
+        return bad("num_train_epochs must be a finite number >= 0");
+    }
+    if !(0.0..=1.0).contains(&c.warmup_ratio) {
+        return bad("warmup_ratio must be in [0, 1]");
+    }
+    if !(c.max_grad_norm.is_finite() && c.max_grad_norm >= 0.0) {
+        return bad("max_grad_norm must be a finite number >= 0");
+    }
+    if c.save_total_limit == Some(0) {
+        return bad("save_total_limit must be at least 1 (or unset)");
+    }
+    Ok(())
+}
+
+/// How long the run is: `(total steps, epochs, steps per epoch)` for `n` examples.
+fn plan(cfg: &TrainConfig, n: usize) -> (u64, u64, u64) {
+    let steps_per_epoch = n.div_ceil(cfg.per_device_train_batch_size) as u64;
+    match cfg.max_steps {
+        Some(m) if m > 0 => (m, m.div_ceil(steps_per_epoch), steps_per_epoch),
+        _ => (
+            (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as u64,
+            cfg.num_train_epochs.ceil() as u64,
+            steps_per_epoch,
+        ),
+    }
+}
+
+/// What one step reports.
+struct StepStats {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+}
+
+/// The training run's mutable parts, saved in a checkpoint.
+struct Run {
+    model: DenseModel,
+    tokenizer: bert::Tokenizer,
+    params: Vec<(String, nn::Param)>,
+    opt: AdamW,
+    state: TrainerState,
+    ctx: Ctx,
+}
+
+impl Run {
+    /// The model, tokenizer, optimizer and state at the start: fresh from
+    /// `model_name_or_path`, or as saved in `resume_from_checkpoint`.
+    fn start(cfg: &TrainConfig, data: DataKey, total: u64) -> Result<Run> {
+        let resume = cfg.resume_from_checkpoint.as_deref();
+        let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
+        let (model, report) = DenseModel::from_pretrained(model_dir)?;
+        if cfg.verbose && !report.is_clean() {
+            eprintln!("loading {}: {report}", model_dir.display());
+        }
+        let tok_dir = match (resume, &cfg.tokenizer_name) {
+            (Some(ckpt), _) => ckpt,
+            (None, Some(t)) => t.as_path(),
+            (None, None) => model_dir,
+        };
+        let tokenizer = bert::Tokenizer::from_dir(tok_dir)?;
+        let mut opt = AdamW::new(AdamWConfig {
+            lr: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            variant: AdamWVariant::Hf,
+            ..AdamWConfig::default()
+        })?;
+        let warmup = warmup_steps(total, cfg.warmup_steps, cfg.warmup_ratio);
+        let schedule = LrSchedule::linear(cfg.learning_rate, warmup, total);
+        let state = match resume {
+            None => TrainerState {
+                global_step: 0,
+                epoch: 0,
+                step_in_epoch: 0,
+                schedule,
+                dropout_seed: stream_seed(cfg.seed, DROPOUT_STREAM),
+                dropout_offset: 0,
+                data,
+                log_history: Vec::new(),
+            },
+            Some(ckpt) => {
+                let saved = read_state(ckpt)?;
+                if saved.data != data {
+                    return Err(Error::format(
+                        &ckpt.join(TRAINER_STATE_FILE),
+                        format!(
+                            "the checkpoint was trained with {:?}; this run has {data:?} (the \
+                             batches would differ)",
+                            saved.data
+                        ),
+                    ));
+                }
+                opt.load_state(ckpt.join(OPTIMIZER_FILE))?;
+                // The schedule's shape follows this run's arguments; its position the checkpoint.
+                let step = saved.schedule.step;
+                TrainerState {
+                    schedule: LrSchedule { step, ..schedule },
+                    ..saved
+                }
+            }
+        };
+        let ctx = Ctx {
+            train: true,
+            rng: Rng {
+                seed: state.dropout_seed,
+                offset: state.dropout_offset,
+            },
+        };
+        Ok(Run {
+            params: model.encoder.named_params(),
+            model,
+            tokenizer,
+            opt,
+            state,
+            ctx,
+        })
+    }
+
+    /// Forward, backward, clipping, AdamW, schedule (module docs).
+    fn step(&mut self, batch: &TrainBatch, max_grad_norm: f64) -> Result<StepStats> {
+        let out = self
+            .model
+            .forward(&batch.query, &batch.passages, &mut self.ctx)?;
+        let loss = out.loss.value().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut grads = out.loss.backward()?;
+        drop(out);
+        // Take the gradients out to clip them in place, then hand them back to the optimizer.
+        let mut taken: Vec<(Var, Tensor)> = Vec::new();
+        for (_, p) in &self.params {
+            let v = p.var();
+            if let Some(g) = grads.remove(&v) {
+                taken.push((v, g));
+            }
+        }
+        let grad_norm = if max_grad_norm > 0.0 {
+            let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
+            clip_grad_norm(&mut refs, max_grad_norm)?
+        } else {
+            total_norm(&taken.iter().map(|(_, g)| g).collect::<Vec<_>>())?
+        };
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            return Err(Error::Config(format!(
+                "step {}: loss {loss} / gradient norm {grad_norm} is not finite",
+                self.state.global_step + 1
+            )));
+        }
+        for (v, g) in taken {
+            grads.insert(&v, g);
+        }
+        let lr = self.state.schedule.lr();
+        step_params(&mut self.opt, lr, &self.params, &grads)?;
+        self.state.schedule.advance();
+        self.state.global_step += 1;
+        self.state.step_in_epoch += 1;
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+
+    fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
+        self.state.dropout_seed = self.ctx.rng.seed;
+        self.state.dropout_offset = self.ctx.rng.offset;
+        let name = format!("{CHECKPOINT_PREFIX}{}", self.state.global_step);
+        let dir = cfg.output_dir.join(&name);
+        let tmp = cfg
+            .output_dir
+            .join(format!(".tmp-{name}-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        self.model.save_pretrained(&tmp, Some(&self.tokenizer))?;
+        self.opt.save_state(tmp.join(OPTIMIZER_FILE))?;
+        let state = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| Error::Config(format!("trainer state: {e}")))?;
+        let state_path = tmp.join(TRAINER_STATE_FILE);
+        std::fs::File::create(&state_path)
+            .and_then(|mut f| f.write_all(state.as_bytes()).and_then(|_| f.sync_all()))
+            .map_err(|e| Error::io(&state_path, e))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        if let Some(limit) = cfg.save_total_limit {
+            let all = checkpoints(&cfg.output_dir)?;
+            for (_, old) in all.iter().take(all.len().saturating_sub(limit)) {
+                std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
+fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join(TRAINER_STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))
+}
+
+/// `train_log.jsonl` holding `history` (rewritten atomically), opened for appending.
+fn open_log(path: &Path, history: &[LogEntry]) -> Result<std::fs::File> {
+    let mut w = JsonlWriter::create(path)?;
+    for e in history {
+        w.write(e)?;
+    }
+    w.finish()?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Fine-tunes (or resumes fine-tuning) as the module docs describe.
+pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
+    check_config(cfg)?;
+    let out = &cfg.output_dir;
+    let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
+        return Err(Error::Config(format!(
+            "output directory {} already exists and is not empty; use overwrite_output_dir to \
+             train into it or resume_from_checkpoint to continue",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let data = TrainDataset::open(&cfg.train_dir)?;
+    if data.is_empty() {
+        return Err(Error::Config(format!(
+            "no training examples in {}",
+            cfg.train_dir.display()
+        )));
+    }
+    let n = data.len();
+    let (total, epochs, steps_per_epoch) = plan(cfg, n);
+    if total == 0 {
+        return Err(Error::Config("nothing to train: 0 steps".into()));
+    }
+    let key = DataKey {
+        seed: cfg.seed,
+        per_device_train_batch_size: cfg.per_device_train_batch_size,
+        train_n_passages: cfg.train_n_passages,
+        num_examples: n,
+    };
+    let mut run = Run::start(cfg, key, total)?;
+    let mc = &run.model.encoder.config;
+    if cfg.q_max_len.max(cfg.p_max_len) > mc.max_position_embeddings {
+        return Err(Error::Config(format!(
+            "q_max_len {} / p_max_len {} exceed the model's max_position_embeddings {}",
+            cfg.q_max_len, cfg.p_max_len, mc.max_position_embeddings
+        )));
+    }
+    data.validate(cfg.train_n_passages, mc.vocab_size)?;
+    let bcfg = BatchConfig {
+        train_n_passages: cfg.train_n_passages,
+        q_max_len: cfg.q_max_len,
+        p_max_len: cfg.p_max_len,
+        seed: cfg.seed,
+        special: SpecialIds::from_tokenizer(&run.tokenizer),
+        pad_to: cfg.pad_to,
+    };
+    let log_path = out.join(LOG_FILE);
+    let mut log_file = open_log(&log_path, &run.state.log_history)?;
+    let bar = crate::progress_bar(
+        total,
+        cfg.verbose,
+        "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}",
+    );
+    bar.set_position(run.state.global_step);
+    let mut written = Vec::new();
+    let (mut window_loss, mut window_steps) = (0f64, 0u64);
+
+    'epochs: while run.state.epoch < epochs {
+        let order = epoch_order(n, cfg.seed, run.state.epoch);
+        let batches: Vec<&[usize]> = order.chunks(cfg.per_device_train_batch_size).collect();
+        while let Some(&indices) = batches.get(run.state.step_in_epoch as usize) {
+            if run.state.global_step >= total {
+                break 'epochs;
+            }
+            let batch = data.batch(indices, run.state.epoch, &bcfg)?;
+            let stats = run.step(&batch, cfg.max_grad_norm)?;
+            (window_loss, window_steps) = (window_loss + stats.loss, window_steps + 1);
+            bar.inc(1);
+            let step = run.state.global_step;
+            if cfg.logging_steps > 0 && step.is_multiple_of(cfg.logging_steps) {
+                let entry = LogEntry {
+                    step,
+                    epoch: run.state.epoch as f64
+                        + run.state.step_in_epoch as f64 / steps_per_epoch as f64,
+                    loss: window_loss / window_steps as f64,
+                    learning_rate: stats.lr,
+                    grad_norm: stats.grad_norm,
+                };
+                (window_loss, window_steps) = (0.0, 0);
+                let line = serde_json::to_string(&entry).expect("a LogEntry serialises") + "\n";
+                log_file
+                    .write_all(line.as_bytes())
+                    .and_then(|_| log_file.flush())
+                    .map_err(|e| Error::io(&log_path, e))?;
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.3e}",
+                    entry.loss, entry.learning_rate
+                ));
+                if cfg.verbose && bar.is_hidden() {
+                    eprint!("{line}");
+                }
+                run.state.log_history.push(entry);
+            }
+            if cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps) {
+                written.push(run.save_checkpoint(cfg)?);
+            }
+        }
+        run.state.epoch += 1;
+        run.state.step_in_epoch = 0;
+    }
+    bar.finish_and_clear();
+    run.model.save_pretrained(out, Some(&run.tokenizer))?;
+    Ok(TrainReport {
+        global_step: run.state.global_step,
+        total_steps: total,
+        warmup_steps: run.state.schedule.warmup_steps,
+        num_examples: n,
+        log: run.state.log_history,
+        checkpoints: written,
+    })
+}

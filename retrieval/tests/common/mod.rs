@@ -1,0 +1,52 @@
+//! Shared helpers of the retrieval integration tests: scratch directories and a tiny random BERT
+//! saved as an HF directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use bert::{BertConfig, BertModel, Tokenizer};
+use tensor::Rng;
+
+/// A fresh empty directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("retrieval-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The 128-token test vocabulary (`[PAD] [UNK] [CLS] [SEP] [MASK] w0 .. w122`).
+pub fn tiny_tokenizer() -> Tokenizer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert/tiny");
+    Tokenizer::from_dir(dir).unwrap()
+}
+
+/// A random BERT (2 layers, hidden 32, 2 heads, 32 positions, with a pooler) saved with the test
+/// vocabulary into `dir`; returns `dir`.
+pub fn tiny_model_dir(dir: &Path, dropout: f64) -> PathBuf {
+    let tok = tiny_tokenizer();
+    let config = BertConfig {
+        vocab_size: tok.vocab_size(),
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 64,
+        max_position_embeddings: 32,
+        hidden_dropout_prob: dropout,
+        attention_probs_dropout_prob: dropout,
+        ..BertConfig::default()
+    };
+    let model = BertModel::new(&config, true, &mut Rng::new(3)).unwrap();
+    model.save_pretrained(dir, Some(&tok)).unwrap();
+    dir.to_path_buf()
+}
