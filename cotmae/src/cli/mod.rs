@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod demo;
 pub mod encode;
 pub mod prepare;
 pub mod pretrain;
@@ -32,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Split documents into sentences and spans; write data.jsonl and the token store.
     Prepare(prepare::PrepareArgs),
+    /// The whole method on generated data: pretrain three ways, fine-tune, evaluate, compare.
+    Demo(demo::DemoArgs),
     /// Pretrain a CoT-MAE encoder (HF Trainer flags); checkpoints, logs, TensorBoard.
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
@@ -44,6 +47,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::TrainRetriever(a) => train_retriever::run(a),
         Command::Encode(a) => encode::run(a),
