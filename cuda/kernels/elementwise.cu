@@ -6,10 +6,13 @@
 //   x*a+b, powf x^a); f16/bf16 compute in f32 and round once, as the CPU does;
 // - binary: out = a op b (add, sub, mul, div, maximum, minimum; NaN propagates in max/min);
 // - compare: out = a cmp b as u8 1/0 (eq, ne, lt, le, gt, ge) for f32, f16, bf16, i64, u8;
-// - where_w*: out = cond ? t : f, masked_fill_w*: out = mask ? value : x, copy_w*: a strided copy,
-//   all selecting whole elements by width (8/16/32/64 bits), so they serve every dtype.
+// - where_w*: out = cond ? t : f, masked_fill_w*: out = mask ? value : x, copy_w*: out = x between
+//   two strided layouts (operand 1 of the walk is the destination: a contiguous copy, or a slice
+//   of a larger output for concatenation), all moving whole elements by width (8/16/32/64 bits),
+//   so they serve every dtype.
 //
-// Layout: outputs are fresh contiguous row-major buffers of n elements. `_contig` entries read
+// Layout: outputs are fresh contiguous row-major buffers of n elements (copy_w* writes through its
+// walk instead). `_contig` entries read
 // contiguous inputs with 16-byte vector loads when `aligned` is set (every pointer 16-byte
 // aligned), and a scalar tail; `_strided` entries read through a `Walk` (common.cuh) whose strides
 // already carry the broadcast (stride 0). Op codes are the enums below; cuda/src/ops/elementwise.rs
@@ -170,9 +173,9 @@ __device__ void masked_fill_strided(Walk w, const W* x, const u8* mask, W value,
 template <typename W>
 __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
     for (i64 i = global_thread(); i < n; i += global_threads()) {
-        i64 off[1];
-        walk_offsets<1>(w, i, off);
-        out[i] = x[off[0]];
+        i64 off[2];
+        walk_offsets<2>(w, i, off);
+        out[off[1]] = x[off[0]];
     }
 }
 

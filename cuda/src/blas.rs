@@ -206,6 +206,10 @@ fn blas_operand(
     rs: usize,
     cs: usize,
 ) -> Result<(bool, usize)> {
+    if rows == 0 || cols == 0 {
+        // No element is read; any leading dimension cuBLAS accepts will do.
+        return Ok((false, cols.max(1)));
+    }
     if cs == 1 || cols <= 1 {
         let ld = if rows <= 1 { cols.max(1) } else { rs };
         if ld >= cols.max(1) {
@@ -615,6 +619,8 @@ mod tests {
         // Vectors: any stride on the size-1 dim.
         assert_eq!(blas_operand("t", "A", 1, 5, 0, 1).unwrap(), (false, 5));
         assert_eq!(blas_operand("t", "A", 5, 1, 1, 0).unwrap(), (false, 1));
+        // Empty operands (k = 0) take any layout.
+        assert_eq!(blas_operand("t", "A", 3, 0, 0, 1).unwrap(), (false, 1));
         // Neither layout: refused.
         assert!(blas_operand("t", "A", 3, 4, 8, 2).is_err());
         // Overlapping rows (ld < cols): refused.

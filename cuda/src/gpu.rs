@@ -84,44 +84,45 @@ pub fn check_libraries() -> Result<()> {
     Ok(())
 }
 
-/// Loads the libraries, initialises the driver and checks its version (once per process).
+/// The reason inside an [`Error::Unavailable`], or the whole message of another error.
+fn reason(e: Error) -> String {
+    match e {
+        Error::Unavailable(r) => r,
+        other => other.to_string(),
+    }
+}
+
+/// Loads the libraries, initialises the driver and checks its version (once per process; the
+/// outcome is kept, so a missing CUDA is diagnosed once).
 fn init_driver() -> Result<()> {
     static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    let r = INIT.get_or_init(|| {
-        check_libraries().map_err(|e| e.to_string())?;
-        let init = guard("cuInit", dr::init).map_err(|e| e.to_string())?;
-        if let Err(e) = init {
-            return Err(match e.0 {
-                cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => {
-                    "CUDA is not available: the driver found no CUDA device".to_string()
-                }
-                _ => Error::driver("cuInit", e).to_string(),
-            });
+    let outcome = INIT.get_or_init(|| {
+        check_libraries().map_err(reason)?;
+        match guard("cuInit", dr::init).map_err(reason)? {
+            Ok(()) => {}
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => {
+                return Err("the driver found no CUDA device".to_string())
+            }
+            Err(e) => return Err(Error::driver("cuInit", e).to_string()),
         }
         let mut version = 0;
         // SAFETY: one out-pointer to a live int.
         let r = guard("cuDriverGetVersion", || unsafe {
             cudarc::driver::sys::cuDriverGetVersion(&mut version)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(reason)?;
         r.result()
             .map_err(|e| Error::driver("cuDriverGetVersion", e).to_string())?;
         let (major, minor) = (version / 1000, (version % 1000) / 10);
         if (major as u32, minor as u32) < (CUDA_MAJOR, CUDA_MINOR) {
             return Err(format!(
-                "CUDA is not available: the NVIDIA driver supports CUDA {major}.{minor}, and this \
-                 build needs {CUDA_MAJOR}.{CUDA_MINOR} or newer; update the driver"
+                "the NVIDIA driver supports CUDA {major}.{minor}, and this build needs \
+                 {CUDA_MAJOR}.{CUDA_MINOR} or newer; update the driver"
             ));
         }
         Ok(())
     });
-    r.clone().map_err(|m| {
-        Error::Unavailable(
-            m.strip_prefix("CUDA is not available: ")
-                .unwrap_or(&m)
-                .to_string(),
-        )
-    })
+    outcome.clone().map_err(Error::Unavailable)
 }
 
 fn attribute(dev: cudarc::driver::sys::CUdevice, a: CUdevice_attribute) -> Result<u32> {

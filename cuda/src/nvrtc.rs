@@ -7,6 +7,10 @@
 //! JIT step); the CUBIN is cached in memory per (file, compute capability), and each `Gpu` loads
 //! it once per file. A failed compile returns the NVRTC log in the error.
 //!
+//! Options: C++17, and NVRTC's defaults otherwise (IEEE division and square root, denormals
+//! kept, fused multiply-adds allowed; kernels that must match the CPU bit for bit use explicitly
+//! rounded operations such as `__fmul_rn`).
+//!
 //! NVRTC needs no GPU: the `nvrtc_compiles_every_kernel` test compiles every file for sm_80 and
 //! sm_90 on machines without one.
 
@@ -66,22 +70,17 @@ impl KernelFile {
     }
 }
 
-/// What to compile to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// Machine code for compute capability (major, minor): `sm_XY`.
-    Cubin(u32, u32),
-    /// PTX for a virtual architecture: `compute_XY`.
-    Ptx(u32, u32),
+/// A kernel file compiled for one compute capability: the machine code the device loads, and
+/// the PTX it was assembled from (read by tests to list the kernels).
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub cubin: Vec<u8>,
+    pub ptx: Vec<u8>,
 }
 
-impl Target {
-    pub fn arch(self) -> String {
-        match self {
-            Target::Cubin(a, b) => format!("sm_{a}{b}"),
-            Target::Ptx(a, b) => format!("compute_{a}{b}"),
-        }
-    }
+/// The NVRTC architecture name of compute capability (major, minor): `sm_XY`.
+pub fn arch(cc: (u32, u32)) -> String {
+    format!("sm_{}{}", cc.0, cc.1)
 }
 
 /// Errors unless the NVRTC library can be loaded (nothing else is needed to compile).
@@ -133,26 +132,27 @@ impl Drop for Program {
     }
 }
 
-/// Compiles `file` for `target`: CUBIN bytes, or PTX text bytes (NUL-terminated, as the driver
-/// loads it). The error of a failed compile carries NVRTC's log.
-pub fn compile(file: &KernelFile, target: Target) -> Result<Vec<u8>> {
+/// Compiles `file` for compute capability `cc` (`--gpu-architecture=sm_XY`). The error of a
+/// failed compile carries NVRTC's log.
+pub fn compile(file: &KernelFile, cc: (u32, u32)) -> Result<Compiled> {
     nvrtc_available()?;
-    let arch = target.arch();
+    let arch = arch(cc);
     let source = CString::new(file.full_source())
         .map_err(|_| Error::arg("nvrtc", format!("{}.cu contains a NUL byte", file.name)))?;
-    let name = CString::new(format!("{}.cu", file.name)).expect("kernel names have no NUL");
-    let options: Vec<CString> = [
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
+    let name = CString::new(format!("{}.cu", file.name))
+        .map_err(|_| Error::arg("nvrtc", "a kernel file name contains a NUL byte"))?;
+    let options = [
+        CString::new(format!("--gpu-architecture={arch}")),
+        CString::new("--std=c++17"),
     ]
     .into_iter()
-    .map(|o| CString::new(o).expect("options have no NUL"))
-    .collect();
+    .collect::<std::result::Result<Vec<_>, _>>()
+    .map_err(|_| Error::arg("nvrtc", "an option contains a NUL byte"))?;
     let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
-    crate::guard("nvrtc", || -> Result<Vec<u8>> {
+    crate::guard("nvrtc", || -> Result<Compiled> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: source and name outlive the program (it is destroyed at the end of this
-        // closure); no headers are passed.
+        // SAFETY: source and name outlive the program (destroyed at the end of this closure);
+        // no headers are passed.
         let r = unsafe {
             sys::nvrtcCreateProgram(
                 &mut raw,
@@ -165,7 +165,7 @@ pub fn compile(file: &KernelFile, target: Target) -> Result<Vec<u8>> {
         };
         nvrtc_check("nvrtcCreateProgram", r)?;
         let prog = Program(raw);
-        // SAFETY: option pointers point into `options`, alive for the call.
+        // SAFETY: the option pointers point into `options`, alive for the call.
         let r = unsafe {
             sys::nvrtcCompileProgram(prog.0, option_ptrs.len() as i32, option_ptrs.as_ptr())
         };
@@ -176,29 +176,32 @@ pub fn compile(file: &KernelFile, target: Target) -> Result<Vec<u8>> {
                 log: program_log(&prog).unwrap_or_else(|e| format!("{r:?} (no log: {e})")),
             });
         }
-        let mut size = 0usize;
-        let mut out;
-        match target {
-            Target::Cubin(..) => {
-                // SAFETY: size out-pointer, then a buffer of that size.
-                nvrtc_check("nvrtcGetCUBINSize", unsafe {
-                    sys::nvrtcGetCUBINSize(prog.0, &mut size)
-                })?;
-                out = vec![0u8; size];
-                nvrtc_check("nvrtcGetCUBIN", unsafe {
-                    sys::nvrtcGetCUBIN(prog.0, out.as_mut_ptr() as *mut c_char)
-                })?;
-            }
-            Target::Ptx(..) => {
-                // SAFETY: as above.
-                nvrtc_check("nvrtcGetPTXSize", unsafe {
-                    sys::nvrtcGetPTXSize(prog.0, &mut size)
-                })?;
-                out = vec![0u8; size];
-                nvrtc_check("nvrtcGetPTX", unsafe {
-                    sys::nvrtcGetPTX(prog.0, out.as_mut_ptr() as *mut c_char)
-                })?;
-            }
+        let (mut cubin_size, mut ptx_size) = (0usize, 0usize);
+        // SAFETY: size out-pointers, then buffers of those sizes.
+        unsafe {
+            nvrtc_check(
+                "nvrtcGetCUBINSize",
+                sys::nvrtcGetCUBINSize(prog.0, &mut cubin_size),
+            )?;
+            nvrtc_check(
+                "nvrtcGetPTXSize",
+                sys::nvrtcGetPTXSize(prog.0, &mut ptx_size),
+            )?;
+        }
+        let mut out = Compiled {
+            cubin: vec![0u8; cubin_size],
+            ptx: vec![0u8; ptx_size],
+        };
+        // SAFETY: as above.
+        unsafe {
+            nvrtc_check(
+                "nvrtcGetCUBIN",
+                sys::nvrtcGetCUBIN(prog.0, out.cubin.as_mut_ptr() as *mut c_char),
+            )?;
+            nvrtc_check(
+                "nvrtcGetPTX",
+                sys::nvrtcGetPTX(prog.0, out.ptx.as_mut_ptr() as *mut c_char),
+            )?;
         }
         Ok(out)
     })?
@@ -230,7 +233,7 @@ pub fn cubin(file: &'static KernelFile, cc: (u32, u32)) -> Result<Arc<Vec<u8>>> 
         return Ok(c.clone());
     }
     // Compiled outside the lock: other files can compile meanwhile; a race compiles twice.
-    let code = Arc::new(compile(file, Target::Cubin(cc.0, cc.1))?);
+    let code = Arc::new(compile(file, cc)?.cubin);
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -1,10 +1,10 @@
-//! Compiles every kernel file through NVRTC for sm_80 and sm_90 (CUBIN, so ptxas runs too) and
-//! checks the Rust side against the result: every kernel a wrapper can launch is an entry of its
-//! file's PTX, and every op code Rust mirrors is defined with the same value. NVRTC needs no GPU;
+//! Compiles every kernel file through NVRTC for sm_80 and sm_90 (to machine code, so ptxas runs
+//! too) and checks the Rust side against the result: every kernel a wrapper can launch is an
+//! entry of its file's PTX for both, and every op code Rust mirrors is defined with the same value. NVRTC needs no GPU;
 //! CI installs it from the `nvidia-cuda-nvrtc` wheel. Without the library the tests are skipped
 //! with a message (or fail, when `COTMAE_REQUIRE_NVRTC` is set).
 
-use cuda::nvrtc::{compile, kernels, ptx_entries, KernelFile, Target};
+use cuda::nvrtc::{arch, compile, kernels, ptx_entries, KernelFile};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// True when NVRTC can be loaded; otherwise prints why the test is skipped, or fails when
@@ -43,28 +43,21 @@ fn nvrtc_compiles_every_kernel() {
     }
     let (major, minor) = cuda::nvrtc::nvrtc_version().unwrap();
     eprintln!("NVRTC {major}.{minor}");
-    let results = for_each_file(|file| {
-        let mut out = Vec::new();
-        for target in [Target::Cubin(8, 0), Target::Cubin(9, 0), Target::Ptx(8, 0)] {
-            out.push((target, compile(file, target)));
-        }
-        out
-    });
+    let targets = [(8, 0), (9, 0)];
+    let results = for_each_file(|file| targets.map(|cc| (cc, compile(file, cc))));
     let mut failures = Vec::new();
-    let mut entries: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut entries: BTreeMap<(&str, (u32, u32)), BTreeSet<String>> = BTreeMap::new();
     for (name, per_target) in results {
-        for (target, r) in per_target {
+        for (cc, r) in per_target {
             match r {
                 Ok(code) => {
                     assert!(
-                        code.len() > 100,
+                        code.cubin.len() > 100,
                         "{name}.cu for {}: {} bytes",
-                        target.arch(),
-                        code.len()
+                        arch(cc),
+                        code.cubin.len()
                     );
-                    if let Target::Ptx(..) = target {
-                        entries.insert(name, ptx_entries(&code).into_iter().collect());
-                    }
+                    entries.insert((name, cc), ptx_entries(&code.ptx).into_iter().collect());
                 }
                 Err(e) => failures.push(e.to_string()),
             }
@@ -78,8 +71,10 @@ fn nvrtc_compiles_every_kernel() {
     // Every kernel the wrappers launch exists in its file.
     let mut missing = Vec::new();
     for (file, kernel) in cuda::ops::kernel_names() {
-        if !entries[file.name].contains(&kernel) {
-            missing.push(format!("{}.cu: {kernel}", file.name));
+        for cc in targets {
+            if !entries[&(file.name, cc)].contains(&kernel) {
+                missing.push(format!("{}.cu ({}): {kernel}", file.name, arch(cc)));
+            }
         }
     }
     assert!(
@@ -88,8 +83,12 @@ fn nvrtc_compiles_every_kernel() {
         missing.join("\n")
     );
     // And every file defines entries (so a file whose macros expand to nothing is caught).
-    for (name, e) in &entries {
-        assert!(!e.is_empty(), "{name}.cu defines no kernel");
+    for ((name, cc), e) in &entries {
+        assert!(
+            !e.is_empty(),
+            "{name}.cu defines no kernel for {}",
+            arch(*cc)
+        );
     }
 }
 
@@ -142,9 +141,7 @@ fn a_failed_compile_reports_the_nvrtc_log() {
         name: "broken",
         source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }\n",
     };
-    let e = compile(&BROKEN, Target::Cubin(8, 0))
-        .unwrap_err()
-        .to_string();
+    let e = compile(&BROKEN, (8, 0)).unwrap_err().to_string();
     assert!(e.contains("broken") && e.contains("sm_80"), "{e}");
     assert!(
         e.contains("undefined_name"),

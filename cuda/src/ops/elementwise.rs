@@ -1,7 +1,8 @@
 //! Elementwise ops with broadcasting (`kernels/elementwise.cu`): unary and scalar maps, binary
-//! arithmetic, comparisons, `where_cond`, `masked_fill` and the strided copy that makes a view
-//! contiguous. Semantics are tensor/src/ops/elementwise.rs's (f16/bf16 compute in f32 and round
-//! once; max/min propagate NaN; comparisons give u8 1/0).
+//! arithmetic, comparisons, `where_cond`, `masked_fill`, and strided copies (a view made
+//! contiguous, or written into a slice of a larger buffer). Semantics are
+//! tensor/src/ops/elementwise.rs's (f16/bf16 compute in f32 and round once; max/min propagate
+//! NaN; comparisons give u8 1/0).
 //!
 //! Every operand is a [`Strided`] over the op's shape (broadcast dims have stride 0). When every
 //! operand is contiguous after merging dims, the `_contig` kernel runs, with 16-byte vector loads
@@ -464,30 +465,58 @@ pub fn copy_strided<T: DeviceElem>(
     shape: &[usize],
     x: Strided<'_, T>,
 ) -> Result<DeviceBuffer<T>> {
-    const OP: &str = "copy_strided";
-    check_devices(gpu, OP, &[&x])?;
-    let xa = x.address(OP, shape)?;
     let n = elems(shape);
     let mut out = gpu.alloc::<T>(n)?;
+    let strides = crate::contiguous_strides(shape);
+    copy_into(gpu, shape, x, &mut out, 0, &strides)?;
+    Ok(out)
+}
+
+/// Copies `x` (over `shape`) into `dst` laid out by `dst_offset` and `dst_strides` over the same
+/// shape, e.g. a slice of a concatenation's output. The destination layout must not map two
+/// elements to one place (it is written in parallel).
+pub fn copy_into<T: DeviceElem>(
+    gpu: &Gpu,
+    shape: &[usize],
+    x: Strided<'_, T>,
+    dst: &mut DeviceBuffer<T>,
+    dst_offset: usize,
+    dst_strides: &[usize],
+) -> Result<()> {
+    const OP: &str = "copy";
+    check_devices(gpu, OP, &[&x])?;
+    gpu.same_device(OP, dst)?;
+    let xa = x.address(OP, shape)?;
+    let da = Strided::new(&*dst, dst_offset, dst_strides).address(OP, shape)?;
+    let n = elems(shape);
     if n == 0 {
-        return Ok(out);
+        return Ok(());
     }
-    let (walk, contiguous) = Walk::new(OP, shape, &[x.strides])?;
+    if shape
+        .iter()
+        .zip(dst_strides)
+        .any(|(&d, &s)| d > 1 && s == 0)
+    {
+        bail!(
+            OP,
+            "destination strides {dst_strides:?} write several elements of {shape:?} to one place"
+        );
+    }
+    let (walk, contiguous) = Walk::new(OP, shape, &[x.strides, dst_strides])?;
     if contiguous {
-        gpu.copy(x.buf, x.offset, &mut out, 0, n)?;
-        return Ok(out);
+        return gpu.copy(x.buf, x.offset, dst, dst_offset, n);
     }
-    let (n64, oa) = (len_i64(OP, n)?, out.device_address());
-    // SAFETY: matches `copy_w<bits>(Walk, const W*, W*, i64)`.
+    let n64 = len_i64(OP, n)?;
+    // SAFETY: matches `copy_w<bits>(Walk, const W*, W*, i64)`; both extents were checked.
     unsafe {
         gpu.launch(
             &ELEMENTWISE,
             &format!("copy_w{}", width(T::TYPE)),
             Launch::grid_stride(n),
-            &mut [arg(&walk), arg(&xa), arg(&oa), arg(&n64)],
+            &mut [arg(&walk), arg(&xa), arg(&da), arg(&n64)],
         )?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
