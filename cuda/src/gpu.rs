@@ -5,7 +5,8 @@
 //!   cuBLASLt can be loaded (cudarc's `is_culib_present`), that the driver supports the CUDA 13.0
 //!   API the bindings target, and that a device exists; each failure is an
 //!   [`Error::Unavailable`] saying what to install. cudarc panics when a library or symbol is
-//!   missing at a call; those calls run inside [`guard`] so a panic becomes an error.
+//!   missing at a call; the calls that may hit one run inside [`guard`], so such a panic becomes
+//!   an error and its message is not printed.
 //! - Memory: buffers come from the device's stream-ordered pool (`cuMemAllocAsync` on the compute
 //!   stream, `cuMemFreeAsync` on drop). The pool's release threshold is raised to "never", so freed
 //!   memory stays reserved for the next allocation instead of going back to the driver at every
@@ -29,10 +30,29 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const CUDA_MAJOR: u32 = 13;
 pub const CUDA_MINOR: u32 = 0;
 
+thread_local! {
+    /// Set while this thread runs inside [`guard`]: the panic hook stays silent then.
+    static IN_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f`, turning a panic inside the CUDA bindings (a library or symbol that cannot be
-/// loaded) into [`Error::Unavailable`]. The panic hook still prints its message once.
+/// loaded) into [`Error::Unavailable`]. The first call chains a panic hook that keeps such a
+/// panic's message off stderr (every other panic still reaches the previous hook), so the user
+/// sees the error, not the bindings' panic.
 pub(crate) fn guard<R>(what: &'static str, f: impl FnOnce() -> R) -> Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_GUARD.with(|g| g.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let outer = IN_GUARD.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_GUARD.with(|g| g.set(outer));
+    r.map_err(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -709,5 +729,23 @@ impl GpuTimer {
         self.start
             .elapsed_ms(&self.end)
             .map_err(|e| Error::driver("cuEventElapsedTime", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_guard_becomes_an_error() {
+        let e = guard("loading", || -> u32 { panic!("no symbol cuFoo") }).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)));
+        assert_eq!(
+            e.to_string(),
+            "CUDA is not available: loading failed inside the CUDA bindings: no symbol cuFoo"
+        );
+        // Nested guards restore the outer state; results pass through.
+        assert_eq!(guard("outer", || guard("inner", || 7).unwrap()).unwrap(), 7);
+        assert!(!IN_GUARD.with(|g| g.get()));
     }
 }
