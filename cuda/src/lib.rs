@@ -1,1 +1,34 @@
-//! `cuda`: the CUDA runtime (cudarc, NVRTC kernels, cuBLAS, NCCL). Filled by the CUDA backend issue.
+//! `cuda`: the CUDA backend's runtime. It knows raw device buffers, shapes and strides, never
+//! `Tensor`: the tensor crate's dispatch (behind its `cuda` feature) calls these functions with
+//! its storages and layouts.
+//!
+//! Reading order: [`availability`] and [`Gpu`] (`gpu.rs`: finding CUDA at run time, the context,
+//! the one compute stream, the stream-ordered memory pool, kernel loading, the status word,
+//! timers), [`DeviceBuffer`] (`buffer.rs`), [`Strided`] / [`Contig`] / [`Walk`] (`strided.rs`:
+//! how ops see layouts), [`nvrtc`] (compiling `kernels/*.cu` for the device), [`blas`] (GEMMs
+//! through cuBLAS / cuBLASLt), then `ops/`: one Rust file per kernel file, each a typed wrapper
+//! that checks its arguments and launches the kernels of `kernels/<family>.cu`.
+//!
+//! CUDA is loaded at run time (cudarc's dynamic loading), so the crate builds with no CUDA
+//! installed; without a driver, a library or a device every entry point returns
+//! [`Error::Unavailable`] instead of panicking.
+
+pub mod blas;
+mod buffer;
+mod error;
+mod gpu;
+pub mod nvrtc;
+pub mod ops;
+mod strided;
+
+pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
+pub use error::{Error, Result};
+pub(crate) use gpu::guard;
+pub use gpu::{
+    availability, check_libraries, gpu, DeviceInfo, Gpu, GpuTimer, PoolUsage, CUDA_MAJOR,
+    CUDA_MINOR,
+};
+pub use strided::{contiguous_strides, Contig, Strided, Walk, MAX_DIMS};
+
+/// The bindings underneath, for code that needs a driver call this crate does not wrap.
+pub use cudarc;

@@ -1,0 +1,215 @@
+// common.cuh: the prelude every kernel file starts with (`#include "common.cuh"`; the Rust loader,
+// cuda/src/nvrtc.rs, pastes this text in place of that line before NVRTC compiles the file, so no
+// header search path is involved and no system header is needed).
+//
+// What it holds:
+// - fixed-width integer names and the 16-bit float storage types `f16` and `bf16` (bit patterns in a
+//   2-byte struct), with exact conversions to f32 and round-to-nearest-even conversions back (the
+//   same rounding as the `half` crate on the CPU, NaN kept quiet with its sign), and the f64 path
+//   every cast takes (to_f64 / from_f64: Rust `as` semantics for the integer types);
+// - `Walk`: up to MAX_DIMS dims of a row-major logical shape with one stride set per operand (up to
+//   three), which maps a logical element index to each operand's element offset (strided kernels);
+// - warp and block reductions (block size a multiple of 32, at most 1024 threads);
+// - Philox4x32-10, the counter-based generator of tensor/src/rng.rs (same constants, same word order);
+// - `chunk_owner`: the tensor a block works on in a multi-tensor launch (adamw.cu, loss_scale.cu);
+// - `report_error`: how a kernel flags bad input (an index out of range) to the host through the
+//   device status word that the Gpu owns (read back by Gpu::check_status).
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef int i32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+struct __align__(2) f16 { u16 bits; };
+struct __align__(2) bf16 { u16 bits; };
+
+// ---- conversions ----------------------------------------------------------------------------
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(f16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
+    f16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+    return h;
+}
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+    u32 u = __float_as_uint(x);
+    bf16 b;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        b.bits = (u16)((u >> 16) | 0x40u);  // quiet NaN, sign kept
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);     // round to nearest, ties to even
+        b.bits = (u16)(u >> 16);
+    }
+    return b;
+}
+
+// Through f64, as the CPU casts (tensor/src/ops/cast.rs): exact widening, then one rounding.
+__device__ __forceinline__ double to_f64(float x) { return (double)x; }
+__device__ __forceinline__ double to_f64(double x) { return x; }
+__device__ __forceinline__ double to_f64(f16 x) { return (double)to_f32(x); }
+__device__ __forceinline__ double to_f64(bf16 x) { return (double)to_f32(x); }
+__device__ __forceinline__ double to_f64(i64 x) { return (double)x; }
+__device__ __forceinline__ double to_f64(u8 x) { return (double)x; }
+
+// f64 -> f32 rounding to odd: truncate, then set the last bit when inexact. Rounding that result
+// to a format with at least two fewer mantissa bits (f16, bf16) equals rounding the f64 directly.
+__device__ __forceinline__ float f64_to_f32_odd(double d) {
+    float t = __double2float_rz(d);
+    if ((double)t != d && d == d) t = __uint_as_float(__float_as_uint(t) | 1u);
+    return t;
+}
+
+template <typename D> __device__ __forceinline__ D from_f64(double d);
+template <> __device__ __forceinline__ float from_f64<float>(double d) { return (float)d; }
+template <> __device__ __forceinline__ double from_f64<double>(double d) { return d; }
+template <> __device__ __forceinline__ f16 from_f64<f16>(double d) { return from_f32<f16>(f64_to_f32_odd(d)); }
+template <> __device__ __forceinline__ bf16 from_f64<bf16>(double d) { return from_f32<bf16>(f64_to_f32_odd(d)); }
+template <> __device__ __forceinline__ i64 from_f64<i64>(double d) {
+    if (d != d) return 0;
+    if (d >= 9223372036854775808.0) return 0x7fffffffffffffffLL;
+    if (d < -9223372036854775808.0) return (i64)0x8000000000000000ULL;
+    return (i64)d;
+}
+template <> __device__ __forceinline__ u8 from_f64<u8>(double d) {
+    if (d != d || d <= 0.0) return 0;
+    if (d >= 255.0) return 255;
+    return (u8)(u32)d;
+}
+
+// ---- strided walks --------------------------------------------------------------------------
+
+#define MAX_DIMS 8
+
+// A logical shape (row-major, `rank` dims) and, for each of up to three operands, its element
+// strides over that shape (0 on a broadcast dim). Operand pointers already include their offsets.
+struct Walk {
+    i64 shape[MAX_DIMS];
+    i64 stride[3][MAX_DIMS];
+    i32 rank;
+    i32 pad;
+};
+
+// Element offsets of logical index `i` for the first N operands.
+template <int N>
+__device__ __forceinline__ void walk_offsets(const Walk& w, i64 i, i64 (&off)[N]) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) off[k] = 0;
+    for (int d = w.rank - 1; d >= 0; --d) {
+        i64 s = w.shape[d];
+        i64 q = i / s;
+        i64 r = i - q * s;
+#pragma unroll
+        for (int k = 0; k < N; ++k) off[k] += r * w.stride[k][d];
+        i = q;
+    }
+}
+
+// Grid-stride loop bounds.
+__device__ __forceinline__ i64 global_thread() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 global_threads() { return (i64)gridDim.x * blockDim.x; }
+
+// ---- reductions -----------------------------------------------------------------------------
+
+struct SumOp {
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Reduces `v` over the block; every thread gets the result. `smem` holds 32 values of T. The
+// combine order depends only on the block size, so results are deterministic.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, Op op, T identity, T* smem) {
+    v = warp_reduce(v, op);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    __syncthreads();  // smem may still be read by a previous call
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? smem[lane] : identity;
+    v = warp_reduce(v, op);
+    return v;
+}
+
+// ---- Philox4x32-10 (tensor/src/rng.rs) ------------------------------------------------------
+
+__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
+#pragma unroll
+    for (int r = 0; r < 10; ++r) {
+        const u32 hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        const u32 hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        uint4 n;
+        n.x = hi1 ^ c.y ^ k.x;
+        n.y = lo1;
+        n.z = hi0 ^ c.w ^ k.y;
+        n.w = lo0;
+        c = n;
+        k.x += 0x9E3779B9u;
+        k.y += 0xBB67AE85u;
+    }
+    return c;
+}
+
+// The four words of counter block `block` under `seed`.
+__device__ __forceinline__ uint4 philox_block(u64 seed, u64 block) {
+    uint4 c;
+    c.x = (u32)block;
+    c.y = (u32)(block >> 32);
+    c.z = 0u;
+    c.w = 0u;
+    uint2 k;
+    k.x = (u32)seed;
+    k.y = (u32)(seed >> 32);
+    return philox4x32_10(c, k);
+}
+
+// A 32-bit word to a float in [0, 1) with 24 random bits (rng::word_to_unit).
+__device__ __forceinline__ float word_to_unit(u32 w) { return (float)(w >> 8) * (1.0f / 16777216.0f); }
+
+// ---- multi-tensor launches ------------------------------------------------------------------
+
+// Multi-tensor launches give each tensor a run of chunks; chunk_start[t] (a prefix sum) is tensor
+// t's first. The tensor that owns `chunk` is the last t with chunk_start[t] <= chunk.
+__device__ __forceinline__ int chunk_owner(const i64* chunk_start, int n_tensors, i64 chunk) {
+    int lo = 0, hi = n_tensors - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (chunk_start[mid] <= chunk) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// ---- error reporting ------------------------------------------------------------------------
+
+// Error codes written to status[0] (cuda/src/gpu.rs KernelFault names them).
+#define ERR_INDEX_OUT_OF_RANGE 1u
+#define ERR_TARGET_OUT_OF_RANGE 2u
+
+// Records the first error of the stream's current run: status[0] = code, status[1..3] = the
+// offending value (low, high word). Later errors keep the first one.
+__device__ __forceinline__ void report_error(u32* status, u32 code, i64 value) {
+    if (atomicCAS(status, 0u, code) == 0u) {
+        status[1] = (u32)value;
+        status[2] = (u32)((u64)value >> 32);
+    }
+}

@@ -1,0 +1,116 @@
+// dropout.cu: inverted dropout and the random fills on the Philox4x32-10 stream of
+// tensor/src/rng.rs, element for element the CPU's numbers (tensor/src/ops/dropout.rs, random.rs).
+//
+// Stream: a draw of n elements at counter block `offset` under `seed` uses blocks offset,
+// offset+1, ...; uniform element i is word i % 4 of block offset + i / 4 mapped to [0, 1) with 24
+// bits; normal element i uses words 0,1 (i even) or 2,3 (i odd) of block offset + i / 2
+// (Box-Muller, cosine branch, in f64). The host reserves the blocks (Rng::reserve) and passes
+// (seed, offset).
+//
+// Computes
+// - philox_mask: out[i] = uniform_i < p ? below : 1 - below (bernoulli: below = 1; dropout's keep
+//   mask: below = 0), p compared in f32;
+// - dropout_fwd_<t>: keep[i] = uniform_i >= p; y = keep ? x * scale : 0 (an exact 0 whatever x
+//   holds), scale = 1 / (1 - p) rounded to f32 by the host (0 for p = 1);
+// - dropout_apply_<t>: y = keep ? x * scale : 0 for a given mask (dropout's backward);
+// - uniform_<t>: lo + (hi - lo) u in f64, rounded once to t; normal_<t>: mean + std z in f64.
+//
+// Layout: every buffer contiguous, n elements (the logical row-major order of the draw).
+//
+// Launch: 1-D grid-stride loops, 256 threads per block; the mask, dropout and uniform kernels
+// give each thread one Philox block (four elements), normal one block per two elements.
+
+#include "common.cuh"
+
+extern "C" __global__ void philox_mask(u8* out, i64 n, u64 seed, u64 offset, float p, u32 below) {
+    const i64 blocks = (n + 3) / 4;
+    for (i64 q = global_thread(); q < blocks; q += global_threads()) {
+        const uint4 w = philox_block(seed, offset + (u64)q);
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 i = 4 * q + j;
+            if (i < n) out[i] = (u8)(word_to_unit(words[j]) < p ? below : 1u - below);
+        }
+    }
+}
+
+template <typename T>
+__device__ void dropout_fwd(const T* x, T* y, u8* keep, i64 n, u64 seed, u64 offset, float p, float scale) {
+    const i64 blocks = (n + 3) / 4;
+    for (i64 q = global_thread(); q < blocks; q += global_threads()) {
+        const uint4 w = philox_block(seed, offset + (u64)q);
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 i = 4 * q + j;
+            if (i < n) {
+                const bool k = !(word_to_unit(words[j]) < p);
+                keep[i] = k ? 1 : 0;
+                y[i] = from_f32<T>(k ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void dropout_apply(const T* x, const u8* keep, T* y, i64 n, float scale) {
+    for (i64 i = global_thread(); i < n; i += global_threads())
+        y[i] = from_f32<T>(keep[i] != 0 ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+}
+
+template <typename T>
+__device__ void uniform_fill(T* out, i64 n, u64 seed, u64 offset, double lo, double hi) {
+    const i64 blocks = (n + 3) / 4;
+    for (i64 q = global_thread(); q < blocks; q += global_threads()) {
+        const uint4 w = philox_block(seed, offset + (u64)q);
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 i = 4 * q + j;
+            if (i < n) out[i] = from_f64<T>(lo + (hi - lo) * (double)word_to_unit(words[j]));
+        }
+    }
+}
+
+template <typename T>
+__device__ void normal_fill(T* out, i64 n, u64 seed, u64 offset, double mean, double std) {
+    const i64 blocks = (n + 1) / 2;
+    for (i64 q = global_thread(); q < blocks; q += global_threads()) {
+        const uint4 w = philox_block(seed, offset + (u64)q);
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const i64 i = 2 * q + j;
+            if (i < n) {
+                // u1 in (0, 1] so the log is finite; u2 in [0, 1).
+                const double u1 = ((double)words[2 * j] + 1.0) / 4294967296.0;
+                const double u2 = (double)words[2 * j + 1] / 4294967296.0;
+                const double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586476925 * u2);
+                out[i] = from_f64<T>(mean + std * z);
+            }
+        }
+    }
+}
+
+#define DROPOUT_ENTRIES(T, NAME)                                                                    \
+    extern "C" __global__ void dropout_fwd_##NAME(const T* x, T* y, u8* keep, i64 n, u64 seed,     \
+                                                  u64 offset, float p, float scale) {              \
+        dropout_fwd<T>(x, y, keep, n, seed, offset, p, scale);                                     \
+    }                                                                                              \
+    extern "C" __global__ void dropout_apply_##NAME(const T* x, const u8* keep, T* y, i64 n,       \
+                                                    float scale) {                                 \
+        dropout_apply<T>(x, keep, y, n, scale);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void uniform_##NAME(T* out, i64 n, u64 seed, u64 offset, double lo,      \
+                                              double hi) {                                         \
+        uniform_fill<T>(out, n, seed, offset, lo, hi);                                             \
+    }                                                                                              \
+    extern "C" __global__ void normal_##NAME(T* out, i64 n, u64 seed, u64 offset, double mean,     \
+                                             double std) {                                         \
+        normal_fill<T>(out, n, seed, offset, mean, std);                                           \
+    }
+
+DROPOUT_ENTRIES(float, f32)
+DROPOUT_ENTRIES(f16, f16)
+DROPOUT_ENTRIES(bf16, bf16)

@@ -1,0 +1,232 @@
+// elementwise.cu: elementwise maps with numpy broadcasting, as tensor/src/ops/elementwise.rs.
+//
+// Computes
+// - map1: out = f(x, a, b) for a unary op code (neg, exp, log, sqrt, rsqrt, tanh, erf, relu,
+//   sigmoid, abs, sqr, recip) or a scalar op (x+a, x-a, x*a, x/a, max(x,a), min(x,a), affine
+//   x*a+b, powf x^a); f16/bf16 compute in f32 and round once, as the CPU does;
+// - binary: out = a op b (add, sub, mul, div, maximum, minimum; NaN propagates in max/min);
+// - compare: out = a cmp b as u8 1/0 (eq, ne, lt, le, gt, ge) for f32, f16, bf16, i64, u8;
+// - where_w*: out = cond ? t : f, masked_fill_w*: out = mask ? value : x, copy_w*: out = x between
+//   two strided layouts (operand 1 of the walk is the destination: a contiguous copy, or a slice
+//   of a larger output for concatenation), all moving whole elements by width (8/16/32/64 bits),
+//   so they serve every dtype.
+//
+// Layout: outputs are fresh contiguous row-major buffers of n elements (copy_w* writes through its
+// walk instead). `_contig` entries read
+// contiguous inputs with 16-byte vector loads when `aligned` is set (every pointer 16-byte
+// aligned), and a scalar tail; `_strided` entries read through a `Walk` (common.cuh) whose strides
+// already carry the broadcast (stride 0). Op codes are the enums below; cuda/src/ops/elementwise.rs
+// mirrors them (a CI test checks the numbers).
+//
+// Launch: 1-D grid-stride loops, 256 threads per block, any grid size.
+
+#include "common.cuh"
+
+enum Map1Op {
+    M_NEG = 0, M_EXP = 1, M_LOG = 2, M_SQRT = 3, M_RSQRT = 4, M_TANH = 5, M_ERF = 6, M_RELU = 7,
+    M_SIGMOID = 8, M_ABS = 9, M_SQR = 10, M_RECIP = 11,
+    M_ADD_SCALAR = 12, M_SUB_SCALAR = 13, M_MUL_SCALAR = 14, M_DIV_SCALAR = 15,
+    M_MAXIMUM_SCALAR = 16, M_MINIMUM_SCALAR = 17, M_AFFINE = 18, M_POWF = 19
+};
+
+enum BinaryOp { B_ADD = 0, B_SUB = 1, B_MUL = 2, B_DIV = 3, B_MAXIMUM = 4, B_MINIMUM = 5 };
+
+enum CmpOp { C_EQ = 0, C_NE = 1, C_LT = 2, C_LE = 3, C_GT = 4, C_GE = 5 };
+
+// torch.maximum / torch.minimum: NaN if either operand is NaN.
+__device__ __forceinline__ float maximum_nan(float x, float y) { return (x > y || x != x) ? x : y; }
+__device__ __forceinline__ float minimum_nan(float x, float y) { return (x < y || x != x) ? x : y; }
+
+__device__ __forceinline__ float map1(int op, float x, float a, float b) {
+    switch (op) {
+        case M_NEG: return -x;
+        case M_EXP: return expf(x);
+        case M_LOG: return logf(x);
+        case M_SQRT: return sqrtf(x);
+        case M_RSQRT: return 1.0f / sqrtf(x);
+        case M_TANH: return tanhf(x);
+        case M_ERF: return erff(x);
+        case M_RELU: return x < 0.0f ? 0.0f : x;  // NaN passes through
+        case M_SIGMOID: return 1.0f / (1.0f + expf(-x));
+        case M_ABS: return fabsf(x);
+        case M_SQR: return __fmul_rn(x, x);
+        case M_RECIP: return 1.0f / x;
+        case M_ADD_SCALAR: return __fadd_rn(x, a);
+        case M_SUB_SCALAR: return __fsub_rn(x, a);
+        case M_MUL_SCALAR: return __fmul_rn(x, a);
+        case M_DIV_SCALAR: return x / a;
+        case M_MAXIMUM_SCALAR: return maximum_nan(x, a);
+        case M_MINIMUM_SCALAR: return minimum_nan(x, a);
+        case M_AFFINE: return __fadd_rn(__fmul_rn(x, a), b);  // two roundings, as the CPU
+        default: return powf(x, a);                          // M_POWF
+    }
+}
+
+__device__ __forceinline__ float binary(int op, float x, float y) {
+    switch (op) {
+        case B_ADD: return __fadd_rn(x, y);
+        case B_SUB: return __fsub_rn(x, y);
+        case B_MUL: return __fmul_rn(x, y);
+        case B_DIV: return x / y;
+        case B_MAXIMUM: return maximum_nan(x, y);
+        default: return minimum_nan(x, y);  // B_MINIMUM
+    }
+}
+
+// 16 bytes of T, for vector loads and stores.
+template <typename T> struct __align__(16) Vec16 { T v[16 / sizeof(T)]; };
+
+template <typename T>
+__device__ void map1_contig(const T* x, T* out, i64 n, int aligned, int op, float a, float b) {
+    const int V = 16 / sizeof(T);
+    const i64 nv = aligned ? n / V : 0;
+    for (i64 i = global_thread(); i < nv; i += global_threads()) {
+        const Vec16<T> in = reinterpret_cast<const Vec16<T>*>(x)[i];
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(map1(op, to_f32(in.v[j]), a, b));
+        reinterpret_cast<Vec16<T>*>(out)[i] = o;
+    }
+    for (i64 i = nv * V + global_thread(); i < n; i += global_threads())
+        out[i] = from_f32<T>(map1(op, to_f32(x[i]), a, b));
+}
+
+template <typename T>
+__device__ void map1_strided(Walk w, const T* x, T* out, i64 n, int op, float a, float b) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[1];
+        walk_offsets<1>(w, i, off);
+        out[i] = from_f32<T>(map1(op, to_f32(x[off[0]]), a, b));
+    }
+}
+
+template <typename T>
+__device__ void binary_contig(const T* x, const T* y, T* out, i64 n, int aligned, int op) {
+    const int V = 16 / sizeof(T);
+    const i64 nv = aligned ? n / V : 0;
+    for (i64 i = global_thread(); i < nv; i += global_threads()) {
+        const Vec16<T> xa = reinterpret_cast<const Vec16<T>*>(x)[i];
+        const Vec16<T> ya = reinterpret_cast<const Vec16<T>*>(y)[i];
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(binary(op, to_f32(xa.v[j]), to_f32(ya.v[j])));
+        reinterpret_cast<Vec16<T>*>(out)[i] = o;
+    }
+    for (i64 i = nv * V + global_thread(); i < n; i += global_threads())
+        out[i] = from_f32<T>(binary(op, to_f32(x[i]), to_f32(y[i])));
+}
+
+template <typename T>
+__device__ void binary_strided(Walk w, const T* x, const T* y, T* out, i64 n, int op) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[2];
+        walk_offsets<2>(w, i, off);
+        out[i] = from_f32<T>(binary(op, to_f32(x[off[0]]), to_f32(y[off[1]])));
+    }
+}
+
+// Comparison values: floats compare as f32 (exact for f16/bf16), integers natively.
+__device__ __forceinline__ float cmp_value(float x) { return x; }
+__device__ __forceinline__ float cmp_value(f16 x) { return to_f32(x); }
+__device__ __forceinline__ float cmp_value(bf16 x) { return to_f32(x); }
+__device__ __forceinline__ i64 cmp_value(i64 x) { return x; }
+__device__ __forceinline__ u32 cmp_value(u8 x) { return x; }
+
+template <typename T>
+__device__ void compare_strided(Walk w, const T* x, const T* y, u8* out, i64 n, int op) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[2];
+        walk_offsets<2>(w, i, off);
+        const auto a = cmp_value(x[off[0]]);
+        const auto b = cmp_value(y[off[1]]);
+        bool r;
+        switch (op) {
+            case C_EQ: r = a == b; break;
+            case C_NE: r = a != b; break;
+            case C_LT: r = a < b; break;
+            case C_LE: r = a <= b; break;
+            case C_GT: r = a > b; break;
+            default: r = a >= b; break;  // C_GE
+        }
+        out[i] = r ? 1 : 0;
+    }
+}
+
+template <typename W>
+__device__ void where_strided(Walk w, const u8* cond, const W* t, const W* f, W* out, i64 n) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[3];
+        walk_offsets<3>(w, i, off);
+        out[i] = cond[off[0]] != 0 ? t[off[1]] : f[off[2]];
+    }
+}
+
+template <typename W>
+__device__ void masked_fill_strided(Walk w, const W* x, const u8* mask, W value, W* out, i64 n) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[2];
+        walk_offsets<2>(w, i, off);
+        out[i] = mask[off[1]] != 0 ? value : x[off[0]];
+    }
+}
+
+template <typename W>
+__device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
+    for (i64 i = global_thread(); i < n; i += global_threads()) {
+        i64 off[2];
+        walk_offsets<2>(w, i, off);
+        out[off[1]] = x[off[0]];
+    }
+}
+
+#define FLOAT_ENTRIES(T, NAME)                                                                      \
+    extern "C" __global__ void map1_##NAME##_contig(const T* x, T* out, i64 n, int aligned, int op, \
+                                                    float a, float b) {                            \
+        map1_contig<T>(x, out, n, aligned, op, a, b);                                              \
+    }                                                                                              \
+    extern "C" __global__ void map1_##NAME##_strided(Walk w, const T* x, T* out, i64 n, int op,    \
+                                                     float a, float b) {                           \
+        map1_strided<T>(w, x, out, n, op, a, b);                                                   \
+    }                                                                                              \
+    extern "C" __global__ void binary_##NAME##_contig(const T* x, const T* y, T* out, i64 n,       \
+                                                      int aligned, int op) {                       \
+        binary_contig<T>(x, y, out, n, aligned, op);                                               \
+    }                                                                                              \
+    extern "C" __global__ void binary_##NAME##_strided(Walk w, const T* x, const T* y, T* out,     \
+                                                       i64 n, int op) {                            \
+        binary_strided<T>(w, x, y, out, n, op);                                                    \
+    }
+
+FLOAT_ENTRIES(float, f32)
+FLOAT_ENTRIES(f16, f16)
+FLOAT_ENTRIES(bf16, bf16)
+
+#define COMPARE_ENTRY(T, NAME)                                                                   \
+    extern "C" __global__ void compare_##NAME(Walk w, const T* x, const T* y, u8* out, i64 n,    \
+                                              int op) {                                          \
+        compare_strided<T>(w, x, y, out, n, op);                                                 \
+    }
+
+COMPARE_ENTRY(float, f32)
+COMPARE_ENTRY(f16, f16)
+COMPARE_ENTRY(bf16, bf16)
+COMPARE_ENTRY(i64, i64)
+COMPARE_ENTRY(u8, u8)
+
+#define WIDTH_ENTRIES(W, BITS)                                                                      \
+    extern "C" __global__ void where_w##BITS(Walk w, const u8* cond, const W* t, const W* f,       \
+                                              W* out, i64 n) {                                      \
+        where_strided<W>(w, cond, t, f, out, n);                                                    \
+    }                                                                                               \
+    extern "C" __global__ void masked_fill_w##BITS(Walk w, const W* x, const u8* mask, W value,    \
+                                                    W* out, i64 n) {                                \
+        masked_fill_strided<W>(w, x, mask, value, out, n);                                          \
+    }                                                                                               \
+    extern "C" __global__ void copy_w##BITS(Walk w, const W* x, W* out, i64 n) {                   \
+        copy_strided<W>(w, x, out, n);                                                              \
+    }
+
+WIDTH_ENTRIES(u8, 8)
+WIDTH_ENTRIES(u16, 16)
+WIDTH_ENTRIES(u32, 32)
+WIDTH_ENTRIES(u64, 64)

@@ -1,0 +1,629 @@
+//! Matrix products through cuBLAS (`cublasGemmEx`, `cublasGemmStridedBatchedEx`) and cuBLASLt
+//! (the bias epilogue), on row-major operands without copies.
+//!
+//! Layout: an operand is a [`Mat`]: `rows x cols` elements of a buffer at `offset`, element
+//! (i, j) at `offset + i * row_stride + j * col_stride`, batch b at `+ b * batch_stride`. One of
+//! the two strides must be 1 (or its dim 1): a row-major matrix (col_stride 1) or a transposed
+//! view of one (row_stride 1, e.g. `K^T` of a row-major `K`). The output is row-major (col_stride
+//! 1, any row stride >= cols). cuBLAS is column-major, so C = A·B is issued as Cᵀ = Bᵀ·Aᵀ: a
+//! row-major operand is its own transpose in column-major terms (op N), a transposed view is op T.
+//!
+//! Precision: f32 operands compute in f32 ([`MathMode::Exact`]) or, opted in, with TF32 tensor
+//! cores ([`MathMode::Tf32`], 10-bit mantissa products, f32 accumulation); f16 and bf16 operands
+//! always accumulate in f32 (`CUBLAS_COMPUTE_32F`), alpha and beta are f32.
+
+use crate::buffer::{DeviceBuffer, DeviceElem};
+use crate::error::bail;
+use crate::gpu::Gpu;
+use crate::{Error, Result};
+use cudarc::cublas::sys as cb;
+use cudarc::cublaslt::sys as lt;
+use half::{bf16, f16};
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// How f32 products are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MathMode {
+    /// Full f32 arithmetic.
+    #[default]
+    Exact,
+    /// TF32 tensor cores for f32 operands (ignored for f16/bf16).
+    Tf32,
+}
+
+/// An element type cuBLAS multiplies with f32 accumulation.
+pub trait GemmElem: DeviceElem {
+    const CUBLAS: cb::cudaDataType;
+    const CUBLASLT: lt::cudaDataType;
+}
+
+impl GemmElem for f32 {
+    const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_32F;
+    const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_32F;
+}
+impl GemmElem for f16 {
+    const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_16F;
+    const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_16F;
+}
+impl GemmElem for bf16 {
+    const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_16BF;
+    const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_16BF;
+}
+
+/// A read operand (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a, T: DeviceElem> {
+    pub buf: &'a DeviceBuffer<T>,
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+    /// Elements between consecutive matrices of a batch (0 reuses one matrix for every batch).
+    pub batch_stride: usize,
+}
+
+impl<'a, T: DeviceElem> Mat<'a, T> {
+    /// A contiguous row-major `rows x cols` matrix at `offset`.
+    pub fn row_major(buf: &'a DeviceBuffer<T>, offset: usize, rows: usize, cols: usize) -> Self {
+        Mat {
+            buf,
+            offset,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+            batch_stride: rows * cols,
+        }
+    }
+
+    /// The transposed view (no data moves).
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// The written operand: row-major (col stride 1).
+#[derive(Debug)]
+pub struct MatMut<'a, T: DeviceElem> {
+    pub buf: &'a mut DeviceBuffer<T>,
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub batch_stride: usize,
+}
+
+impl<'a, T: DeviceElem> MatMut<'a, T> {
+    /// A contiguous row-major `rows x cols` output at `offset`.
+    pub fn row_major(
+        buf: &'a mut DeviceBuffer<T>,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        MatMut {
+            buf,
+            offset,
+            rows,
+            cols,
+            row_stride: cols,
+            batch_stride: rows * cols,
+        }
+    }
+}
+
+/// A cuBLAS handle, destroyed on drop.
+struct CublasHandle(cb::cublasHandle_t);
+
+impl Drop for CublasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate, destroyed once; errors cannot be reported here.
+        let _ = unsafe { cb::cublasDestroy_v2(self.0) };
+    }
+}
+
+/// A cuBLASLt handle, destroyed on drop.
+struct LtHandle(lt::cublasLtHandle_t);
+
+impl Drop for LtHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtCreate, destroyed once.
+        let _ = unsafe { lt::cublasLtDestroy(self.0) };
+    }
+}
+
+/// The cuBLAS and cuBLASLt handles of one GPU (bound to its stream) and cuBLASLt's workspace.
+/// A handle must not be used by two threads at once: calls hold `calls`.
+pub struct Blas {
+    cublas: CublasHandle,
+    lt: LtHandle,
+    workspace: DeviceBuffer<u8>,
+    calls: Mutex<()>,
+}
+
+// SAFETY: the raw handles are only used under `calls`, with the owning GPU's context bound.
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Blas {
+    fn new(gpu: &Gpu) -> Result<Blas> {
+        gpu.bind()?;
+        let cublas = CublasHandle(
+            cudarc::cublas::result::create_handle().map_err(|e| Error::blas("cublasCreate", e))?,
+        );
+        // SAFETY: a live handle and our stream.
+        unsafe { cudarc::cublas::result::set_stream(cublas.0, gpu.stream().cu_stream() as _) }
+            .map_err(|e| Error::blas("cublasSetStream", e))?;
+        let lt = LtHandle(
+            cudarc::cublaslt::result::create_handle()
+                .map_err(|e| Error::blas("cublasLtCreate", e))?,
+        );
+        // NVIDIA's recommendation: 32 MiB on Hopper and newer, 4 MiB before.
+        let bytes = if gpu.compute_capability().0 >= 9 {
+            32 << 20
+        } else {
+            4 << 20
+        };
+        Ok(Blas {
+            cublas,
+            lt,
+            workspace: gpu.alloc::<u8>(bytes)?,
+            calls: Mutex::new(()),
+        })
+    }
+}
+
+impl Gpu {
+    /// This GPU's BLAS handles, created on first use.
+    pub(crate) fn blas_handles(&self) -> Result<Arc<Blas>> {
+        let mut slot = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(crate::gpu::guard("creating the cuBLAS handles", || {
+            Blas::new(self)
+        })??);
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+}
+
+/// How cuBLAS sees one read operand: transposed or not (in column-major terms, for the swapped
+/// product) and its leading dimension.
+fn blas_operand(
+    op: &'static str,
+    which: &str,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+) -> Result<(bool, usize)> {
+    if rows == 0 || cols == 0 {
+        // No element is read; any leading dimension cuBLAS accepts will do.
+        return Ok((false, cols.max(1)));
+    }
+    if cs == 1 || cols <= 1 {
+        let ld = if rows <= 1 { cols.max(1) } else { rs };
+        if ld >= cols.max(1) {
+            return Ok((false, ld));
+        }
+    }
+    if rs == 1 || rows <= 1 {
+        let ld = if cols <= 1 { rows.max(1) } else { cs };
+        if ld >= rows.max(1) {
+            return Ok((true, ld));
+        }
+    }
+    bail!(
+        op,
+        "{which} ({rows}x{cols}, strides {rs}, {cs}) is neither row-major nor a transposed row-major view; make it contiguous first"
+    )
+}
+
+/// Checks a read operand's extent against its buffer; returns its device address.
+fn mat_address<T: DeviceElem>(op: &'static str, m: &Mat<'_, T>, batch: usize) -> Result<u64> {
+    if m.rows == 0 || m.cols == 0 || batch == 0 {
+        return Ok(0);
+    }
+    let span =
+        (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride + (batch - 1) * m.batch_stride;
+    m.buf.address_at(op, m.offset, span + 1)
+}
+
+fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| Error::arg(op, format!("{what} = {v} exceeds cuBLAS's 32-bit limit")))
+}
+
+/// The checked, column-major form of C = A·B (per batch).
+struct Plan {
+    m: i32,
+    n: i32,
+    k: i32,
+    /// cuBLAS's first operand is our B.
+    trans_b: bool,
+    ld_b: i32,
+    trans_a: bool,
+    ld_a: i32,
+    ldc: i32,
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+fn plan<T: DeviceElem>(
+    op: &'static str,
+    gpu: &Gpu,
+    a: &Mat<'_, T>,
+    b: &Mat<'_, T>,
+    c: &MatMut<'_, T>,
+    batch: usize,
+) -> Result<Plan> {
+    for buf_ordinal in [a.buf.ordinal(), b.buf.ordinal(), c.buf.ordinal()] {
+        if buf_ordinal != gpu.ordinal() {
+            bail!(
+                op,
+                "an operand on cuda:{buf_ordinal} was passed to cuda:{}",
+                gpu.ordinal()
+            );
+        }
+    }
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n {
+        bail!(
+            op,
+            "shapes do not chain: A {}x{}, B {}x{}, C {}x{}",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols,
+            c.rows,
+            c.cols
+        );
+    }
+    let (trans_a, ld_a) = blas_operand(op, "A", a.rows, a.cols, a.row_stride, a.col_stride)?;
+    let (trans_b, ld_b) = blas_operand(op, "B", b.rows, b.cols, b.row_stride, b.col_stride)?;
+    let ldc = if m <= 1 { n.max(1) } else { c.row_stride };
+    if ldc < n.max(1) {
+        bail!(
+            op,
+            "C's row stride {} is smaller than its {n} columns",
+            c.row_stride
+        );
+    }
+    let c_addr = if m == 0 || n == 0 || batch == 0 {
+        0
+    } else {
+        let span = (m - 1) * c.row_stride + (n - 1) + (batch - 1) * c.batch_stride;
+        c.buf.address_at(op, c.offset, span + 1)?
+    };
+    Ok(Plan {
+        m: to_i32(op, "m", m)?,
+        n: to_i32(op, "n", n)?,
+        k: to_i32(op, "k", k)?,
+        trans_b,
+        ld_b: to_i32(op, "ldb", ld_b)?,
+        trans_a,
+        ld_a: to_i32(op, "lda", ld_a)?,
+        ldc: to_i32(op, "ldc", ldc)?,
+        a: mat_address(op, a, batch)?,
+        b: mat_address(op, b, batch)?,
+        c: c_addr,
+    })
+}
+
+fn cublas_op(t: bool) -> cb::cublasOperation_t {
+    if t {
+        cb::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cb::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+fn compute_type<T: GemmElem>(math: MathMode) -> cb::cublasComputeType_t {
+    if T::TYPE == crate::ElemType::F32 && math == MathMode::Tf32 {
+        cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        cb::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    }
+}
+
+/// C = alpha · A·B + beta · C for each of `batch` matrices (strided batch: each operand's
+/// `batch_stride`). Asynchronous on the GPU's stream. With k = 0, C = beta · C.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: GemmElem>(
+    gpu: &Gpu,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    c: MatMut<'_, T>,
+    batch: usize,
+    alpha: f32,
+    beta: f32,
+    math: MathMode,
+) -> Result<()> {
+    const OP: &str = "gemm";
+    let p = plan(OP, gpu, &a, &b, &c, batch)?;
+    if p.m == 0 || p.n == 0 || batch == 0 {
+        return Ok(());
+    }
+    let blas = gpu.blas_handles()?;
+    let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
+    gpu.bind()?;
+    let ct = compute_type::<T>(math);
+    let algo = cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+    // SAFETY: every operand's extent was checked against its buffer; the scalars are host f32
+    // (the handle's default pointer mode); the call is ordered on the GPU's stream.
+    let r = crate::gpu::guard("cublasGemmEx", || unsafe {
+        if batch == 1 {
+            cudarc::cublas::result::gemm_ex(
+                blas.cublas.0,
+                cublas_op(p.trans_b),
+                cublas_op(p.trans_a),
+                p.n,
+                p.m,
+                p.k,
+                &alpha as *const f32 as *const c_void,
+                p.b as *const c_void,
+                T::CUBLAS,
+                p.ld_b,
+                p.a as *const c_void,
+                T::CUBLAS,
+                p.ld_a,
+                &beta as *const f32 as *const c_void,
+                p.c as *mut c_void,
+                T::CUBLAS,
+                p.ldc,
+                ct,
+                algo,
+            )
+        } else {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                blas.cublas.0,
+                cublas_op(p.trans_b),
+                cublas_op(p.trans_a),
+                p.n,
+                p.m,
+                p.k,
+                &alpha as *const f32 as *const c_void,
+                p.b as *const c_void,
+                T::CUBLAS,
+                p.ld_b,
+                b.batch_stride as i64,
+                p.a as *const c_void,
+                T::CUBLAS,
+                p.ld_a,
+                a.batch_stride as i64,
+                &beta as *const f32 as *const c_void,
+                p.c as *mut c_void,
+                T::CUBLAS,
+                p.ldc,
+                c.batch_stride as i64,
+                batch as i32,
+                ct,
+                algo,
+            )
+        }
+    })?;
+    r.map_err(|e| Error::blas("cublasGemmEx", e))
+}
+
+/// Destroys a cuBLASLt descriptor when dropped.
+struct LtGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for LtGuard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn lt_check(call: &'static str, s: lt::cublasStatus_t) -> Result<()> {
+    if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::blas(call, s))
+    }
+}
+
+/// C = A·B + bias (bias has `cols(C)` elements, added to every row), through cuBLASLt's bias
+/// epilogue: the Linear layer's forward in one kernel. One matrix (no batch).
+pub fn gemm_bias<T: GemmElem>(
+    gpu: &Gpu,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    bias: (&DeviceBuffer<T>, usize),
+    c: MatMut<'_, T>,
+    math: MathMode,
+) -> Result<()> {
+    const OP: &str = "gemm_bias";
+    let p = plan(OP, gpu, &a, &b, &c, 1)?;
+    if bias.0.ordinal() != gpu.ordinal() {
+        bail!(
+            OP,
+            "the bias is on cuda:{} and the product on cuda:{}",
+            bias.0.ordinal(),
+            gpu.ordinal()
+        );
+    }
+    if p.m == 0 || p.n == 0 {
+        return Ok(());
+    }
+    let bias_addr = bias.0.address_at(OP, bias.1, p.n as usize)?;
+    let blas = gpu.blas_handles()?;
+    let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
+    gpu.bind()?;
+    let ct = if T::TYPE == crate::ElemType::F32 && math == MathMode::Tf32 {
+        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
+    crate::gpu::guard("cublasLtMatmul", || -> Result<()> {
+        // SAFETY: descriptors are created, used and destroyed here; every pointer attribute is a
+        // checked device address; the call is ordered on the GPU's stream.
+        unsafe {
+            let mut desc = std::ptr::null_mut();
+            lt_check(
+                "cublasLtMatmulDescCreate",
+                lt::cublasLtMatmulDescCreate(&mut desc, ct, lt::cudaDataType::CUDA_R_32F),
+            )?;
+            let _desc = LtGuard(|| {
+                let _ = lt::cublasLtMatmulDescDestroy(desc);
+            });
+            let set = |attr: lt::cublasLtMatmulDescAttributes_t, v: *const c_void, size: usize| {
+                lt_check(
+                    "cublasLtMatmulDescSetAttribute",
+                    lt::cublasLtMatmulDescSetAttribute(desc, attr, v, size),
+                )
+            };
+            let ta = lt_op(p.trans_b);
+            let tb = lt_op(p.trans_a);
+            set(
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &ta as *const _ as *const c_void,
+                std::mem::size_of_val(&ta),
+            )?;
+            set(
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &tb as *const _ as *const c_void,
+                std::mem::size_of_val(&tb),
+            )?;
+            let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            set(
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epilogue as *const _ as *const c_void,
+                std::mem::size_of_val(&epilogue),
+            )?;
+            set(
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias_addr as *const u64 as *const c_void,
+                std::mem::size_of::<u64>(),
+            )?;
+            // Stored shapes (before the op) of cuBLAS's A' = Bᵀ (n x k) and B' = Aᵀ (k x m).
+            let (n, m, k) = (p.n as u64, p.m as u64, p.k as u64);
+            let a_dims = if p.trans_b { (k, n) } else { (n, k) };
+            let b_dims = if p.trans_a { (m, k) } else { (k, m) };
+            let layout =
+                |(rows, cols): (u64, u64), ld: i32| -> Result<lt::cublasLtMatrixLayout_t> {
+                    let mut l = std::ptr::null_mut();
+                    lt_check(
+                        "cublasLtMatrixLayoutCreate",
+                        lt::cublasLtMatrixLayoutCreate(&mut l, T::CUBLASLT, rows, cols, ld as i64),
+                    )?;
+                    Ok(l)
+                };
+            let la = layout(a_dims, p.ld_b)?;
+            let _la = LtGuard(|| {
+                let _ = lt::cublasLtMatrixLayoutDestroy(la);
+            });
+            let lb = layout(b_dims, p.ld_a)?;
+            let _lb = LtGuard(|| {
+                let _ = lt::cublasLtMatrixLayoutDestroy(lb);
+            });
+            let lc = layout((n, m), p.ldc)?;
+            let _lc = LtGuard(|| {
+                let _ = lt::cublasLtMatrixLayoutDestroy(lc);
+            });
+            let mut pref = std::ptr::null_mut();
+            lt_check(
+                "cublasLtMatmulPreferenceCreate",
+                lt::cublasLtMatmulPreferenceCreate(&mut pref),
+            )?;
+            let _pref = LtGuard(|| {
+                let _ = lt::cublasLtMatmulPreferenceDestroy(pref);
+            });
+            let ws = blas.workspace.len();
+            lt_check(
+                "cublasLtMatmulPreferenceSetAttribute",
+                lt::cublasLtMatmulPreferenceSetAttribute(
+                    pref,
+                    lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const usize as *const c_void,
+                    std::mem::size_of::<usize>(),
+                ),
+            )?;
+            let mut heuristic =
+                std::mem::MaybeUninit::<lt::cublasLtMatmulHeuristicResult_t>::zeroed();
+            let mut found = 0;
+            lt_check(
+                "cublasLtMatmulAlgoGetHeuristic",
+                lt::cublasLtMatmulAlgoGetHeuristic(
+                    blas.lt.0,
+                    desc,
+                    la,
+                    lb,
+                    lc,
+                    lc,
+                    pref,
+                    1,
+                    heuristic.as_mut_ptr(),
+                    &mut found,
+                ),
+            )?;
+            if found == 0 {
+                return Err(Error::blas(
+                    "cublasLtMatmulAlgoGetHeuristic",
+                    "no algorithm for this shape",
+                ));
+            }
+            let heuristic = heuristic.assume_init();
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            lt_check(
+                "cublasLtMatmul",
+                lt::cublasLtMatmul(
+                    blas.lt.0,
+                    desc,
+                    &alpha as *const f32 as *const c_void,
+                    p.b as *const c_void,
+                    la,
+                    p.a as *const c_void,
+                    lb,
+                    &beta as *const f32 as *const c_void,
+                    p.c as *const c_void,
+                    lc,
+                    p.c as *mut c_void,
+                    lc,
+                    &heuristic.algo,
+                    blas.workspace.device_address() as *mut c_void,
+                    ws,
+                    gpu.stream().cu_stream() as _,
+                ),
+            )
+        }
+    })?
+}
+
+/// cuBLASLt's TRANSA / TRANSB attribute value: a `cublasOperation_t` as i32 (N = 0, T = 1).
+fn lt_op(t: bool) -> i32 {
+    t as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operands_map_to_cublas_ops() {
+        // Row-major 3x4: op N (in the swapped product), ld 4.
+        assert_eq!(blas_operand("t", "A", 3, 4, 4, 1).unwrap(), (false, 4));
+        // Its transposed view 4x3 (strides 1, 4): op T, ld 4.
+        assert_eq!(blas_operand("t", "A", 4, 3, 1, 4).unwrap(), (true, 4));
+        // A row of a wider matrix keeps its leading dimension.
+        assert_eq!(blas_operand("t", "A", 3, 4, 10, 1).unwrap(), (false, 10));
+        // Vectors: any stride on the size-1 dim.
+        assert_eq!(blas_operand("t", "A", 1, 5, 0, 1).unwrap(), (false, 5));
+        assert_eq!(blas_operand("t", "A", 5, 1, 1, 0).unwrap(), (false, 1));
+        // Empty operands (k = 0) take any layout.
+        assert_eq!(blas_operand("t", "A", 3, 0, 0, 1).unwrap(), (false, 1));
+        // Neither layout: refused.
+        assert!(blas_operand("t", "A", 3, 4, 8, 2).is_err());
+        // Overlapping rows (ld < cols): refused.
+        assert!(blas_operand("t", "A", 3, 4, 2, 1).is_err());
+    }
+}

@@ -1,0 +1,751 @@
+//! One GPU: [`Gpu`] holds the device's primary context, its single compute stream, the kernels
+//! loaded on it, its BLAS handles and a status word kernels report bad input through.
+//!
+//! - Finding CUDA: [`availability`] checks, in order, that libcuda (the driver), NVRTC, cuBLAS and
+//!   cuBLASLt can be loaded (cudarc's `is_culib_present`), that the driver supports the CUDA 13.0
+//!   API the bindings target, and that a device exists; each failure is an
+//!   [`Error::Unavailable`] saying what to install. cudarc panics when a library or symbol is
+//!   missing at a call; the calls that may hit one run inside [`guard`], so such a panic becomes
+//!   an error and its message is not printed.
+//! - Memory: buffers come from the device's stream-ordered pool (`cuMemAllocAsync` on the compute
+//!   stream, `cuMemFreeAsync` on drop). The pool's release threshold is raised to "never", so freed
+//!   memory stays reserved for the next allocation instead of going back to the driver at every
+//!   synchronisation: after the first training step no op calls into the driver's allocator.
+//! - One stream: every kernel, copy and GEMM of a `Gpu` runs on its one non-blocking stream, in
+//!   issue order, so no event tracking between streams is needed (it is switched off).
+//! - Kernels: [`Gpu::function`] compiles a kernel file for the device's compute capability on
+//!   first use (`nvrtc.rs`), loads the module once and caches each function.
+//! - Timing: [`Gpu::timer`] records CUDA events on the stream.
+
+use crate::buffer::{DeviceBuffer, DeviceElem};
+use crate::nvrtc::{self, KernelFile};
+use crate::{Error, Result};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUmemPool_attribute};
+use cudarc::driver::{result as dr, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The CUDA API version the bindings are built for (cudarc feature `cuda-13000`).
+pub const CUDA_MAJOR: u32 = 13;
+pub const CUDA_MINOR: u32 = 0;
+
+thread_local! {
+    /// Set while this thread runs inside [`guard`]: the panic hook stays silent then.
+    static IN_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside the CUDA bindings (a library or symbol that cannot be
+/// loaded) into [`Error::Unavailable`]. The first call chains a panic hook that keeps such a
+/// panic's message off stderr (every other panic still reaches the previous hook), so the user
+/// sees the error, not the bindings' panic.
+pub(crate) fn guard<R>(what: &'static str, f: impl FnOnce() -> R) -> Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_GUARD.with(|g| g.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let outer = IN_GUARD.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_GUARD.with(|g| g.set(outer));
+    r.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Error::Unavailable(format!("{what} failed inside the CUDA bindings: {msg}"))
+    })
+}
+
+/// A device as the driver describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor), e.g. (9, 0) for an H100/H200.
+    pub compute_capability: (u32, u32),
+    pub multiprocessors: u32,
+    pub total_memory: usize,
+}
+
+/// Errors with what to install unless the CUDA driver, NVRTC, cuBLAS and cuBLASLt libraries can
+/// all be loaded.
+pub fn check_libraries() -> Result<()> {
+    // SAFETY: each check only tries to dlopen the library by its candidate names.
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !driver {
+        return Err(Error::Unavailable(
+            "the CUDA driver library (libcuda.so) was not found: no NVIDIA driver is installed, \
+             or it is not on the library path"
+                .into(),
+        ));
+    }
+    nvrtc::nvrtc_available()?;
+    let libs = [
+        ("cuBLAS", unsafe { cudarc::cublas::sys::is_culib_present() }),
+        ("cuBLASLt", unsafe {
+            cudarc::cublaslt::sys::is_culib_present()
+        }),
+    ];
+    for (name, present) in libs {
+        if !present {
+            return Err(Error::Unavailable(format!(
+                "the {name} library (lib{}.so.{CUDA_MAJOR}) was not found; install the CUDA \
+                 toolkit or the `nvidia-cublas` wheel and put its lib directory on LD_LIBRARY_PATH",
+                name.to_lowercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The reason inside an [`Error::Unavailable`], or the whole message of another error.
+fn reason(e: Error) -> String {
+    match e {
+        Error::Unavailable(r) => r,
+        other => other.to_string(),
+    }
+}
+
+/// Loads the libraries, initialises the driver and checks its version (once per process; the
+/// outcome is kept, so a missing CUDA is diagnosed once).
+fn init_driver() -> Result<()> {
+    static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let outcome = INIT.get_or_init(|| {
+        check_libraries().map_err(reason)?;
+        match guard("cuInit", dr::init).map_err(reason)? {
+            Ok(()) => {}
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => {
+                return Err("the driver found no CUDA device".to_string())
+            }
+            Err(e) => return Err(Error::driver("cuInit", e).to_string()),
+        }
+        let mut version = 0;
+        // SAFETY: one out-pointer to a live int.
+        let r = guard("cuDriverGetVersion", || unsafe {
+            cudarc::driver::sys::cuDriverGetVersion(&mut version)
+        })
+        .map_err(reason)?;
+        r.result()
+            .map_err(|e| Error::driver("cuDriverGetVersion", e).to_string())?;
+        let (major, minor) = (version / 1000, (version % 1000) / 10);
+        if (major as u32, minor as u32) < (CUDA_MAJOR, CUDA_MINOR) {
+            return Err(format!(
+                "the NVIDIA driver supports CUDA {major}.{minor}, and this build needs \
+                 {CUDA_MAJOR}.{CUDA_MINOR} or newer; update the driver"
+            ));
+        }
+        Ok(())
+    });
+    outcome.clone().map_err(Error::Unavailable)
+}
+
+fn attribute(dev: cudarc::driver::sys::CUdevice, a: CUdevice_attribute) -> Result<u32> {
+    // SAFETY: `dev` comes from cuDeviceGet.
+    let v = unsafe { dr::device::get_attribute(dev, a) }
+        .map_err(|e| Error::driver("cuDeviceGetAttribute", e))?;
+    Ok(v.max(0) as u32)
+}
+
+fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    let dev = dr::device::get(ordinal as i32).map_err(|e| Error::driver("cuDeviceGet", e))?;
+    use CUdevice_attribute::*;
+    Ok(DeviceInfo {
+        ordinal,
+        name: dr::device::get_name(dev).map_err(|e| Error::driver("cuDeviceGetName", e))?,
+        compute_capability: (
+            attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ),
+        multiprocessors: attribute(dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        // SAFETY: as above.
+        total_memory: unsafe { dr::device::total_mem(dev) }
+            .map_err(|e| Error::driver("cuDeviceTotalMem", e))?,
+    })
+}
+
+/// The CUDA devices of this machine, or an [`Error::Unavailable`] saying why CUDA cannot be used
+/// (a missing library, a driver older than CUDA 13.0, no device).
+pub fn availability() -> Result<Vec<DeviceInfo>> {
+    init_driver()?;
+    let count = guard("cuDeviceGetCount", dr::device::get_count)?
+        .map_err(|e| Error::driver("cuDeviceGetCount", e))?;
+    if count <= 0 {
+        return Err(Error::Unavailable("the driver found no CUDA device".into()));
+    }
+    guard("device query", || {
+        (0..count as usize)
+            .map(device_info)
+            .collect::<Result<Vec<_>>>()
+    })?
+}
+
+/// Pool statistics in bytes: reserved from the driver, and in use by live buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub reserved: u64,
+    pub used: u64,
+}
+
+/// Error codes kernels write to the status word (common.cuh).
+const ERR_INDEX_OUT_OF_RANGE: u32 = 1;
+const ERR_TARGET_OUT_OF_RANGE: u32 = 2;
+
+/// A launch shape: grid, block, dynamic shared memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+/// Threads per block of the 1-D grid-stride kernels.
+pub(crate) const THREADS: u32 = 256;
+
+impl Launch {
+    /// A 1-D grid-stride launch covering `work` items with `THREADS`-thread blocks (the grid is
+    /// capped; the kernels loop).
+    pub fn grid_stride(work: usize) -> Launch {
+        let blocks = work.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
+        Launch {
+            grid: (blocks, 1, 1),
+            block: (THREADS, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    /// One block per row (`rows` <= 2^31 - 1) with a block size suited to rows of `n`: about
+    /// n / 4 threads, a multiple of 32 in 32..=1024.
+    pub fn per_row(op: &'static str, rows: usize, n: usize) -> Result<Launch> {
+        if rows > i32::MAX as usize {
+            crate::error::bail!(op, "{rows} rows exceed the grid limit of 2^31 - 1");
+        }
+        let threads = (n.div_ceil(4).div_ceil(32) * 32).clamp(32, 1024) as u32;
+        Ok(Launch {
+            grid: (rows as u32, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        })
+    }
+}
+
+/// A GPU and everything kernels need on it. Shared as `Arc<Gpu>` (see [`gpu`]); every method
+/// takes `&self` and may be called from any thread.
+pub struct Gpu {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// [code, value low, value high, unused], zero when no kernel reported anything.
+    status: cudarc::driver::CudaSlice<u32>,
+    pub(crate) blas: Mutex<Option<Arc<crate::blas::Blas>>>,
+}
+
+/// The process-wide handle of device `ordinal`, created on first use. Prefer this to
+/// [`Gpu::new`], which creates a second stream and module set on the same device.
+pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+    let map = GPUS.get_or_init(Default::default);
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let g = Gpu::new(ordinal)?;
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: its primary context, a new compute stream, the pool setting and
+    /// the status word. Errors (never panics) when CUDA is unavailable or the device does not
+    /// exist.
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        let devices = availability()?;
+        let Some(info) = devices.iter().find(|d| d.ordinal == ordinal).cloned() else {
+            return Err(Error::Unavailable(format!(
+                "there is no CUDA device {ordinal} ({} device{} found)",
+                devices.len(),
+                if devices.len() == 1 { "" } else { "s" }
+            )));
+        };
+        guard("opening the device", || Self::open(info))?
+    }
+
+    fn open(info: DeviceInfo) -> Result<Arc<Gpu>> {
+        let ctx = CudaContext::new(info.ordinal)
+            .map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: called before this context allocates or creates a stream; every use of our
+        // buffers is ordered on the single stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::driver("cuStreamCreate", e))?;
+        if ctx.has_async_alloc() {
+            let dev = ctx.cu_device();
+            // SAFETY: the device comes from the context; the attribute takes a u64.
+            unsafe {
+                let pool = dr::device::get_mem_pool(dev)
+                    .map_err(|e| Error::driver("cuDeviceGetMemPool", e))?;
+                let mut keep = u64::MAX;
+                dr::mem_pool::set_attribute(
+                    pool,
+                    CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut keep as *mut u64 as *mut c_void,
+                )
+                .map_err(|e| Error::driver("cuMemPoolSetAttribute", e))?;
+            }
+        }
+        let status = stream
+            .alloc_zeros::<u32>(4)
+            .map_err(|e| Error::driver("cuMemAllocAsync", e))?;
+        Ok(Arc::new(Gpu {
+            info,
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            status,
+            blas: Mutex::new(None),
+        }))
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.info.ordinal
+    }
+
+    pub fn compute_capability(&self) -> (u32, u32) {
+        self.info.compute_capability
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The compute stream every op of this GPU runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::driver("cuCtxSetCurrent", e))
+    }
+
+    // ---- memory -------------------------------------------------------------------------
+
+    /// `len` elements whose values are unspecified (whatever the pool's memory held).
+    pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        // SAFETY: every DeviceElem accepts any bit pattern, so unwritten memory is a valid value.
+        let slice =
+            unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| alloc_error::<T>(len, e))?;
+        Ok(self.wrap(slice, len))
+    }
+
+    fn wrap<T: DeviceElem>(
+        &self,
+        slice: cudarc::driver::CudaSlice<T>,
+        len: usize,
+    ) -> DeviceBuffer<T> {
+        DeviceBuffer {
+            slice,
+            len,
+            ordinal: self.ordinal(),
+        }
+    }
+
+    /// `len` zeros.
+    pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| alloc_error::<T>(len, e))?;
+        Ok(self.wrap(slice, len))
+    }
+
+    /// Sets every element of `buf` to zero (asynchronously, on the stream).
+    pub fn fill_zeros<T: DeviceElem>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        self.same_device("fill_zeros", buf)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memset_zeros(&mut buf.slice)
+            .map_err(|e| Error::driver("cuMemsetD8Async", e))
+    }
+
+    /// A device copy of `data`.
+    pub fn upload<T: DeviceElem>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
+        Ok(self.wrap(slice, data.len()))
+    }
+
+    /// A device copy of host records a kernel reads (multi-tensor tables), freed when dropped.
+    pub(crate) fn upload_records<T: cudarc::driver::DeviceRepr>(
+        &self,
+        data: &[T],
+    ) -> Result<cudarc::driver::CudaSlice<T>> {
+        self.stream
+            .clone_htod(data)
+            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))
+    }
+
+    /// Copies `data` into `buf[offset..offset + data.len()]`.
+    pub fn upload_into<T: DeviceElem>(
+        &self,
+        data: &[T],
+        buf: &mut DeviceBuffer<T>,
+        offset: usize,
+    ) -> Result<()> {
+        self.same_device("upload_into", buf)?;
+        buf.address_at("upload_into", offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut view = buf.slice.slice_mut(offset..offset + data.len());
+        self.stream
+            .memcpy_htod(data, &mut view)
+            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))
+    }
+
+    /// The whole buffer on the host (waits for the stream).
+    pub fn download<T: DeviceElem>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        self.download_range(buf, 0, buf.len())
+    }
+
+    /// Elements `offset..offset + len` on the host (waits for the stream).
+    pub fn download_range<T: DeviceElem>(
+        &self,
+        buf: &DeviceBuffer<T>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        self.same_device("download", buf)?;
+        buf.address_at("download", offset, len)?;
+        let mut out = vec![T::default(); len];
+        if len == 0 {
+            return Ok(out);
+        }
+        let view = buf.slice.slice(offset..offset + len);
+        self.stream
+            .memcpy_dtoh(&view, &mut out[..])
+            .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    /// Copies `len` elements from `src[src_offset..]` to `dst[dst_offset..]` on the device.
+    pub fn copy<T: DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        src_offset: usize,
+        dst: &mut DeviceBuffer<T>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.same_device("copy", src)?;
+        self.same_device("copy", dst)?;
+        let s = src.address_at("copy", src_offset, len)?;
+        let d = dst.address_at("copy", dst_offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: both ranges were bounds-checked; the copy is ordered on our stream.
+        unsafe {
+            dr::memcpy_dtod_async(
+                d,
+                s,
+                len * std::mem::size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| Error::driver("cuMemcpyDtoDAsync", e))
+    }
+
+    /// Errors unless `buf` lives on this GPU.
+    pub(crate) fn same_device<T: DeviceElem>(
+        &self,
+        op: &'static str,
+        buf: &DeviceBuffer<T>,
+    ) -> Result<()> {
+        if buf.ordinal() != self.ordinal() {
+            crate::error::bail!(
+                op,
+                "a buffer on cuda:{} was passed to an op on cuda:{}",
+                buf.ordinal(),
+                self.ordinal()
+            );
+        }
+        Ok(())
+    }
+
+    /// A testing aid: takes `bytes` from the pool, fills them with 0xFF (a NaN in every float
+    /// type, -1 in the integers) and gives them back, so the next allocations start from garbage
+    /// and a kernel that leaves an output element unwritten is caught.
+    pub fn poison_pool(&self, bytes: usize) -> Result<()> {
+        let buf = self.alloc::<u8>(bytes)?;
+        if bytes > 0 {
+            self.bind()?;
+            // SAFETY: the buffer's own bytes, in stream order.
+            unsafe {
+                dr::memset_d8_async(buf.device_address(), 0xFF, bytes, self.stream.cu_stream())
+            }
+            .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the pool holds from the driver and bytes in live buffers.
+    pub fn pool_usage(&self) -> Result<PoolUsage> {
+        self.bind()?;
+        // SAFETY: the pool of our device; both attributes are u64.
+        unsafe {
+            let pool = dr::device::get_mem_pool(self.ctx.cu_device())
+                .map_err(|e| Error::driver("cuDeviceGetMemPool", e))?;
+            let (mut reserved, mut used) = (0u64, 0u64);
+            dr::mem_pool::get_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                &mut reserved as *mut u64 as *mut c_void,
+            )
+            .map_err(|e| Error::driver("cuMemPoolGetAttribute", e))?;
+            dr::mem_pool::get_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+                &mut used as *mut u64 as *mut c_void,
+            )
+            .map_err(|e| Error::driver("cuMemPoolGetAttribute", e))?;
+            Ok(PoolUsage { reserved, used })
+        }
+    }
+
+    /// Gives pool memory not held by live buffers back to the driver, keeping `keep_bytes`.
+    pub fn trim_pool(&self, keep_bytes: usize) -> Result<()> {
+        self.synchronize()?;
+        // SAFETY: the pool of our device.
+        unsafe {
+            let pool = dr::device::get_mem_pool(self.ctx.cu_device())
+                .map_err(|e| Error::driver("cuDeviceGetMemPool", e))?;
+            dr::mem_pool::trim_to(pool, keep_bytes).map_err(|e| Error::driver("cuMemPoolTrimTo", e))
+        }
+    }
+
+    // ---- synchronisation, status, timing -------------------------------------------------
+
+    /// Waits for everything issued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::driver("cuStreamSynchronize", e))
+    }
+
+    /// The device address of the status word kernels report bad input to.
+    pub(crate) fn status_address(&self) -> u64 {
+        let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&self.status, &self.stream);
+        ptr
+    }
+
+    /// Waits for the stream, then errors if a kernel since the last check reported bad input
+    /// (an index or target out of range), and clears the report.
+    pub fn check_status(&self) -> Result<()> {
+        self.synchronize()?;
+        let mut words = [0u32; 4];
+        self.stream
+            .memcpy_dtoh(&self.status, &mut words[..])
+            .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()?;
+        if words[0] == 0 {
+            return Ok(());
+        }
+        let value = (words[1] as u64 | (words[2] as u64) << 32) as i64;
+        self.bind()?;
+        // SAFETY: the four status words of this GPU, cleared in stream order.
+        unsafe { dr::memset_d8_async(self.status_address(), 0, 16, self.stream.cu_stream()) }
+            .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
+        self.synchronize()?;
+        Err(Error::Kernel(match words[0] {
+            ERR_INDEX_OUT_OF_RANGE => format!("embedding: index {value} is out of range"),
+            ERR_TARGET_OUT_OF_RANGE => format!("cross_entropy: target {value} is out of range"),
+            code => format!("a kernel reported error code {code} (value {value})"),
+        }))
+    }
+
+    /// A CUDA event pair around a stretch of work on the stream: call [`GpuTimer::stop`] after
+    /// issuing it, then [`GpuTimer::elapsed_ms`].
+    pub fn timer(&self) -> Result<GpuTimer> {
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| Error::driver("cuEventCreate", e))?;
+        let end = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| Error::driver("cuEventCreate", e))?;
+        start
+            .record(&self.stream)
+            .map_err(|e| Error::driver("cuEventRecord", e))?;
+        Ok(GpuTimer {
+            start,
+            end,
+            stream: self.stream.clone(),
+        })
+    }
+
+    // ---- kernels --------------------------------------------------------------------------
+
+    /// Kernel `name` of `file`, compiled for this device (on first use) and cached.
+    pub fn function(&self, file: &'static KernelFile, name: &str) -> Result<CudaFunction> {
+        let key = (file.name, name.to_string());
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
+        let module = self.module(file)?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| Error::driver("cuModuleGetFunction", e))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Compiles (once per process and compute capability) and loads (once per GPU) every kernel
+    /// file, so that later timings exclude compilation.
+    pub fn load_all_kernels(&self) -> Result<()> {
+        for file in nvrtc::kernels::ALL {
+            self.module(file)?;
+        }
+        Ok(())
+    }
+
+    fn module(&self, file: &'static KernelFile) -> Result<Arc<CudaModule>> {
+        if let Some(m) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(file.name)
+        {
+            return Ok(m.clone());
+        }
+        let cubin = nvrtc::cubin(file, self.compute_capability())?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.as_ref().clone()))
+            .map_err(|e| Error::driver("cuModuleLoadData", e))?;
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file.name, module.clone());
+        Ok(module)
+    }
+
+    /// Launches kernel `name` of `file` on the stream with `args` (pointers to each argument's
+    /// value, in the kernel's parameter order).
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and type, and every device
+    /// address among them must be valid for what the kernel reads and writes.
+    pub(crate) unsafe fn launch(
+        &self,
+        file: &'static KernelFile,
+        name: &str,
+        shape: Launch,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = self.function(file, name)?;
+        self.bind()?;
+        unsafe {
+            dr::launch_kernel(
+                f.cu_function(),
+                shape.grid,
+                shape.block,
+                shape.shared_bytes,
+                self.stream.cu_stream(),
+                args,
+            )
+        }
+        .map_err(|e| Error::driver("cuLaunchKernel", e))
+    }
+}
+
+fn alloc_error<T: DeviceElem>(len: usize, e: cudarc::driver::DriverError) -> Error {
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    match Error::driver("cuMemAllocAsync", e) {
+        Error::Driver { call, message } => Error::Driver {
+            call,
+            message: format!("{message} (allocating {bytes} bytes)"),
+        },
+        other => other,
+    }
+}
+
+/// A pointer to one kernel argument, for [`Gpu::launch`].
+pub(crate) fn arg<T>(v: &T) -> *mut c_void {
+    v as *const T as *mut c_void
+}
+
+/// Two events on a GPU's stream: `start` recorded when the timer was made, `end` by
+/// [`GpuTimer::stop`].
+pub struct GpuTimer {
+    start: CudaEvent,
+    end: CudaEvent,
+    stream: Arc<CudaStream>,
+}
+
+impl GpuTimer {
+    /// Records the end event after the work issued so far.
+    pub fn stop(&self) -> Result<()> {
+        self.end
+            .record(&self.stream)
+            .map_err(|e| Error::driver("cuEventRecord", e))
+    }
+
+    /// Milliseconds between the two events (waits for the end event).
+    pub fn elapsed_ms(&self) -> Result<f32> {
+        self.start
+            .elapsed_ms(&self.end)
+            .map_err(|e| Error::driver("cuEventElapsedTime", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_guard_becomes_an_error() {
+        let e = guard("loading", || -> u32 { panic!("no symbol cuFoo") }).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)));
+        assert_eq!(
+            e.to_string(),
+            "CUDA is not available: loading failed inside the CUDA bindings: no symbol cuFoo"
+        );
+        // Nested guards restore the outer state; results pass through.
+        assert_eq!(guard("outer", || guard("inner", || 7).unwrap()).unwrap(), 7);
+        assert!(!IN_GUARD.with(|g| g.get()));
+    }
+}
