@@ -6,15 +6,17 @@
 //!
 //! [`read_jsonl`] parses a whole file, naming the line of the first malformed record;
 //! [`JsonlWriter`] writes one record a line to a temporary file renamed into place by
-//! [`JsonlWriter::finish`], so a crash never leaves a half-written file under the final name.
+//! [`JsonlWriter::finish`] ([`AtomicFile`]), so a crash never leaves a half-written file under
+//! the final name.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::AtomicFile;
 use crate::{Error, Result};
 
 /// A tokenized text with its id (ids without [CLS]/[SEP]).
@@ -52,35 +54,31 @@ pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>>
 
 /// Writes records one JSON object a line, atomically (module doc).
 pub struct JsonlWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
+    file: AtomicFile,
     count: usize,
 }
 
 impl JsonlWriter {
     pub fn create(path: impl AsRef<Path>) -> Result<JsonlWriter> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let mut tmp = path.as_os_str().to_os_string();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(JsonlWriter {
-            path,
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
+            file: AtomicFile::create(path)?,
             count: 0,
         })
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        serde_json::to_writer(&mut self.out, record).map_err(|e| Error::io(&self.tmp, e.into()))?;
-        self.out
-            .write_all(b"\n")
-            .map_err(|e| Error::io(&self.tmp, e))?;
+        let r = serde_json::to_writer(self.file.writer(), record);
+        r.map_err(|e| self.file.io_error(e.into()))?;
+        self.file.write_all(b"\n")?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes a record already serialised as one JSON object (no line break), e.g. by
+    /// `serde_json::to_string` on a worker thread.
+    pub fn write_serialized(&mut self, json: &str) -> Result<()> {
+        self.file.write_all(json.as_bytes())?;
+        self.file.write_all(b"\n")?;
         self.count += 1;
         Ok(())
     }
@@ -92,13 +90,7 @@ impl JsonlWriter {
 
     /// Flushes, syncs and renames the file into place; returns its path.
     pub fn finish(self) -> Result<PathBuf> {
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        Ok(self.path)
+        self.file.finish()
     }
 }
 

@@ -6,10 +6,16 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod build_train;
+pub mod build_train_hn;
 pub mod demo;
 pub mod encode;
+pub mod evaluate;
 pub mod prepare;
 pub mod pretrain;
+pub mod search;
+pub mod tokenize_corpus;
+pub mod tokenize_queries;
 pub mod train_retriever;
 
 /// Any error a subcommand returns; its `Display` names the file, line or flag at fault.
@@ -41,6 +47,18 @@ pub enum Command {
     TrainRetriever(train_retriever::TrainRetrieverArgs),
     /// Encode tokenized texts into embeddings.safetensors + ids.txt.
     Encode(encode::EncodeArgs),
+    /// Tokenize a passage TSV into Tevatron encode files (split00.json ..).
+    TokenizeCorpus(tokenize_corpus::TokenizeCorpusArgs),
+    /// Tokenize a query TSV into one Tevatron encode file.
+    TokenizeQueries(tokenize_queries::TokenizeQueriesArgs),
+    /// Build training files with BM25 negatives (qidpidtriples).
+    BuildTrain(build_train::BuildTrainArgs),
+    /// Build training files with hard negatives mined from a ranking.
+    BuildTrainHn(build_train_hn::BuildTrainHnArgs),
+    /// Exact inner-product search of encoded queries against an encoded corpus.
+    Search(search::SearchArgs),
+    /// MS MARCO metrics (MRR@10, recall@1/50/1000, nDCG@10) of a ranking against qrels.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// Runs the parsed command line.
@@ -51,6 +69,12 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::TrainRetriever(a) => train_retriever::run(a),
         Command::Encode(a) => encode::run(a),
+        Command::TokenizeCorpus(a) => tokenize_corpus::run(a),
+        Command::TokenizeQueries(a) => tokenize_queries::run(a),
+        Command::BuildTrain(a) => build_train::run(a),
+        Command::BuildTrainHn(a) => build_train_hn::run(a),
+        Command::Search(a) => search::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
     }
 }
 

@@ -1,0 +1,92 @@
+//! `cotmae search`: exact inner-product top-k of encoded queries against an encoded corpus (one
+//! or several shards), written as a ranking file `qid \t pid \t score` (see
+//! [`retrieval::search`]).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use retrieval::{search_blocks, EmbeddingSet, RunWriter, SearchOptions};
+
+use super::{with_threads, CliResult};
+
+/// Flag names from the issue; Tevatron's `faiss_retriever` names are accepted as aliases.
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct SearchArgs {
+    /// Encoded queries: a directory with embeddings.safetensors and ids.txt.
+    #[arg(long, alias = "query_reps")]
+    pub queries: PathBuf,
+    /// Encoded corpus: one or more such directories (shards), searched as one corpus.
+    #[arg(long, alias = "passage_reps", num_args = 1.., required = true)]
+    pub corpus: Vec<PathBuf>,
+    /// Hits per query.
+    #[arg(long, default_value_t = 1000)]
+    pub depth: usize,
+    /// Ranking file to write.
+    #[arg(long, alias = "save_ranking_to")]
+    pub output: PathBuf,
+    /// Queries searched together (memory: batch_size x 4096 scores); 0: 1024.
+    #[arg(long, alias = "batch-size", default_value_t = 0)]
+    pub batch_size: usize,
+    /// Worker threads (0: all cores). The output does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Ids go into whitespace-separated ranking files: they must not contain whitespace.
+fn check_ids(set: &EmbeddingSet, dir: &std::path::Path) -> CliResult {
+    if let Some((i, id)) = set
+        .ids
+        .iter()
+        .enumerate()
+        .find(|(_, id)| id.is_empty() || id.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "{}:{}: id {id:?} is empty or contains whitespace; ranking files cannot hold it",
+            dir.join(retrieval::embeddings::IDS_FILE).display(),
+            i + 1
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub fn run(a: SearchArgs) -> CliResult {
+    let queries = EmbeddingSet::read(&a.queries)?;
+    check_ids(&queries, &a.queries)?;
+    let mut shards = Vec::new();
+    for dir in &a.corpus {
+        let set = EmbeddingSet::read(dir)?;
+        check_ids(&set, dir)?;
+        shards.push(set);
+    }
+    let pids: Vec<&str> = shards
+        .iter()
+        .flat_map(|s| s.ids.iter().map(String::as_str))
+        .collect();
+    let tensors: Vec<&tensor::Tensor> = shards.iter().map(|s| &s.embeddings).collect();
+    let opts = SearchOptions {
+        depth: a.depth,
+        query_block: a.batch_size,
+        ..SearchOptions::default()
+    };
+    let mut out = RunWriter::create(&a.output)?;
+    with_threads(a.threads, || {
+        search_blocks(&queries.embeddings, &tensors, &opts, |first, hits| {
+            for (qid, hits) in queries.ids[first..].iter().zip(&hits) {
+                out.write_query(qid, hits.iter().map(|h| (pids[h.index as usize], h.score)))?;
+            }
+            Ok(())
+        })
+    })??;
+    let path = out.finish()?;
+    eprintln!(
+        "search: {} queries x {} passages ({} shards), depth {}: wrote {}",
+        queries.len(),
+        pids.len(),
+        shards.len(),
+        a.depth,
+        path.display()
+    );
+    Ok(())
+}

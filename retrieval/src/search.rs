@@ -1,0 +1,146 @@
+//! Exact inner-product search (FAISS `IndexFlatIP`'s results): for every query, the `depth`
+//! corpus rows with the largest dot product, best first.
+//!
+//! The corpus may be several shards (`[N_s, d]` each, e.g. the `encode` splits); they are one
+//! corpus to the search, rows numbered globally in the order the shards are given, so the merge
+//! is exact by construction (no per-shard top-k to reduce). Ties: the rank order of
+//! [`crate::topk`] (score descending, then lower global index, i.e. earlier shard, earlier row).
+//! A depth larger than the corpus returns every row.
+//!
+//! Blocking keeps memory bounded and never forms the full query x corpus matrix: queries are
+//! taken `query_block` at a time; for each query block the corpus is walked in blocks of
+//! `corpus_block` rows, one matmul (`[qb, d] x [d, cb]`, the tensor crate's gemm, threaded over
+//! the rayon pool) gives the block's scores, and each query's row of scores goes into its running
+//! top-k ([`TopK`], queries in parallel). Peak extra memory: `qb x cb` scores plus `qb` top-k
+//! buffers of `2 x depth` hits. Results are handed out one query block at a time, so a caller can
+//! write them as they come.
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use tensor::{DType, Tensor};
+
+use crate::progress::item_bar;
+use crate::topk::{Hit, TopK};
+use crate::{Error, Result};
+
+/// Knobs of [`search`]; the defaults are tuned for a 2-core AVX-512 machine with d = 768.
+#[derive(Clone, Debug)]
+pub struct SearchOptions {
+    /// Hits per query (k).
+    pub depth: usize,
+    /// Queries per block (0: default).
+    pub query_block: usize,
+    /// Corpus rows per block (0: default).
+    pub corpus_block: usize,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+pub const DEFAULT_QUERY_BLOCK: usize = 1024;
+pub const DEFAULT_CORPUS_BLOCK: usize = 4096;
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            depth: 1000,
+            query_block: 0,
+            corpus_block: 0,
+            progress: true,
+        }
+    }
+}
+
+fn check_matrix(what: &str, t: &Tensor, dim: Option<usize>) -> Result<usize> {
+    if t.rank() != 2 || t.dtype() != DType::F32 {
+        return Err(Error::Config(format!(
+            "search: {what} must be a [rows, d] f32 matrix, got {:?} {}",
+            t.shape(),
+            t.dtype()
+        )));
+    }
+    let d = t.shape()[1];
+    if let Some(want) = dim.filter(|&w| w != d) {
+        return Err(Error::Config(format!(
+            "search: {what} has vectors of size {d}, the queries have {want}"
+        )));
+    }
+    Ok(d)
+}
+
+/// Searches `shards` (module doc) for every row of `queries` (`[Q, d]` f32); calls
+/// `emit(first_query, hits)` once per query block, in query order, with one best-first hit list
+/// per query of the block. Hit indices are global corpus rows.
+pub fn search_blocks(
+    queries: &Tensor,
+    shards: &[&Tensor],
+    opts: &SearchOptions,
+    mut emit: impl FnMut(usize, Vec<Vec<Hit>>) -> Result<()>,
+) -> Result<()> {
+    let d = check_matrix("the query matrix", queries, None)?;
+    let mut total = 0usize;
+    for (i, s) in shards.iter().enumerate() {
+        check_matrix(&format!("corpus shard {i}"), s, Some(d))?;
+        total += s.shape()[0];
+    }
+    if total > u32::MAX as usize {
+        return Err(Error::Config(format!(
+            "search: {total} corpus rows; at most {} are supported",
+            u32::MAX
+        )));
+    }
+    if opts.depth == 0 {
+        return Err(Error::Config("search: depth must be at least 1".into()));
+    }
+    let k = opts.depth.min(total);
+    let n_queries = queries.shape()[0];
+    let qb = if opts.query_block == 0 {
+        DEFAULT_QUERY_BLOCK
+    } else {
+        opts.query_block
+    };
+    let cb = if opts.corpus_block == 0 {
+        DEFAULT_CORPUS_BLOCK
+    } else {
+        opts.corpus_block
+    };
+    let bar = if opts.progress {
+        item_bar((n_queries * total) as u64, "search (query x corpus pairs)")
+    } else {
+        ProgressBar::hidden()
+    };
+    for q0 in (0..n_queries).step_by(qb) {
+        let qn = qb.min(n_queries - q0);
+        let block = queries.narrow(0, q0, qn)?;
+        let mut tops: Vec<TopK> = (0..qn).map(|_| TopK::new(k)).collect();
+        let mut first = 0usize;
+        for shard in shards {
+            let rows = shard.shape()[0];
+            for c0 in (0..rows).step_by(cb) {
+                let cn = cb.min(rows - c0);
+                let scores = block.matmul(&shard.narrow(0, c0, cn)?.t()?)?;
+                let scores = &scores.cpu_storage("search")?.as_slice::<f32>("search")?[..qn * cn];
+                let base = (first + c0) as u32;
+                tops.par_iter_mut()
+                    .zip(scores.par_chunks(cn))
+                    .with_min_len((1 << 15) / cn + 1)
+                    .for_each(|(top, row)| top.push_row(row, base));
+                bar.inc((qn * cn) as u64);
+            }
+            first += rows;
+        }
+        let hits = tops.into_par_iter().map(TopK::into_sorted).collect();
+        bar.suspend(|| emit(q0, hits))?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// [`search_blocks`] collected: one best-first hit list per query.
+pub fn search(queries: &Tensor, shards: &[&Tensor], opts: &SearchOptions) -> Result<Vec<Vec<Hit>>> {
+    let mut out = Vec::with_capacity(queries.shape().first().copied().unwrap_or(0));
+    search_blocks(queries, shards, opts, |_, hits| {
+        out.extend(hits);
+        Ok(())
+    })?;
+    Ok(out)
+}
