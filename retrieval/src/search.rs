@@ -13,7 +13,8 @@
 //! the rayon pool) gives the block's scores, and each query's row of scores goes into its running
 //! top-k ([`TopK`], queries in parallel). Peak extra memory: `qb x cb` scores plus `qb` top-k
 //! buffers of `2 x depth` hits. Results are handed out one query block at a time, so a caller can
-//! write them as they come.
+//! write them as they come. With `COTMAE_PROFILE=1` the top-k updates are timed as the op
+//! `search_topk` next to the `matmul`s.
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -120,6 +121,7 @@ pub fn search_blocks(
                 let scores = block.matmul(&shard.narrow(0, c0, cn)?.t()?)?;
                 let scores = &scores.cpu_storage("search")?.as_slice::<f32>("search")?[..qn * cn];
                 let base = (first + c0) as u32;
+                let _p = tensor::profiler::scope("search_topk");
                 tops.par_iter_mut()
                     .zip(scores.par_chunks(cn))
                     .with_min_len((1 << 15) / cn + 1)

@@ -9,7 +9,8 @@
 //!   RAYON_NUM_THREADS): one warm-up call, then `BENCH_REPS` (default 3) timed calls, median
 //!   reported as one JSON line `{"op", "shape", "ms"}`. The last call's hits are written to
 //!   `DIR/ours_topk.safetensors` (`indices` i64 and `scores` f32, `[NQ, DEPTH]`) for the check.
-//!   `BENCH_QUERY_BLOCK` / `BENCH_CORPUS_BLOCK` override the block sizes (tuning).
+//!   `BENCH_QUERY_BLOCK` / `BENCH_CORPUS_BLOCK` override the block sizes (tuning);
+//!   `COTMAE_PROFILE=1` prints the time split between the matmuls and the top-k updates.
 
 use std::path::Path;
 use std::time::Instant;
@@ -85,6 +86,9 @@ fn main() -> Result<()> {
                 &format!("[{nq},{d}], [{nc},{d}]"),
                 times[times.len() / 2],
             );
+            if std::env::var("COTMAE_PROFILE").is_ok_and(|v| v == "1") {
+                eprint!("{}", tensor::profiler::report());
+            }
             let k = hits.first().map_or(0, Vec::len);
             let idx: Vec<i64> = hits.iter().flatten().map(|h| h.index as i64).collect();
             let scores: Vec<f32> = hits.iter().flatten().map(|h| h.score).collect();
