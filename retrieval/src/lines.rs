@@ -76,7 +76,7 @@ pub fn for_each_batch(
             });
             next_number += 1;
         }
-        bar.suspend(|| f(&lines))?;
+        f(&lines)?;
         bar.inc(buf.len() as u64);
     }
     bar.finish_and_clear();

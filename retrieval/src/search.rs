@@ -131,7 +131,7 @@ pub fn search_blocks(
             first += rows;
         }
         let hits = tops.into_par_iter().map(TopK::into_sorted).collect();
-        bar.suspend(|| emit(q0, hits))?;
+        emit(q0, hits)?;
     }
     bar.finish_and_clear();
     Ok(())
