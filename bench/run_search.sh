@@ -10,14 +10,15 @@ threads="${1:-2}" nq="${2:-1000}" nc="${3:-200000}" dim="${4:-768}" depth="${5:-
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cargo build --release -p bench --bin search >&2
+bin="${CARGO_TARGET_DIR:-target}/release/search"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads=$threads"
 echo "# command: bash bench/run_search.sh $threads $nq $nc $dim $depth"
 echo "# faiss $(python3 -c 'import faiss; print(faiss.__version__)'), numpy $(python3 -c 'import numpy; print(numpy.__version__)')"
-target/release/search gen "$out" "$nq" "$nc" "$dim"
+"$bin" gen "$out" "$nq" "$nc" "$dim"
 ours=() ref=()
 for round in $(seq "${ROUNDS:-3}"); do
   echo "# round $round"
-  RAYON_NUM_THREADS="$threads" target/release/search run "$out" "$depth" | tee "$out/ours.$round.jsonl"
+  RAYON_NUM_THREADS="$threads" "$bin" run "$out" "$depth" | tee "$out/ours.$round.jsonl"
   OMP_NUM_THREADS="$threads" python3 bench/search_faiss.py "$out" --depth "$depth" --threads "$threads" | tee "$out/faiss.$round.jsonl"
   python3 bench/search_faiss.py "$out" --check
   ours+=("$out/ours.$round.jsonl") ref+=("$out/faiss.$round.jsonl")

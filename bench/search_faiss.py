@@ -48,7 +48,6 @@ def run(args):
         "shape": f"[{q.shape[0]},{d}], [{c.shape[0]},{d}]",
         "ms": times[len(times) // 2],
     }))
-    print(json.dumps({"faiss": faiss.__version__, "threads": args.threads}), file=sys.stderr)
     np.savez(f"{args.dir}/faiss_topk.npz", scores=scores, indices=indices)
 
 
