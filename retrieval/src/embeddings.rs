@@ -4,11 +4,11 @@
 //! directories, one per shard). Both files are written atomically; reading checks that the two
 //! agree and memory-maps the vectors (f32 stays zero-copy; f16/bf16 are widened to f32).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tensor::{safetensors, DType, Tensor};
 
+use crate::atomic::AtomicFile;
 use crate::{Error, Result};
 
 pub const EMBEDDINGS_FILE: &str = "embeddings.safetensors";
@@ -64,19 +64,13 @@ impl EmbeddingSet {
             &[(TENSOR_NAME, &self.embeddings)],
             None,
         )?;
-        let ids = dir.join(IDS_FILE);
-        let mut tmp = ids.as_os_str().to_os_string();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            for id in &self.ids {
-                writeln!(f, "{id}")?;
-            }
-            f.into_inner()?.sync_all()?;
-            std::fs::rename(&tmp, &ids)
-        };
-        write().map_err(|e| Error::io(&ids, e))
+        let mut ids = AtomicFile::create(dir.join(IDS_FILE))?;
+        for id in &self.ids {
+            ids.write_all(id.as_bytes())?;
+            ids.write_all(b"\n")?;
+        }
+        ids.finish()?;
+        Ok(())
     }
 
     /// Reads a directory written by [`write`](Self::write).
