@@ -268,13 +268,16 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                         "0.05",
                         "--logging_steps",
                         "100",
-                        "--save_steps",
-                        "0",
                         "--use_decoder_head",
                         head,
                         "--seed",
                     ]),
-                    vec![seed.clone()],
+                    // One checkpoint, at the end (pretrain needs save_steps > 0).
+                    vec![
+                        seed.clone(),
+                        "--save_steps".into(),
+                        opts.pretrain_steps.to_string(),
+                    ],
                 ]
                 .concat(),
             )?;
