@@ -11,6 +11,7 @@ pub mod build_train_hn;
 pub mod demo;
 pub mod encode;
 pub mod evaluate;
+pub mod pipeline;
 pub mod prepare;
 pub mod pretrain;
 pub mod search;
@@ -41,6 +42,9 @@ pub enum Command {
     Prepare(prepare::PrepareArgs),
     /// The whole method on generated data: pretrain three ways, fine-tune, evaluate, compare.
     Demo(demo::DemoArgs),
+    /// Two-stage fine-tuning (BM25, then BM25 + mined negatives) and MS MARCO evaluation,
+    /// each stage resumable.
+    Pipeline(Box<pipeline::PipelineArgs>),
     /// Pretrain a CoT-MAE encoder (HF Trainer flags); checkpoints, logs, TensorBoard.
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Pipeline(a) => pipeline::run(*a),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::TrainRetriever(a) => train_retriever::run(a),
         Command::Encode(a) => encode::run(a),
@@ -76,6 +81,24 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Search(a) => search::run(a),
         Command::Evaluate(a) => evaluate::run(a),
     }
+}
+
+/// Runs one subcommand in this process, printing it first as a shell line (`$ cotmae ...`):
+/// how `demo` and `pipeline` chain the stages.
+pub fn run_args(args: &[String]) -> CliResult {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    eprintln!("\n$ cotmae {}", quoted.join(" "));
+    let argv = std::iter::once("cotmae".to_string()).chain(args.iter().cloned());
+    run(Cli::try_parse_from(argv)?)
 }
 
 /// The `rayon` pool for `--threads`-style flags: `0` means the default (all cores).

@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bert::{BertConfig, BertForMaskedLM, Tokenizer};
-use clap::Parser;
 use tensor::Rng;
 
-use crate::cli::{self, Cli, CliResult};
+use crate::cli::{run_args as cotmae, CliResult};
 use data::DemoData;
 
 /// Knobs of the demo (the defaults fit the 10-minute budget on 2 cores).
@@ -72,23 +71,6 @@ pub struct DemoReport {
 
 const VARIANTS: [&str; 3] = ["CoT-MAE", "MLM only", "none"];
 
-/// Runs one subcommand in this process, printing it first as a shell line.
-fn cotmae(args: &[String]) -> CliResult {
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| {
-            if a.contains(char::is_whitespace) {
-                format!("'{a}'")
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    eprintln!("\n$ cotmae {}", quoted.join(" "));
-    let argv = std::iter::once("cotmae".to_string()).chain(args.iter().cloned());
-    cli::run(Cli::try_parse_from(argv)?)
-}
-
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -120,8 +102,10 @@ fn tiny_config(vocab_size: usize) -> BertConfig {
     }
 }
 
-/// Step 1: the generated files (module doc).
-fn write_task(data: &DemoData, dir: &Path, seed: u64) -> CliResult<PathBuf> {
+/// Step 1: the generated files (module doc): `vocab/`, `config.json`, `documents.txt`,
+/// `corpus.tsv`, `queries.{train,dev}.tsv`, `qrels.{train,dev}.tsv` and `triples.train.tsv` in
+/// `dir`; returns the vocabulary directory.
+pub fn write_task(data: &DemoData, dir: &Path, seed: u64) -> CliResult<PathBuf> {
     let vocab_dir = dir.join("vocab");
     std::fs::create_dir_all(&vocab_dir)?;
     write_lines(&vocab_dir.join("vocab.txt"), data.vocab())?;
