@@ -342,7 +342,7 @@ impl CotMaeCollator {
                 _ => words.push(vec![p]),
             }
         }
-        draw::shuffle(&mut self.rng, &mut words);
+        self.rng.shuffle(&mut words);
         let n = num_to_predict(crop.len(), ratio);
         let mut chosen = Vec::new();
         for word in words {

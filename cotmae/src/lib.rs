@@ -59,14 +59,6 @@ pub(crate) mod draw {
         rng.below(n as u64) as usize
     }
 
-    /// Fisher-Yates shuffle in place.
-    pub fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
-    }
-
     /// The generator of item `index` of a stream seeded with `seed`: item `index` owns the
     /// counter blocks `index * 2^32 ..`, so items draw disjoint numbers and an item's draws do
     /// not depend on which thread handles it or in which order.

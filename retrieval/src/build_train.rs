@@ -206,14 +206,6 @@ fn ranking_groups(
     Ok(groups.list)
 }
 
-/// Fisher-Yates shuffle drawing from `rng`.
-fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        v.swap(i, j);
-    }
-}
-
 /// The negatives kept for group `index` (module doc).
 fn sample(group: &mut Group, index: usize, opts: &BuildTrainOptions) {
     let negs = &mut group.negatives;
@@ -225,7 +217,7 @@ fn sample(group: &mut Group, index: usize, opts: &BuildTrainOptions) {
         seed: opts.seed,
         offset: (index as u64) << 32,
     };
-    shuffle(&mut rng, negs);
+    rng.shuffle(negs);
     negs.truncate(opts.n_sample);
 }
 

@@ -57,14 +57,6 @@ pub fn hashed_seed(seed: u64, index: usize) -> u64 {
     seed.wrapping_add(index as u64)
 }
 
-/// Fisher-Yates shuffle in place.
-fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        v.swap(i, j);
-    }
-}
-
 /// The order in which epoch `epoch` visits examples `0..n`.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut rng = Rng {
@@ -72,7 +64,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
         offset: epoch << 32,
     };
     let mut order: Vec<usize> = (0..n).collect();
-    shuffle(&mut rng, &mut order);
+    rng.shuffle(&mut order);
     order
 }
 
@@ -112,7 +104,7 @@ pub fn sample_passages(
         );
     } else if negative_size > 0 {
         let mut order: Vec<usize> = (0..neg.len()).collect();
-        shuffle(&mut Rng::new(hashed), &mut order);
+        Rng::new(hashed).shuffle(&mut order);
         let offset = (epoch.wrapping_mul(negative_size as u64) % neg.len() as u64) as usize;
         out.extend((offset..offset + negative_size).map(|k| neg[order[k % neg.len()]].as_slice()));
     }

@@ -124,6 +124,15 @@ impl Rng {
         self.offset += 1;
         ((((w[0] as u64) << 32 | w[1] as u64) as u128 * n as u128) >> 64) as u64
     }
+
+    /// Fisher-Yates shuffle in place, one [`below`](Self::below) draw per element after the
+    /// first (the samplers' and data builders' shuffle).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
 }
 
 #[cfg(test)]

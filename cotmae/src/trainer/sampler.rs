@@ -9,7 +9,6 @@
 use tensor::Rng;
 
 use super::streams::SAMPLER;
-use crate::draw;
 
 /// Seeded per-epoch permutations of `num_docs` documents, cut into batches.
 #[derive(Clone, Debug)]
@@ -49,7 +48,7 @@ impl RandomSampler {
             offset: SAMPLER + (epoch << 32),
         };
         let mut order: Vec<usize> = (0..self.num_docs).collect();
-        draw::shuffle(&mut rng, &mut order);
+        rng.shuffle(&mut order);
         order
     }
 
