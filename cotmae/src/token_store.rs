@@ -453,20 +453,10 @@ impl Drop for TokenStoreWriter {
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let p =
-                std::env::temp_dir().join(format!("cotmae-store-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    use tensor::testing::TempDir;
+
+    fn temp_dir(name: &str) -> TempDir {
+        TempDir::new(&format!("cotmae-store-{name}"))
     }
 
     fn sample_doc(seed: u64) -> DocumentSpans {
@@ -483,7 +473,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let dir = TempDir::new("rt");
+        let dir = temp_dir("rt");
         let docs = [sample_doc(1), sample_doc(2)];
         let explicit = vec![SpanSet {
             anchor: vec![1, 2, 3],
@@ -524,7 +514,7 @@ mod tests {
 
     #[test]
     fn ids_beyond_u16_are_an_error() {
-        let dir = TempDir::new("big");
+        let dir = temp_dir("big");
         let mut w = TokenStoreWriter::create(&dir.0).unwrap();
         let set = SpanSet {
             anchor: vec![65536],
@@ -538,7 +528,7 @@ mod tests {
 
     #[test]
     fn truncated_or_corrupt_files_are_errors() {
-        let dir = TempDir::new("bad");
+        let dir = temp_dir("bad");
         let mut w = TokenStoreWriter::create(&dir.0).unwrap();
         w.add_document(&sample_doc(3)).unwrap();
         let path = w.finish().unwrap();

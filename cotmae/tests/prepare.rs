@@ -3,7 +3,7 @@
 //! reporting, the token store against data.jsonl, and identical output for 1 and 2 threads.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bert::Tokenizer;
 use cotmae::synthetic::{generate_documents, write_plain_text, SyntheticDoc};
@@ -15,21 +15,10 @@ use cotmae::{
 const MAXLEN: usize = 48;
 const WINDOW: usize = 3;
 
-struct TempDir(PathBuf);
+use tensor::testing::TempDir;
 
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("cotmae-prepare-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("cotmae-prepare-{name}"))
 }
 
 fn tokenizer() -> Tokenizer {
@@ -223,7 +212,7 @@ fn check_document(spans: &[SpanSet], stream: &[u32], bounds: &[usize]) {
 fn prepare_synthetic_tsv_and_plain_text() {
     let tok = tokenizer();
     let docs = generate_documents(120, 1..=24, 11);
-    let dir = TempDir::new("tsv");
+    let dir = temp_dir("tsv");
     let tsv = dir.0.join("docs.tsv");
     let texts = write_tsv(&tsv, &docs);
 

@@ -26,21 +26,10 @@ use cotmae::synthetic::generate_documents;
 use cotmae::{prepare, PrepareOptions};
 use serde_json::Value;
 
-struct TempDir(PathBuf);
+use tensor::testing::TempDir;
 
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("cotmae-pretrain-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("cotmae-pretrain-{name}"))
 }
 
 /// A prepared corpus, its tokenizer directory and a tiny BERT config.
@@ -54,7 +43,7 @@ struct Fixture {
 const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 fn fixture(name: &str, n_docs: usize) -> Fixture {
-    let dir = TempDir::new(name);
+    let dir = temp_dir(name);
     let full = Tokenizer::from_vocab_file(
         concat!(
             env!("CARGO_MANIFEST_DIR"),

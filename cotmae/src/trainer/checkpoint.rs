@@ -247,19 +247,10 @@ mod tests {
     use bert::BertConfig;
     use nn::{step_params, AdamWConfig, Ctx};
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("cotmae-ckpt-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    use tensor::testing::TempDir;
+
+    fn temp_dir(name: &str) -> TempDir {
+        TempDir::new(&format!("cotmae-ckpt-{name}"))
     }
 
     fn tokenizer() -> Tokenizer {
@@ -318,7 +309,7 @@ mod tests {
 
     #[test]
     fn save_load_latest_rotate_and_stale() {
-        let out = TempDir::new("cycle");
+        let out = temp_dir("cycle");
         let tok = tokenizer();
         let m = model(&tok, 1);
         // One optimizer step so the state has moments.
