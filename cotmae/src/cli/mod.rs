@@ -40,17 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Split documents into sentences and spans; write data.jsonl and the token store.
     Prepare(prepare::PrepareArgs),
-    /// The whole method on generated data: pretrain three ways, fine-tune, evaluate, compare.
-    Demo(demo::DemoArgs),
-    /// Two-stage fine-tuning (BM25, then BM25 + mined negatives) and MS MARCO evaluation,
-    /// each stage resumable.
-    Pipeline(Box<pipeline::PipelineArgs>),
     /// Pretrain a CoT-MAE encoder (HF Trainer flags); checkpoints, logs, TensorBoard.
     Pretrain(Box<pretrain::PretrainArgs>),
-    /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
-    TrainRetriever(train_retriever::TrainRetrieverArgs),
-    /// Encode tokenized texts into embeddings.safetensors + ids.txt.
-    Encode(encode::EncodeArgs),
     /// Tokenize a passage TSV into Tevatron encode files (split00.json ..).
     TokenizeCorpus(tokenize_corpus::TokenizeCorpusArgs),
     /// Tokenize a query TSV into one Tevatron encode file.
@@ -59,10 +50,19 @@ pub enum Command {
     BuildTrain(build_train::BuildTrainArgs),
     /// Build training files with hard negatives mined from a ranking.
     BuildTrainHn(build_train_hn::BuildTrainHnArgs),
+    /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
+    TrainRetriever(train_retriever::TrainRetrieverArgs),
+    /// Encode tokenized texts into embeddings.safetensors + ids.txt.
+    Encode(encode::EncodeArgs),
     /// Exact inner-product search of encoded queries against an encoded corpus.
     Search(search::SearchArgs),
     /// MS MARCO metrics (MRR@10, recall@1/50/1000, nDCG@10) of a ranking against qrels.
     Evaluate(evaluate::EvaluateArgs),
+    /// Two-stage fine-tuning (BM25, then BM25 + mined negatives) and MS MARCO evaluation,
+    /// each stage resumable.
+    Pipeline(Box<pipeline::PipelineArgs>),
+    /// The whole method on generated data: pretrain three ways, fine-tune, evaluate, compare.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command line.
