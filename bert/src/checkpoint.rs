@@ -32,7 +32,6 @@ use crate::tokenizer::Tokenizer;
 use nn::{Module, Param};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tensor::safetensors::SafeTensors;
 use tensor::{DType, Rng, Tensor};
@@ -347,21 +346,9 @@ impl BertForMaskedLM {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, synced, then renamed.
+/// Writes `bytes` to `path` atomically (`tensor::fs::write_atomic`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        BertError::io(path, e)
-    })
+    tensor::fs::write_atomic(path, bytes).map_err(|e| BertError::io(path, e))
 }
 
 /// The files of the directory, written into `dir` (which exists).

@@ -9,6 +9,7 @@ pub mod cpu;
 mod device;
 mod dtype;
 mod error;
+pub mod fs;
 mod layout;
 pub mod ops;
 pub mod profiler;

@@ -17,7 +17,6 @@
 //! leftover of a killed run and is removed at the next start. Only directories with a
 //! `trainer_state.json` count as checkpoints.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bert::{BertForMaskedLM, Tokenizer};
@@ -100,21 +99,9 @@ pub fn rotate(output_dir: &Path, limit: Option<usize>) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Writes `bytes` to `path` through a synced temporary file in the same directory.
+/// Writes `bytes` to `path` atomically (`tensor::fs::write_atomic`).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    tensor::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn sync_dir(dir: &Path) {
