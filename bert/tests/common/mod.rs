@@ -10,23 +10,9 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert")
 }
 
-/// A fresh empty directory under the system temp dir, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("bert-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A fresh empty directory under the system temp dir (`<name>-<pid>`), removed on drop.
+#[allow(unused_imports)]
+pub use tensor::testing::TempDir as Scratch;
 
 /// max |a - b| / max |b| (max |a - b| when b is all zeros). Shapes must match.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {

@@ -7,23 +7,9 @@ use std::path::{Path, PathBuf};
 use bert::{BertConfig, BertModel, Tokenizer};
 use tensor::Rng;
 
-/// A fresh empty directory under the system temp dir, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("retrieval-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A fresh empty directory under the system temp dir (`<name>-<pid>`), removed on drop.
+#[allow(unused_imports)]
+pub use tensor::testing::TempDir as Scratch;
 
 /// The 128-token test vocabulary (`[PAD] [UNK] [CLS] [SEP] [MASK] w0 .. w122`).
 pub fn tiny_tokenizer() -> Tokenizer {
