@@ -6,12 +6,17 @@
 pub enum Device {
     #[default]
     Cpu,
+    /// The GPU of this ordinal (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
 }
 
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu"),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
 }

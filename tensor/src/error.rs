@@ -40,6 +40,10 @@ pub enum Error {
     Op { op: &'static str, msg: String },
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
+    /// A failure of the CUDA backend (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] cuda::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

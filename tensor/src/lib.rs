@@ -6,6 +6,8 @@
 //! every op passes through) and `cpu/` (the CPU kernels those ops call).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;

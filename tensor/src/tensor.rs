@@ -65,10 +65,13 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let _p = crate::profiler::scope("zeros");
+        let n = shape.iter().product();
         match device {
-            Device::Cpu => Ok(Tensor::from_cpu(
-                CpuStorage::zeros(dtype, shape.iter().product()),
-                shape,
+            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::zeros(dtype, n), shape)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => Ok(Tensor::from_storage(
+                Storage::Cuda(crate::cuda::CudaStorage::zeros(cuda::gpu(i)?, dtype, n)?),
+                Layout::contiguous(shape),
             )),
         }
     }
@@ -92,9 +95,7 @@ impl Tensor {
             DType::I64 => fill::<i64>(value, n),
             DType::U8 => fill::<u8>(value, n),
         };
-        match device {
-            Device::Cpu => Ok(Tensor::from_cpu(s, shape)),
-        }
+        Tensor::from_cpu(s, shape).to_device(device)
     }
 
     /// `start, start+step, ...` while below `end` (above, for a negative step), as a 1-D tensor.
@@ -191,15 +192,23 @@ impl Tensor {
         Ok(self.shape()[self.layout.dim("dim", d)?])
     }
     /// The CPU storage, or an error naming `op` when the tensor is elsewhere.
-    pub fn cpu_storage(&self, _op: &'static str) -> Result<&CpuStorage> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn cpu_storage(&self, op: &'static str) -> Result<&CpuStorage> {
         match &*self.storage {
             Storage::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Err(Error::op(
+                op,
+                format!("needs a CPU tensor, this one is on {}", s.device()),
+            )),
         }
     }
     /// True when the tensor reads a memory-mapped file rather than owned memory.
     pub fn is_mapped(&self) -> bool {
         match &*self.storage {
             Storage::Cpu(s) => s.is_mapped(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => false,
         }
     }
     /// True when the two tensors share one storage buffer.
@@ -209,6 +218,9 @@ impl Tensor {
 
     /// Elements in row-major order, whatever the layout. The dtype must be `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_vec();
+        }
         let s = self.cpu_storage("to_vec")?.as_slice::<T>("to_vec")?;
         Ok(match self.layout.contiguous_range() {
             Some(r) => s[r].to_vec(),
@@ -248,9 +260,14 @@ impl Tensor {
         if !whole {
             *self = self.copy()?;
         }
-        let Storage::Cpu(cpu) = Arc::make_mut(&mut self.storage);
-        // The dtype was checked above, so this cast is between identical element types.
-        map_cpu_storage!(cpu, b => Ok(bytemuck::cast_slice_mut(b.as_mut_slice())))
+        match Arc::make_mut(&mut self.storage) {
+            // The dtype was checked above, so this cast is between identical element types.
+            Storage::Cpu(cpu) => {
+                map_cpu_storage!(cpu, b => Ok(bytemuck::cast_slice_mut(b.as_mut_slice())))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(crate::cuda::not_on_cuda("data_mut")),
+        }
     }
 
     // ---- layout views (no copy) ----------------------------------------------------------
@@ -274,9 +291,20 @@ impl Tensor {
     /// A fresh contiguous copy with its own storage.
     pub fn copy(&self) -> Result<Tensor> {
         let _p = crate::profiler::scope("copy");
-        let s = self.cpu_storage("copy")?;
-        let out = map_cpu_storage!(s, b => CpuStorage::from_vec(gather_strided(b.as_slice(), &self.layout)));
-        Ok(Tensor::from_cpu(out, self.shape()))
+        match &*self.storage {
+            Storage::Cpu(s) => {
+                let out = map_cpu_storage!(s, b => CpuStorage::from_vec(gather_strided(b.as_slice(), &self.layout)));
+                Ok(Tensor::from_cpu(out, self.shape()))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => {
+                let out = s.copy(&self.layout)?;
+                Ok(Tensor::from_storage(
+                    Storage::Cuda(out),
+                    Layout::contiguous(self.shape()),
+                ))
+            }
+        }
     }
 
     /// Same elements, new shape. A view when the strides allow it, else a copy.
@@ -346,10 +374,33 @@ impl Tensor {
         Ok(self.with_layout(self.layout.squeeze("squeeze", dim)?))
     }
 
-    /// Moves the tensor to `device` (a no-op when it is already there).
+    /// Moves the tensor to `device` (a shared clone when it is already there). Crossing devices
+    /// copies the elements the layout sees into a contiguous storage there.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        match (&*self.storage, device) {
+            (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
+            #[cfg(feature = "cuda")]
+            (Storage::Cpu(_), Device::Cuda(i)) => {
+                let _p = crate::profiler::scope("upload");
+                let host = self.contiguous()?;
+                let r = host.layout.contiguous_range().expect("contiguous");
+                let s = host.cpu_storage("to_device")?;
+                let s = crate::cuda::CudaStorage::upload(cuda::gpu(i)?, s, r)?;
+                Ok(Tensor::from_storage(
+                    Storage::Cuda(s),
+                    Layout::contiguous(self.shape()),
+                ))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(s), Device::Cpu) => {
+                let _p = crate::profiler::scope("download");
+                Ok(Tensor::from_cpu(s.download(&self.layout)?, self.shape()))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
         }
     }
 }

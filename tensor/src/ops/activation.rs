@@ -11,6 +11,11 @@ impl Tensor {
     pub fn gelu(&self) -> Result<Tensor> {
         const OP: &str = "gelu";
         check_float(OP, self)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::rows::gelu(self);
+        }
         if is_half(self.dtype()) {
             return self.to_dtype(DType::F32)?.gelu()?.to_dtype(self.dtype());
         }
@@ -26,6 +31,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, &x)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok(Tensor::from_cpu(out, x.shape()))
     }
@@ -35,6 +42,11 @@ impl Tensor {
         const OP: &str = "gelu_backward";
         check_float(OP, x)?;
         check_same(OP, x, dy)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[x, dy]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::rows::gelu_backward(x, dy);
+        }
         if is_half(x.dtype()) {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
             return Tensor::gelu_backward(&f(x)?, &f(dy)?)?.to_dtype(x.dtype());
@@ -52,6 +64,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, &x, &dy)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok(Tensor::from_cpu(out, x.shape()))
     }

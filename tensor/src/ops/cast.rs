@@ -27,6 +27,10 @@ impl Tensor {
             return Ok(self.clone());
         }
         let _p = crate::profiler::scope("cast");
+        #[cfg(feature = "cuda")]
+        if let crate::Storage::Cuda(_) = self.storage() {
+            return crate::cuda::cast::cast(self, dtype);
+        }
         let src = self.contiguous()?;
         let s = src.cpu_storage("cast")?;
         let r = src.layout().contiguous_range().expect("contiguous");

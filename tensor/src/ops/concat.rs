@@ -56,6 +56,8 @@ fn cat_typed<T: WithDType>(
         if seg > 0 && n > 0 {
             let src = match t.storage() {
                 Storage::Cpu(s) => s.as_slice::<T>("cat")?,
+                #[cfg(feature = "cuda")]
+                Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda("cat")),
             };
             copy_into_segments(src, t.layout(), &mut out, seg, row, off);
         }
@@ -106,6 +108,8 @@ impl Tensor {
             Storage::Cpu(s) => {
                 crate::map_cpu_storage!(s, b => cat_typed(b.as_slice(), tensors, dim, &out_shape)?)
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok(Tensor::from_cpu(out, &out_shape))
     }

@@ -69,6 +69,8 @@ fn apply_mask(op: &'static str, x: &Tensor, keep: &Tensor, p: f64) -> Result<Ten
                 dtype => return Err(Error::UnsupportedDType { op, dtype }),
             }
         }
+        #[cfg(feature = "cuda")]
+        _ => return Err(crate::cuda::not_on_cuda(op)),
     };
     Ok(Tensor::from_cpu(out, x.shape()))
 }
@@ -99,6 +101,8 @@ impl Tensor {
             Storage::Cpu(_) => {
                 Tensor::from_vec(keep_mask(seed, offset, n, p as f32), self.shape())?
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok((apply_mask(OP, self, &keep, p)?, keep))
     }

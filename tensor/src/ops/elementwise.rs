@@ -171,6 +171,8 @@ impl Tensor {
                     }
                 }
             }
+            #[cfg(feature = "cuda")]
+            _ => return crate::cuda::elementwise::binary(op, (self, &la), (rhs, &lb), &shape),
         };
         Ok(Tensor::from_cpu(out, &shape))
     }
@@ -210,6 +212,8 @@ impl Tensor {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 map_cpu_storage!(a, x => compare_cpu(op, (x.as_slice(), &la), (b, &lb))?)
             }
+            #[cfg(feature = "cuda")]
+            _ => return crate::cuda::elementwise::compare(op, (self, &la), (rhs, &lb), &shape),
         };
         Ok(Tensor::from_cpu(out, &shape))
     }
@@ -258,6 +262,8 @@ impl Tensor {
                 DType::U8 => scalar_cpu::<u8>(op, s, l, v)?,
                 DType::F16 | DType::BF16 => return self.via_f32(|t| t.scalar_op(op, v)),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return crate::cuda::elementwise::scalar(op, self, v),
         };
         Ok(Tensor::from_cpu(out, self.shape()))
     }
@@ -274,6 +280,8 @@ impl Tensor {
                 DType::U8 => affine_cpu::<u8>(s, l, mul, add)?,
                 DType::F16 | DType::BF16 => return self.via_f32(|t| t.affine(mul, add)),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return crate::cuda::elementwise::affine(self, mul, add),
         };
         Ok(Tensor::from_cpu(out, self.shape()))
     }
@@ -291,6 +299,8 @@ impl Tensor {
                     return Err(Error::UnsupportedDType { op: "powf", dtype })
                 }
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return crate::cuda::elementwise::powf(self, e),
         };
         Ok(Tensor::from_cpu(out, self.shape()))
     }
@@ -355,6 +365,8 @@ impl Tensor {
                     return Err(Error::UnsupportedDType { op: name, dtype })
                 }
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return crate::cuda::elementwise::unary(op, self),
         };
         Ok(Tensor::from_cpu(out, self.shape()))
     }
@@ -384,6 +396,11 @@ impl Tensor {
                 let c = (c.as_slice::<u8>(OP)?, &lc);
                 map_cpu_storage!(t, t => where_cpu(c, (t.as_slice(), &lt), (f, &lf))?)
             }
+            #[cfg(feature = "cuda")]
+            _ => {
+                let (c, t, f) = ((self, &lc), (on_true, &lt), (on_false, &lf));
+                return crate::cuda::elementwise::where_cond(c, t, f, &shape);
+            }
         };
         Ok(Tensor::from_cpu(out, &shape))
     }
@@ -406,6 +423,8 @@ impl Tensor {
                 let m = (m.as_slice::<u8>(OP)?, &lm);
                 map_cpu_storage!(s, x => masked_fill_cpu((x.as_slice(), self.layout()), m, value))
             }
+            #[cfg(feature = "cuda")]
+            _ => return crate::cuda::elementwise::masked_fill(self, (mask, &lm), value),
         };
         Ok(Tensor::from_cpu(out, self.shape()))
     }

@@ -16,6 +16,8 @@ fn slice_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<&'a [T]
     let r = t.layout().contiguous_range().expect("contiguous tensor");
     match t.storage() {
         Storage::Cpu(s) => Ok(&s.as_slice::<T>(op)?[r]),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => Err(crate::cuda::not_on_cuda(op)),
     }
 }
 
@@ -23,6 +25,8 @@ fn slice_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<&'a [T]
 fn strided_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<Strided<'a, T>> {
     match t.storage() {
         Storage::Cpu(s) => Ok(Strided::new(s.as_slice::<T>(op)?, t.layout())),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => Err(crate::cuda::not_on_cuda(op)),
     }
 }
 
@@ -82,6 +86,8 @@ fn select(src: &Tensor, dim: usize, ids: &[i64], out_shape: &[usize]) -> Result<
         Storage::Cpu(s) => map_cpu_storage!(s, b => CpuStorage::from_vec(
             kernel::index_select(&b.as_slice()[r], outer, d, inner, ids)
         )),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda("index_select")),
     };
     Ok(Tensor::from_cpu(out, out_shape))
 }
@@ -300,6 +306,8 @@ impl Tensor {
                 let src = Strided::new(b.as_slice(), self.layout());
                 CpuStorage::from_vec(kernel::gather(src, dim, idx, index.shape()))
             }),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok(Tensor::from_cpu(out, index.shape()))
     }

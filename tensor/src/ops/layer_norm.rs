@@ -54,6 +54,11 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "layer_norm";
         check_params(OP, self, &[weight, bias])?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, weight, bias]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::layer_norm::layer_norm(self, weight, bias, eps);
+        }
         if is_half(self.dtype()) {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
             let (y, mean, rstd) = f(self)?.layer_norm(&f(weight)?, &f(bias)?, eps)?;
@@ -83,6 +88,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, &x, &w, &b, rows, eps)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok((
             Tensor::from_cpu(y, x.shape()),
@@ -113,6 +120,11 @@ impl Tensor {
                 });
             }
             check_dtype(OP, stat_dtype(x.dtype()), s)?;
+        }
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[x, weight, mean, rstd, dy]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::layer_norm::layer_norm_backward(x, weight, mean, rstd, dy);
         }
         if is_half(x.dtype()) {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
@@ -147,6 +159,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, ts)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok((
             Tensor::from_cpu(dx, x.shape()),

@@ -99,6 +99,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, &x, c, &t, ignore_index)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok((
             Tensor::from_cpu(loss, &[]),
@@ -159,6 +161,8 @@ impl Tensor {
                 DType::F64 => run::<f64>(s, &x, &lse, &t, ignore_index, coef)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
         };
         Ok(Tensor::from_cpu(out, &[t.len(), c]))
     }

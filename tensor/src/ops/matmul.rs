@@ -48,14 +48,20 @@ impl Tensor {
         let dtype = self.dtype();
         let (ra, rb) = (a.len(), b.len());
         let batch = broadcast_shapes(OP, &a[..ra - 2], &b[..rb - 2]).map_err(|_| mismatch())?;
+        let with = |tail: [usize; 2]| [batch.as_slice(), &tail].concat();
+        let lhs_l = self.layout().broadcast_to(OP, &with([m, k]))?;
+        let rhs_l = rhs.layout().broadcast_to(OP, &with([k, n]))?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, rhs]) {
+            let _p = crate::profiler::scope(OP);
+            let (x, y) = ((self, &lhs_l), (rhs, &rhs_l));
+            return crate::cuda::matmul::matmul(x, y, &batch, (m, k, n));
+        }
         if dtype == DType::BF16 {
             let (x, y) = (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?);
             return x.matmul(&y)?.to_dtype(DType::BF16);
         }
         let _p = crate::profiler::scope(OP);
-        let with = |tail: [usize; 2]| [batch.as_slice(), &tail].concat();
-        let lhs_l = self.layout().broadcast_to(OP, &with([m, k]))?;
-        let rhs_l = rhs.layout().broadcast_to(OP, &with([k, n]))?;
         fn run<T: GemmElem>(
             x: &CpuStorage,
             xl: &Layout,
@@ -72,6 +78,8 @@ impl Tensor {
                 DType::F16 => run::<half::f16>(x, &lhs_l, y, &rhs_l)?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            _ => return Err(crate::cuda::unsupported(OP, &[self, rhs])),
         };
         Ok(Tensor::from_cpu(out, &with([m, n])))
     }
@@ -98,6 +106,11 @@ impl Tensor {
                 expected: dtype,
                 got: bias.dtype(),
             });
+        }
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, rhs, bias]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::matmul::matmul_bias(self, rhs, bias);
         }
         if dtype == DType::BF16 {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
@@ -126,6 +139,8 @@ impl Tensor {
                 DType::F16 => run::<half::f16>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
                 dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
             },
+            #[cfg(feature = "cuda")]
+            _ => return Err(crate::cuda::unsupported(OP, &[self, rhs])),
         };
         Ok(Tensor::from_cpu(out, &[m, n]))
     }

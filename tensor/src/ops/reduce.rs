@@ -124,6 +124,8 @@ impl Tensor {
             .ok_or_else(|| Error::op(op, "input is not contiguous after contiguous()"))?;
         let out = match x.storage() {
             Storage::Cpu(s) => cpu(s, range)?,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
         };
         Ok(Tensor::from_cpu(
             out,

@@ -144,6 +144,11 @@ fn forward(
         check_dtype(op, x.dtype(), m)?;
         m.layout().broadcast_to(op, x.shape())?;
     }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::any_on_cuda(&[x]) || mask.is_some_and(|m| crate::cuda::any_on_cuda(&[m])) {
+        let _p = crate::profiler::scope(op);
+        return crate::cuda::rows::softmax_last(op, x, mask, scale, log);
+    }
     if is_half(x.dtype()) {
         let m32 = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
         return forward(op, &x.to_dtype(DType::F32)?, m32.as_ref(), scale, log)?
@@ -180,6 +185,8 @@ fn forward(
             DType::F64 => run::<f64>(op, s, &x, mask.as_ref(), n, scale, log)?,
             dtype => return Err(Error::UnsupportedDType { op, dtype }),
         },
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
     };
     Ok(Tensor::from_cpu(out, x.shape()))
 }
@@ -187,6 +194,11 @@ fn forward(
 fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) -> Result<Tensor> {
     check_rows(op, y)?;
     check_same(op, y, dy)?;
+    #[cfg(feature = "cuda")]
+    if crate::cuda::any_on_cuda(&[y, dy]) {
+        let _p = crate::profiler::scope(op);
+        return crate::cuda::rows::softmax_backward(op, y, dy, scale, log);
+    }
     if is_half(y.dtype()) {
         let (y32, dy32) = (y.to_dtype(DType::F32)?, dy.to_dtype(DType::F32)?);
         return backward(op, &y32, &dy32, scale, log)?.to_dtype(y.dtype());
@@ -214,6 +226,8 @@ fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) ->
             DType::F64 => run::<f64>(op, s, &y, &dy, n, scale, log)?,
             dtype => return Err(Error::UnsupportedDType { op, dtype }),
         },
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
     };
     Ok(Tensor::from_cpu(out, y.shape()))
 }

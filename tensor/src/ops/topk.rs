@@ -43,6 +43,8 @@ impl Tensor {
                 let (v, i) = crate::cpu::topk::topk(&b.as_slice()[range], n, k, descending);
                 (CpuStorage::from_vec(v), i)
             }),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
         };
         Ok((
             Tensor::from_cpu(vals, &out_shape),

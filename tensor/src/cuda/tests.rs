@@ -1,0 +1,344 @@
+//! Parity of every wired CUDA op with the CPU on random inputs (f32 within 1e-5, f16/bf16 within
+//! 1e-2, relative to the largest CPU magnitude), plus transfers and the device errors. Each test
+//! skips with a printed reason when no CUDA device is available.
+
+use crate::testing::{max_rel_err, randn, uniform};
+use crate::{DType, Device, Result, Tensor};
+
+/// `cuda:0`, or `None` after printing why CUDA cannot be used here.
+fn gpu_or_skip(test: &str) -> Option<Device> {
+    match cuda::availability() {
+        Ok(_) => Some(Device::Cuda(0)),
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn tolerance(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        1e-5
+    } else {
+        1e-2
+    }
+}
+
+/// Runs `f` on `inputs` on the CPU and on `dev`, and checks the results agree within `dtype`'s
+/// tolerance, with the same dtype and shape, the CUDA one on `dev`.
+fn parity(
+    what: &str,
+    dev: Device,
+    dtype: DType,
+    inputs: &[&Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let on_cpu: Vec<Tensor> = inputs.iter().map(|&t| t.clone()).collect();
+    let want = f(&on_cpu).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+    let on_gpu: Vec<Tensor> = inputs.iter().map(|t| t.to_device(dev).unwrap()).collect();
+    let got = f(&on_gpu).unwrap_or_else(|e| panic!("{what} on {dev}: {e}"));
+    assert_eq!(got.device(), dev, "{what}: result device");
+    assert_eq!(
+        (got.shape(), got.dtype()),
+        (want.shape(), want.dtype()),
+        "{what}"
+    );
+    let err = max_rel_err(&got.to_device(Device::Cpu).unwrap(), &want);
+    assert!(
+        err <= tolerance(dtype),
+        "{what} ({dtype}): relative error {err}"
+    );
+}
+
+fn randn_as(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    randn(shape, 1.0, DType::F32, seed).to_dtype(dtype).unwrap()
+}
+
+#[test]
+fn transfers_round_trip_every_dtype_and_view() {
+    let Some(dev) = gpu_or_skip("transfers_round_trip_every_dtype_and_view") else {
+        return;
+    };
+    for dtype in [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::U8,
+    ] {
+        let x = uniform(&[3, 4], 0.0, 100.0, DType::F32, 1)
+            .to_dtype(dtype)
+            .unwrap();
+        for view in [x.clone(), x.t().unwrap(), x.narrow(1, 1, 2).unwrap()] {
+            let g = view.to_device(dev).unwrap();
+            assert_eq!(
+                (g.device(), g.dtype(), g.shape()),
+                (dev, dtype, view.shape())
+            );
+            assert_eq!(
+                g.to_vec_f64().unwrap(),
+                view.to_vec_f64().unwrap(),
+                "{dtype}"
+            );
+            // Views of a device tensor download through their layout too.
+            let back = g.t().unwrap().to_device(Device::Cpu).unwrap();
+            assert_eq!(
+                back.to_vec_f64().unwrap(),
+                view.t().unwrap().to_vec_f64().unwrap()
+            );
+        }
+        let z = Tensor::zeros(&[2, 3], dtype, dev).unwrap();
+        assert_eq!(z.to_vec_f64().unwrap(), vec![0.0; 6]);
+        let o = Tensor::ones(&[2], dtype, dev).unwrap();
+        assert_eq!((o.device(), o.to_vec_f64().unwrap()), (dev, vec![1.0; 2]));
+    }
+}
+
+#[test]
+fn elementwise_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("elementwise_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let a = randn_as(&[4, 3, 5], dtype, 2);
+        let b = randn_as(&[5, 3], dtype, 3); // transposed below: a strided, broadcast operand
+        let pos = uniform(&[4, 5], 0.5, 2.0, DType::F32, 4)
+            .to_dtype(dtype)
+            .unwrap();
+        let pair = [&a, &b];
+        type Bin = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let binaries: [(&str, Bin); 6] = [
+            ("add", Tensor::add),
+            ("sub", Tensor::sub),
+            ("mul", Tensor::mul),
+            ("div", Tensor::div),
+            ("maximum", Tensor::maximum),
+            ("minimum", Tensor::minimum),
+        ];
+        for (name, f) in binaries {
+            parity(name, dev, dtype, &pair, |t| f(&t[0], &t[1].t()?));
+        }
+        type Un = fn(&Tensor) -> Result<Tensor>;
+        let unaries: [(&str, Un); 12] = [
+            ("neg", Tensor::neg),
+            ("exp", Tensor::exp),
+            ("log", Tensor::log),
+            ("sqrt", Tensor::sqrt),
+            ("rsqrt", Tensor::rsqrt),
+            ("tanh", Tensor::tanh),
+            ("erf", Tensor::erf),
+            ("relu", Tensor::relu),
+            ("sigmoid", Tensor::sigmoid),
+            ("abs", Tensor::abs),
+            ("sqr", Tensor::sqr),
+            ("recip", Tensor::recip),
+        ];
+        for (name, f) in unaries {
+            // Positive inputs, read through a transposed view.
+            parity(name, dev, dtype, &[&pos], |t| f(&t[0].t()?));
+        }
+        let one = [&a];
+        parity("add_scalar", dev, dtype, &one, |t| t[0].add_scalar(0.5));
+        parity("div_scalar", dev, dtype, &one, |t| t[0].div_scalar(3.0));
+        parity("maximum_scalar", dev, dtype, &one, |t| {
+            t[0].maximum_scalar(0.1)
+        });
+        parity("affine", dev, dtype, &one, |t| t[0].affine(1.5, -0.25));
+        parity("powf", dev, dtype, &[&pos], |t| t[0].powf(1.7));
+        parity("where_cond", dev, dtype, &pair, |t| {
+            let c = t[0].gt(&t[1].t()?)?;
+            c.where_cond(&t[0], &t[1].t()?)
+        });
+        parity("masked_fill", dev, dtype, &pair, |t| {
+            t[0].masked_fill(&t[0].lt(&t[1].t()?)?, -4.0)
+        });
+    }
+}
+
+#[test]
+fn comparisons_match_the_cpu() {
+    let Some(dev) = gpu_or_skip("comparisons_match_the_cpu") else {
+        return;
+    };
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::I64, DType::U8] {
+        let a = uniform(&[6, 4], 0.0, 5.0, DType::F32, 5)
+            .to_dtype(dtype)
+            .unwrap();
+        let b = uniform(&[4], 0.0, 5.0, DType::F32, 6)
+            .to_dtype(dtype)
+            .unwrap();
+        type Cmp = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let cmps: [(&str, Cmp); 6] = [
+            ("eq", Tensor::eq),
+            ("ne", Tensor::ne),
+            ("lt", Tensor::lt),
+            ("le", Tensor::le),
+            ("gt", Tensor::gt),
+            ("ge", Tensor::ge),
+        ];
+        for (name, f) in cmps {
+            // Exact: both sides compare the same values.
+            parity(name, dev, DType::F32, &[&a, &b], |t| f(&t[0], &t[1]));
+        }
+    }
+}
+
+#[test]
+fn casts_match_the_cpu() {
+    let Some(dev) = gpu_or_skip("casts_match_the_cpu") else {
+        return;
+    };
+    let all = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::U8,
+    ];
+    for from in all {
+        let x = uniform(&[5, 3], -20.0, 300.0, DType::F32, 7)
+            .to_dtype(from)
+            .unwrap();
+        for to in all {
+            // Each side converts the same values once: the results agree exactly.
+            parity("cast", dev, DType::F32, &[&x], |t| t[0].t()?.to_dtype(to));
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("matmul_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[2, 3, 5, 8], dtype, 8);
+        let w = randn_as(&[3, 6, 8], dtype, 9); // used transposed: [3, 8, 6]
+        let v = randn_as(&[4, 8, 2, 3], dtype, 10); // a permuted, non-mergeable batch view
+        let bias = randn_as(&[6], dtype, 11);
+        let xw = [&x, &w];
+        parity("matmul", dev, dtype, &xw, |t| {
+            t[0].matmul(&t[1].transpose(1, 2)?)
+        });
+        parity("matmul (copied operand)", dev, dtype, &[&x, &v], |t| {
+            t[0].matmul(&t[1].permute(&[2, 3, 1, 0])?.narrow(3, 0, 3)?)
+        });
+        let x2 = randn_as(&[7, 8], dtype, 12);
+        parity("matmul_bias", dev, dtype, &[&x2, &w, &bias], |t| {
+            let w = t[1].narrow(0, 0, 1)?.squeeze(0)?.t()?;
+            t[0].matmul_bias(&w, &t[2])
+        });
+    }
+}
+
+#[test]
+fn mixed_devices_and_unwired_ops_are_clear_errors() {
+    let Some(dev) = gpu_or_skip("mixed_devices_and_unwired_ops_are_clear_errors") else {
+        return;
+    };
+    let a = randn(&[2, 3], 1.0, DType::F32, 13);
+    let g = a.to_device(dev).unwrap();
+    let e = a.add(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("add") && e.contains("cpu") && e.contains("cuda:0"),
+        "{e}"
+    );
+    let e = a.matmul(&g.t().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("cuda:0"), "{e}");
+    let e = Tensor::cat(&[&g, &g], 0).unwrap_err().to_string();
+    assert!(
+        e.contains("cat") && e.contains("not implemented on cuda"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gelu_and_softmax_match_the_cpu() {
+    let Some(dev) = gpu_or_skip("gelu_and_softmax_match_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[2, 3, 4, 7], dtype, 14);
+        let dy = randn_as(&[2, 3, 4, 7], dtype, 15);
+        // A [B, 1, 1, S] padding mask (0 or -1e4), and a transposed (copied) mask.
+        let keep = uniform(&[2, 1, 1, 7], 0.0, 1.0, DType::F32, 16).gt(&Tensor::full(
+            0.3,
+            &[],
+            DType::F32,
+            Device::Cpu,
+        )
+        .unwrap());
+        let mask = keep
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .affine(1e4, -1e4)
+            .unwrap();
+        let tmask = randn_as(&[7, 4], dtype, 17);
+        let xd = [&x, &dy];
+        parity("gelu", dev, dtype, &[&x], |t| t[0].t()?.gelu());
+        parity("gelu_backward", dev, dtype, &xd, |t| {
+            Tensor::gelu_backward(&t[0], &t[1])
+        });
+        for log in [false, true] {
+            let fwd = |t: &[Tensor], m: Option<&Tensor>| {
+                if log {
+                    t[0].log_softmax_last(m, 0.5)
+                } else {
+                    t[0].softmax_last(m, 0.5)
+                }
+            };
+            parity("softmax", dev, dtype, &[&x], |t| fwd(t, None));
+            parity("softmax (mask)", dev, dtype, &[&x, &mask], |t| {
+                fwd(t, Some(&t[1]))
+            });
+            parity("softmax (strided mask)", dev, dtype, &[&x, &tmask], |t| {
+                fwd(t, Some(&t[1].t()?))
+            });
+            parity("softmax_backward", dev, dtype, &xd, |t| {
+                let y = fwd(t, None)?;
+                if log {
+                    Tensor::log_softmax_backward(&y, &t[1], 0.5)
+                } else {
+                    Tensor::softmax_backward(&y, &t[1], 0.5)
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("layer_norm_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        // Same-dtype weights, and f32 weights for half activations (mixed precision).
+        let wdtypes: &[DType] = if dtype == DType::F32 {
+            &[DType::F32]
+        } else {
+            &[dtype, DType::F32]
+        };
+        for &wd in wdtypes {
+            let x = randn_as(&[3, 5, 16], dtype, 18);
+            let w = uniform(&[16], 0.5, 1.5, DType::F32, 19)
+                .to_dtype(wd)
+                .unwrap();
+            let b = randn_as(&[16], wd, 20);
+            let dy = randn_as(&[3, 5, 16], dtype, 21);
+            let ins = [&x, &w, &b, &dy];
+            for part in 0..6 {
+                parity("layer_norm", dev, dtype, &ins, |t| {
+                    let (y, mean, rstd) = t[0].layer_norm(&t[1], &t[2], 1e-12)?;
+                    let (dx, dw, db) =
+                        Tensor::layer_norm_backward(&t[0], &t[1], &mean, &rstd, &t[3])?;
+                    Ok([y, mean, rstd, dx, dw, db][part].clone())
+                });
+            }
+        }
+    }
+}
