@@ -11,8 +11,11 @@ use cuda::ops::elementwise::copy_strided;
 
 pub(crate) mod cast;
 pub(crate) mod elementwise;
+pub(crate) mod index;
 pub(crate) mod layer_norm;
+pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod reduce;
 pub(crate) mod rows;
 #[cfg(test)]
 mod tests;

@@ -342,3 +342,83 @@ fn layer_norm_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn cross_entropy_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("cross_entropy_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let logits = randn_as(&[6, 11], dtype, 22);
+        let targets = Tensor::from_vec(vec![3i64, -100, 0, 10, 7, -100], &[6]).unwrap();
+        let ins = [&logits, &targets];
+        parity("cross_entropy", dev, dtype, &ins, |t| {
+            Ok(Tensor::cross_entropy(&t[0], &t[1], -100)?.0)
+        });
+        parity("cross_entropy lse", dev, dtype, &ins, |t| {
+            Ok(Tensor::cross_entropy(&t[0], &t[1], -100)?.1)
+        });
+        parity("cross_entropy_backward", dev, dtype, &ins, |t| {
+            let (_, lse) = Tensor::cross_entropy(&t[0], &t[1], -100)?;
+            Tensor::cross_entropy_backward(&t[0], &t[1], &lse, -100, 0.75)
+        });
+    }
+}
+
+#[test]
+fn embedding_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("embedding_matches_the_cpu") else {
+        return;
+    };
+    let ids = Tensor::from_vec(vec![3i64, 0, 9, 3, 5, 3], &[2, 3]).unwrap();
+    for dtype in FLOATS {
+        let table = randn_as(&[10, 8], dtype, 23);
+        let dy = randn_as(&[2, 3, 8], dtype, 24);
+        parity("embedding", dev, dtype, &[&table, &ids], |t| {
+            Tensor::embedding(&t[0], &t[1])
+        });
+        parity("embedding_backward", dev, dtype, &[&ids, &dy], |t| {
+            Tensor::embedding_backward(&t[0], &t[1], 10)
+        });
+    }
+    let g = ids.to_device(dev).unwrap();
+    let bad = Tensor::from_vec(vec![10i64], &[1])
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
+    let table = randn_as(&[10, 8], DType::F32, 25).to_device(dev).unwrap();
+    assert!(Tensor::embedding(&table, &g).is_ok());
+    let e = Tensor::embedding(&table, &bad).unwrap_err().to_string();
+    assert!(e.contains("embedding") && e.contains("10"), "{e}");
+}
+
+#[test]
+fn reductions_match_the_cpu() {
+    let Some(dev) = gpu_or_skip("reductions_match_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[3, 4, 5, 6], dtype, 26);
+        let one = [&x];
+        // Adjacent dims, split dims (permuted first), everything, nothing; through a view.
+        for dims in [&[1usize, 2][..], &[0, 2], &[3], &[0, 1, 2, 3], &[]] {
+            for keepdim in [false, true] {
+                parity("sum", dev, dtype, &one, |t| t[0].sum(dims, keepdim));
+                parity("mean", dev, dtype, &one, |t| t[0].t()?.mean(dims, keepdim));
+                if !dims.is_empty() {
+                    parity("var", dev, dtype, &one, |t| t[0].var(dims, keepdim, 1));
+                }
+            }
+        }
+        parity("norm_l2", dev, dtype, &one, |t| t[0].norm_l2());
+        parity("sum_to_shape", dev, dtype, &one, |t| {
+            t[0].sum_to_shape(&[4, 1, 6])
+        });
+        for dim in 0..4 {
+            parity("max", dev, dtype, &one, |t| t[0].max(dim, false));
+            parity("min", dev, dtype, &one, |t| t[0].min(dim, true));
+            parity("argmax", dev, dtype, &one, |t| t[0].argmax(dim, false));
+            parity("argmin", dev, dtype, &one, |t| t[0].argmin(dim, false));
+        }
+    }
+}

@@ -221,6 +221,12 @@ impl Tensor {
             ));
         }
         let ids_c = index_tensor(OP, ids)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[weight, ids]) {
+            check_range(OP, &ids_c.to_vec::<i64>()?, weight.shape()[0])?;
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::index::embedding(weight, &ids_c);
+        }
         let flat = slice_of::<i64>(OP, &ids_c)?;
         check_range(OP, flat, weight.shape()[0])?;
         let _p = crate::profiler::scope(OP);
@@ -243,6 +249,12 @@ impl Tensor {
             });
         }
         let ids_c = index_tensor(OP, ids)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[ids, dy]) {
+            check_range(OP, &ids_c.to_vec::<i64>()?, num_embeddings)?;
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::index::embedding_backward(&ids_c, dy, num_embeddings);
+        }
         let flat = slice_of::<i64>(OP, &ids_c)?;
         check_range(OP, flat, num_embeddings)?;
         let _p = crate::profiler::scope(OP);

@@ -68,6 +68,11 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
         let (t, _) = check_targets(OP, logits, targets, ignore_index)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[logits, targets]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::loss::cross_entropy(logits, targets, ignore_index);
+        }
         if is_half(logits.dtype()) {
             let l32 = logits.to_dtype(DType::F32)?;
             let (loss, lse) = Tensor::cross_entropy(&l32, targets, ignore_index)?;
@@ -127,6 +132,18 @@ impl Tensor {
             });
         }
         check_dtype(OP, lse_dtype(logits.dtype()), lse)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[logits, targets, lse]) {
+            let _p = crate::profiler::scope(OP);
+            let (t, l) = (targets, lse);
+            return crate::cuda::loss::cross_entropy_backward(
+                logits,
+                t,
+                l,
+                ignore_index,
+                grad_loss,
+            );
+        }
         if is_half(logits.dtype()) {
             let l32 = logits.to_dtype(DType::F32)?;
             return Tensor::cross_entropy_backward(&l32, targets, lse, ignore_index, grad_loss)?

@@ -142,6 +142,12 @@ impl Tensor {
         r: FloatSum<SQ>,
     ) -> Result<Tensor> {
         require_float(op, self.dtype())?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self]) {
+            let out = out_shape(self.shape(), mask, keepdim);
+            let how = (SQ, r.scale, r.sqrt);
+            return crate::cuda::reduce::float_sum(op, self, mask, how, &out);
+        }
         let shape = self.shape();
         self.reduce_with(op, mask, keepdim, |s, range| {
             Ok(float_sum_cpu(s, range, shape, mask, &r))
@@ -255,6 +261,11 @@ impl Tensor {
             );
         }
         let _p = crate::profiler::scope(op);
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self]) {
+            let out = out_shape(self.shape(), &mask, keepdim);
+            return crate::cuda::reduce::best(op, self, dim, (max, index), &out);
+        }
         let shape = self.shape();
         self.reduce_with(op, &mask, keepdim, |s, range| {
             Ok(map_cpu_storage!(s, b => {
