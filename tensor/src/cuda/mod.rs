@@ -10,6 +10,7 @@ use crate::{map_cpu_storage, CpuStorage, DType, Device, Error, Layout, Result, T
 use cuda::ops::elementwise::copy_strided;
 
 pub(crate) mod cast;
+pub(crate) mod dropout;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod layer_norm;
@@ -19,6 +20,7 @@ pub(crate) mod reduce;
 pub(crate) mod rows;
 #[cfg(test)]
 mod tests;
+pub(crate) mod topk;
 use cuda::{DeviceBuffer, Gpu};
 use half::{bf16, f16};
 use std::ops::Range;

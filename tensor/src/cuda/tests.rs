@@ -422,3 +422,49 @@ fn reductions_match_the_cpu() {
         }
     }
 }
+
+#[test]
+fn dropout_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("dropout_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[5, 37], dtype, 27);
+        let dy = randn_as(&[5, 37], dtype, 28);
+        // The same generator state on both sides draws the same mask.
+        for part in 0..3 {
+            parity("dropout", dev, dtype, &[&x, &dy], |t| {
+                let (out, keep) = t[0].dropout(0.3, &mut crate::Rng::new(29))?;
+                let dx = Tensor::dropout_backward(&t[1], &keep, 0.3)?;
+                Ok([out, keep.to_dtype(dtype)?, dx][part].clone())
+            });
+        }
+    }
+}
+
+#[test]
+fn topk_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("topk_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        // Few distinct values: many ties, which both sides break by lower index.
+        let x = uniform(&[4, 50], 0.0, 5.0, DType::F32, 30)
+            .to_dtype(DType::I64)
+            .unwrap();
+        let x = x.to_dtype(dtype).unwrap();
+        for k in [1, 7, 50] {
+            parity("topk values", dev, dtype, &[&x], |t| Ok(t[0].topk(k)?.0));
+            parity("topk indices", dev, dtype, &[&x], |t| Ok(t[0].topk(k)?.1));
+        }
+        parity("sort_last", dev, dtype, &[&x], |t| {
+            Ok(t[0].t()?.sort_last(true)?.1)
+        });
+    }
+    let g = randn(&[2, 3], 1.0, DType::F32, 31).to_device(dev).unwrap();
+    let e = g.sort_last(false).unwrap_err().to_string();
+    assert!(
+        e.contains("sort_last") && e.contains("not implemented on cuda"),
+        "{e}"
+    );
+}

@@ -43,6 +43,10 @@ fn check_p(op: &'static str, p: f64) -> Result<()> {
 /// is computed in f64 and rounded to the compute type (f32 for f32/f16/bf16, f64 for f64), as
 /// torch does; p = 1 gives zeros.
 fn apply_mask(op: &'static str, x: &Tensor, keep: &Tensor, p: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::any_on_cuda(&[x, keep]) {
+        return crate::cuda::dropout::dropout_apply(op, x, keep, p);
+    }
     if x.dtype() == DType::F16 || x.dtype() == DType::BF16 {
         return apply_mask(op, &x.to_dtype(DType::F32)?, keep, p)?.to_dtype(x.dtype());
     }
@@ -102,7 +106,7 @@ impl Tensor {
                 Tensor::from_vec(keep_mask(seed, offset, n, p as f32), self.shape())?
             }
             #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+            Storage::Cuda(_) => return crate::cuda::dropout::dropout(self, p, (seed, offset)),
         };
         Ok((apply_mask(OP, self, &keep, p)?, keep))
     }

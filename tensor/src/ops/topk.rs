@@ -44,6 +44,10 @@ impl Tensor {
                 (CpuStorage::from_vec(v), i)
             }),
             #[cfg(feature = "cuda")]
+            Storage::Cuda(_) if descending => {
+                return crate::cuda::topk::topk(op, &src, k, &out_shape)
+            }
+            #[cfg(feature = "cuda")]
             Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
         };
         Ok((
