@@ -222,6 +222,14 @@ pub(crate) fn any_on_cuda(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.device() != Device::Cpu)
 }
 
+/// For an op with no CUDA path: errors (as [`unsupported`]) when any operand is not on the CPU.
+pub(crate) fn refuse(op: &'static str, operands: &[&Tensor]) -> Result<()> {
+    if any_on_cuda(operands) {
+        return Err(unsupported(op, operands));
+    }
+    Ok(())
+}
+
 /// The CUDA storages of `op`'s operands, all on one GPU; an error naming the devices when they
 /// are mixed (or on the CPU).
 pub(crate) fn operands<'a, const N: usize>(

@@ -468,3 +468,28 @@ fn topk_matches_the_cpu() {
         "{e}"
     );
 }
+
+#[test]
+fn unwired_index_ops_name_the_op_and_devices() {
+    let Some(dev) = gpu_or_skip("unwired_index_ops_name_the_op_and_devices") else {
+        return;
+    };
+    let x = randn(&[3, 4], 1.0, DType::F32, 32);
+    let ids = Tensor::from_vec(vec![2i64, 0], &[2]).unwrap();
+    let (gx, gids) = (x.to_device(dev).unwrap(), ids.to_device(dev).unwrap());
+    let e = gx.index_select(0, &gids).unwrap_err().to_string();
+    assert!(
+        e.contains("index_select") && e.contains("not implemented on cuda"),
+        "{e}"
+    );
+    let e = x.index_select(0, &gids).unwrap_err().to_string();
+    assert!(
+        e.contains("index_select") && e.contains("cpu") && e.contains("cuda:0"),
+        "{e}"
+    );
+    let e = Tensor::cat(&[&x, &gx], 0).unwrap_err().to_string();
+    assert!(
+        e.contains("cat") && e.contains("cpu") && e.contains("cuda:0"),
+        "{e}"
+    );
+}

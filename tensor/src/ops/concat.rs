@@ -71,6 +71,8 @@ impl Tensor {
     /// along `dim`.
     pub fn cat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
         const OP: &str = "cat";
+        #[cfg(feature = "cuda")]
+        crate::cuda::refuse(OP, tensors)?;
         let Some(first) = tensors.first() else {
             return Err(Error::op(OP, "needs at least one tensor"));
         };

@@ -268,6 +268,8 @@ impl Tensor {
     /// Slices along `dim` at `indices` (1-D i64), as torch.index_select.
     pub fn index_select(&self, dim: usize, indices: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
+        #[cfg(feature = "cuda")]
+        crate::cuda::refuse(OP, &[self, indices])?;
         check_dim(OP, dim, self.rank())?;
         let ids_c = index_tensor(OP, indices)?;
         let ids = one_d(OP, &ids_c)?;
@@ -283,6 +285,8 @@ impl Tensor {
     /// `dim`. Repeated indices accumulate, in order of `j`.
     pub fn index_add(&self, dim: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_add";
+        #[cfg(feature = "cuda")]
+        crate::cuda::refuse(OP, &[self, indices, src])?;
         check_dim(OP, dim, self.rank())?;
         check_dtype(OP, self.dtype(), src.dtype())?;
         let ids_c = index_tensor(OP, indices)?;
@@ -307,6 +311,8 @@ impl Tensor {
     /// (i64, same rank as `self`, no larger than `self` in the other dims). Shape of `index`.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather";
+        #[cfg(feature = "cuda")]
+        crate::cuda::refuse(OP, &[self, index])?;
         check_dim(OP, dim, self.rank())?;
         check_fits(OP, index, self, Some(dim))?;
         let idx_c = index_tensor(OP, index)?;
@@ -329,6 +335,8 @@ impl Tensor {
     /// than `self` outside `dim`). Additions happen in row-major order of `index`.
     pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "scatter_add";
+        #[cfg(feature = "cuda")]
+        crate::cuda::refuse(OP, &[self, index, src])?;
         check_dim(OP, dim, self.rank())?;
         check_dtype(OP, self.dtype(), src.dtype())?;
         check_fits(OP, index, self, Some(dim))?;
