@@ -1,5 +1,5 @@
-//! Where a tensor lives. Only the CPU exists in this crate's base build; the CUDA backend adds
-//! `Device::Cuda(ordinal)` behind the `cuda` feature without changing any caller.
+//! Where a tensor lives. Only the CPU exists in this crate's base build; the `cuda` feature adds
+//! `Device::Cuda(ordinal)` (shown as `cuda:0`) without changing any caller.
 
 /// A compute device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -3,7 +3,9 @@
 //! Reading order: [`DType`] (element types), [`Layout`] (shape, strides, offset: how a view maps
 //! onto storage), [`Storage`] (the flat buffer, owned or memory-mapped), [`Tensor`] (storage +
 //! layout), then `ops/` (one file per op family: argument checks and dispatch, the single door
-//! every op passes through) and `cpu/` (the CPU kernels those ops call).
+//! every op passes through) and `cpu/` (the CPU kernels those ops call). With the `cuda` feature,
+//! `cuda/` adds `Storage::Cuda` / `Device::Cuda(ordinal)`, `Tensor::to_device` transfers, and
+//! the CUDA arms of the ops' dispatch (one file per op family, calling the `cuda` crate).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -147,7 +147,8 @@ impl CpuStorage {
     }
 }
 
-/// A buffer on some device. The CUDA variant is added by the `cuda` feature.
+/// A buffer on some device. The CUDA variant (`crate::cuda::CudaStorage`) is added by the `cuda`
+/// feature.
 #[derive(Clone)]
 pub enum Storage {
     Cpu(CpuStorage),
