@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use retrieval::formats::jsonl_inputs;
+
 use super::{run_args, CliResult};
 
 #[derive(Args, Debug)]
@@ -121,17 +123,6 @@ fn stage(dir: &Path, name: &str, f: impl FnOnce() -> CliResult) -> CliResult {
     Ok(())
 }
 
-/// The JSON-lines files of `dir`, sorted.
-fn json_files(dir: &Path) -> CliResult<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "jsonl"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 pub fn run(a: PipelineArgs) -> CliResult {
     let out = &a.output_dir;
     std::fs::create_dir_all(out)?;
@@ -204,7 +195,7 @@ pub fn run(a: PipelineArgs) -> CliResult {
         // Stage 2 reads both sets of negatives from one directory.
         std::fs::create_dir_all(&s2)?;
         for (prefix, dir) in [("bm25", &bm25), ("hn", &hn)] {
-            for f in json_files(dir)? {
+            for f in jsonl_inputs(dir)? {
                 let name = f.file_name().expect("a file").to_string_lossy().to_string();
                 let link = s2.join(format!("{prefix}-{name}"));
                 let _ = std::fs::remove_file(&link);
@@ -284,7 +275,7 @@ fn encode_and_search(
     ranking: &Path,
 ) -> CliResult {
     let mut shards = Vec::new();
-    for (i, split) in json_files(corpus)?.iter().enumerate() {
+    for (i, split) in jsonl_inputs(corpus)?.iter().enumerate() {
         let shard = emb.join(format!("corpus-{i:02}"));
         run_args(&argv(
             "encode",
