@@ -21,8 +21,10 @@ pub fn time_ms(min_time: Duration, mut f: impl FnMut()) -> f64 {
 
 /// One JSON result line.
 pub fn report(op: &str, shape: &str, ms: f64) {
-    println!(
-        "{}",
-        serde_json::json!({ "op": op, "shape": shape, "ms": ms })
-    );
+    report_json(serde_json::json!({ "op": op, "shape": shape, "ms": ms }));
+}
+
+/// One JSON result line with extra fields (it must have at least "op", "shape" and "ms").
+pub fn report_json(line: serde_json::Value) {
+    println!("{line}");
 }

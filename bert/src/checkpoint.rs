@@ -485,62 +485,73 @@ mod tests {
         }
     }
 
+    /// Each (checkpoint key, model's names, expected target) row of a resolution table.
+    fn check_table(rows: &[(&str, &[&'static str], Option<(&str, u8)>)]) {
+        for &(key, model, want) in rows {
+            let want = want.map_or(Target::Unexpected, |(n, r)| param(n, r));
+            assert_eq!(resolve(key, &names(model)), want, "{key}");
+        }
+    }
+
     #[test]
     fn prefix_is_optional_both_ways() {
-        let mlm = names(&MLM);
-        let base = names(&BASE);
-        assert_eq!(
-            resolve("bert.embeddings.LayerNorm.weight", &mlm),
-            param("bert.embeddings.LayerNorm.weight", 0)
-        );
-        assert_eq!(
-            resolve("embeddings.LayerNorm.weight", &mlm),
-            param("bert.embeddings.LayerNorm.weight", 1)
-        );
-        assert_eq!(
-            resolve("bert.embeddings.LayerNorm.weight", &base),
-            param("embeddings.LayerNorm.weight", 1)
-        );
-        assert_eq!(
-            resolve("bert.pooler.dense.weight", &base),
-            param("pooler.dense.weight", 1)
-        );
-        assert_eq!(
-            resolve("bert.pooler.dense.weight", &mlm),
-            Target::Unexpected
-        );
+        check_table(&[
+            (
+                "bert.embeddings.LayerNorm.weight",
+                &MLM,
+                Some(("bert.embeddings.LayerNorm.weight", 0)),
+            ),
+            (
+                "embeddings.LayerNorm.weight",
+                &MLM,
+                Some(("bert.embeddings.LayerNorm.weight", 1)),
+            ),
+            (
+                "bert.embeddings.LayerNorm.weight",
+                &BASE,
+                Some(("embeddings.LayerNorm.weight", 1)),
+            ),
+            (
+                "bert.pooler.dense.weight",
+                &BASE,
+                Some(("pooler.dense.weight", 1)),
+            ),
+            ("bert.pooler.dense.weight", &MLM, None),
+        ]);
     }
 
     #[test]
     fn legacy_and_tied_aliases() {
-        let mlm = names(&MLM);
-        let base = names(&BASE);
-        assert_eq!(
-            resolve("bert.embeddings.LayerNorm.gamma", &mlm),
-            param("bert.embeddings.LayerNorm.weight", 2)
-        );
-        assert_eq!(
-            resolve("cls.predictions.transform.LayerNorm.beta", &mlm),
-            param("cls.predictions.transform.LayerNorm.bias", 2)
-        );
-        assert_eq!(
-            resolve("embeddings.LayerNorm.gamma", &base),
-            param("embeddings.LayerNorm.weight", 2)
-        );
-        assert_eq!(
-            resolve("cls.predictions.decoder.bias", &mlm),
-            param("cls.predictions.bias", 2)
-        );
-        assert_eq!(
-            resolve("cls.predictions.decoder.weight", &mlm),
-            param("bert.embeddings.word_embeddings.weight", 2)
-        );
-        // Without an MLM head, the head's tensors are simply unexpected.
-        assert_eq!(
-            resolve("cls.predictions.decoder.weight", &base),
-            Target::Unexpected
-        );
-        assert_eq!(resolve("cls.predictions.bias", &base), Target::Unexpected);
+        check_table(&[
+            (
+                "bert.embeddings.LayerNorm.gamma",
+                &MLM,
+                Some(("bert.embeddings.LayerNorm.weight", 2)),
+            ),
+            (
+                "cls.predictions.transform.LayerNorm.beta",
+                &MLM,
+                Some(("cls.predictions.transform.LayerNorm.bias", 2)),
+            ),
+            (
+                "embeddings.LayerNorm.gamma",
+                &BASE,
+                Some(("embeddings.LayerNorm.weight", 2)),
+            ),
+            (
+                "cls.predictions.decoder.bias",
+                &MLM,
+                Some(("cls.predictions.bias", 2)),
+            ),
+            (
+                "cls.predictions.decoder.weight",
+                &MLM,
+                Some(("bert.embeddings.word_embeddings.weight", 2)),
+            ),
+            // Without an MLM head, the head's tensors are simply unexpected.
+            ("cls.predictions.decoder.weight", &BASE, None),
+            ("cls.predictions.bias", &BASE, None),
+        ]);
     }
 
     #[test]
