@@ -485,8 +485,11 @@ mod tests {
         }
     }
 
-    /// Each (checkpoint key, model's names, expected target) row of a resolution table.
-    fn check_table(rows: &[(&str, &[&'static str], Option<(&str, u8)>)]) {
+    /// A checkpoint key, the model's names, and the parameter (name, rank) it should resolve to
+    /// (None: unexpected).
+    type Row<'a> = (&'a str, &'a [&'static str], Option<(&'a str, u8)>);
+
+    fn check_table(rows: &[Row]) {
         for &(key, model, want) in rows {
             let want = want.map_or(Target::Unexpected, |(n, r)| param(n, r));
             assert_eq!(resolve(key, &names(model)), want, "{key}");
