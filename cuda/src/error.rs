@@ -30,6 +30,13 @@ pub enum Error {
     /// A kernel found bad input on the device (reported by `Gpu::check_status`).
     #[error("{0}")]
     Kernel(String),
+    /// An NCCL call failed; `who` names the rank(s) and device(s), e.g. "rank 1 of 2 on cuda:1".
+    #[error("{call} failed ({who}): {message}")]
+    Nccl {
+        call: &'static str,
+        who: String,
+        message: String,
+    },
 }
 
 impl Error {

@@ -6,8 +6,9 @@
 //! the one compute stream, the stream-ordered memory pool, kernel loading, the status word,
 //! timers), [`DeviceBuffer`] (`buffer.rs`), [`Strided`] / [`Contig`] / [`Walk`] (`strided.rs`:
 //! how ops see layouts), [`nvrtc`] (compiling `kernels/*.cu` for the device), [`blas`] (GEMMs
-//! through cuBLAS / cuBLASLt), then `ops/`: one Rust file per kernel file, each a typed wrapper
-//! that checks its arguments and launches the kernels of `kernels/<family>.cu`.
+//! through cuBLAS / cuBLASLt), [`nccl`] (all-reduce across the GPUs of one process), then `ops/`:
+//! one Rust file per kernel file, each a typed wrapper that checks its arguments and launches the
+//! kernels of `kernels/<family>.cu`.
 //!
 //! CUDA is loaded at run time (cudarc's dynamic loading), so the crate builds with no CUDA
 //! installed; without a driver, a library or a device every entry point returns
@@ -17,6 +18,7 @@ pub mod blas;
 mod buffer;
 mod error;
 mod gpu;
+pub mod nccl;
 pub mod nvrtc;
 pub mod ops;
 mod strided;

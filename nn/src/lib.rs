@@ -10,8 +10,14 @@
 //! of the step: linear warmup then linear decay, as HF `get_linear_schedule_with_warmup`) and
 //! [`optim`] (AdamW, in the HF 4.17 and the torch variants, with HF's no-decay parameter groups and
 //! a safetensors state file for bit-exact resume).
+//!
+//! Data parallelism: [`comm`] (the [`Communicator`] trait: one process, CPU threads, or NCCL
+//! across GPUs with the `cuda` feature) and [`data_parallel`] (averaging gradients across
+//! replicas, in buckets, and the recipe for a data-parallel training step).
 
 pub mod clip;
+pub mod comm;
+pub mod data_parallel;
 pub mod layers;
 pub mod loss_scale;
 pub mod module;
@@ -20,6 +26,8 @@ mod param;
 pub mod schedule;
 
 pub use clip::{clip_grad_norm, total_norm};
+pub use comm::{Communicator, SingleProcess, ThreadGroup};
+pub use data_parallel::{all_reduce_grads, shard_range};
 pub use layers::{Dropout, Embedding, LayerNorm, Linear};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, Ctx, Module};

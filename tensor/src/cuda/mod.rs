@@ -16,6 +16,7 @@ pub(crate) mod index;
 pub(crate) mod layer_norm;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub mod nccl;
 pub(crate) mod reduce;
 pub(crate) mod rows;
 #[cfg(test)]

@@ -1,0 +1,363 @@
+//! NCCL all-reduce for one process driving several GPUs, one thread per GPU: [`NcclComm`], one
+//! communicator per GPU, all made together by `ncclCommInitAll` (rank `i` drives the `i`-th
+//! device listed), and the in-place all-reduce of a range of a device buffer (f32, f16 or bf16)
+//! on that GPU's compute stream: [`Reduce::Sum`], or [`Reduce::Mean`] (the sum, then divided by
+//! the world size elementwise, computed in f32 and rounded once, as `div_scalar` does).
+//!
+//! Layout: every rank passes a flat range `offset..offset + len` of a buffer on its own GPU, with
+//! the same `len` and element type on every rank (NCCL cannot check this; a mismatch hangs or
+//! corrupts, so callers agree on the sizes first: nn's communicators exchange them on the host).
+//! Every rank receives the same sum, bit for bit. f16/bf16 sums round at each addition inside NCCL.
+//!
+//! Ordering: the collective is issued on the GPU's one compute stream ([`Gpu::stream`]), after the
+//! kernels issued before it and before the ones issued after it; nothing waits for the device.
+//!
+//! Finding NCCL: cudarc loads it at run time as `libnccl.so` (or `libnccl.so.<N>` for N in
+//! 13, 12, 11, 10, 9, 1), not as the `libnccl.so.2` that NCCL packages and the `nvidia-nccl-cu13`
+//! wheel ship; without a `libnccl.so` link on the library path every entry point returns
+//! [`Error::Unavailable`] saying so. Every failing NCCL call is an [`Error::Nccl`] naming the rank
+//! and device; no panic of the bindings reaches the caller.
+//!
+//! Teardown: dropping a communicator aborts it (`ncclCommAbort`, which does not wait for the other
+//! ranks and cancels a collective still running): wait for the GPU's stream first when one may be.
+
+use crate::buffer::DeviceBuffer;
+use crate::gpu::{guard, Gpu};
+use crate::ops::elementwise::{map1, BinaryOp, Map1};
+use crate::ops::FloatElem;
+use crate::{Error, Result, Strided};
+use cudarc::nccl::sys;
+use half::{bf16, f16};
+use std::ffi::{c_int, c_void, CStr};
+use std::sync::Arc;
+
+/// The oldest NCCL accepted: bf16 reductions arrived in 2.10.
+pub const NCCL_MIN_VERSION: (u32, u32) = (2, 10);
+
+/// How [`NcclComm::all_reduce`] combines the ranks' elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// The elementwise sum over ranks.
+    Sum,
+    /// The sum divided by the world size.
+    Mean,
+}
+
+/// An element type NCCL reduces: f32, f16, bf16.
+pub trait NcclElem: FloatElem {
+    const NCCL: sys::ncclDataType_t;
+}
+
+impl NcclElem for f32 {
+    const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
+}
+impl NcclElem for f16 {
+    const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat16;
+}
+impl NcclElem for bf16 {
+    const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclBfloat16;
+}
+
+/// The NCCL library's version (major, minor, patch), or [`Error::Unavailable`] when it cannot be
+/// loaded or is older than [`NCCL_MIN_VERSION`].
+pub fn nccl_version() -> Result<(u32, u32, u32)> {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::Unavailable(
+            "the NCCL library was not found: it is loaded as libnccl.so (or libnccl.so.13, .12, \
+             .11, .10, .9, .1), while NCCL packages and the `nvidia-nccl-cu13` wheel ship \
+             libnccl.so.2; link libnccl.so -> libnccl.so.2 in a directory on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let mut code: c_int = 0;
+    // SAFETY: one out-pointer to a live int.
+    let r = guard("ncclGetVersion", || unsafe {
+        sys::ncclGetVersion(&mut code)
+    })?;
+    if r != sys::ncclResult_t::ncclSuccess {
+        return Err(nccl_error("ncclGetVersion", "no rank".into(), r, None));
+    }
+    let version = decode_version(code as u32);
+    if (version.0, version.1) < NCCL_MIN_VERSION {
+        return Err(Error::Unavailable(format!(
+            "NCCL {}.{}.{} is too old: bf16 all-reduce needs {}.{} or newer",
+            version.0, version.1, version.2, NCCL_MIN_VERSION.0, NCCL_MIN_VERSION.1
+        )));
+    }
+    Ok(version)
+}
+
+/// `NCCL_VERSION_CODE` as (major, minor, patch): `major*10000 + minor*100 + patch` since 2.9,
+/// `major*1000 + minor*100 + patch` before.
+fn decode_version(code: u32) -> (u32, u32, u32) {
+    if code >= 10_000 {
+        (code / 10_000, (code % 10_000) / 100, code % 100)
+    } else {
+        (code / 1000, (code % 1000) / 100, code % 100)
+    }
+}
+
+/// A C string from NCCL, or "" for a null pointer.
+fn c_text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: NCCL returns NUL-terminated static or per-communicator strings.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// An [`Error::Nccl`] for status `r` of `call`, with NCCL's description of the status and, when a
+/// communicator is given, its last error message.
+fn nccl_error(
+    call: &'static str,
+    who: String,
+    r: sys::ncclResult_t,
+    comm: Option<sys::ncclComm_t>,
+) -> Error {
+    // SAFETY: both only read NCCL's error strings; a missing symbol (old NCCL) becomes "".
+    let text = guard("ncclGetErrorString", || {
+        c_text(unsafe { sys::ncclGetErrorString(r) })
+    })
+    .unwrap_or_default();
+    let last = comm
+        .and_then(|c| {
+            guard("ncclGetLastError", || {
+                c_text(unsafe { sys::ncclGetLastError(c) })
+            })
+            .ok()
+        })
+        .unwrap_or_default();
+    let mut message = format!("{r:?}");
+    if !text.is_empty() {
+        message.push_str(&format!(" ({text})"));
+    }
+    if !last.is_empty() {
+        message.push_str(&format!(": {last}"));
+    }
+    Error::Nccl { call, who, message }
+}
+
+/// Errors unless `ordinals` is a non-empty list of distinct devices (NCCL needs one GPU per rank).
+fn check_devices(ordinals: &[usize]) -> Result<()> {
+    const OP: &str = "NcclComm::for_devices";
+    if ordinals.is_empty() {
+        crate::error::bail!(OP, "needs at least one device");
+    }
+    for (j, d) in ordinals.iter().enumerate() {
+        if let Some(i) = ordinals[..j].iter().position(|e| e == d) {
+            crate::error::bail!(
+                OP,
+                "cuda:{d} is listed for rank {i} and rank {j}; NCCL needs one GPU per rank"
+            );
+        }
+        if *d > c_int::MAX as usize {
+            crate::error::bail!(OP, "device ordinal {d} is out of range");
+        }
+    }
+    Ok(())
+}
+
+/// One rank's NCCL communicator, bound to one GPU and that GPU's compute stream. It may move to
+/// another thread (`Send`) but not be shared between threads: NCCL calls on one communicator must
+/// not run concurrently.
+pub struct NcclComm {
+    comm: sys::ncclComm_t,
+    gpu: Arc<Gpu>,
+    rank: usize,
+    world_size: usize,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread as long as calls on it do not overlap;
+// `NcclComm` is not `Sync` (the raw handle), so only the thread that owns it can call it.
+unsafe impl Send for NcclComm {}
+
+impl std::fmt::Debug for NcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NcclComm({})", self.who())
+    }
+}
+
+impl NcclComm {
+    /// One communicator per device of `ordinals`, rank `i` on `cuda:ordinals[i]`, made together
+    /// (`ncclCommInitAll`, so inside this process only). Hand each to its own thread.
+    pub fn for_devices(ordinals: &[usize]) -> Result<Vec<NcclComm>> {
+        const CALL: &str = "ncclCommInitAll";
+        check_devices(ordinals)?;
+        nccl_version()?;
+        let gpus = ordinals
+            .iter()
+            .map(|&o| crate::gpu(o))
+            .collect::<Result<Vec<_>>>()?;
+        let devlist: Vec<c_int> = ordinals.iter().map(|&o| o as c_int).collect();
+        let mut comms: Vec<sys::ncclComm_t> = vec![std::ptr::null_mut(); ordinals.len()];
+        // SAFETY: `comms` has room for one handle per device of `devlist`.
+        let r = guard(CALL, || unsafe {
+            sys::ncclCommInitAll(comms.as_mut_ptr(), devlist.len() as c_int, devlist.as_ptr())
+        })?;
+        if r != sys::ncclResult_t::ncclSuccess {
+            let devices: Vec<String> = ordinals.iter().map(|o| format!("cuda:{o}")).collect();
+            let who = format!("ranks 0..{} on {}", ordinals.len(), devices.join(", "));
+            return Err(nccl_error(CALL, who, r, None));
+        }
+        let world_size = ordinals.len();
+        Ok(comms
+            .into_iter()
+            .zip(gpus)
+            .enumerate()
+            .map(|(rank, (comm, gpu))| NcclComm {
+                comm,
+                gpu,
+                rank,
+                world_size,
+            })
+            .collect())
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The GPU this rank drives.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// "rank r of n on cuda:d", for messages.
+    pub fn who(&self) -> String {
+        format!(
+            "rank {} of {} on cuda:{}",
+            self.rank,
+            self.world_size,
+            self.gpu.ordinal()
+        )
+    }
+
+    /// Runs NCCL call `f` (its name `call`), turning a failure or a bindings panic into an error
+    /// naming this rank.
+    fn call(&self, call: &'static str, f: impl FnOnce() -> sys::ncclResult_t) -> Result<()> {
+        let r = guard(call, f)?;
+        if r == sys::ncclResult_t::ncclSuccess {
+            return Ok(());
+        }
+        Err(nccl_error(call, self.who(), r, Some(self.comm)))
+    }
+
+    /// Reduces elements `offset..offset + len` of `buf` (on this rank's GPU) across every rank,
+    /// in place: afterwards each rank's range holds the same [`Reduce`] of all ranks' ranges.
+    /// Every rank must call this, in the same order relative to its other collectives, with the
+    /// same `len` and element type.
+    pub fn all_reduce<T: NcclElem>(
+        &self,
+        buf: &mut DeviceBuffer<T>,
+        offset: usize,
+        len: usize,
+        op: Reduce,
+    ) -> Result<()> {
+        const CALL: &str = "ncclAllReduce";
+        self.gpu.same_device(CALL, buf)?;
+        let addr = buf.address_at(CALL, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.bind()?;
+        let (comm, stream) = (
+            self.comm,
+            self.gpu.stream().cu_stream() as sys::cudaStream_t,
+        );
+        // SAFETY: the range was checked to lie inside `buf`, which lives on this communicator's
+        // GPU; reading and writing it in place is allowed; the collective is ordered on the
+        // stream every other use of `buf` is ordered on.
+        self.call(CALL, || unsafe {
+            sys::ncclAllReduce(
+                addr as *const c_void,
+                addr as *mut c_void,
+                len,
+                T::NCCL,
+                sys::ncclRedOp_t::ncclSum,
+                comm,
+                stream,
+            )
+        })?;
+        if op == Reduce::Mean && self.world_size > 1 {
+            let strides = [1usize];
+            let divisor = Map1::Scalar(BinaryOp::Div, self.world_size as f32);
+            let mean = map1(
+                &self.gpu,
+                divisor,
+                &[len],
+                Strided::new(&*buf, offset, &strides),
+            )?;
+            self.gpu.copy(&mean, 0, buf, offset, len)?;
+        }
+        Ok(())
+    }
+
+    /// Errors if NCCL recorded an asynchronous failure on this communicator (a peer or link
+    /// failure found while a collective ran).
+    pub fn check_async(&self) -> Result<()> {
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        let comm = self.comm;
+        // SAFETY: one out-pointer to a live status.
+        self.call("ncclCommGetAsyncError", || unsafe {
+            sys::ncclCommGetAsyncError(comm, &mut state)
+        })?;
+        match state {
+            sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress => Ok(()),
+            r => Err(nccl_error(
+                "ncclCommGetAsyncError",
+                self.who(),
+                r,
+                Some(self.comm),
+            )),
+        }
+    }
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        let comm = self.comm;
+        // SAFETY: the handle came from ncclCommInitAll and is not used after this.
+        let _ = guard("ncclCommAbort", || unsafe { sys::ncclCommAbort(comm) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_codes_decode_in_both_schemes() {
+        assert_eq!(decode_version(22_703), (2, 27, 3));
+        assert_eq!(decode_version(21_003), (2, 10, 3));
+        assert_eq!(decode_version(2_804), (2, 8, 4));
+    }
+
+    #[test]
+    fn device_lists_are_checked_before_nccl_is_loaded() {
+        let e = NcclComm::for_devices(&[]).unwrap_err().to_string();
+        assert!(e.contains("at least one device"), "{e}");
+        let e = NcclComm::for_devices(&[0, 1, 0]).unwrap_err().to_string();
+        assert!(e.contains("cuda:0 is listed for rank 0 and rank 2"), "{e}");
+    }
+
+    #[test]
+    fn nccl_errors_name_the_call_and_rank() {
+        // Without libnccl the status descriptions are left out instead of panicking.
+        let e = nccl_error(
+            "ncclAllReduce",
+            "rank 1 of 2 on cuda:1".into(),
+            sys::ncclResult_t::ncclInvalidUsage,
+            None,
+        )
+        .to_string();
+        assert!(
+            e.starts_with("ncclAllReduce failed (rank 1 of 2 on cuda:1): ncclInvalidUsage"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! NCCL all-reduce across the GPUs of this process, one thread per GPU: a world of one on cuda:0
+//! (the smoke test: NCCL loads, and one rank's sum or mean is its input), and with two or more
+//! GPUs the sum and the mean of rank-dependent f32/f16/bf16 ranges against the host, the same on
+//! every rank, with the elements outside the range untouched. Values are multiples of 1/2 below
+//! 64, so every sum is exact in every dtype whatever order NCCL adds in. Tests skip with a printed
+//! reason when CUDA, NCCL or enough GPUs are missing.
+
+use cuda::nccl::{nccl_version, NcclComm, NcclElem, Reduce, NCCL_MIN_VERSION};
+use cuda::Error;
+use half::{bf16, f16};
+
+/// The number of GPUs when there are at least `need` and NCCL loads; `None` after printing why not.
+fn gpus_or_skip(test: &str, need: usize) -> Option<usize> {
+    let found = match cuda::availability() {
+        Ok(d) => d.len(),
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            return None;
+        }
+    };
+    if found < need {
+        eprintln!("skipping {test}: it needs {need} GPUs, {found} found");
+        return None;
+    }
+    if let Err(e) = nccl_version() {
+        eprintln!("skipping {test}: {e}");
+        return None;
+    }
+    Some(found)
+}
+
+#[test]
+fn nccl_is_found_or_the_error_says_how_to_provide_it() {
+    match nccl_version() {
+        Ok((major, minor, patch)) => {
+            eprintln!("NCCL {major}.{minor}.{patch}");
+            assert!((major, minor) >= NCCL_MIN_VERSION);
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Unavailable(_)), "{msg}");
+            assert!(
+                msg.contains("libnccl.so") || msg.contains("too old"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+const LEN: usize = 1000;
+const OFFSET: usize = 10;
+const COUNT: usize = 977;
+
+/// Rank `rank`'s host values: multiples of 1/2 in [0, 16) plus the rank.
+fn values(rank: usize) -> Vec<f32> {
+    (0..LEN)
+        .map(|i| ((i * 7 + rank * 3) % 32) as f32 * 0.5 + rank as f32)
+        .collect()
+}
+
+/// Every rank reduces `OFFSET..OFFSET + COUNT` of its buffer with `op`; checks each rank's result
+/// against the host and the untouched elements.
+fn reduce_on<T: NcclElem>(ordinals: &[usize], op: Reduce, to: fn(f32) -> T, from: fn(T) -> f32) {
+    let world = ordinals.len();
+    let comms = NcclComm::for_devices(ordinals).unwrap();
+    let results: Vec<Vec<T>> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                s.spawn(move || {
+                    let gpu = comm.gpu().clone();
+                    let host: Vec<T> = values(comm.rank()).into_iter().map(to).collect();
+                    let mut buf = gpu.upload(&host).unwrap();
+                    comm.all_reduce(&mut buf, OFFSET, COUNT, op).unwrap();
+                    let out = gpu.download(&buf).unwrap();
+                    comm.check_async().unwrap();
+                    (comm.rank(), out)
+                })
+            })
+            .collect();
+        let mut rs: Vec<(usize, Vec<T>)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        rs.sort_by_key(|(r, _)| *r);
+        rs.into_iter().map(|(_, v)| v).collect()
+    });
+    for (rank, got) in results.iter().enumerate() {
+        let mine = values(rank);
+        for (i, &g) in got.iter().enumerate() {
+            let want = if (OFFSET..OFFSET + COUNT).contains(&i) {
+                let sum: f32 = (0..world).map(|r| values(r)[i]).sum();
+                match op {
+                    Reduce::Sum => sum,
+                    Reduce::Mean => from(to(sum / world as f32)),
+                }
+            } else {
+                mine[i]
+            };
+            assert_eq!(from(g), want, "{op:?} rank {rank} element {i}");
+        }
+    }
+}
+
+fn all_dtypes(ordinals: &[usize]) {
+    for op in [Reduce::Sum, Reduce::Mean] {
+        reduce_on::<f32>(ordinals, op, |x| x, |x| x);
+        reduce_on::<f16>(ordinals, op, f16::from_f32, f16::to_f32);
+        reduce_on::<bf16>(ordinals, op, bf16::from_f32, bf16::to_f32);
+    }
+}
+
+#[test]
+fn a_world_of_one_gpu_returns_its_input() {
+    if gpus_or_skip("a_world_of_one_gpu_returns_its_input", 1).is_none() {
+        return;
+    }
+    all_dtypes(&[0]);
+}
+
+#[test]
+fn every_gpu_receives_the_sum_and_the_mean() {
+    let Some(n) = gpus_or_skip("every_gpu_receives_the_sum_and_the_mean", 2) else {
+        return;
+    };
+    all_dtypes(&[0, 1]);
+    if n > 2 {
+        // Three ranks, listed out of order: rank 0 drives cuda:2.
+        all_dtypes(&[2, 0, 1]);
+    }
+}

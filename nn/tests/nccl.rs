@@ -1,0 +1,138 @@
+//! The NCCL communicator (feature `cuda`): a world of one on cuda:0 flattens and returns its
+//! tensors (the smoke test), and with two GPUs the bucketed mean of f32/f16/bf16 tensors (one a
+//! transposed view) agrees with the CPU `ThreadGroup`'s and is the same bits on both ranks, while a
+//! rank passing another shape is named on both ranks instead of hanging. Tests skip with a printed
+//! reason when CUDA, NCCL or a second GPU is missing.
+#![cfg(feature = "cuda")]
+
+use nn::comm::Nccl;
+use nn::{Communicator, ThreadGroup};
+use std::time::Duration;
+use tensor::testing::{max_rel_err, randn};
+use tensor::{DType, Device, Tensor};
+
+/// True when there are `need` GPUs and NCCL loads; prints why not otherwise.
+fn gpus_or_skip(test: &str, need: usize) -> bool {
+    if let Err(e) = Tensor::zeros(&[1], DType::F32, Device::Cuda(need - 1)) {
+        eprintln!("skipping {test}: it needs {need} GPUs: {e}");
+        return false;
+    }
+    if let Err(e) = tensor::cuda::nccl::nccl_version() {
+        eprintln!("skipping {test}: {e}");
+        return false;
+    }
+    true
+}
+
+/// Rank `rank`'s tensors on the host.
+fn rank_tensors(rank: usize) -> Vec<Tensor> {
+    let s = 10 * rank as u64;
+    vec![
+        randn(&[3, 5], 1.0, DType::F32, s + 1),
+        randn(&[4, 7], 1.0, DType::F32, s + 2).t().unwrap(),
+        randn(&[6], 1.0, DType::F16, s + 3),
+        randn(&[9], 1.0, DType::BF16, s + 4),
+    ]
+}
+
+/// Runs `f(comm)` on one thread per communicator; results in rank order.
+fn on_ranks<C: Send, R: Send>(comms: Vec<C>, f: impl Fn(C) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_world_of_one_gpu_returns_its_tensors_flattened() {
+    if !gpus_or_skip("a_world_of_one_gpu_returns_its_tensors_flattened", 1) {
+        return;
+    }
+    let comm = Nccl::group(&[0]).unwrap().pop().unwrap();
+    assert_eq!(
+        (comm.rank(), comm.world_size(), comm.device()),
+        (0, 1, Device::Cuda(0))
+    );
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let a = randn(&[3, 4], 1.0, dtype, 1);
+        let b = randn(&[5, 2], 1.0, dtype, 2).t().unwrap();
+        let on_gpu: Vec<Tensor> = [&a, &b]
+            .iter()
+            .map(|t| t.to_device(comm.device()).unwrap())
+            .collect();
+        let flat = comm.all_reduce_sum_flat(&[&on_gpu[0], &on_gpu[1]]).unwrap();
+        assert_eq!(
+            (flat.shape(), flat.dtype(), flat.device()),
+            (&[22][..], dtype, comm.device())
+        );
+        let mut want = a.to_vec_f64().unwrap();
+        want.extend(b.to_vec_f64().unwrap());
+        assert_eq!(flat.to_vec_f64().unwrap(), want, "{dtype}");
+    }
+}
+
+#[test]
+fn two_gpus_agree_with_the_cpu_group_and_with_each_other() {
+    if !gpus_or_skip("two_gpus_agree_with_the_cpu_group_and_with_each_other", 2) {
+        return;
+    }
+    let mean_with = |comms: Vec<Box<dyn Communicator>>, device: fn(usize) -> Device| {
+        on_ranks(comms, |comm| {
+            let rank = comm.rank();
+            let mut ts: Vec<Tensor> = rank_tensors(rank)
+                .iter()
+                .map(|t| t.to_device(device(rank)).unwrap())
+                .collect();
+            let mut refs: Vec<&mut Tensor> = ts.iter_mut().collect();
+            comm.all_reduce_mean(&mut refs).unwrap();
+            ts.iter()
+                .map(|t| t.to_device(Device::Cpu).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let nccl: Vec<Box<dyn Communicator>> = Nccl::group(&[0, 1])
+        .unwrap()
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Communicator>)
+        .collect();
+    let cpu: Vec<Box<dyn Communicator>> = ThreadGroup::new(2)
+        .unwrap()
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Communicator>)
+        .collect();
+    let on_gpus = mean_with(nccl, Device::Cuda);
+    let on_cpu = mean_with(cpu, |_| Device::Cpu);
+    for (i, want) in on_cpu[0].iter().enumerate() {
+        let tol = if want.dtype() == DType::F32 {
+            1e-6
+        } else {
+            1e-2
+        };
+        let err = max_rel_err(&on_gpus[0][i], want);
+        assert!(err <= tol, "tensor {i}: relative error {err}");
+        assert_eq!(
+            on_gpus[0][i].to_vec_f64().unwrap(),
+            on_gpus[1][i].to_vec_f64().unwrap(),
+            "tensor {i} differs between the GPUs"
+        );
+    }
+}
+
+#[test]
+fn a_shape_mismatch_across_gpus_names_the_rank() {
+    if !gpus_or_skip("a_shape_mismatch_across_gpus_names_the_rank", 2) {
+        return;
+    }
+    let comms = Nccl::group_with_timeout(&[0, 1], Duration::from_secs(60)).unwrap();
+    let errs = on_ranks(comms, |comm| {
+        let rows = if comm.rank() == 1 { 3 } else { 4 };
+        let mut t = Tensor::zeros(&[rows, 2], DType::F32, comm.device()).unwrap();
+        comm.all_reduce_mean(&mut [&mut t]).unwrap_err().to_string()
+    });
+    for e in &errs {
+        assert!(
+            e.contains("rank 1 disagrees with rank 0 on tensor 0"),
+            "{e}"
+        );
+    }
+}
