@@ -22,7 +22,7 @@ pub mod schedule;
 pub use clip::{clip_grad_norm, total_norm};
 pub use layers::{Dropout, Embedding, LayerNorm, Linear};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
-pub use module::{join, Ctx, Module};
+pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
 pub use param::Param;
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};
