@@ -1340,10 +1340,14 @@ mod optim {
                 values[i].to_vec::<f32>().unwrap(),
                 "weights {what}"
             );
-            assert_eq!(gpu.download(&m[i]).unwrap(), st.exp_avg(), "exp_avg {what}");
+            assert_eq!(
+                gpu.download(&m[i]).unwrap(),
+                st.exp_avg().to_vec::<f32>().unwrap(),
+                "exp_avg {what}"
+            );
             assert_eq!(
                 gpu.download(&v[i]).unwrap(),
-                st.exp_avg_sq(),
+                st.exp_avg_sq().to_vec::<f32>().unwrap(),
                 "exp_avg_sq {what}"
             );
             let half = values[i]

@@ -9,9 +9,16 @@
 //! must be skipped (the loss scaler reports the same condition).
 //!
 //! Gradients are f32 tensors of any layout; a non-contiguous one is made contiguous when scaled.
+//!
+//! Devices: all gradients on one device. On a GPU (feature `cuda`) the squares are summed in f64
+//! by one multi-tensor launch and its per-chunk sums added on the host (one wait for the GPU per
+//! call), and the scaling is one launch multiplying in f32 as here. Each square is the same f64
+//! value on both devices, but the additions are grouped differently, so the GPU's total may differ
+//! from the CPU's in its last few f64 bits (then so may `coef`, rarely enough to change its f32
+//! rounding); on one device the same gradients always give the same bits.
 
-use crate::optim::{f32_values, f32_values_mut, map_chunks, map_chunks_mut};
-use tensor::{bail, Result, Tensor};
+use crate::optim::{f32_values, f32_values_mut, gradients_device, map_chunks, map_chunks_mut};
+use tensor::{bail, Device, Result, Tensor};
 
 const OP: &str = "clip_grad_norm";
 
@@ -33,14 +40,27 @@ fn sum_sq(x: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The L2 norm of all `grads` taken together, as one vector.
+/// The L2 norm of all `grads` taken together, as one vector (all on one device).
 pub fn total_norm(grads: &[&Tensor]) -> Result<f64> {
-    let mut total = 0f64;
-    for (i, g) in grads.iter().enumerate() {
-        let x = f32_values(g, OP, &format!("gradient {i}"))?;
-        total += map_chunks(&x, sum_sq).iter().sum::<f64>();
+    let device = gradients_device(OP, grads.iter().map(|g| g.device()))?;
+    total_norm_on(device, grads)
+}
+
+/// [`total_norm`] of gradients known to be on `device`.
+fn total_norm_on(device: Device, grads: &[&Tensor]) -> Result<f64> {
+    if device == Device::Cpu {
+        let mut total = 0f64;
+        for (i, g) in grads.iter().enumerate() {
+            let x = f32_values(g, OP, &format!("gradient {i}"))?;
+            total += map_chunks(&x, sum_sq).iter().sum::<f64>();
+        }
+        return Ok(total.sqrt());
     }
-    Ok(total.sqrt())
+    // Checks each gradient's dtype, naming it as above.
+    #[cfg(feature = "cuda")]
+    return Ok(tensor::cuda::optim::sum_of_squares(grads)?.sqrt());
+    #[cfg(not(feature = "cuda"))]
+    Err(crate::optim::without_cuda(OP, device))
 }
 
 /// Multiplies every element by `k`, in place.
@@ -57,14 +77,21 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
         bail!(OP, "max_norm must be >= 0, got {max_norm}");
     }
     let refs: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
-    let total = total_norm(&refs)?;
+    let device = gradients_device(OP, refs.iter().map(|g| g.device()))?;
+    let total = total_norm_on(device, &refs)?;
     if !total.is_finite() {
         return Ok(total);
     }
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
-        for (i, g) in grads.iter_mut().enumerate() {
-            scale_in_place(g, coef as f32, OP, &format!("gradient {i}"))?;
+        if device == Device::Cpu {
+            for (i, g) in grads.iter_mut().enumerate() {
+                scale_in_place(g, coef as f32, OP, &format!("gradient {i}"))?;
+            }
+        } else {
+            // Reached only with the `cuda` feature: total_norm_on refuses GPUs without it.
+            #[cfg(feature = "cuda")]
+            tensor::cuda::optim::scale(grads, coef as f32)?;
         }
     }
     Ok(total)

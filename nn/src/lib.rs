@@ -30,7 +30,7 @@ pub use comm::{Communicator, SingleProcess, ThreadGroup};
 pub use data_parallel::{all_reduce_grads, shard_range};
 pub use layers::{Dropout, Embedding, LayerNorm, Linear};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
-pub use module::{join, Ctx, Module};
+pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
 pub use param::Param;
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};

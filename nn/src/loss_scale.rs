@@ -16,9 +16,9 @@
 //! f64 and rounded to f32 like torch's update kernel. The state (scale and good-step count) saves
 //! as torch's `GradScaler.state_dict()` does.
 
-use crate::optim::{f32_values_mut, map_chunks_mut};
+use crate::optim::{f32_values_mut, gradients_device, map_chunks_mut};
 use serde::{Deserialize, Serialize};
-use tensor::{bail, Result, Tensor};
+use tensor::{bail, Device, Result, Tensor};
 
 const OP: &str = "LossScaler";
 
@@ -125,17 +125,27 @@ impl LossScaler {
 
     /// Multiplies every gradient by `1/scale` (f32, in place) and returns true when any element
     /// was inf or NaN. Every gradient is unscaled even after an overflow is found, as torch does.
+    /// The gradients are on one device; on a GPU this is one multi-tensor launch (the same f32
+    /// products and test as here) and one wait for its 4-byte flag.
     pub fn unscale(&self, grads: &mut [&mut Tensor]) -> Result<bool> {
         if !self.config.enabled {
             return Ok(false);
         }
         let inv = (1.0 / self.scale as f64) as f32;
-        let mut found = false;
-        for (i, g) in grads.iter_mut().enumerate() {
-            let x = f32_values_mut(g, OP, &format!("gradient {i}"))?;
-            found |= map_chunks_mut(x, |c| unscale_chunk(c, inv)).contains(&true);
+        let device = gradients_device(OP, grads.iter().map(|g| g.device()))?;
+        if device == Device::Cpu {
+            let mut found = false;
+            for (i, g) in grads.iter_mut().enumerate() {
+                let x = f32_values_mut(g, OP, &format!("gradient {i}"))?;
+                found |= map_chunks_mut(x, |c| unscale_chunk(c, inv)).contains(&true);
+            }
+            return Ok(found);
         }
-        Ok(found)
+        // Checks each gradient's dtype, naming it as above.
+        #[cfg(feature = "cuda")]
+        return tensor::cuda::optim::unscale(grads, inv);
+        #[cfg(not(feature = "cuda"))]
+        Err(crate::optim::without_cuda(OP, device))
     }
 
     /// Ends the step: adjusts the scale (see the module docs) and says whether to apply it.

@@ -1,9 +1,10 @@
 //! `Module`: anything with parameters. It lists them with HF's dotted names, in the order HF's
 //! `state_dict()` gives, so checkpoints map onto modules by name with no translation table.
 //! `Ctx` carries what a forward pass needs besides its inputs: train/eval mode and the dropout RNG.
+//! [`to_device`] moves a module's parameters to a device.
 
 use crate::Param;
-use tensor::Rng;
+use tensor::{Device, Result, Rng};
 
 pub trait Module {
     /// Calls `f(name, param)` for every parameter, names prefixed by `prefix` (HF's dotted
@@ -30,6 +31,36 @@ pub trait Module {
         });
         n
     }
+}
+
+/// Moves every parameter of `module` to `device` (a parameter already there is left as it is).
+/// A tied parameter, listed under several names, is moved once and stays one parameter. Every
+/// parameter is copied before any is replaced, so on an error (naming the parameter) the module
+/// is unchanged. Gradients of earlier passes keep their device; the optimizer's moments follow
+/// their parameter at its next step.
+pub fn to_device(module: &dyn Module, device: Device) -> Result<()> {
+    let mut moved: Vec<(String, Param, tensor::Tensor)> = Vec::new();
+    let mut failure = None;
+    module.visit_params("", &mut |name, p| {
+        if failure.is_some() || moved.iter().any(|(_, q, _)| q.same(p)) {
+            return;
+        }
+        let t = p.tensor();
+        if t.device() == device {
+            return;
+        }
+        match t.to_device(device) {
+            Ok(t) => moved.push((name, p.clone(), t)),
+            Err(e) => failure = Some(tensor::Error::op("to_device", format!("{name}: {e}"))),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for (name, p, t) in moved {
+        p.set(&name, t)?;
+    }
+    Ok(())
 }
 
 /// `prefix.name`, or `name` at the root.
@@ -60,5 +91,46 @@ impl Ctx {
             train: false,
             rng: Rng::new(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tensor::{DType, Tensor};
+
+    /// Two names for one parameter (as the MLM decoder and the word embeddings) and one more.
+    struct Tied {
+        shared: Param,
+        other: Param,
+    }
+
+    impl Module for Tied {
+        fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+            f(join(prefix, "embeddings.weight"), &self.shared);
+            f(join(prefix, "bias"), &self.other);
+            f(join(prefix, "decoder.weight"), &self.shared);
+        }
+    }
+
+    #[test]
+    fn to_device_on_the_cpu_keeps_values_and_ties() {
+        let m = Tied {
+            shared: Param::new(tensor::testing::randn(&[3, 4], 1.0, DType::F32, 1)),
+            other: Param::new(Tensor::from_vec(vec![1f32, 2.0], &[2]).unwrap()),
+        };
+        let before: Vec<Vec<f32>> = m
+            .named_params()
+            .iter()
+            .map(|(_, p)| p.tensor().to_vec::<f32>().unwrap())
+            .collect();
+        to_device(&m, Device::Cpu).unwrap();
+        let after = m.named_params();
+        for ((name, p), want) in after.iter().zip(&before) {
+            assert_eq!(p.tensor().device(), Device::Cpu, "{name}");
+            assert_eq!(&p.tensor().to_vec::<f32>().unwrap(), want, "{name}");
+        }
+        assert!(after[0].1.same(&after[2].1));
+        assert_eq!(m.num_params(), 14);
     }
 }

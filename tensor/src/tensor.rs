@@ -1,6 +1,7 @@
 //! `Tensor`: shared storage plus a layout. Cloning is cheap (an `Arc` and a small `Layout`), views
-//! share storage, and every op returns a new tensor. The one exception is `data_mut`, used by the
-//! optimizer to update parameters in place (copy-on-write when the storage is shared).
+//! share storage, and every op returns a new tensor. The one exception is `data_mut` (and its GPU
+//! counterpart `cuda_data_mut`, tensor/src/cuda/inplace.rs), used by the optimizer to update
+//! parameters in place (copy-on-write when the storage is shared).
 
 use crate::cpu::copy::gather_strided;
 use crate::{
@@ -254,20 +255,34 @@ impl Tensor {
                 got: self.dtype(),
             });
         }
+        match self.storage_mut()? {
+            // The dtype was checked above, so this cast is between identical element types.
+            Storage::Cpu(cpu) => {
+                map_cpu_storage!(cpu, b => Ok(bytemuck::cast_slice_mut(b.as_mut_slice())))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Err(Error::op(
+                "data_mut",
+                format!(
+                    "the tensor is on {}; update it in place with `cuda_data_mut`",
+                    s.device()
+                ),
+            )),
+        }
+    }
+
+    /// The storage, for an in-place write: made to hold exactly this tensor's elements in
+    /// row-major order (copied first when the tensor is a view) and not shared with another
+    /// tensor (`Arc::make_mut`; on the CPU that clones the buffer when shared, on a GPU it clones
+    /// the handle only, see `cuda_data_mut`).
+    pub(crate) fn storage_mut(&mut self) -> Result<&mut Storage> {
         let whole = self.is_contiguous()
             && self.layout.offset() == 0
             && self.storage.len() == self.elem_count();
         if !whole {
             *self = self.copy()?;
         }
-        match Arc::make_mut(&mut self.storage) {
-            // The dtype was checked above, so this cast is between identical element types.
-            Storage::Cpu(cpu) => {
-                map_cpu_storage!(cpu, b => Ok(bytemuck::cast_slice_mut(b.as_mut_slice())))
-            }
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => Err(crate::cuda::not_on_cuda("data_mut")),
-        }
+        Ok(Arc::make_mut(&mut self.storage))
     }
 
     // ---- layout views (no copy) ----------------------------------------------------------

@@ -5,10 +5,11 @@
 //! GPU reproduces the CPU update. Optionally each updated weight is also written, rounded, to a
 //! half copy of the model (mixed precision).
 
+use super::multi_tensor::{self, Chunks};
 use super::{len_i64, FloatElem, FLOATS};
 use crate::buffer::DeviceBuffer;
 use crate::error::bail;
-use crate::gpu::{arg, Gpu, Launch};
+use crate::gpu::Gpu;
 use crate::nvrtc::{kernels::ADAMW, KernelFile};
 use crate::Result;
 use cudarc::driver::DeviceRepr;
@@ -157,8 +158,7 @@ unsafe impl DeviceRepr for Record {}
 pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> Result<()> {
     const OP: &str = "AdamW";
     let mut records = Vec::with_capacity(params.len());
-    let mut chunk_start = Vec::with_capacity(params.len() + 1);
-    let mut chunks = 0usize;
+    let mut lens = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
         let n = p.param.len();
         gpu.same_device(OP, p.param)?;
@@ -202,8 +202,7 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
         if s.decay {
             flags |= FLAG_DECAY;
         }
-        chunk_start.push(len_i64(OP, chunks)?);
-        chunks += n.div_ceil(CHUNK);
+        lens.push(n);
         records.push(Record {
             p: p.param.device_address(),
             g: p.grad.device_address(),
@@ -225,35 +224,19 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
             pad: 0,
         });
     }
-    chunk_start.push(len_i64(OP, chunks)?);
-    if chunks == 0 {
-        return Ok(());
-    }
-    if chunks > i32::MAX as usize || records.len() > i32::MAX as usize {
-        bail!(OP, "{chunks} chunks exceed the grid limit");
-    }
-    let table = gpu.upload_records(&records)?;
-    let starts = gpu.upload(&chunk_start)?;
-    let (ta, sa, count) = (
-        cudarc::driver::DevicePtr::device_ptr(&table, gpu.stream()).0,
-        starts.device_address(),
-        records.len() as i32,
-    );
+    let chunks = Chunks::new(OP, &lens, CHUNK)?;
     // SAFETY: matches `adamw_<g>(const AdamWTensor*, const i64*, int)`; every record's buffers
     // hold n elements (checked) and the &mut borrows make them distinct from each other.
     unsafe {
-        gpu.launch(
-            &ADAMW,
-            &format!("adamw_{}", G::TYPE),
-            Launch {
-                grid: (chunks as u32, 1, 1),
-                block: (256, 1, 1),
-                shared_bytes: 0,
-            },
-            &mut [arg(&ta), arg(&sa), arg(&count)],
-        )?;
+        multi_tensor::launch(
+            gpu,
+            OP,
+            (&ADAMW, &format!("adamw_{}", G::TYPE)),
+            &records,
+            &chunks,
+            &[],
+        )
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! 1 / scale into f32 and flags whether any input was inf or NaN. The flag stays on the device
 //! until the caller reads it (one small copy per step, when deciding whether to skip it).
 
+use super::multi_tensor::{self, Chunks};
 use super::{len_i64, FloatElem, FLOATS};
 use crate::buffer::DeviceBuffer;
 use crate::error::bail;
-use crate::gpu::{arg, Gpu, Launch};
+use crate::gpu::{arg, Gpu};
 use crate::nvrtc::{kernels::LOSS_SCALE, KernelFile};
 use crate::Result;
 use cudarc::driver::DeviceRepr;
@@ -55,8 +56,7 @@ pub fn unscale<G: FloatElem>(
     const OP: &str = "unscale";
     let found = gpu.zeros::<u32>(1)?;
     let mut records = Vec::with_capacity(grads.len());
-    let mut chunk_start = Vec::with_capacity(grads.len() + 1);
-    let mut chunks = 0usize;
+    let mut lens = Vec::with_capacity(grads.len());
     for (i, g) in grads.iter().enumerate() {
         let (src, dst, n) = match g {
             Unscale::InPlace(b) => {
@@ -84,41 +84,25 @@ pub fn unscale<G: FloatElem>(
                 (s.device_address(), d.device_address(), s.len())
             }
         };
-        chunk_start.push(len_i64(OP, chunks)?);
-        chunks += n.div_ceil(CHUNK);
+        lens.push(n);
         records.push(Record {
             src,
             dst,
             n: len_i64(OP, n)?,
         });
     }
-    chunk_start.push(len_i64(OP, chunks)?);
-    if chunks == 0 {
-        return Ok(found);
-    }
-    if chunks > i32::MAX as usize {
-        bail!(OP, "{chunks} chunks exceed the grid limit");
-    }
-    let table = gpu.upload_records(&records)?;
-    let starts = gpu.upload(&chunk_start)?;
-    let (ta, sa, fa, count) = (
-        cudarc::driver::DevicePtr::device_ptr(&table, gpu.stream()).0,
-        starts.device_address(),
-        found.device_address(),
-        records.len() as i32,
-    );
+    let chunks = Chunks::new(OP, &lens, CHUNK)?;
+    let fa = found.device_address();
     // SAFETY: matches `unscale_<g>(const UnscaleTensor*, const i64*, int, float, u32*)`; every
     // record's buffers hold n elements (checked).
     unsafe {
-        gpu.launch(
-            &LOSS_SCALE,
-            &format!("unscale_{}", G::TYPE),
-            Launch {
-                grid: (chunks as u32, 1, 1),
-                block: (256, 1, 1),
-                shared_bytes: 0,
-            },
-            &mut [arg(&ta), arg(&sa), arg(&count), arg(&inv_scale), arg(&fa)],
+        multi_tensor::launch(
+            gpu,
+            OP,
+            (&LOSS_SCALE, &format!("unscale_{}", G::TYPE)),
+            &records,
+            &chunks,
+            &[arg(&inv_scale), arg(&fa)],
         )?;
     }
     Ok(found)

@@ -16,8 +16,10 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod grad_norm;
 pub mod layer_norm;
 pub mod loss_scale;
+mod multi_tensor;
 pub mod reduce;
 pub mod softmax;
 pub mod topk;
@@ -70,6 +72,7 @@ pub fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     v.extend(dropout::kernel_names());
     v.extend(elementwise::kernel_names());
     v.extend(embedding::kernel_names());
+    v.extend(grad_norm::kernel_names());
     v.extend(layer_norm::kernel_names());
     v.extend(loss_scale::kernel_names());
     v.extend(reduce::kernel_names());
@@ -87,5 +90,6 @@ pub fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
     v.extend(layer_norm::mirrored_constants());
     v.extend(adamw::mirrored_constants());
     v.extend(loss_scale::mirrored_constants());
+    v.extend(grad_norm::mirrored_constants());
     v
 }

@@ -14,19 +14,27 @@
 //! decaying the old or the updated weights. Per-step scalars are computed in f64 like the Python
 //! code and rounded once to f32, and each element follows torch's f32 operation order.
 //!
-//! Memory: per parameter name, `exp_avg` and `exp_avg_sq` (f32, the parameter's row-major order)
-//! and its step count; one fused pass per parameter reads the gradient and rewrites p, m and v.
+//! Memory: per parameter name, `exp_avg` and `exp_avg_sq` (f32 tensors of the parameter's shape,
+//! on the parameter's device) and its step count; one fused pass per parameter reads the gradient
+//! and rewrites p, m and v.
 //! Weight-decay groups follow the HF Trainer: no decay for names containing "bias" or
 //! "LayerNorm.weight" (configurable). The state saves to a safetensors file (`<name>.exp_avg`,
 //! `<name>.exp_avg_sq`, `<name>.step`, hyper-parameters in the metadata) for a bit-exact resume.
+//!
+//! Devices: a step runs where its parameters are, all of them on one device. On the CPU, rayon
+//! over each parameter; on a GPU (feature `cuda`), one multi-tensor kernel launch for all of them
+//! (`tensor::cuda::optim::adamw_step`), fed with the very scalars computed here and following the
+//! same f32 operations in the same order, so both devices give the same bits. The moments follow
+//! their parameter: a state loaded from a file (on the CPU) or kept from before the model moved is
+//! moved to the parameter's device at its next step.
 
-use super::{f32_values, f32_values_mut, CHUNK, PAR_THRESHOLD};
+use super::{f32_values, f32_values_mut, one_device, CHUNK, PAR_THRESHOLD};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use tensor::safetensors::{save, SafeTensors};
-use tensor::{bail, DType, Result, Tensor};
+use tensor::{bail, DType, Device, Result, Tensor};
 
 const OP: &str = "AdamW";
 /// The `format` metadata value of a saved AdamW state.
@@ -135,24 +143,24 @@ pub struct ParamUpdate<'a> {
     pub grad: &'a Tensor,
 }
 
-/// The optimizer state of one parameter.
-#[derive(Clone, Debug, PartialEq)]
+/// The optimizer state of one parameter. Equality compares the step count, the shape and the
+/// moments' values (downloaded when on a GPU), whatever device they are on.
+#[derive(Clone, Debug)]
 pub struct ParamState {
     step: u64,
     shape: Vec<usize>,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
 }
 
 impl ParamState {
-    fn zeros(shape: &[usize]) -> Self {
-        let n = shape.iter().product();
-        ParamState {
+    fn zeros(shape: &[usize], device: Device) -> Result<Self> {
+        Ok(ParamState {
             step: 0,
             shape: shape.to_vec(),
-            exp_avg: vec![0.0; n],
-            exp_avg_sq: vec![0.0; n],
-        }
+            exp_avg: Tensor::zeros(shape, DType::F32, device)?,
+            exp_avg_sq: Tensor::zeros(shape, DType::F32, device)?,
+        })
     }
     /// How many updates this parameter has had (the `t` of its bias correction).
     pub fn step(&self) -> u64 {
@@ -161,13 +169,54 @@ impl ParamState {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
-    /// First moment, row-major.
-    pub fn exp_avg(&self) -> &[f32] {
+    /// First moment: f32, the parameter's shape, on the parameter's device.
+    pub fn exp_avg(&self) -> &Tensor {
         &self.exp_avg
     }
-    /// Second moment, row-major.
-    pub fn exp_avg_sq(&self) -> &[f32] {
+    /// Second moment: f32, the parameter's shape, on the parameter's device.
+    pub fn exp_avg_sq(&self) -> &Tensor {
         &self.exp_avg_sq
+    }
+    /// Where the moments are.
+    pub fn device(&self) -> Device {
+        self.exp_avg.device()
+    }
+
+    /// Moves the moments to `device` (nothing to do when they are there).
+    fn move_to(&mut self, device: Device) -> Result<()> {
+        if self.device() != device {
+            self.exp_avg = self.exp_avg.to_device(device)?;
+            self.exp_avg_sq = self.exp_avg_sq.to_device(device)?;
+        }
+        Ok(())
+    }
+}
+
+impl PartialEq for ParamState {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &Tensor, b: &Tensor| match (a.to_vec::<f32>(), b.to_vec::<f32>()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        };
+        self.step == other.step
+            && self.shape == other.shape
+            && same(&self.exp_avg, &other.exp_avg)
+            && same(&self.exp_avg_sq, &other.exp_avg_sq)
+    }
+}
+
+/// Entry `i` of the device list of [`AdamW::step`]: each parameter's value, then its gradient.
+fn device_entry_name(params: &[ParamUpdate<'_>], i: usize) -> String {
+    let what = ["value", "gradient"][i % 2];
+    format!("the {what} of parameter {:?}", params[i / 2].name)
+}
+
+/// A fresh host copy of `t` (the state dict never shares the optimizer's buffers).
+fn host_copy(t: &Tensor) -> Result<Tensor> {
+    if t.device() == Device::Cpu {
+        t.copy()
+    } else {
+        t.to_device(Device::Cpu)
     }
 }
 
@@ -218,9 +267,9 @@ impl AdamW {
 
     /// One AdamW update of every parameter in `params` with learning rate `lr` (the schedule's
     /// current value). Everything is checked first (f32 dtypes, gradient and saved-state shapes,
-    /// unique names): on an error, naming the parameter, nothing has been modified. A parameter
-    /// left out of a call is not touched and its step count does not advance (as torch does for a
-    /// parameter without a gradient).
+    /// unique names, one device for every value and gradient): on an error, naming the parameter,
+    /// nothing has been modified. A parameter left out of a call is not touched and its step count
+    /// does not advance (as torch does for a parameter without a gradient).
     pub fn step(&mut self, lr: f64, params: &mut [ParamUpdate<'_>]) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
             bail!(OP, "learning rate must be finite and >= 0, got {lr}");
@@ -259,42 +308,118 @@ impl AdamW {
                 }
             }
         }
+        let device = one_device(
+            OP,
+            params
+                .iter()
+                .flat_map(|u| [u.value.device(), u.grad.device()]),
+            |i| device_entry_name(params, i),
+        )?;
+        // The moments follow their parameter (moved once, when the state was loaded from a file
+        // or the model moved since the last step).
+        for u in params.iter() {
+            if let Some(st) = self.state.get_mut(u.name) {
+                st.move_to(device)?;
+            }
+        }
+        if device == Device::Cpu {
+            return self.step_cpu(lr, params);
+        }
+        #[cfg(feature = "cuda")]
+        return self.step_cuda(lr, params, device);
+        #[cfg(not(feature = "cuda"))]
+        Err(super::without_cuda(OP, device))
+    }
+
+    /// [`AdamW::step`] on the CPU, after its checks: one fused rayon pass per parameter.
+    fn step_cpu(&mut self, lr: f64, params: &mut [ParamUpdate<'_>]) -> Result<()> {
+        for u in params.iter() {
+            if !self.state.contains_key(u.name) {
+                let st = ParamState::zeros(u.value.shape(), Device::Cpu)?;
+                self.state.insert(u.name.to_string(), st);
+            }
+        }
         self.step_count += 1;
         for u in params.iter_mut() {
             let wd = self.config.weight_decay_for(u.name);
-            let st = self
-                .state
-                .entry(u.name.to_string())
-                .or_insert_with(|| ParamState::zeros(u.value.shape()));
+            let Some(st) = self.state.get_mut(u.name) else {
+                bail!(OP, "parameter {:?} has no state", u.name);
+            };
             st.step += 1;
             let c = Coefs::new(&self.config, lr, wd, st.step);
             let g = f32_values(u.grad, OP, u.name)?;
             let p = f32_values_mut(u.value, OP, u.name)?;
+            let m = st.exp_avg.data_mut::<f32>()?;
+            let v = st.exp_avg_sq.data_mut::<f32>()?;
             let kernel = match self.config.variant {
                 AdamWVariant::Hf => update_hf,
                 AdamWVariant::Torch => update_torch,
             };
-            fused(kernel, &c, p, &mut st.exp_avg, &mut st.exp_avg_sq, &g);
+            fused(kernel, &c, p, m, v, &g);
         }
+        Ok(())
+    }
+
+    /// [`AdamW::step`] on a GPU, after its checks: one multi-tensor launch with the scalars the
+    /// CPU step would use. Step counts advance only once the launch was issued.
+    #[cfg(feature = "cuda")]
+    fn step_cuda(&mut self, lr: f64, params: &mut [ParamUpdate<'_>], device: Device) -> Result<()> {
+        use tensor::cuda::optim::{adamw_step, AdamWTensors};
+        for u in params.iter() {
+            if !self.state.contains_key(u.name) {
+                let st = ParamState::zeros(u.value.shape(), device)?;
+                self.state.insert(u.name.to_string(), st);
+            }
+        }
+        let (config, variant) = (&self.config, self.config.variant);
+        let wanted: HashSet<&str> = params.iter().map(|u| u.name).collect();
+        let mut states: std::collections::HashMap<&str, &mut ParamState> = self
+            .state
+            .iter_mut()
+            .filter(|(name, _)| wanted.contains(name.as_str()))
+            .map(|(name, st)| (name.as_str(), st))
+            .collect();
+        let mut steps = Vec::with_capacity(params.len());
+        let mut entries = Vec::with_capacity(params.len());
+        for u in params.iter_mut() {
+            let Some(st) = states.remove(u.name) else {
+                bail!(OP, "parameter {:?} has no state", u.name);
+            };
+            let ParamState {
+                step,
+                exp_avg,
+                exp_avg_sq,
+                ..
+            } = st;
+            let c = Coefs::new(config, lr, config.weight_decay_for(u.name), *step + 1);
+            entries.push(AdamWTensors {
+                param: &mut *u.value,
+                grad: u.grad,
+                exp_avg,
+                exp_avg_sq,
+                scalars: c.device_scalars(variant),
+            });
+            steps.push(step);
+        }
+        adamw_step(&mut entries)?;
+        for step in steps {
+            *step += 1;
+        }
+        self.step_count += 1;
         Ok(())
     }
 
     // ---- state dict -----------------------------------------------------------------------
 
-    /// The whole state as tensors (`<name>.exp_avg`, `<name>.exp_avg_sq` f32 in the parameter's
-    /// shape, `<name>.step` i64 scalar) and metadata strings (format, global step count and
+    /// The whole state as host tensors (`<name>.exp_avg`, `<name>.exp_avg_sq` f32 in the
+    /// parameter's shape, copied from the GPU when the moments live there, `<name>.step` i64
+    /// scalar) and metadata strings (format, global step count and
     /// every hyper-parameter, floats written so they parse back exactly).
     pub fn state_dict(&self) -> Result<StateDict> {
         let mut tensors = Vec::with_capacity(3 * self.state.len());
         for (name, st) in &self.state {
-            tensors.push((
-                format!("{name}.exp_avg"),
-                Tensor::from_slice(&st.exp_avg, &st.shape)?,
-            ));
-            tensors.push((
-                format!("{name}.exp_avg_sq"),
-                Tensor::from_slice(&st.exp_avg_sq, &st.shape)?,
-            ));
+            tensors.push((format!("{name}.exp_avg"), host_copy(&st.exp_avg)?));
+            tensors.push((format!("{name}.exp_avg_sq"), host_copy(&st.exp_avg_sq)?));
             tensors.push((format!("{name}.step"), Tensor::scalar(st.step as i64)));
         }
         let c = &self.config;
@@ -322,7 +447,9 @@ impl AdamW {
 
     /// Replaces the whole state (moments, step counts and hyper-parameters, as torch's
     /// `load_state_dict` does) with one from [`AdamW::state_dict`]. Validated completely before
-    /// anything changes; errors name the parameter or metadata key.
+    /// anything changes; errors name the parameter or metadata key. The moments are kept on the
+    /// host and move to their parameter's device at its next step (as torch casts a loaded state
+    /// to its parameter's device).
     pub fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
         let (tensors, meta) = (&sd.tensors, &sd.metadata);
         let get = |k: &str| -> Result<&str> {
@@ -409,8 +536,8 @@ impl AdamW {
                 ParamState {
                     step: step as u64,
                     shape: m.shape().to_vec(),
-                    exp_avg: m.to_vec::<f32>()?,
-                    exp_avg_sq: v.to_vec::<f32>()?,
+                    exp_avg: host_copy(m)?,
+                    exp_avg_sq: host_copy(v)?,
                 },
             );
         }
@@ -490,6 +617,29 @@ impl Coefs {
             hf_decay: wd > 0.0,
         }
     }
+
+    /// The same scalars for the GPU kernel (`cuda/kernels/adamw.cu`), so both devices compute
+    /// with identical f32 values.
+    #[cfg(feature = "cuda")]
+    fn device_scalars(&self, variant: AdamWVariant) -> tensor::cuda::optim::AdamWScalars {
+        use tensor::cuda::optim::{AdamWScalars, AdamWVariant as Kernel};
+        AdamWScalars {
+            variant: match variant {
+                AdamWVariant::Hf => Kernel::Hf,
+                AdamWVariant::Torch => Kernel::Torch,
+            },
+            b1: self.b1,
+            one_minus_b1: self.one_minus_b1,
+            b2: self.b2,
+            one_minus_b2: self.one_minus_b2,
+            eps: self.eps,
+            neg_step: self.neg_step,
+            bc2_sqrt: self.bc2_sqrt,
+            keep: self.keep,
+            neg_lr_wd: self.neg_lr_wd,
+            decay: self.hf_decay,
+        }
+    }
 }
 
 type Kernel = fn(&Coefs, &mut [f32], &mut [f32], &mut [f32], &[f32]);
@@ -544,7 +694,6 @@ fn update_torch(c: &Coefs, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tensor::Device;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         tensor::testing::randn(shape, 1.0, DType::F32, seed)
@@ -854,6 +1003,90 @@ mod tests {
         ] {
             assert!(AdamW::new(bad).is_err());
         }
+    }
+
+    #[test]
+    fn state_dict_and_clones_do_not_share_the_moments() {
+        let mut opt = AdamW::new(config(AdamWVariant::Hf, 0.01)).unwrap();
+        let mut p = randn(&[40_000], 1);
+        let g = randn(&[40_000], 2);
+        let step = |opt: &mut AdamW, p: &mut Tensor| {
+            opt.step(
+                1e-3,
+                &mut [ParamUpdate {
+                    name: "w",
+                    value: p,
+                    grad: &g,
+                }],
+            )
+            .unwrap()
+        };
+        step(&mut opt, &mut p);
+        let st = opt.param_state("w").unwrap();
+        assert_eq!(st.device(), Device::Cpu);
+        assert_eq!(
+            (st.exp_avg().shape(), st.exp_avg().dtype()),
+            (&[40_000][..], DType::F32)
+        );
+        let sd = opt.state_dict().unwrap();
+        assert!(!sd.tensors[0].1.same_storage(st.exp_avg()));
+        let saved: Vec<Vec<f32>> = sd.tensors[..2]
+            .iter()
+            .map(|(_, t)| t.to_vec::<f32>().unwrap())
+            .collect();
+        let snapshot = opt.clone();
+        let p_before = p.to_vec::<f32>().unwrap();
+        step(&mut opt, &mut p);
+        // The saved tensors and the clone keep the values of step 1 (copy-on-write).
+        for (k, (_, t)) in sd.tensors[..2].iter().enumerate() {
+            assert_eq!(t.to_vec::<f32>().unwrap(), saved[k]);
+        }
+        assert_eq!(snapshot.param_state("w").unwrap().step(), 1);
+        assert_ne!(snapshot.param_state("w"), opt.param_state("w"));
+        // Stepping the clone from the same weights reproduces the second step.
+        let mut again = snapshot.clone();
+        let mut p2 = Tensor::from_vec(p_before, &[40_000]).unwrap();
+        step(&mut again, &mut p2);
+        assert_eq!(again.param_state("w"), opt.param_state("w"));
+        assert_eq!(p2.to_vec::<f32>().unwrap(), p.to_vec::<f32>().unwrap());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn mixed_devices_are_refused_naming_the_parameter() {
+        // The device check only compares devices, so no GPU is needed to exercise it.
+        let (mut a, mut b) = (randn(&[2], 1), randn(&[2], 2));
+        let g = randn(&[2], 3);
+        let ups = [
+            ParamUpdate {
+                name: "enc.a.weight",
+                value: &mut a,
+                grad: &g,
+            },
+            ParamUpdate {
+                name: "enc.b.bias",
+                value: &mut b,
+                grad: &g,
+            },
+        ];
+        let cuda = Device::Cuda(0);
+        let err = one_device(OP, [Device::Cpu, Device::Cpu, Device::Cpu, cuda], |i| {
+            device_entry_name(&ups, i)
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "AdamW: the gradient of parameter \"enc.b.bias\" is on cuda:0 but the value of \
+             parameter \"enc.a.weight\" is on cpu: every tensor of the step must be on one device"
+        );
+        let err = one_device(OP, [cuda, Device::Cpu], |i| device_entry_name(&ups, i))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the gradient of parameter \"enc.a.weight\" is on cpu"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,11 +13,19 @@ pub use adamw::{
 pub use params::step_params;
 
 use std::borrow::Cow;
-use tensor::{DType, Result, Tensor};
+use tensor::{DType, Device, Result, Tensor};
 
 /// Loops over more elements than this are split into `CHUNK`-sized pieces run by rayon.
 pub(crate) const PAR_THRESHOLD: usize = 32 * 1024;
 pub(crate) const CHUNK: usize = 8 * 1024;
+
+/// Errors (naming `op` and `what`) unless `t` is f32.
+pub(crate) fn check_f32(t: &Tensor, op: &'static str, what: &str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        tensor::bail!(op, "{what}: expected dtype f32, got {}", t.dtype());
+    }
+    Ok(())
+}
 
 /// The elements of an f32 tensor in row-major order: borrowed from the storage when the tensor is
 /// contiguous, gathered into a new vector otherwise. `what` names the tensor in the error.
@@ -26,9 +34,7 @@ pub(crate) fn f32_values<'a>(
     op: &'static str,
     what: &str,
 ) -> Result<Cow<'a, [f32]>> {
-    if t.dtype() != DType::F32 {
-        tensor::bail!(op, "{what}: expected dtype f32, got {}", t.dtype());
-    }
+    check_f32(t, op, what)?;
     let s = t.cpu_storage(op)?.as_slice::<f32>(op)?;
     Ok(match t.layout().contiguous_range() {
         Some(r) => Cow::Borrowed(&s[r]),
@@ -42,10 +48,49 @@ pub(crate) fn f32_values_mut<'a>(
     op: &'static str,
     what: &str,
 ) -> Result<&'a mut [f32]> {
-    if t.dtype() != DType::F32 {
-        tensor::bail!(op, "{what}: expected dtype f32, got {}", t.dtype());
-    }
+    check_f32(t, op, what)?;
     t.data_mut::<f32>()
+}
+
+/// The one device of a list of tensors (the CPU for an empty list): an optimizer step runs on
+/// one device. Otherwise an error naming `op`, the first entry on another device than entry 0
+/// (`name(i)` names entry `i`) and both devices.
+pub(crate) fn one_device(
+    op: &'static str,
+    devices: impl IntoIterator<Item = Device>,
+    name: impl Fn(usize) -> String,
+) -> Result<Device> {
+    let mut devices = devices.into_iter().enumerate();
+    let Some((_, first)) = devices.next() else {
+        return Ok(Device::Cpu);
+    };
+    match devices.find(|&(_, d)| d != first) {
+        None => Ok(first),
+        Some((i, d)) => tensor::bail!(
+            op,
+            "{} is on {d} but {} is on {first}: every tensor of the step must be on one device",
+            name(i),
+            name(0)
+        ),
+    }
+}
+
+/// The error of a step on a GPU when nn was built without its `cuda` feature (another crate
+/// enabled the tensor crate's alone).
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn without_cuda(op: &'static str, device: Device) -> tensor::Error {
+    tensor::Error::op(
+        op,
+        format!("the tensors are on {device}, and nn was built without its `cuda` feature"),
+    )
+}
+
+/// [`one_device`] for a list of gradients, named by their position.
+pub(crate) fn gradients_device(
+    op: &'static str,
+    devices: impl IntoIterator<Item = Device>,
+) -> Result<Device> {
+    one_device(op, devices, |i| format!("gradient {i}"))
 }
 
 /// `f` over consecutive `CHUNK`-sized pieces of `x` (rayon when `x` is large; one piece when
@@ -69,5 +114,35 @@ pub(crate) fn map_chunks_mut<R: Send>(
         x.par_chunks_mut(CHUNK).map(f).collect()
     } else {
         vec![f(x)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_device_of_a_list() {
+        let name = |i: usize| format!("t{i}");
+        assert_eq!(one_device("op", [], name).unwrap(), Device::Cpu);
+        assert_eq!(
+            gradients_device("op", [Device::Cpu, Device::Cpu]).unwrap(),
+            Device::Cpu
+        );
+        #[cfg(feature = "cuda")]
+        {
+            let (c0, c1) = (Device::Cuda(0), Device::Cuda(1));
+            assert_eq!(one_device("op", [c1, c1], name).unwrap(), c1);
+            let err = gradients_device("clip", [c0, c0, Device::Cpu, c1])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                "clip: gradient 2 is on cpu but gradient 0 is on cuda:0: every tensor of the \
+                 step must be on one device"
+            );
+            let err = one_device("op", [c0, c1], name).unwrap_err().to_string();
+            assert!(err.contains("t1 is on cuda:1 but t0 is on cuda:0"), "{err}");
+        }
     }
 }

@@ -13,10 +13,12 @@ pub(crate) mod cast;
 pub(crate) mod dropout;
 pub(crate) mod elementwise;
 pub(crate) mod index;
+mod inplace;
 pub(crate) mod layer_norm;
 pub(crate) mod loss;
 pub(crate) mod matmul;
 pub mod nccl;
+pub mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rows;
 #[cfg(test)]
@@ -147,6 +149,7 @@ impl CudaStorage {
 pub trait CudaElem: WithDType + cuda::DeviceElem {
     fn into_buf(b: DeviceBuffer<Self>) -> CudaBuf;
     fn of_buf(b: &CudaBuf) -> Option<&DeviceBuffer<Self>>;
+    fn of_buf_mut(b: &mut CudaBuf) -> Option<&mut DeviceBuffer<Self>>;
 }
 
 macro_rules! cuda_elem {
@@ -156,6 +159,12 @@ macro_rules! cuda_elem {
                 CudaBuf::$v(b)
             }
             fn of_buf(b: &CudaBuf) -> Option<&DeviceBuffer<Self>> {
+                match b {
+                    CudaBuf::$v(b) => Some(b),
+                    _ => None,
+                }
+            }
+            fn of_buf_mut(b: &mut CudaBuf) -> Option<&mut DeviceBuffer<Self>> {
                 match b {
                     CudaBuf::$v(b) => Some(b),
                     _ => None,

@@ -6,7 +6,7 @@ use crate::testing::{max_rel_err, randn, uniform};
 use crate::{DType, Device, Result, Tensor};
 
 /// `cuda:0`, or `None` after printing why CUDA cannot be used here.
-fn gpu_or_skip(test: &str) -> Option<Device> {
+pub(super) fn gpu_or_skip(test: &str) -> Option<Device> {
     match cuda::availability() {
         Ok(_) => Some(Device::Cuda(0)),
         Err(e) => {

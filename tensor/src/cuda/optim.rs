@@ -1,0 +1,171 @@
+//! The optimizer side of a training step on a GPU, for nn's `AdamW`, `clip_grad_norm` and
+//! `LossScaler`: one multi-tensor kernel launch over every parameter or gradient of a model
+//! (`cuda::ops::{adamw, grad_norm, loss_scale}`), on f32 tensors written in place
+//! (copy-on-write, see [`Tensor::cuda_data_mut`]).
+//!
+//! Each function takes its tensors as a list, checks that they are f32 and on one GPU (errors
+//! name the op and the list position; nn checks first and names the parameter), and issues one
+//! launch. [`sum_of_squares`] and [`unscale`] wait for the GPU (one small copy each); the others
+//! only queue work on its stream.
+//!
+//! Layout: any layout is accepted; a gradient that is a view is read through a contiguous copy,
+//! and a tensor written in place becomes contiguous (same shape), as `data_mut` does on the CPU.
+
+use super::rows::contig;
+use super::{operands, same_device, CudaStorage};
+use crate::{DType, Result, Tensor};
+use cuda::ops::{adamw, grad_norm, loss_scale};
+use cuda::{DeviceBuffer, Gpu};
+use std::sync::Arc;
+
+pub use cuda::ops::adamw::{AdamWScalars, AdamWVariant};
+
+/// One parameter of [`adamw_step`]: the weight and its two moments (f32, updated in place), its
+/// gradient (f32, same element count) and the step's scalars (computed on the host).
+pub struct AdamWTensors<'a> {
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    pub exp_avg: &'a mut Tensor,
+    pub exp_avg_sq: &'a mut Tensor,
+    pub scalars: AdamWScalars,
+}
+
+/// The GPU every tensor of `ts` lives on (`None` for an empty list); an error naming `op` when
+/// they are on different devices or on the CPU.
+fn gpu_of(op: &'static str, ts: &[&Tensor]) -> Result<Option<Arc<Gpu>>> {
+    same_device(op, ts)?;
+    match ts.first() {
+        None => Ok(None),
+        Some(&t) => Ok(Some(operands(op, [t])?[0].gpu.clone())),
+    }
+}
+
+/// Errors unless `t` (the `what` of list entry `i`) is f32 with `n` elements.
+fn check(op: &'static str, (what, i): (&str, usize), t: &Tensor, n: usize) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        crate::bail!(op, "{what} {i}: dtype {}, expected f32", t.dtype());
+    }
+    if t.elem_count() != n {
+        crate::bail!(op, "{what} {i}: {} elements, expected {n}", t.elem_count());
+    }
+    Ok(())
+}
+
+/// One AdamW step over every parameter of `params` (one kernel launch; see
+/// `cuda::ops::adamw`): each element follows the CPU's f32 operations in the CPU's order, so with
+/// the CPU's scalars the result is the CPU's, bit for bit.
+pub fn adamw_step(params: &mut [AdamWTensors<'_>]) -> Result<()> {
+    const OP: &str = "AdamW";
+    let all: Vec<&Tensor> = params
+        .iter()
+        .flat_map(|p| [&*p.param, p.grad, &*p.exp_avg, &*p.exp_avg_sq])
+        .collect();
+    let Some(gpu) = gpu_of(OP, &all)? else {
+        return Ok(());
+    };
+    for (i, p) in params.iter().enumerate() {
+        let n = p.param.elem_count();
+        check(OP, ("parameter", i), p.param, n)?;
+        check(OP, ("gradient", i), p.grad, n)?;
+        check(OP, ("exp_avg", i), p.exp_avg, n)?;
+        check(OP, ("exp_avg_sq", i), p.exp_avg_sq, n)?;
+    }
+    let grads: Vec<CudaStorage> = params
+        .iter()
+        .map(|p| contig(OP, p.grad))
+        .collect::<Result<_>>()?;
+    let mut entries = Vec::with_capacity(params.len());
+    for (p, g) in params.iter_mut().zip(&grads) {
+        entries.push(adamw::AdamWParam {
+            param: p.param.cuda_data_mut::<f32>()?,
+            grad: g.typed::<f32>(OP)?,
+            exp_avg: p.exp_avg.cuda_data_mut::<f32>()?,
+            exp_avg_sq: p.exp_avg_sq.cuda_data_mut::<f32>()?,
+            half_copy: None,
+            scalars: p.scalars,
+        });
+    }
+    Ok(adamw::adamw_step::<f32>(&gpu, &mut entries)?)
+}
+
+/// Σ g² over every element of every gradient, accumulated in f64 (see `cuda::ops::grad_norm`
+/// for how its rounding compares with the CPU's). Waits for the GPU; 0 for an empty list.
+pub fn sum_of_squares(grads: &[&Tensor]) -> Result<f64> {
+    const OP: &str = "clip_grad_norm";
+    let Some(gpu) = gpu_of(OP, grads)? else {
+        return Ok(0.0);
+    };
+    for (i, g) in grads.iter().enumerate() {
+        check(OP, ("gradient", i), g, g.elem_count())?;
+    }
+    let c: Vec<CudaStorage> = grads.iter().map(|g| contig(OP, g)).collect::<Result<_>>()?;
+    let bufs: Vec<&DeviceBuffer<f32>> = c
+        .iter()
+        .map(|s| s.typed::<f32>(OP))
+        .collect::<Result<_>>()?;
+    Ok(grad_norm::sum_of_squares(&gpu, &bufs)?)
+}
+
+/// Multiplies every gradient by `factor` in place (one launch of the loss-scaling kernel);
+/// returns the GPU and its flag of a non-finite input, or `None` for an empty list.
+fn multiply(
+    op: &'static str,
+    grads: &mut [&mut Tensor],
+    factor: f32,
+) -> Result<Option<(Arc<Gpu>, DeviceBuffer<u32>)>> {
+    let refs: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
+    let Some(gpu) = gpu_of(op, &refs)? else {
+        return Ok(None);
+    };
+    for (i, g) in refs.iter().enumerate() {
+        check(op, ("gradient", i), g, g.elem_count())?;
+    }
+    let mut bufs: Vec<loss_scale::Unscale<'_, f32>> = grads
+        .iter_mut()
+        .map(|g| g.cuda_data_mut::<f32>().map(loss_scale::Unscale::InPlace))
+        .collect::<Result<_>>()?;
+    let found = loss_scale::unscale::<f32>(&gpu, &mut bufs, factor)?;
+    Ok(Some((gpu, found)))
+}
+
+/// Multiplies every gradient by `factor` in place (f32 products, as the CPU's `x *= factor`);
+/// does not wait for the GPU.
+pub fn scale(grads: &mut [&mut Tensor], factor: f32) -> Result<()> {
+    multiply("clip_grad_norm", grads, factor).map(|_| ())
+}
+
+/// Multiplies every gradient by `inv_scale` in place and returns true when any element was inf
+/// or NaN before scaling (`LossScaler::unscale`). Waits for the GPU (one 4-byte copy).
+pub fn unscale(grads: &mut [&mut Tensor], inv_scale: f32) -> Result<bool> {
+    match multiply("LossScaler", grads, inv_scale)? {
+        None => Ok(false),
+        Some((gpu, found)) => Ok(gpu.download(&found)?[0] != 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    #[test]
+    fn cpu_and_empty_lists() {
+        // Nothing to do for empty lists, on any machine.
+        assert_eq!(sum_of_squares(&[]).unwrap(), 0.0);
+        assert!(!unscale(&mut [], 2.0).unwrap());
+        scale(&mut [], 2.0).unwrap();
+        adamw_step(&mut []).unwrap();
+        // CPU tensors are not this module's: the error names the op and the device.
+        let mut a = Tensor::zeros(&[2], DType::F32, Device::Cpu).unwrap();
+        let err = sum_of_squares(&[&a]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("clip_grad_norm") && err.contains("cpu"),
+            "{err}"
+        );
+        let err = unscale(&mut [&mut a], 0.5).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LossScaler") && err.contains("cpu"),
+            "{err}"
+        );
+    }
+}
