@@ -4,7 +4,10 @@
 // - map1: out = f(x, a, b) for a unary op code (neg, exp, log, sqrt, rsqrt, tanh, erf, relu,
 //   sigmoid, abs, sqr, recip) or a scalar op (x+a, x-a, x*a, x/a, max(x,a), min(x,a), affine
 //   x*a+b, powf x^a); f16/bf16 compute in f32 and round once, as the CPU does;
-// - binary: out = a op b (add, sub, mul, div, maximum, minimum; NaN propagates in max/min);
+// - binary: out = a op b (add, sub, mul, div, maximum, minimum; NaN propagates in max/min), for
+//   f32/f16/bf16 and for i64/u8 with the CPU's integer semantics (add/sub/mul wrap, div truncates
+//   toward zero with i64::MIN / -1 wrapping to i64::MIN; the host rejects zero divisors, which
+//   give 0 here);
 // - compare: out = a cmp b as u8 1/0 (eq, ne, lt, le, gt, ge) for f32, f16, bf16, i64, u8;
 // - where_w*: out = cond ? t : f, masked_fill_w*: out = mask ? value : x, copy_w*: out = x between
 //   two strided layouts (operand 1 of the walk is the destination: a contiguous copy, or a slice
@@ -100,6 +103,36 @@ __device__ void map1_strided(Walk w, const T* x, T* out, i64 n, int op, float a,
     }
 }
 
+// a op b in T: floats compute in f32 and round once; integers natively (wrapping).
+__device__ __forceinline__ float apply_binary(int op, float x, float y) { return binary(op, x, y); }
+__device__ __forceinline__ f16 apply_binary(int op, f16 x, f16 y) {
+    return from_f32<f16>(binary(op, to_f32(x), to_f32(y)));
+}
+__device__ __forceinline__ bf16 apply_binary(int op, bf16 x, bf16 y) {
+    return from_f32<bf16>(binary(op, to_f32(x), to_f32(y)));
+}
+__device__ __forceinline__ i64 apply_binary(int op, i64 x, i64 y) {
+    switch (op) {
+        case B_ADD: return (i64)((u64)x + (u64)y);
+        case B_SUB: return (i64)((u64)x - (u64)y);
+        case B_MUL: return (i64)((u64)x * (u64)y);
+        case B_DIV: return y == 0 ? 0 : (y == -1 ? (i64)(0ull - (u64)x) : x / y);
+        case B_MAXIMUM: return x > y ? x : y;
+        default: return x < y ? x : y;  // B_MINIMUM
+    }
+}
+__device__ __forceinline__ u8 apply_binary(int op, u8 x, u8 y) {
+    const u32 a = x, b = y;
+    switch (op) {
+        case B_ADD: return (u8)(a + b);
+        case B_SUB: return (u8)(a - b);
+        case B_MUL: return (u8)(a * b);
+        case B_DIV: return b == 0 ? 0 : (u8)(a / b);
+        case B_MAXIMUM: return a > b ? x : y;
+        default: return a < b ? x : y;  // B_MINIMUM
+    }
+}
+
 template <typename T>
 __device__ void binary_contig(const T* x, const T* y, T* out, i64 n, int aligned, int op) {
     const int V = 16 / sizeof(T);
@@ -109,11 +142,10 @@ __device__ void binary_contig(const T* x, const T* y, T* out, i64 n, int aligned
         const Vec16<T> ya = reinterpret_cast<const Vec16<T>*>(y)[i];
         Vec16<T> o;
 #pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(binary(op, to_f32(xa.v[j]), to_f32(ya.v[j])));
+        for (int j = 0; j < V; ++j) o.v[j] = apply_binary(op, xa.v[j], ya.v[j]);
         reinterpret_cast<Vec16<T>*>(out)[i] = o;
     }
-    for (i64 i = nv * V + global_thread(); i < n; i += global_threads())
-        out[i] = from_f32<T>(binary(op, to_f32(x[i]), to_f32(y[i])));
+    for (i64 i = nv * V + global_thread(); i < n; i += global_threads()) out[i] = apply_binary(op, x[i], y[i]);
 }
 
 template <typename T>
@@ -121,7 +153,7 @@ __device__ void binary_strided(Walk w, const T* x, const T* y, T* out, i64 n, in
     for (i64 i = global_thread(); i < n; i += global_threads()) {
         i64 off[2];
         walk_offsets<2>(w, i, off);
-        out[i] = from_f32<T>(binary(op, to_f32(x[off[0]]), to_f32(y[off[1]])));
+        out[i] = apply_binary(op, x[off[0]], y[off[1]]);
     }
 }
 
@@ -179,7 +211,7 @@ __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
     }
 }
 
-#define FLOAT_ENTRIES(T, NAME)                                                                      \
+#define MAP1_ENTRIES(T, NAME)                                                                       \
     extern "C" __global__ void map1_##NAME##_contig(const T* x, T* out, i64 n, int aligned, int op, \
                                                     float a, float b) {                            \
         map1_contig<T>(x, out, n, aligned, op, a, b);                                              \
@@ -187,7 +219,9 @@ __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
     extern "C" __global__ void map1_##NAME##_strided(Walk w, const T* x, T* out, i64 n, int op,    \
                                                      float a, float b) {                           \
         map1_strided<T>(w, x, out, n, op, a, b);                                                   \
-    }                                                                                              \
+    }
+
+#define BINARY_ENTRIES(T, NAME)                                                                     \
     extern "C" __global__ void binary_##NAME##_contig(const T* x, const T* y, T* out, i64 n,       \
                                                       int aligned, int op) {                       \
         binary_contig<T>(x, y, out, n, aligned, op);                                               \
@@ -197,9 +231,14 @@ __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
         binary_strided<T>(w, x, y, out, n, op);                                                    \
     }
 
-FLOAT_ENTRIES(float, f32)
-FLOAT_ENTRIES(f16, f16)
-FLOAT_ENTRIES(bf16, bf16)
+MAP1_ENTRIES(float, f32)
+MAP1_ENTRIES(f16, f16)
+MAP1_ENTRIES(bf16, bf16)
+BINARY_ENTRIES(float, f32)
+BINARY_ENTRIES(f16, f16)
+BINARY_ENTRIES(bf16, bf16)
+BINARY_ENTRIES(i64, i64)
+BINARY_ENTRIES(u8, u8)
 
 #define COMPARE_ENTRY(T, NAME)                                                                   \
     extern "C" __global__ void compare_##NAME(Walk w, const T* x, const T* y, u8* out, i64 n,    \

@@ -7,10 +7,12 @@
 // - best: max / min value or the i64 index of the first max / min (OP_MAX, OP_MIN, OP_ARGMAX,
 //   OP_ARGMIN); NaN counts as both the largest and the smallest value (it wins), equal values keep
 //   the lowest index.
-// Results are deterministic: each block combines in a fixed tree order, split partials in order.
+// - integer sums: Σ x of i64 or u8 input into i64, wrapping as the CPU (sum_int_<in>).
+// Results are deterministic: each block combines in a fixed tree order, split partials in order
+// (integer sums are exact, so their order does not matter at all).
 //
 // Entries: sum_{rows,cols}_<in>_<out> (out = in, or f32 for f16/bf16 in),
-// sum_{rows,cols}_partials_<out>, best_{rows,cols}[_partials]_<in>.
+// sum_{rows,cols}_partials_<out>, best_{rows,cols}[_partials]_<in>, sum_int_<in>.
 //
 // Layout: x contiguous; outputs contiguous [outer, inner].
 //
@@ -19,7 +21,8 @@
 // min(outer, 65535), splits), block (32, 8): threadIdx.x walks columns (coalesced), threadIdx.y
 // strides over the chunk's rows, blockIdx.y strides over outer. With splits > 1 each block writes
 // a partial (f64 sum, or value + index) and a `_partials` kernel (one thread per output for cols,
-// one block of 256 per output for rows) combines them in split order.
+// one block of 256 per output for rows) combines them in split order. `sum_int_` entries: one
+// block of 256 threads per output (grid-stride over outputs, grid.x <= 65535), threads over r.
 
 #include "common.cuh"
 
@@ -244,6 +247,22 @@ __device__ void best_cols_partials(const Best* partial, i64 outer, i64 inner, in
     }
 }
 
+// ---- integer sums ---------------------------------------------------------------------------
+
+// Σ x over k into an i64, wrapping (u64 arithmetic is two's complement addition, which is
+// associative: the result is exact and equals the CPU's whatever the combine order).
+template <typename T>
+__device__ void sum_int(const T* x, i64 outer, i64 r, i64 inner, i64* out) {
+    __shared__ u64 smem[32];
+    for (i64 i = blockIdx.x; i < outer * inner; i += gridDim.x) {
+        const i64 o = i / inner, j = i - o * inner;
+        u64 acc = 0;
+        for (i64 k = threadIdx.x; k < r; k += blockDim.x) acc += (u64)(i64)x[(o * r + k) * inner + j];
+        acc = block_reduce(acc, SumOp(), (u64)0, smem);
+        if (threadIdx.x == 0) out[i] = (i64)acc;
+    }
+}
+
 #define SUM_ENTRIES(T, TN, O, ON)                                                                   \
     extern "C" __global__ void sum_rows_##TN##_##ON(const T* x, i64 r, int splits, int op,         \
                                                     double divisor, O* out, double* partial) {     \
@@ -297,3 +316,10 @@ PARTIAL_ENTRIES(bf16, bf16)
 BEST_ENTRIES(float, f32)
 BEST_ENTRIES(f16, f16)
 BEST_ENTRIES(bf16, bf16)
+#define SUM_INT_ENTRY(T, NAME)                                                                      \
+    extern "C" __global__ void sum_int_##NAME(const T* x, i64 outer, i64 r, i64 inner, i64* out) { \
+        sum_int<T>(x, outer, r, inner, out);                                                       \
+    }
+
+SUM_INT_ENTRY(i64, i64)
+SUM_INT_ENTRY(u8, u8)

@@ -1,17 +1,21 @@
-// topk.cu: the k largest elements of each row and their indices, as tensor/src/ops/topk.rs
-// (torch.topk, sorted): largest first, NaN counting as the largest, equal values by lower index
-// first. With k = n it is a stable descending sort of the row.
+// topk.cu: the k largest (or, with `ascending`, smallest) elements of each row and their indices,
+// as tensor/src/ops/topk.rs (torch.topk / torch.sort(stable=True)): largest first (smallest first
+// when ascending), NaN counting as the largest either way, equal values by lower index first. With
+// k = n it is a stable sort of the row.
 //
-// Computes it so: each element becomes a 64-bit key, (order-preserving bits of the value) << 32 | (2^32 - 1
-// - index), so one unsigned comparison orders by value and then by index (-0 counts as +0; NaN
-// maps to the top). A block keeps the best `cap` keys of its row in shared memory (cap = a power of
-// two >= k): it bitonic-sorts the first `cap` elements descending, then for each further chunk of
-// `cap` elements sorts the chunk ascending next to them (the 2·cap keys then form a bitonic
-// sequence) and bitonic-merges all 2·cap descending, keeping the top half. Padding keys are 0 and
-// sort last.
+// Computes it so: each element becomes a 64-bit key, (order-preserving bits of the value) << 32 |
+// (2^32 - 1 - index), so one unsigned comparison orders by value and then by index (-0 counts as
+// +0; NaN maps to the top); ascending flips the value bits (smallest value on top, NaN at the
+// bottom) and keeps the index part, so the same descending selection yields the ascending order
+// with ties still by lower index. A block keeps the best `cap` keys of its row in shared memory
+// (cap = a power of two >= k): it bitonic-sorts the first `cap` elements descending, then for each
+// further chunk of `cap` elements sorts the chunk ascending next to them (the 2·cap keys then form
+// a bitonic sequence) and bitonic-merges all 2·cap descending, keeping the top half. Padding keys
+// are 0 and sort last (a real key never is 0: its index part is at least 1 since index < 2^32 - 1).
 //
-// Layout: x contiguous [rows, n] with n < 2^32; values (x's dtype) and indices (i64) contiguous
-// [rows, k]. Values are re-read from x at the chosen index, so they are bit-identical to the input.
+// Layout: x contiguous [rows, n] with n < 2^32 - 1; values (x's dtype) and indices (i64)
+// contiguous [rows, k]. Values are re-read from x at the chosen index, so they are bit-identical
+// to the input.
 //
 // Launch: one block per row (grid.x = rows), min(cap, 1024) threads, dynamic shared memory
 // 2·cap·8 bytes; cap <= 2048 (the host rejects larger k).
@@ -25,8 +29,9 @@ __device__ __forceinline__ u32 order_bits(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__device__ __forceinline__ u64 sort_key(float v, i64 idx) {
-    return ((u64)order_bits(v) << 32) | (u64)(0xffffffffu - (u32)idx);
+__device__ __forceinline__ u64 sort_key(float v, i64 idx, bool ascending) {
+    const u32 bits = ascending ? ~order_bits(v) : order_bits(v);
+    return ((u64)bits << 32) | (u64)(0xffffffffu - (u32)idx);
 }
 
 __device__ __forceinline__ i64 key_index(u64 key) { return (i64)(0xffffffffu - (u32)(key & 0xffffffffu)); }
@@ -54,23 +59,23 @@ __device__ void bitonic_sort(u64* keys, int len, bool flip) {
 }
 
 template <typename T>
-__device__ void load_keys(const T* xr, i64 n, i64 start, int cap, u64* keys) {
+__device__ void load_keys(const T* xr, i64 n, i64 start, int cap, bool ascending, u64* keys) {
     for (int j = threadIdx.x; j < cap; j += blockDim.x) {
         const i64 i = start + j;
-        keys[j] = i < n ? sort_key(to_f32(xr[i]), i) : 0ull;
+        keys[j] = i < n ? sort_key(to_f32(xr[i]), i, ascending) : 0ull;
     }
     __syncthreads();
 }
 
 template <typename T>
-__device__ void topk(const T* x, i64 n, int k, int cap, T* values, i64* indices) {
+__device__ void topk(const T* x, i64 n, int k, int cap, bool ascending, T* values, i64* indices) {
     extern __shared__ u64 keys[];
     const i64 row = blockIdx.x;
     const T* xr = x + row * n;
-    load_keys(xr, n, 0, cap, keys);
+    load_keys(xr, n, 0, cap, ascending, keys);
     bitonic_sort(keys, cap, false);
     for (i64 start = cap; start < n; start += cap) {
-        load_keys(xr, n, start, cap, keys + cap);
+        load_keys(xr, n, start, cap, ascending, keys + cap);
         bitonic_sort(keys + cap, cap, true);
         for (int stride = cap; stride > 0; stride >>= 1) bitonic_pass(keys, 2 * cap, 2 * cap, stride, false);
     }
@@ -82,9 +87,9 @@ __device__ void topk(const T* x, i64 n, int k, int cap, T* values, i64* indices)
 }
 
 #define TOPK_ENTRY(T, NAME)                                                                         \
-    extern "C" __global__ void topk_##NAME(const T* x, i64 n, int k, int cap, T* values,           \
-                                           i64* indices) {                                         \
-        topk<T>(x, n, k, cap, values, indices);                                                    \
+    extern "C" __global__ void topk_##NAME(const T* x, i64 n, int k, int cap, int ascending,       \
+                                           T* values, i64* indices) {                              \
+        topk<T>(x, n, k, cap, ascending != 0, values, indices);                                    \
     }
 
 TOPK_ENTRY(float, f32)

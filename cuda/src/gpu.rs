@@ -581,7 +581,9 @@ impl Gpu {
             .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
         self.synchronize()?;
         Err(Error::Kernel(match words[0] {
-            ERR_INDEX_OUT_OF_RANGE => format!("embedding: index {value} is out of range"),
+            ERR_INDEX_OUT_OF_RANGE => format!(
+                "an index kernel (embedding, gather, scatter_add): index {value} is out of range"
+            ),
             ERR_TARGET_OUT_OF_RANGE => format!("cross_entropy: target {value} is out of range"),
             code => format!("a kernel reported error code {code} (value {value})"),
         }))

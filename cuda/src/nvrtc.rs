@@ -56,6 +56,7 @@ pub mod kernels {
         ELEMENTWISE = "elementwise",
         EMBEDDING = "embedding",
         GRAD_NORM = "grad_norm",
+        INDEX = "index",
         LAYER_NORM = "layer_norm",
         LOSS_SCALE = "loss_scale",
         REDUCE = "reduce",

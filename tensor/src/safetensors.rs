@@ -349,8 +349,9 @@ fn layout_rank(d: DType) -> u8 {
     }
 }
 
-/// Writes `tensors` (CPU, any layout) and optional `metadata` to `path` in safetensors format,
-/// atomically: the bytes go to `path.tmp-<pid>` in the same directory, are fsynced, and the temp
+/// Writes `tensors` (any device, any layout) and optional `metadata` to `path` in safetensors
+/// format; a tensor on a GPU is downloaded when its turn to be written comes (one at a time, so
+/// host memory holds at most one of them). Atomically: the bytes go to `path.tmp-<pid>` in the same directory, are fsynced, and the temp
 /// file is renamed over `path` (then the directory is fsynced where the platform allows).
 pub fn save(
     path: impl AsRef<Path>,
@@ -424,7 +425,6 @@ fn header_json(
                 format!("tensor name {name:?} is reserved or given twice"),
             ));
         }
-        t.cpu_storage("safetensors::save")?;
         let bytes = t.elem_count() * t.dtype().size_in_bytes();
         let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
         parts.push(format!(
@@ -443,8 +443,13 @@ fn header_json(
     Ok(header)
 }
 
-/// Writes a tensor's elements in row-major order, as little-endian bytes.
+/// Writes a tensor's elements in row-major order, as little-endian bytes (downloading it first
+/// when it lives on a GPU).
 fn write_data(w: &mut impl Write, t: &Tensor) -> std::io::Result<()> {
+    let host = t
+        .to_device(crate::Device::Cpu)
+        .map_err(std::io::Error::other)?;
+    let t = &host;
     let s = t
         .cpu_storage("safetensors::save")
         .map_err(std::io::Error::other)?;

@@ -1,5 +1,5 @@
 //! Elementwise ops with broadcasting (`kernels/elementwise.cu`): unary and scalar maps, binary
-//! arithmetic, comparisons, `where_cond`, `masked_fill`, and strided copies (a view made
+//! arithmetic (floats, and i64 / u8 with wrapping integer semantics), comparisons, `where_cond`, `masked_fill`, and strided copies (a view made
 //! contiguous, or written into a slice of a larger buffer). Semantics are
 //! tensor/src/ops/elementwise.rs's (f16/bf16 compute in f32 and round once; max/min propagate
 //! NaN; comparisons give u8 1/0).
@@ -8,7 +8,7 @@
 //! operand is contiguous after merging dims, the `_contig` kernel runs, with 16-byte vector loads
 //! where every address is 16-byte aligned; otherwise the `_strided` kernel walks the layouts.
 
-use super::{len_i64, FloatElem, FLOATS};
+use super::{len_i64, ArithElem, FloatElem, ARITH, FLOATS};
 use crate::buffer::{DeviceBuffer, DeviceElem, ElemType};
 use crate::error::bail;
 use crate::gpu::{arg, Gpu, Launch};
@@ -152,22 +152,11 @@ pub(crate) fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
 
 pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     let mut v = Vec::new();
-    for t in FLOATS {
-        for kind in ["map1", "binary"] {
-            for path in ["contig", "strided"] {
-                v.push(format!("{kind}_{t}_{path}"));
-            }
-        }
+    for path in ["contig", "strided"] {
+        v.extend(FLOATS.iter().map(|t| format!("map1_{t}_{path}")));
+        v.extend(ARITH.iter().map(|t| format!("binary_{t}_{path}")));
     }
-    for t in [
-        ElemType::F32,
-        ElemType::F16,
-        ElemType::BF16,
-        ElemType::I64,
-        ElemType::U8,
-    ] {
-        v.push(format!("compare_{t}"));
-    }
+    v.extend(ARITH.iter().map(|t| format!("compare_{t}")));
     for bits in [8, 16, 32, 64] {
         for k in ["where_w", "masked_fill_w", "copy_w"] {
             v.push(format!("{k}{bits}"));
@@ -255,8 +244,9 @@ pub fn map1<T: FloatElem>(
     Ok(out)
 }
 
-/// `a op b` elementwise over `shape` (both operands broadcast to it).
-pub fn binary<T: FloatElem>(
+/// `a op b` elementwise over `shape` (both operands broadcast to it). Integers wrap; integer
+/// division truncates toward zero and gives 0 for a zero divisor (callers reject those first).
+pub fn binary<T: ArithElem>(
     gpu: &Gpu,
     op: BinaryOp,
     shape: &[usize],
@@ -320,10 +310,7 @@ pub fn compare<T: DeviceElem>(
     b: Strided<'_, T>,
 ) -> Result<DeviceBuffer<u8>> {
     const OP: &str = "compare";
-    if !matches!(
-        T::TYPE,
-        ElemType::F32 | ElemType::F16 | ElemType::BF16 | ElemType::I64 | ElemType::U8
-    ) {
+    if !ARITH.contains(&T::TYPE) {
         bail!(OP, "no comparison kernel for {}", T::TYPE);
     }
     check_devices(gpu, OP, &[&a, &b])?;

@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod grad_norm;
+pub mod index;
 pub mod layer_norm;
 pub mod loss_scale;
 mod multi_tensor;
@@ -31,10 +32,28 @@ use crate::Result;
 use half::{bf16, f16};
 
 /// f32, f16 and bf16: the storage types of the float kernels, which compute in f32.
-pub trait FloatElem: DeviceElem {}
+pub trait FloatElem: ArithElem {}
 impl FloatElem for f32 {}
 impl FloatElem for f16 {}
 impl FloatElem for bf16 {}
+
+/// The types the `binary` arithmetic kernels take: the float kernels' (computed in f32) and i64 /
+/// u8 (wrapping integer arithmetic, as the CPU).
+pub trait ArithElem: DeviceElem {}
+impl ArithElem for f32 {}
+impl ArithElem for f16 {}
+impl ArithElem for bf16 {}
+impl ArithElem for i64 {}
+impl ArithElem for u8 {}
+
+/// The [`ArithElem`] types, for building kernel-name lists.
+pub(crate) const ARITH: [ElemType; 5] = [
+    ElemType::F32,
+    ElemType::F16,
+    ElemType::BF16,
+    ElemType::I64,
+    ElemType::U8,
+];
 
 /// The float storage types, for building kernel-name lists.
 pub(crate) const FLOATS: [ElemType; 3] = [ElemType::F32, ElemType::F16, ElemType::BF16];
@@ -73,6 +92,7 @@ pub fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     v.extend(elementwise::kernel_names());
     v.extend(embedding::kernel_names());
     v.extend(grad_norm::kernel_names());
+    v.extend(index::kernel_names());
     v.extend(layer_norm::kernel_names());
     v.extend(loss_scale::kernel_names());
     v.extend(reduce::kernel_names());

@@ -1,6 +1,7 @@
 //! Reductions over one axis (`kernels/reduce.cu`) of a contiguous input viewed as
 //! `[outer, r, inner]`: sums (f64 accumulation), sums of squares, means, max / min and arg max /
-//! arg min (NaN wins, ties keep the lowest index), as tensor/src/ops/reduce.rs. Reducing several
+//! arg min (NaN wins, ties keep the lowest index), and integer sums of i64 / u8 into i64
+//! (wrapping, exact), as tensor/src/ops/reduce.rs. Reducing several
 //! dims is reducing one after making them adjacent (the caller permutes and copies if needed).
 //!
 //! When the output alone would not fill the GPU (few rows, long reductions), each reduction is
@@ -90,6 +91,9 @@ pub(crate) fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
 /// The (input, output) types of the sum kernels: same type, or f16/bf16 into f32.
 const SUM_TYPES: [(ElemType, ElemType); 5] = super::MIXED;
 
+/// The input types of the integer sum kernels (output i64).
+const INT_SUM_TYPES: [ElemType; 2] = [ElemType::I64, ElemType::U8];
+
 pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     let mut v = Vec::new();
     for (t, o) in SUM_TYPES {
@@ -108,6 +112,7 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
             v.push(format!("{k}_{t}"));
         }
     }
+    v.extend(INT_SUM_TYPES.iter().map(|t| format!("sum_int_{t}")));
     v.into_iter().map(|n| (&REDUCE, n)).collect()
 }
 
@@ -283,6 +288,45 @@ pub fn sum<T: FloatElem, O: FloatElem>(
                 )?;
             }
         }
+    }
+    Ok(out)
+}
+
+/// Σ x over `axis.r` of i64 or u8 input, as i64 `[outer, inner]` (wrapping; 0 for r = 0).
+pub fn sum_int<T: DeviceElem>(
+    gpu: &Gpu,
+    x: Contig<'_, T>,
+    axis: Axis,
+) -> Result<DeviceBuffer<i64>> {
+    const OP: &str = "sum";
+    if !INT_SUM_TYPES.contains(&T::TYPE) {
+        bail!(OP, "no integer sum kernel for {}", T::TYPE);
+    }
+    let xa = check_input(gpu, OP, &x, axis)?;
+    let out = gpu.alloc::<i64>(axis.out_len())?;
+    if axis.out_len() == 0 {
+        return Ok(out);
+    }
+    let (r64, inner64, outer64) = (
+        len_i64(OP, axis.r)?,
+        len_i64(OP, axis.inner)?,
+        len_i64(OP, axis.outer)?,
+    );
+    let oa = out.device_address();
+    let launch = Launch {
+        grid: (axis.out_len().min(65535) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    // SAFETY: matches `sum_int_<t>(const T*, i64, i64, i64, i64*)`; x holds outer*r*inner
+    // elements (checked), out outer*inner.
+    unsafe {
+        gpu.launch(
+            &REDUCE,
+            &format!("sum_int_{}", T::TYPE),
+            launch,
+            &mut [arg(&xa), arg(&outer64), arg(&r64), arg(&inner64), arg(&oa)],
+        )?;
     }
     Ok(out)
 }

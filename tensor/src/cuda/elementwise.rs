@@ -1,13 +1,18 @@
 //! CUDA dispatch of the elementwise ops (`ops/elementwise.rs`): binary arithmetic, comparisons,
 //! the scalar forms, `affine`, `powf`, the unary float functions, `where_cond` and `masked_fill`,
 //! each one launch of `cuda::ops::elementwise` over the operands' broadcast layouts. Arithmetic
-//! runs for f32/f16/bf16 (computed in f32, as the CPU widens halves); comparisons and selection
-//! for every dtype the kernels have.
+//! runs for f32/f16/bf16 (computed in f32, as the CPU widens halves) and, for the binary ops, their
+//! scalar forms and `affine`, for i64/u8 (wrapping, as the CPU; a scalar is a broadcast
+//! one-element operand, `affine` a multiply then an add, and a zero integer divisor is refused on
+//! the host with the CPU's error); comparisons and selection for every dtype the kernels have.
 
-use super::{float_kernel, map_cuda_buf, operands, strided, tensor_of, wrap, CudaElem};
+use super::{
+    arith_kernel, float_kernel, map_cuda_buf, operands, strided, tensor_of, wrap, CudaElem,
+};
 use crate::cpu::elementwise::{BinaryOp, CmpOp, UnaryOp};
-use crate::{Layout, Result, Tensor};
-use cuda::ops::elementwise as k;
+use crate::ops::elementwise::exact_scalar;
+use crate::{DType, Layout, Result, Tensor, WithDType};
+use cuda::ops::{elementwise as k, ArithElem};
 
 fn binary_op(op: BinaryOp) -> k::BinaryOp {
     match op {
@@ -58,7 +63,10 @@ pub(crate) fn binary(
     let name = op.name();
     let [sa, sb] = operands(name, [a, b])?;
     let gpu = &sa.gpu;
-    float_kernel!(name, a.dtype(), T => {
+    arith_kernel!(name, a.dtype(), T => {
+        if op == BinaryOp::Div && !T::DTYPE.is_float() && b.to_vec::<T>()?.contains(&T::from_f64(0.0)) {
+            crate::bail!(name, "integer division by zero ({} divisor)", T::DTYPE);
+        }
         let (x, y) = (sa.typed::<T>(name)?, sb.typed::<T>(name)?);
         let out = k::binary(gpu, binary_op(op), shape, strided(x, la), strided(y, lb))?;
         Ok(tensor_of(gpu, wrap(out), shape))
@@ -106,19 +114,70 @@ fn map1(name: &'static str, x: &Tensor, f: k::Map1) -> Result<Tensor> {
     })
 }
 
-/// `x op v` for a scalar `v`.
-pub(crate) fn scalar(op: BinaryOp, x: &Tensor, v: f64) -> Result<Tensor> {
-    map1(
-        op.scalar_name(),
-        x,
-        k::Map1::Scalar(binary_op(op), v as f32),
-    )
+/// `x op v` for an integer tensor and a scalar already converted to its type: one binary launch
+/// with `v` as a one-element operand broadcast over `x`'s shape.
+fn int_scalar<T: CudaElem + ArithElem>(
+    name: &'static str,
+    op: BinaryOp,
+    x: &Tensor,
+    v: T,
+) -> Result<Tensor> {
+    let [s] = operands(name, [x])?;
+    let gpu = &s.gpu;
+    let (value, broadcast) = (gpu.upload(&[v])?, vec![0; x.rank()]);
+    let out = k::binary(
+        gpu,
+        binary_op(op),
+        x.shape(),
+        strided(s.typed::<T>(name)?, x.layout()),
+        cuda::Strided::new(&value, 0, &broadcast),
+    )?;
+    Ok(tensor_of(gpu, wrap(out), x.shape()))
 }
 
-/// `x * mul + add`.
+/// `x op v` for a scalar `v` (integer tensors need an integral `v` of their range, nonzero for
+/// division, as on the CPU).
+pub(crate) fn scalar(op: BinaryOp, x: &Tensor, v: f64) -> Result<Tensor> {
+    let name = op.scalar_name();
+    fn int<T: CudaElem + ArithElem>(
+        name: &'static str,
+        op: BinaryOp,
+        x: &Tensor,
+        v: f64,
+    ) -> Result<Tensor> {
+        let v = exact_scalar::<T>(name, v)?;
+        if op == BinaryOp::Div && v == T::from_f64(0.0) {
+            crate::bail!(name, "integer division by zero");
+        }
+        int_scalar(name, op, x, v)
+    }
+    match x.dtype() {
+        DType::I64 => int::<i64>(name, op, x, v),
+        DType::U8 => int::<u8>(name, op, x, v),
+        _ => map1(name, x, k::Map1::Scalar(binary_op(op), v as f32)),
+    }
+}
+
+/// `x * mul + add` (integer tensors: integral `mul` and `add`, wrapping).
 pub(crate) fn affine(x: &Tensor, mul: f64, add: f64) -> Result<Tensor> {
-    let (mul, add) = (mul as f32, add as f32);
-    map1("affine", x, k::Map1::Affine { mul, add })
+    const OP: &str = "affine";
+    fn int<T: CudaElem + ArithElem>(x: &Tensor, mul: f64, add: f64) -> Result<Tensor> {
+        let (mul, add) = (exact_scalar::<T>(OP, mul)?, exact_scalar::<T>(OP, add)?);
+        int_scalar(
+            OP,
+            BinaryOp::Add,
+            &int_scalar(OP, BinaryOp::Mul, x, mul)?,
+            add,
+        )
+    }
+    match x.dtype() {
+        DType::I64 => int::<i64>(x, mul, add),
+        DType::U8 => int::<u8>(x, mul, add),
+        _ => {
+            let (mul, add) = (mul as f32, add as f32);
+            map1(OP, x, k::Map1::Affine { mul, add })
+        }
+    }
 }
 
 /// `x ^ e`.

@@ -1,6 +1,6 @@
 //! The CUDA side of the tensor crate (feature `cuda`): [`CudaStorage`] (a typed device buffer per
 //! dtype plus the GPU holding it), moving elements between host and device, and the helpers every
-//! op's `Storage::Cuda` arm uses (operand device checks, the "not implemented on cuda" error).
+//! op's CUDA path uses (operand device checks, dtype dispatch of the kernels).
 //!
 //! Layout: a `CudaStorage` is a flat device array, read through the tensor's `Layout` exactly as a
 //! CPU buffer is (element offset + strides, passed to the `cuda` crate's `Strided` operands).
@@ -10,9 +10,12 @@ use crate::{map_cpu_storage, CpuStorage, DType, Device, Error, Layout, Result, T
 use cuda::ops::elementwise::copy_strided;
 
 pub(crate) mod cast;
+pub(crate) mod concat;
 pub(crate) mod dropout;
 pub(crate) mod elementwise;
 pub(crate) mod index;
+#[cfg(test)]
+mod index_tests;
 mod inplace;
 pub(crate) mod layer_norm;
 pub(crate) mod loss;
@@ -194,14 +197,6 @@ pub(crate) fn strided<'a, T: cuda::DeviceElem>(
     cuda::Strided::new(buf, layout.offset(), layout.strides())
 }
 
-/// The error of an op that has no CUDA kernel wired yet.
-pub(crate) fn not_on_cuda(op: &'static str) -> Error {
-    Error::op(
-        op,
-        "not implemented on cuda (move the tensors to the CPU first)",
-    )
-}
-
 /// The one device every operand of `op` lives on; an error naming both devices otherwise.
 pub(crate) fn same_device(op: &'static str, operands: &[&Tensor]) -> Result<Device> {
     let first = operands.first().map_or(Device::Cpu, |t| t.device());
@@ -217,27 +212,10 @@ pub(crate) fn same_device(op: &'static str, operands: &[&Tensor]) -> Result<Devi
     Ok(first)
 }
 
-/// The error for operands of `op` that are not all on the CPU and have no CUDA path here:
-/// "different devices" when they are mixed, "not implemented on cuda" otherwise.
-pub(crate) fn unsupported(op: &'static str, operands: &[&Tensor]) -> Error {
-    match same_device(op, operands) {
-        Err(e) => e,
-        Ok(_) => not_on_cuda(op),
-    }
-}
-
 /// True when any of the tensors is not on the CPU (the op then takes its CUDA path, which
 /// checks that they share one GPU).
 pub(crate) fn any_on_cuda(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.device() != Device::Cpu)
-}
-
-/// For an op with no CUDA path: errors (as [`unsupported`]) when any operand is not on the CPU.
-pub(crate) fn refuse(op: &'static str, operands: &[&Tensor]) -> Result<()> {
-    if any_on_cuda(operands) {
-        return Err(unsupported(op, operands));
-    }
-    Ok(())
 }
 
 /// The CUDA storages of `op`'s operands, all on one GPU; an error naming the devices when they
@@ -292,3 +270,21 @@ macro_rules! float_kernel {
     };
 }
 pub(crate) use float_kernel;
+
+/// As [`float_kernel!`], and also i64 and u8 (the integer arithmetic kernels).
+macro_rules! arith_kernel {
+    ($op:expr, $dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            dtype => $crate::cuda::float_kernel!($op, dtype, $T => $body),
+        }
+    };
+}
+pub(crate) use arith_kernel;

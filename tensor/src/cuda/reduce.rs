@@ -1,6 +1,6 @@
-//! CUDA dispatch of the float reductions of `ops/reduce.rs` (`cuda::ops::reduce`): sums, sums of
+//! CUDA dispatch of the reductions of `ops/reduce.rs` (`cuda::ops::reduce`): sums, sums of
 //! squares (and from them `mean`, `var`, `norm_l2`) over a set of dims, and max / min / argmax /
-//! argmin over one dim, for f32/f16/bf16.
+//! argmin over one dim, for f32/f16/bf16; and the integer sums (i64 / u8 into i64, wrapping).
 //!
 //! Layout: the kernels reduce the middle axis of a contiguous `[outer, r, inner]` view. Reduced
 //! dims that are adjacent are that axis directly; otherwise the kept dims are permuted to the
@@ -9,7 +9,7 @@
 
 use super::rows::contig;
 use super::{float_kernel, tensor_of, wrap};
-use crate::{Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 use cuda::ops::reduce::{self as k, Axis, Extreme, SumKind};
 use cuda::Contig;
 
@@ -76,6 +76,19 @@ pub(crate) fn float_sum(
     };
     let out = if sqrt { scaled.sqrt()? } else { scaled };
     out.to_dtype(x.dtype())
+}
+
+/// Σ x over the masked dims of an i64 or u8 tensor, as i64 (wrapping); shaped `out_shape`.
+pub(crate) fn int_sum(x: &Tensor, mask: &[bool], out_shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "sum";
+    let (xa, axis) = arrange(x, mask)?;
+    let s = contig(OP, &xa)?;
+    let out = match x.dtype() {
+        DType::I64 => k::sum_int(&s.gpu, Contig::new(s.typed::<i64>(OP)?, 0), axis)?,
+        DType::U8 => k::sum_int(&s.gpu, Contig::new(s.typed::<u8>(OP)?, 0), axis)?,
+        dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
+    };
+    Ok(tensor_of(&s.gpu, wrap(out), out_shape))
 }
 
 /// The max / min (`max`) over `dim`, or its first index (i64) with `index`; shaped `out_shape`.

@@ -4,7 +4,7 @@
 
 use super::softmax::{check_float, check_same, contiguous_slice, is_half};
 use crate::cpu::activation::{self as kernel, GeluFloat};
-use crate::{CpuStorage, DType, Error, Result, Storage, Tensor};
+use crate::{CpuStorage, DType, Error, Result, Tensor};
 
 impl Tensor {
     /// 0.5 * x * (1 + erf(x / √2)), elementwise.
@@ -25,14 +25,12 @@ impl Tensor {
             let xs = contiguous_slice::<T>(OP, s, x.layout())?;
             Ok(CpuStorage::from_vec(kernel::gelu(xs)))
         }
-        let out = match x.storage() {
-            Storage::Cpu(s) => match x.dtype() {
-                DType::F32 => run::<f32>(s, &x)?,
-                DType::F64 => run::<f64>(s, &x)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = x.cpu_storage(OP)?;
+        let out = match x.dtype() {
+            DType::F32 => run::<f32>(s, &x)?,
+            DType::F64 => run::<f64>(s, &x)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, x.shape()))
     }
@@ -58,14 +56,12 @@ impl Tensor {
             let ds = contiguous_slice::<T>(OP, dy.cpu_storage(OP)?, dy.layout())?;
             Ok(CpuStorage::from_vec(kernel::gelu_backward(xs, ds)))
         }
-        let out = match x.storage() {
-            Storage::Cpu(s) => match x.dtype() {
-                DType::F32 => run::<f32>(s, &x, &dy)?,
-                DType::F64 => run::<f64>(s, &x, &dy)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = x.cpu_storage(OP)?;
+        let out = match x.dtype() {
+            DType::F32 => run::<f32>(s, &x, &dy)?,
+            DType::F64 => run::<f64>(s, &x, &dy)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, x.shape()))
     }

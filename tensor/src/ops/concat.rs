@@ -4,9 +4,10 @@
 //! inner = product of those after it, total = the summed sizes along `dim`). Input `i` of size
 //! `d_i` along `dim` fills, in every outer row, the contiguous segment of `d_i * inner` elements
 //! that starts at its running offset; a contiguous input is copied segment by segment
-//! (`copy_from_slice`), a strided one run by run. `split` and `chunk` return zero-copy views.
+//! (`copy_from_slice`), a strided one run by run. On a GPU each input is one strided copy into its
+//! slice of the output (`crate::cuda::concat`). `split` and `chunk` return zero-copy views.
 
-use crate::{CpuStorage, Error, Layout, Result, Storage, Tensor, WithDType};
+use crate::{CpuStorage, Error, Layout, Result, Tensor, WithDType};
 
 /// Copies the elements `layout` selects from `src` (row-major) into `dst`, where element `e` goes
 /// to `dst[(e / seg) * row + off + e % seg]`: consecutive segments of `seg` elements land `row`
@@ -54,11 +55,7 @@ fn cat_typed<T: WithDType>(
     for t in tensors {
         let seg = t.shape()[dim] * inner;
         if seg > 0 && n > 0 {
-            let src = match t.storage() {
-                Storage::Cpu(s) => s.as_slice::<T>("cat")?,
-                #[cfg(feature = "cuda")]
-                Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda("cat")),
-            };
+            let src = t.cpu_storage("cat")?.as_slice::<T>("cat")?;
             copy_into_segments(src, t.layout(), &mut out, seg, row, off);
         }
         off += seg;
@@ -71,8 +68,6 @@ impl Tensor {
     /// along `dim`.
     pub fn cat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
         const OP: &str = "cat";
-        #[cfg(feature = "cuda")]
-        crate::cuda::refuse(OP, tensors)?;
         let Some(first) = tensors.first() else {
             return Err(Error::op(OP, "needs at least one tensor"));
         };
@@ -106,13 +101,13 @@ impl Tensor {
             out_shape[dim] += t.shape()[dim];
         }
         let _p = crate::profiler::scope(OP);
-        let out = match first.storage() {
-            Storage::Cpu(s) => {
-                crate::map_cpu_storage!(s, b => cat_typed(b.as_slice(), tensors, dim, &out_shape)?)
-            }
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
-        };
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(tensors) {
+            return crate::cuda::concat::cat(tensors, dim, &out_shape);
+        }
+        let out = crate::map_cpu_storage!(first.cpu_storage(OP)?, b => {
+            cat_typed(b.as_slice(), tensors, dim, &out_shape)?
+        });
         Ok(Tensor::from_cpu(out, &out_shape))
     }
 

@@ -64,17 +64,15 @@ fn apply_mask(op: &'static str, x: &Tensor, keep: &Tensor, p: f64) -> Result<Ten
         let x = &xs.as_slice::<T>(op)?[xr];
         Ok(CpuStorage::from_vec(masked_scale(x, k, T::from_f64(scale))))
     }
-    let out = match (x.storage(), keep.storage()) {
-        (Storage::Cpu(xs), Storage::Cpu(ks)) => {
-            let k = &ks.as_slice::<u8>(op)?[kr];
-            match x.dtype() {
-                DType::F32 => typed::<f32>(op, xs, xr, k, scale)?,
-                DType::F64 => typed::<f64>(op, xs, xr, k, scale)?,
-                dtype => return Err(Error::UnsupportedDType { op, dtype }),
-            }
-        }
-        #[cfg(feature = "cuda")]
-        _ => return Err(crate::cuda::not_on_cuda(op)),
+    // The CUDA path returned above, so both storages are on the CPU here.
+    let (xs, k) = (
+        x.cpu_storage(op)?,
+        &keep.cpu_storage(op)?.as_slice::<u8>(op)?[kr],
+    );
+    let out = match x.dtype() {
+        DType::F32 => typed::<f32>(op, xs, xr, k, scale)?,
+        DType::F64 => typed::<f64>(op, xs, xr, k, scale)?,
+        dtype => return Err(Error::UnsupportedDType { op, dtype }),
     };
     Ok(Tensor::from_cpu(out, x.shape()))
 }

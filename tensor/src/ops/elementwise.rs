@@ -27,7 +27,7 @@ fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// `v` as a `T`, exactly: integer dtypes reject fractional or out-of-range scalars.
-fn exact_scalar<T: WithDType>(op: &'static str, v: f64) -> Result<T> {
+pub(crate) fn exact_scalar<T: WithDType>(op: &'static str, v: f64) -> Result<T> {
     let t = T::from_f64(v);
     if !T::DTYPE.is_float() && t.to_f64() != v {
         crate::bail!(op, "scalar {v} is not representable in {}", T::DTYPE);

@@ -5,28 +5,27 @@
 //!
 //! Selection works for every dtype. Accumulation sums in the tensor's dtype (f16/bf16 in f32,
 //! rounded once at the end; integers wrap). Outputs are contiguous; the kernels are in
-//! `crate::cpu::index`. Every index is checked before any work: a negative or too large one is
-//! `Error::IndexOutOfRange` naming the op.
+//! `crate::cpu::index`, and in `crate::cuda::index` for tensors on a GPU. Every index is checked
+//! on the host before any work (ids on a GPU are downloaded for it): a negative or too large one
+//! is `Error::IndexOutOfRange` naming the op, whatever the device.
 
 use crate::cpu::index::{self as kernel, Accumulate, Strided};
-use crate::{map_cpu_storage, CpuStorage, DType, Error, Result, Storage, Tensor, WithDType};
+use crate::{map_cpu_storage, CpuStorage, DType, Error, Result, Tensor, WithDType};
+use std::borrow::Cow;
 
-/// The elements of a contiguous tensor as a typed slice.
+/// The elements of a contiguous CPU tensor as a typed slice.
 fn slice_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<&'a [T]> {
     let r = t.layout().contiguous_range().expect("contiguous tensor");
-    match t.storage() {
-        Storage::Cpu(s) => Ok(&s.as_slice::<T>(op)?[r]),
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => Err(crate::cuda::not_on_cuda(op)),
-    }
+    Ok(&t.cpu_storage(op)?.as_slice::<T>(op)?[r])
 }
 
-/// A strided view of a tensor's elements for the element-wise index kernels.
-fn strided_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<Strided<'a, T>> {
-    match t.storage() {
-        Storage::Cpu(s) => Ok(Strided::new(s.as_slice::<T>(op)?, t.layout())),
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => Err(crate::cuda::not_on_cuda(op)),
+/// The elements of a contiguous i64 index tensor on the host: borrowed on the CPU, downloaded
+/// from a GPU (for the range check, which the GPU kernels only repeat as a guard).
+fn host_ids<'a>(op: &'static str, t: &'a Tensor) -> Result<Cow<'a, [i64]>> {
+    if t.device() == crate::Device::Cpu {
+        Ok(Cow::Borrowed(slice_of::<i64>(op, t)?))
+    } else {
+        Ok(Cow::Owned(t.to_vec::<i64>()?))
     }
 }
 
@@ -82,13 +81,9 @@ fn select(src: &Tensor, dim: usize, ids: &[i64], out_shape: &[usize]) -> Result<
     let (outer, d, inner) = around(src.shape(), dim);
     let src = src.contiguous()?;
     let r = src.layout().contiguous_range().expect("contiguous");
-    let out = match src.storage() {
-        Storage::Cpu(s) => map_cpu_storage!(s, b => CpuStorage::from_vec(
-            kernel::index_select(&b.as_slice()[r], outer, d, inner, ids)
-        )),
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda("index_select")),
-    };
+    let out = map_cpu_storage!(src.cpu_storage("index_select")?, b => CpuStorage::from_vec(
+        kernel::index_select(&b.as_slice()[r], outer, d, inner, ids)
+    ));
     Ok(Tensor::from_cpu(out, out_shape))
 }
 
@@ -176,7 +171,7 @@ fn scatter(
     ) -> Result<Tensor> {
         let base = base.contiguous()?;
         let mut out = slice_of::<T>(op, &base)?.to_vec();
-        let src = strided_of::<T>(op, src)?;
+        let src = Strided::new(src.cpu_storage(op)?.as_slice::<T>(op)?, src.layout());
         kernel::scatter_add(&mut out, base.shape(), dim, idx, index_shape, src);
         Ok(Tensor::from_cpu(CpuStorage::from_vec(out), base.shape()))
     }
@@ -184,14 +179,14 @@ fn scatter(
 }
 
 /// The elements of a 1-D index tensor.
-fn one_d<'a>(op: &'static str, ids: &'a Tensor) -> Result<&'a [i64]> {
+fn one_d<'a>(op: &'static str, ids: &'a Tensor) -> Result<Cow<'a, [i64]>> {
     if ids.rank() != 1 {
         return Err(Error::op(
             op,
             format!("indices must be 1-D, got shape {:?}", ids.shape()),
         ));
     }
-    slice_of::<i64>(op, ids)
+    host_ids(op, ids)
 }
 
 /// `index` has the rank of `t` and is no larger in every dim but `except`.
@@ -221,23 +216,21 @@ impl Tensor {
             ));
         }
         let ids_c = index_tensor(OP, ids)?;
+        let flat = host_ids(OP, &ids_c)?;
+        check_range(OP, &flat, weight.shape()[0])?;
+        let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[weight, ids]) {
-            check_range(OP, &ids_c.to_vec::<i64>()?, weight.shape()[0])?;
-            let _p = crate::profiler::scope(OP);
             return crate::cuda::index::embedding(weight, &ids_c);
         }
-        let flat = slice_of::<i64>(OP, &ids_c)?;
-        check_range(OP, flat, weight.shape()[0])?;
-        let _p = crate::profiler::scope(OP);
         let mut shape = ids.shape().to_vec();
         shape.push(weight.shape()[1]);
-        select(weight, 0, flat, &shape)
+        select(weight, 0, &flat, &shape)
     }
 
     /// The gradient of `embedding` for its weight: a `[num_embeddings, H]` tensor where row `v`
     /// is the sum of the rows of `dy` (`ids.shape + [H]`) whose id is `v`, added in order of
-    /// position (deterministic whatever the thread count).
+    /// position (deterministic whatever the thread count; on a GPU, f32 atomics in any order).
     pub fn embedding_backward(ids: &Tensor, dy: &Tensor, num_embeddings: usize) -> Result<Tensor> {
         const OP: &str = "embedding_backward";
         let shape_ok = dy.rank() == ids.rank() + 1 && dy.shape()[..ids.rank()] == *ids.shape();
@@ -249,18 +242,16 @@ impl Tensor {
             });
         }
         let ids_c = index_tensor(OP, ids)?;
+        let flat = host_ids(OP, &ids_c)?;
+        check_range(OP, &flat, num_embeddings)?;
+        let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[ids, dy]) {
-            check_range(OP, &ids_c.to_vec::<i64>()?, num_embeddings)?;
-            let _p = crate::profiler::scope(OP);
             return crate::cuda::index::embedding_backward(&ids_c, dy, num_embeddings);
         }
-        let flat = slice_of::<i64>(OP, &ids_c)?;
-        check_range(OP, flat, num_embeddings)?;
-        let _p = crate::profiler::scope(OP);
         let h = dy.shape()[ids.rank()];
         let dy2 = dy.reshape(&[flat.len(), h])?;
-        add_slices(OP, None, &[num_embeddings, h], 0, flat, &dy2)
+        add_slices(OP, None, &[num_embeddings, h], 0, &flat, &dy2)
     }
 
     // ---- slices along a dim ---------------------------------------------------------------
@@ -268,25 +259,26 @@ impl Tensor {
     /// Slices along `dim` at `indices` (1-D i64), as torch.index_select.
     pub fn index_select(&self, dim: usize, indices: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
-        #[cfg(feature = "cuda")]
-        crate::cuda::refuse(OP, &[self, indices])?;
         check_dim(OP, dim, self.rank())?;
         let ids_c = index_tensor(OP, indices)?;
         let ids = one_d(OP, &ids_c)?;
-        check_range(OP, ids, self.shape()[dim])?;
+        check_range(OP, &ids, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
         let mut shape = self.shape().to_vec();
         shape[dim] = ids.len();
-        select(self, dim, ids, &shape)
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, indices]) {
+            return crate::cuda::index::index_select(self, dim, &ids_c, &shape);
+        }
+        select(self, dim, &ids, &shape)
     }
 
     /// `self` with slice `j` of `src` along `dim` added at slice `indices[j]`, as
     /// torch.index_add (out of place). `src` is shaped like `self` except `indices.len()` along
-    /// `dim`. Repeated indices accumulate, in order of `j`.
+    /// `dim`. Repeated indices accumulate, in order of `j` (on a GPU: atomics in any order, so
+    /// float sums agree to rounding).
     pub fn index_add(&self, dim: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_add";
-        #[cfg(feature = "cuda")]
-        crate::cuda::refuse(OP, &[self, indices, src])?;
         check_dim(OP, dim, self.rank())?;
         check_dtype(OP, self.dtype(), src.dtype())?;
         let ids_c = index_tensor(OP, indices)?;
@@ -300,9 +292,13 @@ impl Tensor {
                 rhs: src.shape().to_vec(),
             });
         }
-        check_range(OP, ids, self.shape()[dim])?;
+        check_range(OP, &ids, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
-        add_slices(OP, Some(self), self.shape(), dim, ids, src)
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, indices, src]) {
+            return crate::cuda::index::index_add(self, dim, &ids_c, src);
+        }
+        add_slices(OP, Some(self), self.shape(), dim, &ids, src)
     }
 
     // ---- element-wise along a dim ---------------------------------------------------------
@@ -311,41 +307,42 @@ impl Tensor {
     /// (i64, same rank as `self`, no larger than `self` in the other dims). Shape of `index`.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather";
-        #[cfg(feature = "cuda")]
-        crate::cuda::refuse(OP, &[self, index])?;
         check_dim(OP, dim, self.rank())?;
         check_fits(OP, index, self, Some(dim))?;
         let idx_c = index_tensor(OP, index)?;
-        let idx = slice_of::<i64>(OP, &idx_c)?;
-        check_range(OP, idx, self.shape()[dim])?;
+        let idx = host_ids(OP, &idx_c)?;
+        check_range(OP, &idx, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
-        let out = match self.storage() {
-            Storage::Cpu(s) => map_cpu_storage!(s, b => {
-                let src = Strided::new(b.as_slice(), self.layout());
-                CpuStorage::from_vec(kernel::gather(src, dim, idx, index.shape()))
-            }),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
-        };
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, index]) {
+            return crate::cuda::index::gather(self, dim, &idx_c);
+        }
+        let out = map_cpu_storage!(self.cpu_storage(OP)?, b => {
+            let src = Strided::new(b.as_slice(), self.layout());
+            CpuStorage::from_vec(kernel::gather(src, dim, &idx, index.shape()))
+        });
         Ok(Tensor::from_cpu(out, index.shape()))
     }
 
     /// torch.scatter_add, out of place: `self` with `src[p]` added at `p with p[dim] = index[p]`
     /// for every position `p` of `index` (i64, same rank, no larger than `src`, and no larger
-    /// than `self` outside `dim`). Additions happen in row-major order of `index`.
+    /// than `self` outside `dim`). Additions happen in row-major order of `index` (on a GPU:
+    /// atomics in any order, so float sums agree to rounding).
     pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "scatter_add";
-        #[cfg(feature = "cuda")]
-        crate::cuda::refuse(OP, &[self, index, src])?;
         check_dim(OP, dim, self.rank())?;
         check_dtype(OP, self.dtype(), src.dtype())?;
         check_fits(OP, index, self, Some(dim))?;
         check_fits(OP, index, src, None)?;
         let idx_c = index_tensor(OP, index)?;
-        let idx = slice_of::<i64>(OP, &idx_c)?;
-        check_range(OP, idx, self.shape()[dim])?;
+        let idx = host_ids(OP, &idx_c)?;
+        check_range(OP, &idx, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
-        scatter(OP, self, dim, idx, index.shape(), src)
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, index, src]) {
+            return crate::cuda::index::scatter_add(self, dim, &idx_c, src);
+        }
+        scatter(OP, self, dim, &idx, index.shape(), src)
     }
 }
 

@@ -8,7 +8,7 @@
 use super::softmax::{check_dtype, check_float, check_same, contiguous_slice, is_half};
 use crate::cpu::layer_norm as kernel;
 use crate::cpu::simd::VecFloat;
-use crate::{CpuStorage, DType, Error, Result, Storage, Tensor};
+use crate::{CpuStorage, DType, Error, Result, Tensor};
 
 /// The dtype of the saved statistics for an input of `dtype`.
 fn stat_dtype(dtype: DType) -> DType {
@@ -82,14 +82,12 @@ impl Tensor {
             let (y, m, r) = kernel::layer_norm(xs, rows, ws, bs, T::from_f64(eps));
             Ok([y, m, r].map(CpuStorage::from_vec))
         }
-        let [y, m, r] = match x.storage() {
-            Storage::Cpu(s) => match x.dtype() {
-                DType::F32 => run::<f32>(s, &x, &w, &b, rows, eps)?,
-                DType::F64 => run::<f64>(s, &x, &w, &b, rows, eps)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = x.cpu_storage(OP)?;
+        let [y, m, r] = match x.dtype() {
+            DType::F32 => run::<f32>(s, &x, &w, &b, rows, eps)?,
+            DType::F64 => run::<f64>(s, &x, &w, &b, rows, eps)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok((
             Tensor::from_cpu(y, x.shape()),
@@ -153,14 +151,12 @@ impl Tensor {
             Ok([dx, dw, db].map(CpuStorage::from_vec))
         }
         let ts = [&xc, &w, &m, &r, &g];
-        let [dx, dw, db] = match xc.storage() {
-            Storage::Cpu(s) => match xc.dtype() {
-                DType::F32 => run::<f32>(s, ts)?,
-                DType::F64 => run::<f64>(s, ts)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = xc.cpu_storage(OP)?;
+        let [dx, dw, db] = match xc.dtype() {
+            DType::F32 => run::<f32>(s, ts)?,
+            DType::F64 => run::<f64>(s, ts)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok((
             Tensor::from_cpu(dx, x.shape()),

@@ -8,7 +8,7 @@
 use super::softmax::{check_dtype, check_float, is_half};
 use crate::cpu::loss as kernel;
 use crate::cpu::simd::VecFloat;
-use crate::{CpuStorage, DType, Error, Result, Storage, Tensor};
+use crate::{CpuStorage, DType, Error, Result, Tensor};
 
 /// The dtype lse comes in for logits of `dtype`.
 fn lse_dtype(dtype: DType) -> DType {
@@ -98,14 +98,12 @@ impl Tensor {
             let loss = CpuStorage::from_vec(vec![T::from_f64(mean)]);
             Ok((loss, CpuStorage::from_vec(r.lse)))
         }
-        let (loss, lse) = match x.storage() {
-            Storage::Cpu(s) => match x.dtype() {
-                DType::F32 => run::<f32>(s, &x, c, &t, ignore_index)?,
-                DType::F64 => run::<f64>(s, &x, c, &t, ignore_index)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = x.cpu_storage(OP)?;
+        let (loss, lse) = match x.dtype() {
+            DType::F32 => run::<f32>(s, &x, c, &t, ignore_index)?,
+            DType::F64 => run::<f64>(s, &x, c, &t, ignore_index)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok((
             Tensor::from_cpu(loss, &[]),
@@ -172,14 +170,12 @@ impl Tensor {
             let g = kernel::cross_entropy_backward(xs, c, t, ls, ignore, T::from_f64(coef));
             Ok(CpuStorage::from_vec(g))
         }
-        let out = match x.storage() {
-            Storage::Cpu(s) => match x.dtype() {
-                DType::F32 => run::<f32>(s, &x, &lse, &t, ignore_index, coef)?,
-                DType::F64 => run::<f64>(s, &x, &lse, &t, ignore_index, coef)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(OP)),
+        // The CUDA path returned above, so the storage is on the CPU here.
+        let s = x.cpu_storage(OP)?;
+        let out = match x.dtype() {
+            DType::F32 => run::<f32>(s, &x, &lse, &t, ignore_index, coef)?,
+            DType::F64 => run::<f64>(s, &x, &lse, &t, ignore_index, coef)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, &[t.len(), c]))
     }

@@ -4,7 +4,7 @@
 //! bf16 goes through f32.
 
 use crate::cpu::matmul::{self as kernel, GemmElem};
-use crate::{broadcast_shapes, CpuStorage, DType, Error, Layout, Result, Storage, Tensor};
+use crate::{broadcast_shapes, CpuStorage, DType, Error, Layout, Result, Tensor};
 
 /// Checks dtypes and the inner dim; returns (m, k, n) of the last two dims.
 fn check_operands(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize, usize, usize)> {
@@ -71,15 +71,13 @@ impl Tensor {
             let (xs, ys) = (x.as_slice::<T>(OP)?, y.as_slice::<T>(OP)?);
             Ok(CpuStorage::from_vec(kernel::matmul(xs, xl, ys, yl)))
         }
-        let out = match (self.storage(), rhs.storage()) {
-            (Storage::Cpu(x), Storage::Cpu(y)) => match dtype {
-                DType::F32 => run::<f32>(x, &lhs_l, y, &rhs_l)?,
-                DType::F64 => run::<f64>(x, &lhs_l, y, &rhs_l)?,
-                DType::F16 => run::<half::f16>(x, &lhs_l, y, &rhs_l)?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            _ => return Err(crate::cuda::unsupported(OP, &[self, rhs])),
+        // The CUDA path returned above, so both storages are on the CPU here.
+        let (x, y) = (self.cpu_storage(OP)?, rhs.cpu_storage(OP)?);
+        let out = match dtype {
+            DType::F32 => run::<f32>(x, &lhs_l, y, &rhs_l)?,
+            DType::F64 => run::<f64>(x, &lhs_l, y, &rhs_l)?,
+            DType::F16 => run::<half::f16>(x, &lhs_l, y, &rhs_l)?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, &with([m, n])))
     }
@@ -132,15 +130,17 @@ impl Tensor {
             Ok(CpuStorage::from_vec(kernel::matmul_bias(xs, xl, ys, yl, b)))
         }
         let (xl, yl) = (self.layout(), rhs.layout());
-        let out = match (self.storage(), rhs.storage(), bias.storage()) {
-            (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(b)) => match dtype {
-                DType::F32 => run::<f32>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
-                DType::F64 => run::<f64>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
-                DType::F16 => run::<half::f16>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
-                dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
-            },
-            #[cfg(feature = "cuda")]
-            _ => return Err(crate::cuda::unsupported(OP, &[self, rhs])),
+        // The CUDA path returned above, so every storage is on the CPU here.
+        let (x, y, b) = (
+            self.cpu_storage(OP)?,
+            rhs.cpu_storage(OP)?,
+            bias.cpu_storage(OP)?,
+        );
+        let out = match dtype {
+            DType::F32 => run::<f32>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+            DType::F64 => run::<f64>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+            DType::F16 => run::<half::f16>(x, xl, y, yl, &b.as_slice(OP)?[bias_range])?,
+            dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, &[m, n]))
     }

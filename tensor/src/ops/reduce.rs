@@ -11,7 +11,7 @@
 //! contiguous first; the kernel (`crate::cpu::reduce`) then streams whole rows or slices.
 
 use crate::cpu::reduce::{self as kernel, Best, FloatSum, IntSum};
-use crate::{map_cpu_storage, CpuStorage, DType, Error, Result, Storage, Tensor, WithDType};
+use crate::{map_cpu_storage, CpuStorage, DType, Error, Result, Tensor, WithDType};
 use std::ops::Range;
 
 /// The reduced-dims mask for `dims`, rejecting out-of-range and repeated dims.
@@ -122,11 +122,8 @@ impl Tensor {
             .layout()
             .contiguous_range()
             .ok_or_else(|| Error::op(op, "input is not contiguous after contiguous()"))?;
-        let out = match x.storage() {
-            Storage::Cpu(s) => cpu(s, range)?,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
-        };
+        // Every caller takes its CUDA path before this, so the storage is on the CPU here.
+        let out = cpu(x.cpu_storage(op)?, range)?;
         Ok(Tensor::from_cpu(
             out,
             &out_shape(self.shape(), mask, keepdim),
@@ -159,9 +156,16 @@ impl Tensor {
         let mask = reduce_mask("sum", self.shape(), dims)?;
         let _p = crate::profiler::scope("sum");
         match self.dtype() {
-            DType::I64 | DType::U8 => self.reduce_with("sum", &mask, keepdim, |s, range| {
-                int_sum_cpu(s, range, self.shape(), &mask)
-            }),
+            DType::I64 | DType::U8 => {
+                #[cfg(feature = "cuda")]
+                if crate::cuda::any_on_cuda(&[self]) {
+                    let out = out_shape(self.shape(), &mask, keepdim);
+                    return crate::cuda::reduce::int_sum(self, &mask, &out);
+                }
+                self.reduce_with("sum", &mask, keepdim, |s, range| {
+                    int_sum_cpu(s, range, self.shape(), &mask)
+                })
+            }
             _ => {
                 let r = FloatSum::<false> {
                     scale: 1.0,

@@ -9,7 +9,7 @@
 
 use crate::cpu::simd::VecFloat;
 use crate::cpu::softmax::{self as kernel, RowMask};
-use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor, WithDType};
+use crate::{CpuStorage, DType, Error, Layout, Result, Tensor, WithDType};
 
 // ---- shared argument helpers ------------------------------------------------------------------
 
@@ -179,14 +179,12 @@ fn forward(
         let out = kernel::softmax_last(xs, n, m.as_ref(), T::from_f64(scale), log);
         Ok(CpuStorage::from_vec(out))
     }
-    let out = match x.storage() {
-        Storage::Cpu(s) => match x.dtype() {
-            DType::F32 => run::<f32>(op, s, &x, mask.as_ref(), n, scale, log)?,
-            DType::F64 => run::<f64>(op, s, &x, mask.as_ref(), n, scale, log)?,
-            dtype => return Err(Error::UnsupportedDType { op, dtype }),
-        },
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
+    // The CUDA path returned above, so the storage is on the CPU here.
+    let s = x.cpu_storage(op)?;
+    let out = match x.dtype() {
+        DType::F32 => run::<f32>(op, s, &x, mask.as_ref(), n, scale, log)?,
+        DType::F64 => run::<f64>(op, s, &x, mask.as_ref(), n, scale, log)?,
+        dtype => return Err(Error::UnsupportedDType { op, dtype }),
     };
     Ok(Tensor::from_cpu(out, x.shape()))
 }
@@ -220,14 +218,12 @@ fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) ->
         let out = kernel::softmax_backward(ys, ds, n, T::from_f64(scale), log);
         Ok(CpuStorage::from_vec(out))
     }
-    let out = match y.storage() {
-        Storage::Cpu(s) => match y.dtype() {
-            DType::F32 => run::<f32>(op, s, &y, &dy, n, scale, log)?,
-            DType::F64 => run::<f64>(op, s, &y, &dy, n, scale, log)?,
-            dtype => return Err(Error::UnsupportedDType { op, dtype }),
-        },
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
+    // The CUDA path returned above, so the storage is on the CPU here.
+    let s = y.cpu_storage(op)?;
+    let out = match y.dtype() {
+        DType::F32 => run::<f32>(op, s, &y, &dy, n, scale, log)?,
+        DType::F64 => run::<f64>(op, s, &y, &dy, n, scale, log)?,
+        dtype => return Err(Error::UnsupportedDType { op, dtype }),
     };
     Ok(Tensor::from_cpu(out, y.shape()))
 }

@@ -44,11 +44,9 @@ impl Tensor {
                 (CpuStorage::from_vec(v), i)
             }),
             #[cfg(feature = "cuda")]
-            Storage::Cuda(_) if descending => {
-                return crate::cuda::topk::topk(op, &src, k, &out_shape)
+            Storage::Cuda(_) => {
+                return crate::cuda::topk::ranked(op, &src, k, descending, &out_shape)
             }
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return Err(crate::cuda::not_on_cuda(op)),
         };
         Ok((
             Tensor::from_cpu(vals, &out_shape),
