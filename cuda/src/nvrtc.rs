@@ -55,6 +55,7 @@ pub mod kernels {
         DROPOUT = "dropout",
         ELEMENTWISE = "elementwise",
         EMBEDDING = "embedding",
+        FLASH_ATTENTION = "flash_attention",
         LAYER_NORM = "layer_norm",
         LOSS_SCALE = "loss_scale",
         REDUCE = "reduce",
