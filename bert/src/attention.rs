@@ -5,7 +5,9 @@
 //! probs = softmax(scores / sqrt(d) + mask) over the keys, where the additive mask is 0 on real
 //! tokens and the dtype's most negative finite value on padding (HF 5's eager attention; HF 4.17
 //! used -10000, which gives the same probabilities); dropout on probs; context = probs v, back to
-//! [B, L, H]. Then `attention.output`: LayerNorm(dropout(context W_o^T + b_o) + x).
+//! [B, L, H]. The scores-to-context part is `Var::scaled_dot_product_attention` (the composed ops
+//! on the CPU, the flash kernels on CUDA). Then `attention.output`:
+//! LayerNorm(dropout(context W_o^T + b_o) + x).
 
 use crate::config::BertConfig;
 use crate::init::Init;
@@ -79,11 +81,17 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(x)?)?;
         let k = heads(self.key.forward(x)?)?;
         let v = heads(self.value.forward(x)?)?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?;
-        // The [B, 1, 1, L] mask broadcasts over heads and queries inside the fused softmax.
-        let probs = scores.softmax_last(mask, (d as f64).powf(-0.5))?;
-        let probs = self.dropout.forward(&probs, ctx)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape(&[b, l, h])
+        // The [B, 1, 1, L] mask broadcasts over heads and queries inside the fused op.
+        let context = Var::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            (d as f64).powf(-0.5),
+            self.dropout.p,
+            ctx.train.then_some(&mut ctx.rng),
+        )?;
+        context.transpose(1, 2)?.reshape(&[b, l, h])
     }
 }
 

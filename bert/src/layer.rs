@@ -23,7 +23,7 @@ impl BertIntermediate {
     }
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        self.dense.forward(x)?.gelu()
+        self.dense.forward_gelu(x)
     }
 }
 

@@ -35,7 +35,7 @@ impl BertPredictionHeadTransform {
     }
 
     pub fn forward(&self, h: &Var) -> Result<Var> {
-        self.layer_norm.forward(&self.dense.forward(h)?.gelu()?)
+        self.layer_norm.forward(&self.dense.forward_gelu(h)?)
     }
 }
 

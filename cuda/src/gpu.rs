@@ -20,7 +20,9 @@
 use crate::buffer::{DeviceBuffer, DeviceElem};
 use crate::nvrtc::{self, KernelFile};
 use crate::{Error, Result};
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUmemPool_attribute};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUmemPool_attribute,
+};
 use cudarc::driver::{result as dr, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -203,6 +205,9 @@ pub(crate) struct Launch {
     pub block: (u32, u32, u32),
     pub shared_bytes: u32,
 }
+
+/// Dynamic shared memory a launch may use without opting in (48 KiB on every architecture).
+const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
 /// Threads per block of the 1-D grid-stride kernels.
 pub(crate) const THREADS: u32 = 256;
@@ -666,7 +671,8 @@ impl Gpu {
     }
 
     /// Launches kernel `name` of `file` on the stream with `args` (pointers to each argument's
-    /// value, in the kernel's parameter order).
+    /// value, in the kernel's parameter order). A launch with more than 48 KiB of dynamic shared
+    /// memory first raises the function's limit (the device's opt-in maximum bounds it).
     ///
     /// # Safety
     /// `args` must match the kernel's parameters in number, order and type, and every device
@@ -680,6 +686,14 @@ impl Gpu {
     ) -> Result<()> {
         let f = self.function(file, name)?;
         self.bind()?;
+        if shape.shared_bytes > DEFAULT_SHARED_BYTES {
+            // Dynamic shared memory above the default needs a per-function opt-in.
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shape.shared_bytes as i32,
+            )
+            .map_err(|e| Error::driver("cuFuncSetAttribute", e))?;
+        }
         unsafe {
             dr::launch_kernel(
                 f.cu_function(),

@@ -55,6 +55,7 @@ pub mod kernels {
         DROPOUT = "dropout",
         ELEMENTWISE = "elementwise",
         EMBEDDING = "embedding",
+        FLASH_ATTENTION = "flash_attention",
         GRAD_NORM = "grad_norm",
         INDEX = "index",
         LAYER_NORM = "layer_norm",

@@ -3,6 +3,7 @@
 
 mod activation;
 mod arith;
+mod attention;
 mod dropout;
 mod index;
 mod layer_norm;

@@ -37,7 +37,7 @@ fn check_p(op: &'static str, p: f64) -> Result<()> {
 }
 
 /// 1 / (1 - p) in f64, rounded to f32 (0 for p = 1), as the CPU scales kept elements.
-fn keep_scale(p: f64) -> f32 {
+pub(crate) fn keep_scale(p: f64) -> f32 {
     if p < 1.0 {
         (1.0 / (1.0 - p)) as f32
     } else {

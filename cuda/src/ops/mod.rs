@@ -16,6 +16,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod grad_norm;
 pub mod index;
 pub mod layer_norm;
@@ -91,6 +92,7 @@ pub fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     v.extend(dropout::kernel_names());
     v.extend(elementwise::kernel_names());
     v.extend(embedding::kernel_names());
+    v.extend(flash_attention::kernel_names());
     v.extend(grad_norm::kernel_names());
     v.extend(index::kernel_names());
     v.extend(layer_norm::kernel_names());
@@ -110,6 +112,7 @@ pub fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
     v.extend(layer_norm::mirrored_constants());
     v.extend(adamw::mirrored_constants());
     v.extend(loss_scale::mirrored_constants());
+    v.extend(flash_attention::mirrored_constants());
     v.extend(grad_norm::mirrored_constants());
     v
 }

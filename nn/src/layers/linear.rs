@@ -1,6 +1,6 @@
 //! `Linear`: y = x W^T + b with W stored [out, in] as in torch. The input's leading dims are
 //! flattened into one so the product is a single 2-D GEMM, with the bias accumulated in that
-//! GEMM (`matmul_bias`).
+//! GEMM (`matmul_bias`). `forward_gelu` adds the activation (fused with the bias on CUDA).
 //!
 //! The GEMM reads W^T. In training it is a stride view of W (no copy; W changes every step). In
 //! inference (`autograd::no_grad`) the layer keeps a row-major copy of W^T, made once per weight
@@ -73,15 +73,28 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
+        self.apply(x, |x2, w_t| match &self.bias {
+            Some(b) => x2.matmul_bias(w_t, &b.var()),
+            None => x2.matmul(w_t),
+        })
+    }
+
+    /// gelu(x W^T + b): on the CPU the same bits as `forward(x)?.gelu()`; on CUDA the bias and
+    /// the GELU run as one fused kernel after the GEMM (`Var::matmul_bias_gelu`).
+    pub fn forward_gelu(&self, x: &Var) -> Result<Var> {
+        self.apply(x, |x2, w_t| match &self.bias {
+            Some(b) => x2.matmul_bias_gelu(w_t, &b.var()),
+            None => x2.matmul(w_t)?.gelu(),
+        })
+    }
+
+    /// `f(x2, W^T)` on x flattened to [rows, in], reshaped back to x's leading dims.
+    fn apply(&self, x: &Var, f: impl FnOnce(&Var, &Var) -> Result<Var>) -> Result<Var> {
         let shape = x.shape().to_vec();
         let in_features = *shape.last().unwrap_or(&0);
         let rows = x.value().elem_count() / in_features.max(1);
         let x2 = x.reshape(&[rows, in_features])?;
-        let w_t = self.weight_t()?;
-        let y = match &self.bias {
-            Some(b) => x2.matmul_bias(&w_t, &b.var())?,
-            None => x2.matmul(&w_t)?,
-        };
+        let y = f(&x2, &self.weight_t()?)?;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
         y.reshape(&out_shape)
@@ -100,6 +113,50 @@ impl Module for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_gelu_is_forward_then_gelu_bit_for_bit_on_the_cpu() {
+        let mut rng = Rng::new(5);
+        let x = Tensor::randn(&[2, 3, 6], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        let w = Tensor::randn(&[2, 3, 4], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        for bias in [true, false] {
+            let lin = Linear::new(6, 4, bias, 0.5, &mut rng).unwrap();
+            if let Some(b) = &lin.bias {
+                let v = Tensor::randn(&[4], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+                b.set("bias", v).unwrap();
+            }
+            let run = |fused: bool| {
+                let xv = Var::param(x.clone());
+                let y = if fused {
+                    lin.forward_gelu(&xv).unwrap()
+                } else {
+                    lin.forward(&xv).unwrap().gelu().unwrap()
+                };
+                let g = y.backward_with(w.clone()).unwrap();
+                let mut out = vec![y.value().clone(), g.get(&xv).unwrap().clone()];
+                out.push(g.get(&lin.weight.var()).unwrap().clone());
+                if let Some(b) = &lin.bias {
+                    out.push(g.get(&b.var()).unwrap().clone());
+                }
+                out.iter()
+                    .map(|t| t.to_vec::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(run(true), run(false), "bias {bias}");
+            let infer = |fused: bool| {
+                autograd::no_grad(|| {
+                    let xv = Var::constant(x.clone());
+                    let y = if fused {
+                        lin.forward_gelu(&xv).unwrap()
+                    } else {
+                        lin.forward(&xv).unwrap().gelu().unwrap()
+                    };
+                    y.value().to_vec::<f32>().unwrap()
+                })
+            };
+            assert_eq!(infer(true), infer(false));
+        }
+    }
 
     #[test]
     fn inference_copy_matches_training_view_and_follows_updates() {

@@ -9,6 +9,7 @@
 use crate::{map_cpu_storage, CpuStorage, DType, Device, Error, Layout, Result, Tensor, WithDType};
 use cuda::ops::elementwise::copy_strided;
 
+pub(crate) mod attention;
 pub(crate) mod cast;
 pub(crate) mod concat;
 pub(crate) mod dropout;

@@ -1,5 +1,6 @@
 //! CUDA dispatch of the row ops of `ops/activation.rs` and `ops/softmax.rs`: GELU and its
-//! backward (elementwise over contiguous copies), softmax / log-softmax over the last dim with
+//! backward (elementwise over contiguous copies), bias + GELU and its backward (with the bias's
+//! column-sum gradient), softmax / log-softmax over the last dim with
 //! the fused scale and additive mask, and their backward passes. f32, f16 and bf16 (computed in
 //! f32 by the kernels, as the CPU widens halves).
 
@@ -33,6 +34,42 @@ pub(crate) fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let (xc, gc) = (Contig::new(sx.typed::<T>(OP)?, 0), Contig::new(sg.typed::<T>(OP)?, 0));
         let out = activation::gelu_backward(&sx.gpu, xc, gc, x.elem_count())?;
         Ok(tensor_of(&sx.gpu, wrap(out), x.shape()))
+    })
+}
+
+/// Runs `$body` with `$T` the element type of `$x` and `$W` that of `$b` (both f32, f16 or bf16;
+/// the kernels accept the same type, or f32 with a half `$T`).
+macro_rules! bias_kernel {
+    ($op:expr, $x:expr, $b:expr, $T:ident, $W:ident => $body:expr) => {
+        float_kernel!($op, $x.dtype(), $T => float_kernel!($op, $b.dtype(), $W => $body))
+    };
+}
+
+/// gelu(x + b), b broadcast over the rows of x's last dim.
+pub(crate) fn bias_gelu(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "bias_gelu";
+    operands(OP, [x, b])?;
+    let (sx, sb) = (contig(OP, x)?, contig(OP, b)?);
+    let h = b.elem_count();
+    bias_kernel!(OP, x, b, T, W => {
+        let (xc, bc) = (Contig::new(sx.typed::<T>(OP)?, 0), Contig::new(sb.typed::<W>(OP)?, 0));
+        let out = activation::bias_gelu(&sx.gpu, xc, bc, x.elem_count() / h.max(1), h)?;
+        Ok(tensor_of(&sx.gpu, wrap(out), x.shape()))
+    })
+}
+
+/// (dy * gelu'(x + b), its column sums in b's dtype).
+pub(crate) fn bias_gelu_backward(x: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "bias_gelu_backward";
+    operands(OP, [x, b, dy])?;
+    let (sx, sb, sg) = (contig(OP, x)?, contig(OP, b)?, contig(OP, dy)?);
+    let h = b.elem_count();
+    bias_kernel!(OP, x, b, T, W => {
+        let (xc, bc) = (Contig::new(sx.typed::<T>(OP)?, 0), Contig::new(sb.typed::<W>(OP)?, 0));
+        let gc = Contig::new(sg.typed::<T>(OP)?, 0);
+        let rows = x.elem_count() / h.max(1);
+        let (dx, db) = activation::bias_gelu_backward(&sx.gpu, xc, bc, gc, rows, h)?;
+        Ok((tensor_of(&sx.gpu, wrap(dx), x.shape()), tensor_of(&sx.gpu, wrap(db), b.shape())))
     })
 }
 

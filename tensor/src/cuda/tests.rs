@@ -474,3 +474,164 @@ fn topk_matches_the_cpu() {
         });
     }
 }
+
+/// The most negative finite value of `dtype` (BERT's additive padding mask).
+fn dtype_min(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => half::f16::MIN.to_f64(),
+        DType::BF16 => half::bf16::MIN.to_f64(),
+        _ => f32::MIN as f64,
+    }
+}
+
+#[test]
+fn flash_attention_matches_the_cpu() {
+    use crate::ops::attention::AttentionDropout;
+    let Some(dev) = gpu_or_skip("flash_attention_matches_the_cpu") else {
+        return;
+    };
+    // (B, H, Sq, Sk, D): Sq != Sk, partial tiles, several key tiles, a head dim that is not a
+    // multiple of 32, the largest head dim.
+    for (i, &(b, h, sq, sk, d)) in [(2, 3, 37, 45, 64), (1, 2, 20, 300, 128), (2, 2, 5, 3, 40)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 50 + 10 * i as u64;
+        let scale = (d as f64).powf(-0.5);
+        for dtype in FLOATS {
+            // Projections [B, S, H·D], seen as [B, H, S, D] views (not contiguous).
+            let heads = |t: &Tensor| t.reshape(&[b, t.shape()[1], h, d])?.transpose(1, 2);
+            let src = [sq, sk, sk, sq].map(|s| randn_as(&[b, s, h * d], dtype, seed + s as u64));
+            // Batch b-1 pads its last third of keys.
+            let pad: Vec<f64> = (0..b * sk)
+                .map(|j| {
+                    if j >= b * sk - sk / 3 {
+                        dtype_min(dtype)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(pad, &[b, 1, 1, sk])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let n = b * h * sq * sk;
+            for p in [0.0, 0.2] {
+                let rng = || crate::Rng { seed: 7, offset: 3 };
+                let draw = |p: f64| {
+                    (p > 0.0)
+                        .then(|| AttentionDropout::draw(p, n, &mut rng()))
+                        .transpose()
+                };
+                let inputs = [&src[0], &src[1], &src[2], &mask];
+                // Forward: the CUDA kernel against the CPU composition (matmul, masked softmax,
+                // dropout of the probs with the same generator state, matmul) in f32.
+                parity("flash_attention", dev, dtype, &inputs, |t| {
+                    let [q, k, v] = [&t[0], &t[1], &t[2]].map(|x| heads(x).unwrap());
+                    if t[0].device() == Device::Cpu {
+                        let f = |x: &Tensor| x.to_dtype(DType::F32);
+                        let scores = f(&q)?.matmul(&f(&k)?.transpose(2, 3)?)?;
+                        let probs = scores.softmax_last(Some(&f(&t[3])?), scale)?;
+                        let probs = if p > 0.0 {
+                            probs.dropout(p, &mut rng())?.0
+                        } else {
+                            probs
+                        };
+                        probs.matmul(&f(&v)?)?.to_dtype(dtype)
+                    } else {
+                        assert!(Tensor::flash_attention_fits(&q, &k, &v));
+                        Ok(Tensor::flash_attention(&q, &k, &v, Some(&t[3]), scale, draw(p)?)?.0)
+                    }
+                });
+                // Backward: against the CPU evaluation of the same formulas in f64, the output
+                // gradient a non-contiguous view too.
+                let all = [&src[0], &src[1], &src[2], &mask, &src[3]];
+                for part in 0..3 {
+                    parity("flash_attention_backward", dev, dtype, &all, |t| {
+                        let on_cpu = t[0].device() == Device::Cpu;
+                        let c = |x: &Tensor| {
+                            if on_cpu {
+                                x.to_dtype(DType::F64)
+                            } else {
+                                Ok(x.clone())
+                            }
+                        };
+                        let [q, k, v, g] =
+                            [&t[0], &t[1], &t[2], &t[4]].map(|x| heads(&c(x).unwrap()).unwrap());
+                        let m = c(&t[3])?;
+                        let (out, lse) =
+                            Tensor::flash_attention(&q, &k, &v, Some(&m), scale, draw(p)?)?;
+                        let grads = Tensor::flash_attention_backward(
+                            &q,
+                            &k,
+                            &v,
+                            Some(&m),
+                            &out,
+                            &lse,
+                            &g,
+                            scale,
+                            draw(p)?,
+                        )?;
+                        [grads.0, grads.1, grads.2][part].to_dtype(dtype)
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_gelu_matches_the_cpu() {
+    let Some(dev) = gpu_or_skip("bias_gelu_matches_the_cpu") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[6, 40], dtype, 60);
+        let b = randn_as(&[40], dtype, 61);
+        let dy = randn_as(&[6, 40], dtype, 62);
+        parity("bias_gelu", dev, dtype, &[&x, &b], |t| {
+            t[0].bias_gelu(&t[1])
+        });
+        for part in 0..2 {
+            parity("bias_gelu_backward", dev, dtype, &[&x, &b, &dy], |t| {
+                let (dx, db) = Tensor::bias_gelu_backward(&t[0], &t[1], &t[2])?;
+                Ok([dx, db][part].clone())
+            });
+        }
+        if dtype != DType::F32 {
+            // Half activations with an f32 bias (mixed precision): against the CPU in f32.
+            let b32 = b.to_dtype(DType::F32).unwrap();
+            let (x32, dy32) = (
+                x.to_dtype(DType::F32).unwrap(),
+                dy.to_dtype(DType::F32).unwrap(),
+            );
+            let g = |t: &Tensor| t.to_device(dev).unwrap();
+            let y = g(&x).bias_gelu(&g(&b32)).unwrap();
+            let want = x32.bias_gelu(&b32).unwrap();
+            let err = max_rel_err(
+                &y.to_device(Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+                &want,
+            );
+            assert!(err <= tolerance(dtype), "bias_gelu mixed {dtype}: {err}");
+            let (dx, db) = Tensor::bias_gelu_backward(&g(&x), &g(&b32), &g(&dy)).unwrap();
+            let (wdx, wdb) = Tensor::bias_gelu_backward(&x32, &b32, &dy32).unwrap();
+            assert_eq!((dx.dtype(), db.dtype()), (dtype, DType::F32));
+            for (got, want) in [(dx, wdx), (db, wdb)] {
+                let got = got
+                    .to_device(Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                let err = max_rel_err(&got, &want);
+                assert!(
+                    err <= tolerance(dtype),
+                    "bias_gelu_backward mixed {dtype}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! GELU, erf form (`torch.nn.functional.gelu(x)`, approximate='none'), and its backward. f32
 //! uses a vectorised erf (absolute error < 1.6e-7, see `cpu::activation`); f64 the exact one;
-//! f16/bf16 compute in f32.
+//! f16/bf16 compute in f32. Also gelu(x + bias), a Linear layer's bias and activation, fused into
+//! one kernel on CUDA.
 
 use super::softmax::{check_float, check_same, contiguous_slice, is_half};
 use crate::cpu::activation::{self as kernel, GeluFloat};
@@ -65,6 +66,54 @@ impl Tensor {
         };
         Ok(Tensor::from_cpu(out, x.shape()))
     }
+
+    /// gelu(self + bias) for `self` [.., h] and `bias` [h] (a Linear layer's pre-activation and
+    /// its bias): on CUDA one fused kernel (bias f32 with half `self` allowed there), on the CPU
+    /// `add` then `gelu`.
+    pub fn bias_gelu(&self, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bias_gelu";
+        check_bias(OP, self, bias)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[self, bias]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::rows::bias_gelu(self, bias);
+        }
+        self.add(bias)?.gelu()
+    }
+
+    /// The gradients of `bias_gelu` for the output gradient `dy`: (dx, dbias) with
+    /// dx = dy * gelu'(x + bias) and dbias the sum of dx over every dim but the last (in bias's
+    /// dtype).
+    pub fn bias_gelu_backward(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "bias_gelu_backward";
+        check_bias(OP, x, bias)?;
+        check_same(OP, x, dy)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[x, bias, dy]) {
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::rows::bias_gelu_backward(x, bias, dy);
+        }
+        let dx = Tensor::gelu_backward(&x.add(bias)?, dy)?;
+        let db = dx.sum_to_shape(bias.shape())?.to_dtype(bias.dtype())?;
+        Ok((dx, db))
+    }
+}
+
+/// Errors (naming `op`) unless `x` is a float tensor of rank >= 1 and `bias` a float vector of
+/// its last dim.
+fn check_bias(op: &'static str, x: &Tensor, bias: &Tensor) -> Result<()> {
+    check_float(op, x)?;
+    check_float(op, bias)?;
+    let h = x.shape().last().copied();
+    if h.is_none() || bias.shape() != [h.unwrap_or(0)] {
+        crate::bail!(
+            op,
+            "bias {:?} does not match the last dim of {:?}",
+            bias.shape(),
+            x.shape()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,6 +214,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bias_gelu_is_add_then_gelu_with_the_column_sum_gradient() {
+        let (rows, h) = (3, 4);
+        let x = randn(&[rows, h], 1.5, 6);
+        let b = randn(&[h], 1.0, 7);
+        let w = randn(&[rows, h], 1.0, 8);
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let y = c(&x).bias_gelu(&c(&b)).unwrap();
+            let want = c(&x).add(&c(&b)).unwrap().gelu().unwrap();
+            assert_eq!(
+                y.to_vec_f64().unwrap(),
+                want.to_vec_f64().unwrap(),
+                "{dtype}"
+            );
+            let (dx, db) = Tensor::bias_gelu_backward(&c(&x), &c(&b), &c(&w)).unwrap();
+            assert_eq!(
+                (dx.dtype(), db.dtype(), db.shape()),
+                (dtype, dtype, &[h][..])
+            );
+        }
+        // Against central differences of sum(w * gelu(x + b)) in f64.
+        let f = |x: &Tensor, b: &Tensor| -> f64 {
+            let y = x.bias_gelu(b).unwrap().mul(&w).unwrap();
+            y.sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let (dx, db) = Tensor::bias_gelu_backward(&x, &b, &w).unwrap();
+        let eps = 1e-6;
+        let bump = |t: &Tensor, i: usize, d: f64| {
+            let mut v = t.to_vec_f64().unwrap();
+            v[i] += d;
+            Tensor::from_vec(v, t.shape()).unwrap()
+        };
+        for (i, g) in dx.to_vec_f64().unwrap().into_iter().enumerate() {
+            let num = (f(&bump(&x, i, eps), &b) - f(&bump(&x, i, -eps), &b)) / (2.0 * eps);
+            assert!(
+                (g - num).abs() < 1e-7 * (1.0 + num.abs()),
+                "dx[{i}] {g} vs {num}"
+            );
+        }
+        for (i, g) in db.to_vec_f64().unwrap().into_iter().enumerate() {
+            let num = (f(&x, &bump(&b, i, eps)) - f(&x, &bump(&b, i, -eps))) / (2.0 * eps);
+            assert!(
+                (g - num).abs() < 1e-7 * (1.0 + num.abs()),
+                "db[{i}] {g} vs {num}"
+            );
+        }
+        let e = x
+            .bias_gelu(&randn(&[h + 1], 1.0, 9))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bias_gelu:"), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn masked_scale<T: Float>(x: &[T], keep: &[u8], scale: T) -> Vec<T> {
     out
 }
 
-fn check_p(op: &'static str, p: f64) -> Result<()> {
+pub(crate) fn check_p(op: &'static str, p: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
         return Err(Error::op(op, format!("p must be in [0, 1], got {p}")));
     }

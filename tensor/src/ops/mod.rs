@@ -3,6 +3,7 @@
 //! door every op passes through.
 
 pub mod activation;
+pub mod attention;
 pub mod cast;
 pub mod concat;
 pub mod dropout;
