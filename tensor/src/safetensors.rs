@@ -349,7 +349,7 @@ fn layout_rank(d: DType) -> u8 {
     }
 }
 
-/// Writes `tensors` (CPU, any layout) and optional `metadata` to `path` in safetensors format,
+/// Writes `tensors` (any device, any layout; device tensors are downloaded) and optional `metadata` to `path` in safetensors format,
 /// atomically: the bytes go to `path.tmp-<pid>` in the same directory, are fsynced, and the temp
 /// file is renamed over `path` (then the directory is fsynced where the platform allows).
 pub fn save(
@@ -424,7 +424,6 @@ fn header_json(
                 format!("tensor name {name:?} is reserved or given twice"),
             ));
         }
-        t.cpu_storage("safetensors::save")?;
         let bytes = t.elem_count() * t.dtype().size_in_bytes();
         let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
         parts.push(format!(
@@ -443,8 +442,13 @@ fn header_json(
     Ok(header)
 }
 
-/// Writes a tensor's elements in row-major order, as little-endian bytes.
+/// Writes a tensor's elements in row-major order, as little-endian bytes. A tensor on a device
+/// is downloaded first (one at a time, so a checkpoint never needs a second host copy in whole).
 fn write_data(w: &mut impl Write, t: &Tensor) -> std::io::Result<()> {
+    let host = t
+        .to_device(crate::Device::Cpu)
+        .map_err(std::io::Error::other)?;
+    let t = &host;
     let s = t
         .cpu_storage("safetensors::save")
         .map_err(std::io::Error::other)?;
@@ -498,6 +502,29 @@ mod tests {
             assert!(msg.contains(w), "{msg:?} lacks {w:?}");
         }
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn saves_device_tensors_as_their_host_bytes() {
+        let dev = crate::Device::Cuda(0);
+        if let Err(e) = dev.ensure_available() {
+            eprintln!("skipping saves_device_tensors_as_their_host_bytes: {e}");
+            return;
+        }
+        let host = Tensor::from_vec((0..6).map(|x| x as f32 - 2.5).collect(), &[2, 3]).unwrap();
+        let view = host.t().unwrap();
+        let (p_host, p_dev) = (temp_path("host"), temp_path("device"));
+        save(&p_host, &[("w", &view)], None).unwrap();
+        let on_dev = host.to_device(dev).unwrap().t().unwrap();
+        save(&p_dev, &[("w", &on_dev)], None).unwrap();
+        assert_eq!(
+            std::fs::read(&p_host).unwrap(),
+            std::fs::read(&p_dev).unwrap()
+        );
+        for p in [p_host, p_dev] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! Matrix product: for y = a b, da = g b^T and db = a^T g, each summed over batch dims that
 //! were broadcast. The transposes are stride views, so no copies are made. `matmul_bias` (the
 //! linear layer, y = a b + bias) adds d bias = the column sums of g.
+//!
+//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands are cast to it first
+//! and the product back to f32, all as graph ops (so gradients come back in f32).
 
+use crate::autocast::gemm_dtype;
 use crate::var::Var;
-use tensor::Result;
+use tensor::{DType, Result};
 
 impl Var {
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        if let Some(half) = gemm_dtype(&[self.value(), rhs.value()]) {
+            let y = self.to_dtype(half)?.matmul(&rhs.to_dtype(half)?)?;
+            return y.to_dtype(DType::F32);
+        }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let y = a.matmul(&b)?;
         Ok(Var::from_op(
@@ -23,6 +31,14 @@ impl Var {
 
     /// `self [m, k] @ rhs [k, n] + bias [n]` in one GEMM (see `Tensor::matmul_bias`).
     pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
+        if let Some(half) = gemm_dtype(&[self.value(), rhs.value(), bias.value()]) {
+            let (a, b, c) = (
+                self.to_dtype(half)?,
+                rhs.to_dtype(half)?,
+                bias.to_dtype(half)?,
+            );
+            return a.matmul_bias(&b, &c)?.to_dtype(DType::F32);
+        }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let y = a.matmul_bias(&b, bias.value())?;
         let n = b.shape()[1];
