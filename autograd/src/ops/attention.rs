@@ -13,10 +13,18 @@
 //!   masked softmax (`softmax_last`), `dropout` drawing from `rng`, and `matmul` with v: on the
 //!   CPU exactly the ops, order and random draws attention used before this door existed, so
 //!   results and generator state are bit for bit unchanged.
+//! - `COTMAE_ATTENTION=composed` in the environment turns the flash path off (read once), so a
+//!   benchmark can time both paths on a GPU.
 
 use crate::var::Var;
 use tensor::ops::attention::AttentionDropout;
 use tensor::{Result, Rng, Tensor};
+
+/// False when `COTMAE_ATTENTION=composed` (see the module doc).
+fn flash_enabled() -> bool {
+    static FLASH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLASH.get_or_init(|| std::env::var("COTMAE_ATTENTION").map_or(true, |v| v != "composed"))
+}
 
 impl Var {
     /// See the module doc. Dropout with probability `dropout_p` is applied iff `rng` is given
@@ -31,7 +39,7 @@ impl Var {
         rng: Option<&mut Rng>,
     ) -> Result<Var> {
         let rng = rng.filter(|_| dropout_p != 0.0);
-        if Tensor::flash_attention_fits(q.value(), k.value(), v.value()) {
+        if flash_enabled() && Tensor::flash_attention_fits(q.value(), k.value(), v.value()) {
             let mask = match mask {
                 Some(m) if m.dtype() != q.value().dtype() => Some(m.to_dtype(q.value().dtype())?),
                 m => m.cloned(),

@@ -3,10 +3,18 @@
 
 use crate::var::Var;
 use half::{bf16, f16};
-use tensor::{DType, Result, Tensor, WithDType};
+use tensor::{DType, Device, Result, Tensor, WithDType};
 
-/// Zeroes row `row` of a 2-D float tensor in place.
+/// Zeroes row `row` of a 2-D float tensor: in place on the CPU, by one `masked_fill` with a
+/// `[V, 1]` row mask (broadcast over the columns) on a GPU.
 fn zero_row(t: &mut Tensor, row: usize) -> Result<()> {
+    if t.device() != Device::Cpu {
+        let mut rows = vec![0u8; t.shape()[0]];
+        rows[row] = 1;
+        let mask = Tensor::from_vec(rows, &[t.shape()[0], 1])?.to_device(t.device())?;
+        *t = t.masked_fill(&mask, 0.0)?;
+        return Ok(());
+    }
     fn fill<T: WithDType>(t: &mut Tensor, row: usize) -> Result<()> {
         let h = t.shape()[1];
         t.data_mut::<T>()?[row * h..(row + 1) * h].fill(T::from_f64(0.0));

@@ -11,19 +11,27 @@
 //! It is written to a safetensors file (the six `CotMaeBatch` tensors, i64 [16, 128]) so both
 //! sides time the same batch.
 //!
-//! usage: cotmae_step batch FILE                       write the batch
-//!        cotmae_step FILE [--tiny] [--warmup N] [--iters N]
+//! usage: cotmae_step batch FILE [--docs 8]            write the batch (2 rows per document)
+//!        cotmae_step FILE [--tiny] [--warmup N] [--iters N] [--device cpu|cuda[:N]]
+//!                         [--precision fp32|bf16|fp16] [--bert]
 //!                                                     time the step on FILE's batch: warm-up
 //!                                                     steps (2, at least 1), then the median of
 //!                                                     N (5); one JSON line on stdout, the first
 //!                                                     step's losses and all times on stderr
 //!
 //! `--tiny` (hidden 64, 2 layers, 4 heads, FFN 128, same vocabulary) is for smoke tests only.
+//! On a GPU (`--device cuda`, a build with feature `cuda`) each timed step ends with a device
+//! sync; `--precision bf16` runs the forward under bf16 autocast (f32 master weights and
+//! optimizer state), `fp16` adds the dynamic loss scaler, as `pretrain --bf16 / --fp16` do.
+//! `--bert` times a plain BERT MLM step (BertForMaskedLM on the encoder half of the batch:
+//! `input_ids`, `attention_mask`, `labels`) instead of the CoT-MAE step. The GPU twin is
+//! `bench/gpu_step_torch.py`, driven by `bench/run_gpu.sh`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autograd::Gradients;
+use autograd::Var;
 use bench::report;
 use bert::{BertConfig, BertForMaskedLM, Tokenizer, IGNORE_INDEX};
 use cotmae::model::loss_values;
@@ -31,9 +39,12 @@ use cotmae::{
     document_spans, generate_documents, BertForCotMAE, CollatorConfig, CotMaeBatch, CotMaeCollator,
     CotMaeModelArgs,
 };
-use nn::{clip_grad_norm, step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module, Param};
+use nn::{
+    step_params, unscale_and_clip, AdamW, AdamWConfig, AdamWVariant, Ctx, LossScaler, Module,
+    Param, Precision, StepDecision,
+};
 use tensor::safetensors::{save, SafeTensors};
-use tensor::{Error, Result, Rng, Tensor};
+use tensor::{DType, Device, Error, Result, Rng, Tensor};
 
 const DOCS: usize = 8;
 const SEQ: usize = 128;
@@ -56,11 +67,11 @@ fn vocab_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/vocab.txt")
 }
 
-/// The collator's batch of `DOCS` synthetic documents (module docs).
-fn make_batch() -> Result<CotMaeBatch> {
+/// The collator's batch of `docs` synthetic documents (module docs).
+fn make_batch(docs_n: usize) -> Result<CotMaeBatch> {
     let tok = Tokenizer::from_vocab_file(vocab_path(), true).map_err(err)?;
     let mut rng = Rng::new(42);
-    let docs: Vec<_> = generate_documents(DOCS, 30..=60, 42)
+    let docs: Vec<_> = generate_documents(docs_n, 30..=60, 42)
         .iter()
         .map(|d| {
             let sentences = d.sentences.iter().map(|s| tok.encode(s, false, None));
@@ -70,7 +81,7 @@ fn make_batch() -> Result<CotMaeBatch> {
         })
         .collect::<Result<_>>()?;
     let mut collator = CotMaeCollator::new(&tok, CollatorConfig::default(), 42).map_err(err)?;
-    let ids: Vec<usize> = (0..DOCS).collect();
+    let ids: Vec<usize> = (0..docs_n).collect();
     collator.collate(&docs[..], &ids).map_err(err)
 }
 
@@ -85,8 +96,17 @@ fn tensors(b: &CotMaeBatch) -> [&Tensor; 6] {
     ]
 }
 
-fn write_batch(path: &str) -> Result<()> {
-    let b = make_batch()?;
+fn write_batch(path: &str, rest: &[String]) -> Result<()> {
+    let docs = match rest {
+        [] => DOCS,
+        [flag, n] if flag == "--docs" => n
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .ok_or_else(|| err(format!("--docs needs a positive number, got {n:?}")))?,
+        other => return Err(err(format!("unknown arguments {other:?}"))),
+    };
+    let b = make_batch(docs)?;
     let named: Vec<(&str, &Tensor)> = KEYS.into_iter().zip(tensors(&b)).collect();
     let tmp = format!("{path}.tmp");
     save(&tmp, &named, None)?;
@@ -119,24 +139,33 @@ fn read_batch(path: &str) -> Result<CotMaeBatch> {
     })
 }
 
-/// Clips the gradients of `params` (each tied parameter once) to a global norm of `max_norm`.
-fn clip(params: &[(String, Param)], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+/// Unscales (fp16) and clips the gradients of `params` (each tied parameter once) to a global
+/// norm of `max_norm`; returns the norm and whether the optimizer steps.
+fn clip(
+    params: &[(String, Param)],
+    grads: &mut Gradients,
+    max_norm: f64,
+    scaler: &mut LossScaler,
+) -> Result<(f64, StepDecision)> {
     let mut taken: Vec<_> = params
         .iter()
         .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
         .collect();
     let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
-    let norm = clip_grad_norm(&mut refs, max_norm)?;
+    let out = unscale_and_clip(scaler, &mut refs, max_norm)?;
     for (v, g) in taken {
         grads.insert(&v, g);
     }
-    Ok(norm)
+    Ok(out)
 }
 
 struct Options {
     tiny: bool,
     warmup: usize,
     iters: usize,
+    device: Device,
+    precision: Precision,
+    bert: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -144,6 +173,9 @@ fn parse(args: &[String]) -> Result<Options> {
         tiny: false,
         warmup: 2,
         iters: 5,
+        device: Device::Cpu,
+        precision: Precision::F32,
+        bert: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -154,10 +186,28 @@ fn parse(args: &[String]) -> Result<Options> {
         };
         match a.as_str() {
             "--tiny" => o.tiny = true,
+            "--bert" => o.bert = true,
+            "--device" => {
+                let name = it.next().ok_or_else(|| err("--device needs a name"))?;
+                o.device = name.parse()?;
+                o.device.ensure_available()?;
+            }
+            "--precision" => {
+                let name = it.next().map(String::as_str);
+                o.precision = match name {
+                    Some("fp32") => Precision::F32,
+                    Some("bf16") => Precision::Bf16,
+                    Some("fp16") => Precision::F16,
+                    _ => return Err(err("--precision needs fp32, bf16 or fp16")),
+                };
+            }
             "--warmup" => o.warmup = num("--warmup")?,
             "--iters" => o.iters = num("--iters")?.max(1),
             other => return Err(err(format!("unknown argument {other:?}"))),
         }
+    }
+    if o.precision != Precision::F32 && o.device.is_cpu() {
+        return Err(err("--precision bf16/fp16 needs --device cuda"));
     }
     Ok(o)
 }
@@ -176,30 +226,72 @@ fn config(tiny: bool) -> BertConfig {
     }
 }
 
+/// Waits for the device's queued work (a one-element download; nothing on the CPU).
+fn sync(device: Device) -> Result<()> {
+    if !device.is_cpu() {
+        Tensor::zeros(&[1], DType::F32, device)?.to_vec::<f32>()?;
+    }
+    Ok(())
+}
+
+/// The losses of one forward: (the loss to minimise, encoder MLM loss, head MLM loss or NaN).
+type Losses = (Var, f64, f64);
+
 fn time_step(path: &str, o: &Options) -> Result<()> {
-    let batch = read_batch(path)?;
+    let batch = read_batch(path)?.to_device(o.device)?;
     let rng = &mut Rng::new(0);
     let lm = BertForMaskedLM::new(&config(o.tiny), rng)?;
     let model = BertForCotMAE::new(lm, CotMaeModelArgs::default(), rng)?;
-    let params = model.named_params();
+    let (params, module): (_, &dyn Module) = if o.bert {
+        (model.lm.named_params(), &model.lm)
+    } else {
+        (model.named_params(), &model)
+    };
+    nn::to_device(module, o.device)?;
     let mut opt = AdamW::new(AdamWConfig {
         lr: LR,
         weight_decay: 0.01,
         variant: AdamWVariant::Torch,
         ..AdamWConfig::default()
     })?;
+    let mut scaler = o.precision.loss_scaler()?;
     let mut ctx = Ctx::train(1);
+    let forward = |ctx: &mut Ctx| -> Result<Losses> {
+        if o.bert {
+            let out = model.lm.forward(
+                &batch.input_ids,
+                Some(&batch.attention_mask),
+                None,
+                &batch.labels,
+                ctx,
+            )?;
+            let loss = out.loss.value().to_vec_f64()?[0];
+            Ok((out.loss, loss, f64::NAN))
+        } else {
+            let out = model.forward(&batch, ctx)?;
+            let (_, enc, head) = loss_values(&out)?;
+            Ok((out.loss, enc, head.unwrap_or(f64::NAN)))
+        }
+    };
     let mut step = || -> Result<(f64, f64, f64)> {
-        let out = model.forward(&batch, &mut ctx)?;
-        let (_, enc, head) = loss_values(&out)?;
-        let mut grads = out.loss.backward()?;
-        drop(out); // release the graph so the optimizer writes parameters in place
-        let norm = clip(&params, &mut grads, MAX_GRAD_NORM)?;
-        step_params(&mut opt, LR, &params, &grads)?;
-        Ok((enc, head.unwrap_or(f64::NAN), norm))
+        let (loss, enc, head) = o.precision.autocast(|| forward(&mut ctx))?;
+        let mut grads = match scaler.scale() {
+            1.0 => loss.backward()?,
+            scale => loss.mul_scalar(scale as f64)?.backward()?,
+        };
+        drop(loss); // release the graph so the optimizer writes parameters in place
+        let (norm, decision) = clip(&params, &mut grads, MAX_GRAD_NORM, &mut scaler)?;
+        if decision == StepDecision::Apply {
+            step_params(&mut opt, LR, &params, &grads)?;
+        }
+        sync(o.device)?;
+        Ok((enc, head, norm))
     };
     let (enc, head, norm) = step()?;
-    eprintln!("first step: encoder loss {enc:.4}, head loss {head:.4}, grad norm {norm:.3}");
+    eprintln!(
+        "first step on {} ({:?}): encoder loss {enc:.4}, head loss {head:.4}, grad norm {norm:.3}",
+        o.device, o.precision
+    );
     for _ in 1..o.warmup {
         step()?;
     }
@@ -213,12 +305,25 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
     let &[rows, len] = batch.input_ids.shape() else {
         return Err(err("the batch must be [rows, seq]"));
     };
-    let shape = format!(
-        "[{rows},{len}] {}",
-        if o.tiny { "tiny" } else { "bert-base" }
-    );
-    report("cotmae_train_step", &shape, ms[ms.len() / 2]);
-    eprintln!("step ms: {ms:.0?}");
+    let precision = match o.precision {
+        Precision::F32 => "fp32",
+        Precision::Bf16 => "bf16",
+        Precision::F16 => "fp16",
+    };
+    let size = if o.tiny { "tiny" } else { "bert-base" };
+    let (op, shape) = if o.device.is_cpu() {
+        ("cotmae_train_step", format!("[{rows},{len}] {size}"))
+    } else {
+        // The names and shapes of bench/gpu_step_torch.py, for compare.py.
+        let op = if o.bert {
+            "bert_train_step"
+        } else {
+            "cotmae_train_step"
+        };
+        (op, format!("[{rows},{len}] {size} {precision}"))
+    };
+    report(op, &shape, ms[ms.len() / 2]);
+    eprintln!("step ms: {ms:.1?}");
     if !tensor::profiler::totals().is_empty() {
         eprintln!("{}", tensor::profiler::report());
     }
@@ -228,10 +333,11 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [cmd, path] if cmd == "batch" => write_batch(path),
+        [cmd, path, rest @ ..] if cmd == "batch" => write_batch(path, rest),
         [path, rest @ ..] if !path.starts_with('-') => time_step(path, &parse(rest)?),
         _ => Err(err(
-            "usage: cotmae_step batch FILE | cotmae_step FILE [--tiny] [--warmup N] [--iters N]",
+            "usage: cotmae_step batch FILE [--docs N] | cotmae_step FILE [--tiny] [--warmup N] \
+             [--iters N] [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert]",
         )),
     }
 }
