@@ -94,7 +94,8 @@ impl BertLMPredictionHead {
     }
 
     /// The MLM loss of hidden states [B, L, H] against labels [B, L] i64 (a vocabulary id, or
-    /// [`IGNORE_INDEX`]); only the labelled positions go through the head.
+    /// [`IGNORE_INDEX`]); only the labelled positions go through the head. The labels are read
+    /// on the host, so they may be a CPU tensor while the hidden states are on a GPU.
     pub fn masked_lm(&self, hidden: &Var, labels: &Tensor) -> Result<MlmLoss> {
         const OP: &str = "masked_lm";
         let &[b, l, h] = hidden.shape() else {
@@ -139,10 +140,15 @@ impl BertLMPredictionHead {
                 positions,
             });
         }
-        let index = Tensor::from_vec(positions.iter().map(|&p| p as i64).collect(), &[n])?;
+        // The labels are read on the host (they may stay there); the gather index and the
+        // targets go to the hidden states' device.
+        let device = hidden.value().device();
+        let index = Tensor::from_vec(positions.iter().map(|&p| p as i64).collect(), &[n])?
+            .to_device(device)?;
         let rows = hidden.reshape(&[b * l, h])?.index_select(0, &index)?;
         let logits = self.forward(&rows)?;
-        let loss = logits.cross_entropy(&Tensor::from_vec(targets, &[n])?, IGNORE_INDEX)?;
+        let targets = Tensor::from_vec(targets, &[n])?.to_device(device)?;
+        let loss = logits.cross_entropy(&targets, IGNORE_INDEX)?;
         Ok(MlmLoss {
             loss,
             logits,

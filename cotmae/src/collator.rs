@@ -158,6 +158,22 @@ pub struct CotMaeBatch {
     pub decoder_labels: Tensor,
 }
 
+impl CotMaeBatch {
+    /// The batch as the model on `device` reads it: the ids and attention masks uploaded, the
+    /// labels kept on the host (the MLM loss reads them there, see
+    /// `bert::BertLMPredictionHead::masked_lm`). On the CPU, the same tensors.
+    pub fn to_device(&self, device: tensor::Device) -> tensor::Result<CotMaeBatch> {
+        Ok(CotMaeBatch {
+            input_ids: self.input_ids.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+            labels: self.labels.clone(),
+            decoder_input_ids: self.decoder_input_ids.to_device(device)?,
+            decoder_attention_mask: self.decoder_attention_mask.to_device(device)?,
+            decoder_labels: self.decoder_labels.clone(),
+        })
+    }
+}
+
 /// Rows of one masked batch, flattened row-major.
 #[derive(Default)]
 struct Rows {

@@ -9,12 +9,15 @@
 //! - [`collator`]: the whole-word-mask CoT-MAE collator (REFERENCE §2);
 //! - [`synthetic`]: a deterministic synthetic corpus for tests and demos.
 //!
+//! [`device`]: the `--device` / `--fp16` / `--bf16` flags every computing subcommand shares.
+//!
 //! Randomness: everything here draws from `tensor::Rng` (Philox, counter based) through the small
 //! helpers below, so a stream is a pure function of (seed, counter) and can be saved and resumed.
 
 pub mod cli;
 pub mod collator;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod prepare;

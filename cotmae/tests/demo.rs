@@ -10,6 +10,7 @@ fn options(dir: &std::path::Path) -> DemoOptions {
         n_docs: 40,
         pretrain_steps: 12,
         finetune_epochs: 1,
+        ..DemoOptions::default()
     }
 }
 

@@ -9,7 +9,8 @@
 //! the step is taken), [`clip`] (global L2-norm gradient clipping), [`schedule`] (the learning rate
 //! of the step: linear warmup then linear decay, as HF `get_linear_schedule_with_warmup`) and
 //! [`optim`] (AdamW, in the HF 4.17 and the torch variants, with HF's no-decay parameter groups and
-//! a safetensors state file for bit-exact resume).
+//! a safetensors state file for bit-exact resume). [`Precision`] is the run's f32 / fp16 / bf16
+//! choice (autocast dtype and loss scaler); [`module::to_device`] moves a model to a device.
 //!
 //! Data parallelism: [`comm`] (the [`Communicator`] trait: one process, CPU threads, or NCCL
 //! across GPUs with the `cuda` feature) and [`data_parallel`] (averaging gradients across
@@ -23,6 +24,7 @@ pub mod loss_scale;
 pub mod module;
 pub mod optim;
 mod param;
+pub mod precision;
 pub mod schedule;
 
 pub use clip::{clip_grad_norm, total_norm};
@@ -33,4 +35,5 @@ pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
 pub use param::Param;
+pub use precision::{unscale_and_clip, Precision};
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};

@@ -116,6 +116,14 @@ impl TokenBatch {
     pub fn seq_len(&self) -> usize {
         self.input_ids.shape()[1]
     }
+
+    /// The batch on `device` (the same tensors when they are there already).
+    pub fn to_device(&self, device: tensor::Device) -> Result<TokenBatch> {
+        Ok(TokenBatch {
+            input_ids: self.input_ids.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+        })
+    }
 }
 
 /// How token states become one vector per text.
@@ -191,7 +199,8 @@ pub fn contrastive_loss(q_reps: &Var, p_reps: &Var) -> Result<(Var, Var)> {
     let n = p / q;
     let scores = q_reps.matmul(&p_reps.t()?)?;
     let target: Vec<i64> = (0..q as i64).map(|i| i * n as i64).collect();
-    let loss = scores.cross_entropy(&Tensor::from_vec(target, &[q])?, -100)?;
+    let target = Tensor::from_vec(target, &[q])?.to_device(scores.value().device())?;
+    let loss = scores.cross_entropy(&target, -100)?;
     Ok((scores, loss))
 }
 
@@ -225,6 +234,13 @@ impl DenseModel {
         tokenizer: Option<&Tokenizer>,
     ) -> Result<()> {
         Ok(self.encoder.save_pretrained(dir, tokenizer)?)
+    }
+
+    /// Where the encoder's parameters are (those of the word embeddings; `nn::module::to_device`
+    /// moves them all together).
+    pub fn device(&self) -> tensor::Device {
+        let w = &self.encoder.embeddings.word_embeddings.weight;
+        w.tensor().device()
     }
 
     /// The hidden size H.

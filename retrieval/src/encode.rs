@@ -13,14 +13,19 @@
 //! `config.json`, normalisation when a Normalize module is listed, `max_len` from
 //! `sentence_bert_config.json`'s `max_seq_length`, and the weights from the Transformer module's
 //! folder. Explicit options override them.
+//!
+//! Device: the model is moved to `EncodeConfig::device` and each batch is uploaded to the model's
+//! device; with mixed precision (CUDA only) the forward pass runs under the precision's autocast
+//! (half-precision matrix products, f32 everywhere else). The vectors always come back to the
+//! host as f32.
 
 use std::path::{Path, PathBuf};
 
 use autograd::no_grad;
 use indicatif::ProgressBar;
-use nn::Ctx;
+use nn::{Ctx, Precision};
 use serde_json::Value;
-use tensor::{DType, Tensor};
+use tensor::{DType, Device, Tensor};
 
 use crate::dense::{l2_normalize, DenseModel, PadTo, Pooling, SpecialIds, TokenBatch};
 use crate::embeddings::EmbeddingSet;
@@ -140,10 +145,12 @@ pub struct EncodeOptions {
     pub normalize: bool,
     pub batch_size: usize,
     pub special: SpecialIds,
+    /// f32, or the autocast of mixed precision (a GPU model only).
+    pub precision: Precision,
 }
 
-/// The vectors [N, H] (f32) of `texts`, row i for text i (module docs). `bar` advances by one
-/// per text.
+/// The vectors [N, H] (f32, on the host) of `texts`, row i for text i (module docs), computed on
+/// the model's device. `bar` advances by one per text.
 pub fn encode_texts(
     model: &DenseModel,
     texts: &[&[u32]],
@@ -161,10 +168,16 @@ pub fn encode_texts(
     order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len().min(content)));
     let mut out = vec![0f32; texts.len() * dim];
     let mut ctx = Ctx::eval();
+    let device = model.device();
     for chunk in order.chunks(opts.batch_size) {
         let batch_texts: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
-        let batch = TokenBatch::new(&batch_texts, opts.max_len, PadTo::Longest, opts.special)?;
-        let reps = no_grad(|| model.encode_pooled(&batch, opts.pooling, &mut ctx))?.into_value();
+        let batch = TokenBatch::new(&batch_texts, opts.max_len, PadTo::Longest, opts.special)?
+            .to_device(device)?;
+        let reps = no_grad(|| {
+            opts.precision
+                .autocast(|| model.encode_pooled(&batch, opts.pooling, &mut ctx))
+        })?
+        .into_value();
         let reps = if opts.normalize {
             l2_normalize(&reps)?
         } else {
@@ -200,6 +213,10 @@ pub struct EncodeConfig {
     pub batch_size: usize,
     /// Progress bar and load warnings on stderr.
     pub verbose: bool,
+    /// Where the model runs.
+    pub device: Device,
+    /// f32, or mixed precision (CUDA only).
+    pub precision: Precision,
 }
 
 /// What [`encode`] did and with which settings.
@@ -266,6 +283,7 @@ pub fn encode(cfg: &EncodeConfig) -> Result<EncodeReport> {
     if cfg.verbose && !report.is_clean() {
         eprintln!("loading {}: {report}", model_dir.display());
     }
+    nn::module::to_device(&model.encoder, cfg.device)?;
     let positions = model.encoder.config.max_position_embeddings;
     let max_len = cfg
         .max_len
@@ -290,6 +308,7 @@ pub fn encode(cfg: &EncodeConfig) -> Result<EncodeReport> {
         normalize,
         batch_size: cfg.batch_size,
         special,
+        precision: cfg.precision,
     };
     let bar = crate::progress_bar(
         texts.len() as u64,

@@ -135,6 +135,11 @@ impl TopK {
         }
     }
 
+    /// The number of hits kept.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Offers `scores[j]` for corpus row `first + j`. Rows must come in increasing index order
     /// across calls (module doc).
     pub fn push_row(&mut self, scores: &[f32], first: u32) {
@@ -178,6 +183,23 @@ impl TopK {
         let done = scores.len() - chunks.remainder().len();
         for (i, &s) in chunks.remainder().iter().enumerate() {
             self.offer(s, first + (done + i) as u32);
+        }
+    }
+
+    /// Offers one score for corpus row `index`: the same as a one-element [`TopK::push_row`], for
+    /// callers that offer only some rows (e.g. each block's best `k`, found on a GPU). Indices
+    /// must still increase across calls.
+    pub fn push(&mut self, score: f32, index: u32) {
+        if self.k == 0 {
+            return;
+        }
+        if self.pruning {
+            self.offer(score, index);
+        } else {
+            self.buf.push(key(score, index));
+            if self.buf.len() == self.cap {
+                self.cut();
+            }
         }
     }
 

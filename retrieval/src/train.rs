@@ -21,17 +21,26 @@
 //!   written under a temporary name and renamed, and only the newest `save_total_limit` are kept;
 //!   resuming from one continues bit for bit as if never interrupted;
 //! - at the end the model itself (`config.json`, `model.safetensors`, tokenizer files).
+//!
+//! Device and precision: the model is moved to `device` after loading and each batch is uploaded
+//! there; checkpoints are written from it (downloaded tensor by tensor). Mixed precision
+//! ([`Precision`], CUDA only) runs the forward pass under its autocast with f32 master weights;
+//! fp16 adds the dynamic loss scaler: the loss is multiplied by the scale before backward, the
+//! gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (no
+//! AdamW update, no schedule step; it still counts as a step, as in the HF Trainer). The scaler's
+//! state is saved in `trainer_state.json`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use autograd::Var;
+use nn::loss_scale::LossScalerState;
 use nn::{
-    clip_grad_norm, step_params, total_norm, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx,
-    LrSchedule, Module,
+    step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx, LossScaler,
+    LrSchedule, Module, Precision, StepDecision,
 };
 use serde::{Deserialize, Serialize};
-use tensor::{DType, Rng, Tensor};
+use tensor::{DType, Device, Rng, Tensor};
 
 use crate::dense::{DenseModel, PadTo, SpecialIds};
 use crate::formats::JsonlWriter;
@@ -84,6 +93,10 @@ pub struct TrainConfig {
     pub pad_to: PadTo,
     /// Progress bar, log lines and load warnings on stderr.
     pub verbose: bool,
+    /// Where the model trains.
+    pub device: Device,
+    /// f32, or mixed precision (CUDA only; see the module docs).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +125,8 @@ impl Default for TrainConfig {
             resume_from_checkpoint: None,
             pad_to: PadTo::MaxLen,
             verbose: false,
+            device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -151,6 +166,9 @@ struct TrainerState {
     dropout_offset: u64,
     data: DataKey,
     log_history: Vec<LogEntry>,
+    /// An fp16 run's loss scaler (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss_scaler: Option<LossScalerState>,
 }
 
 /// What a finished `train` did.
@@ -254,6 +272,9 @@ struct Run {
     opt: AdamW,
     state: TrainerState,
     ctx: Ctx,
+    device: Device,
+    precision: Precision,
+    scaler: LossScaler,
 }
 
 impl Run {
@@ -290,6 +311,7 @@ impl Run {
                 dropout_offset: 0,
                 data,
                 log_history: Vec::new(),
+                loss_scaler: None,
             },
             Some(ckpt) => {
                 let saved = read_state(ckpt)?;
@@ -319,6 +341,11 @@ impl Run {
                 offset: state.dropout_offset,
             },
         };
+        nn::module::to_device(&model.encoder, cfg.device)?;
+        let mut scaler = cfg.precision.loss_scaler()?;
+        if let (Some(saved), Precision::F16) = (&state.loss_scaler, cfg.precision) {
+            scaler.load_state_dict(saved)?;
+        }
         Ok(Run {
             params: model.encoder.named_params(),
             model,
@@ -326,16 +353,28 @@ impl Run {
             opt,
             state,
             ctx,
+            device: cfg.device,
+            precision: cfg.precision,
+            scaler,
         })
     }
 
-    /// Forward, backward, clipping, AdamW, schedule (module docs).
+    /// Forward, backward, unscaling and clipping, AdamW, schedule (module docs).
     fn step(&mut self, batch: &TrainBatch, max_grad_norm: f64) -> Result<StepStats> {
+        let (query, passages) = (
+            batch.query.to_device(self.device)?,
+            batch.passages.to_device(self.device)?,
+        );
         let out = self
-            .model
-            .forward(&batch.query, &batch.passages, &mut self.ctx)?;
+            .precision
+            .autocast(|| self.model.forward(&query, &passages, &mut self.ctx))?;
         let loss = out.loss.value().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let mut grads = out.loss.backward()?;
+        let scale = self.scaler.scale();
+        let mut grads = if scale != 1.0 {
+            out.loss.mul_scalar(scale as f64)?.backward()?
+        } else {
+            out.loss.backward()?
+        };
         drop(out);
         // Take the gradients out to clip them in place, then hand them back to the optimizer.
         let mut taken: Vec<(Var, Tensor)> = Vec::new();
@@ -345,24 +384,26 @@ impl Run {
                 taken.push((v, g));
             }
         }
-        let grad_norm = if max_grad_norm > 0.0 {
-            let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
-            clip_grad_norm(&mut refs, max_grad_norm)?
-        } else {
-            total_norm(&taken.iter().map(|(_, g)| g).collect::<Vec<_>>())?
-        };
-        if !(loss.is_finite() && grad_norm.is_finite()) {
+        let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
+        let (grad_norm, decision) = unscale_and_clip(&mut self.scaler, &mut refs, max_grad_norm)?;
+        if self.precision == Precision::F16 {
+            self.state.loss_scaler = Some(self.scaler.state_dict());
+        }
+        let lr = self.state.schedule.lr();
+        let applied = decision == StepDecision::Apply;
+        if applied && !(loss.is_finite() && grad_norm.is_finite()) {
             return Err(Error::Config(format!(
                 "step {}: loss {loss} / gradient norm {grad_norm} is not finite",
                 self.state.global_step + 1
             )));
         }
-        for (v, g) in taken {
-            grads.insert(&v, g);
+        if applied {
+            for (v, g) in taken {
+                grads.insert(&v, g);
+            }
+            step_params(&mut self.opt, lr, &self.params, &grads)?;
+            self.state.schedule.advance();
         }
-        let lr = self.state.schedule.lr();
-        step_params(&mut self.opt, lr, &self.params, &grads)?;
-        self.state.schedule.advance();
         self.state.global_step += 1;
         self.state.step_in_epoch += 1;
         Ok(StepStats {

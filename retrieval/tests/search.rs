@@ -1,6 +1,7 @@
 //! Exact search against brute force: every score computed and fully sorted by (score desc, global
 //! index asc). Integer-valued vectors make every dot product exact in f32 whatever the summation
-//! order, so the comparison is exact, ties included.
+//! order, so the comparison is exact, ties included. With a GPU (feature `cuda`; skipped
+//! without one) the device path gives the CPU path's results.
 
 use retrieval::{search, search_blocks, Hit, SearchOptions};
 use tensor::{Rng, Tensor};
@@ -65,6 +66,7 @@ fn equals_brute_force_with_ties_shards_and_any_blocking() {
                 query_block,
                 corpus_block,
                 progress: false,
+                ..SearchOptions::default()
             };
             let got = search(&queries, &refs, &opts).unwrap();
             assert_eq!(
@@ -98,6 +100,7 @@ fn float_scores_match_f64_and_threads_do_not_change_results() {
         query_block: 4,
         corpus_block: 64,
         progress: false,
+        ..SearchOptions::default()
     };
     let got = search(&q, &[&c], &opts).unwrap();
     for (qi, hits) in got.iter().enumerate() {
@@ -129,6 +132,7 @@ fn blocks_arrive_in_query_order_and_bad_inputs_are_errors() {
         query_block: 4,
         corpus_block: 0,
         progress: false,
+        ..SearchOptions::default()
     };
     let mut firsts = Vec::new();
     search_blocks(&q, &[&c], &opts, |first, hits| {
@@ -156,4 +160,47 @@ fn blocks_arrive_in_query_order_and_bad_inputs_are_errors() {
     // An empty corpus gives empty lists.
     let empty = Tensor::from_vec(Vec::<f32>::new(), &[0, 4]).unwrap();
     assert_eq!(search(&q, &[&empty], &opts).unwrap(), vec![vec![]; 10]);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_search_equals_cpu_search() {
+    let dev = tensor::Device::Cuda(0);
+    if let Err(e) = dev.ensure_available() {
+        eprintln!("skipping gpu_search_equals_cpu_search: {e}");
+        return;
+    }
+    let mut rng = Rng::new(8);
+    let dim = 24;
+    let (queries, _) = small_ints(37, dim, &mut rng);
+    let shards: Vec<Tensor> = [300, 0, 1, 129]
+        .iter()
+        .map(|&n| small_ints(n, dim, &mut rng).0)
+        .collect();
+    let refs: Vec<&Tensor> = shards.iter().collect();
+    for depth in [1, 10, 100, 430, 1000] {
+        for (query_block, corpus_block) in [(0, 0), (5, 17), (37, 128), (1, 1000)] {
+            let opts = SearchOptions {
+                depth,
+                query_block,
+                corpus_block,
+                progress: false,
+                ..SearchOptions::default()
+            };
+            let cpu = search(&queries, &refs, &opts).unwrap();
+            let gpu = search(
+                &queries,
+                &refs,
+                &SearchOptions {
+                    device: dev,
+                    ..opts
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                gpu, cpu,
+                "depth {depth} blocks {query_block}x{corpus_block}"
+            );
+        }
+    }
 }

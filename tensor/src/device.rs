@@ -1,5 +1,11 @@
 //! Where a tensor lives. Only the CPU exists in this crate's base build; the `cuda` feature adds
 //! `Device::Cuda(ordinal)` (shown as `cuda:0`) without changing any caller.
+//!
+//! Devices parse from the names torch uses: `cpu`, `cuda` (the first GPU) and `cuda:N`. A CUDA
+//! name parses only in a build with the `cuda` feature; otherwise the error says how to get one.
+//! Parsing does not touch the GPU: [`Device::ensure_available`] does.
+
+use crate::{Error, Result};
 
 /// A compute device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -17,6 +23,116 @@ impl std::fmt::Display for Device {
             Device::Cpu => f.write_str("cpu"),
             #[cfg(feature = "cuda")]
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// The error of a device name: `Error::Op` for op "device", its message starting with the name.
+fn bad_name(name: &str, why: &str) -> Error {
+    Error::op("device", format!("{name}: {why}"))
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+
+    /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    fn from_str(name: &str) -> Result<Device> {
+        let ordinal = match name {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => 0,
+            _ => match name.strip_prefix("cuda:") {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
+                    .parse::<usize>()
+                    .map_err(|_| bad_name(name, "the GPU ordinal after `cuda:` is out of range"))?,
+                Some(_) => {
+                    return Err(bad_name(
+                        name,
+                        "expected a GPU ordinal after `cuda:` (cuda:0, cuda:1, ...)",
+                    ))
+                }
+                None => return Err(bad_name(name, "expected cpu, cuda or cuda:N")),
+            },
+        };
+        #[cfg(feature = "cuda")]
+        return Ok(Device::Cuda(ordinal));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ordinal;
+            Err(bad_name(
+                name,
+                "this build has no CUDA backend; rebuild with `cargo build --release --features \
+                 cuda`",
+            ))
+        }
+    }
+}
+
+impl Device {
+    /// Ok when tensors can be put on this device: always for the CPU; for a GPU, when CUDA is
+    /// installed and the GPU exists (the CUDA backend's error says what is missing otherwise).
+    pub fn ensure_available(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => cuda::gpu(i).map(|_| ()).map_err(Error::from),
+        }
+    }
+
+    pub fn is_cpu(self) -> bool {
+        self == Device::Cpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(name: &str) -> String {
+        name.parse::<Device>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_torch_names() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert!(Device::Cpu.ensure_available().is_ok() && Device::Cpu.is_cpu());
+        for bad in ["gpu", "CPU", "", "cuda0", "cpu:0"] {
+            assert_eq!(
+                message(bad),
+                format!("device: {bad}: expected cpu, cuda or cuda:N")
+            );
+        }
+        for bad in ["cuda:", "cuda:x", "cuda:-1", "cuda: 1"] {
+            assert!(message(bad).contains("expected a GPU ordinal"), "{bad}");
+        }
+        assert!(message("cuda:99999999999999999999999").contains("out of range"));
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_names_parse_with_the_feature() {
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:0".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        // An ordinal no machine has: the CUDA backend's own error, never a panic.
+        let e = Device::Cuda(4096)
+            .ensure_available()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CUDA"), "{e}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_names_need_the_feature() {
+        for name in ["cuda", "cuda:1"] {
+            assert_eq!(
+                message(name),
+                format!(
+                    "device: {name}: this build has no CUDA backend; rebuild with `cargo build \
+                     --release --features cuda`"
+                )
+            );
         }
     }
 }

@@ -13,10 +13,15 @@
 //!   masked softmax (`softmax_last`), `dropout` drawing from `rng`, and `matmul` with v: on the
 //!   CPU exactly the ops, order and random draws attention used before this door existed, so
 //!   results and generator state are bit for bit unchanged.
+//!
+//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands that take the flash
+//! path are cast to the half dtype first (the kernels then compute as for half inputs) and the
+//! output back to f32; the composed path gets the same from its `matmul`s.
 
+use crate::autocast::gemm_dtype;
 use crate::var::Var;
 use tensor::ops::attention::AttentionDropout;
-use tensor::{Result, Rng, Tensor};
+use tensor::{DType, Result, Rng, Tensor};
 
 impl Var {
     /// See the module doc. Dropout with probability `dropout_p` is applied iff `rng` is given
@@ -31,7 +36,13 @@ impl Var {
         rng: Option<&mut Rng>,
     ) -> Result<Var> {
         let rng = rng.filter(|_| dropout_p != 0.0);
-        if Tensor::flash_attention_fits(q.value(), k.value(), v.value()) {
+        let fits = Tensor::flash_attention_fits(q.value(), k.value(), v.value());
+        if let (Some(half), true) = (gemm_dtype(&[q.value(), k.value(), v.value()]), fits) {
+            let (qh, kh, vh) = (q.to_dtype(half)?, k.to_dtype(half)?, v.to_dtype(half)?);
+            let out = Var::scaled_dot_product_attention(&qh, &kh, &vh, mask, scale, dropout_p, rng)?;
+            return out.to_dtype(DType::F32);
+        }
+        if fits {
             let mask = match mask {
                 Some(m) if m.dtype() != q.value().dtype() => Some(m.to_dtype(q.value().dtype())?),
                 m => m.cloned(),

@@ -2,14 +2,23 @@
 //! were broadcast. The transposes are stride views, so no copies are made. `matmul_bias` (the
 //! linear layer, y = a b + bias) adds d bias = the column sums of g. `matmul_bias_gelu` (a Linear
 //! layer followed by GELU, BERT's intermediate) is `matmul_bias` then `gelu` on the CPU, and on
-//! CUDA the GEMM then one fused bias + GELU kernel, whose backward gives dz = g gelu'(z) and
-//! d bias = the column sums of dz.
+//! CUDA the product (a `matmul` node) then one fused bias + GELU kernel (a `bias_gelu` node, whose
+//! backward gives dz = g gelu'(z) and d bias = the column sums of dz).
+//!
+//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands of the products are
+//! cast to it first and the product back to f32, all as graph ops (so gradients come back in
+//! f32); the bias + GELU of `matmul_bias_gelu` then runs in f32.
 
+use crate::autocast::gemm_dtype;
 use crate::var::Var;
-use tensor::{Device, Result, Tensor};
+use tensor::{DType, Device, Result, Tensor};
 
 impl Var {
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        if let Some(half) = gemm_dtype(&[self.value(), rhs.value()]) {
+            let y = self.to_dtype(half)?.matmul(&rhs.to_dtype(half)?)?;
+            return y.to_dtype(DType::F32);
+        }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let y = a.matmul(&b)?;
         Ok(Var::from_op(
@@ -26,6 +35,14 @@ impl Var {
 
     /// `self [m, k] @ rhs [k, n] + bias [n]` in one GEMM (see `Tensor::matmul_bias`).
     pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
+        if let Some(half) = gemm_dtype(&[self.value(), rhs.value(), bias.value()]) {
+            let (a, b, c) = (
+                self.to_dtype(half)?,
+                rhs.to_dtype(half)?,
+                bias.to_dtype(half)?,
+            );
+            return a.matmul_bias(&b, &c)?.to_dtype(DType::F32);
+        }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let y = a.matmul_bias(&b, bias.value())?;
         let n = b.shape()[1];
@@ -42,28 +59,27 @@ impl Var {
     }
 
     /// gelu(`self [m, k] @ rhs [k, n] + bias [n]`). On the CPU exactly `matmul_bias` then `gelu`
-    /// (two nodes, the same bits as calling them); elsewhere one node over the GEMM and the fused
-    /// `Tensor::bias_gelu`.
+    /// (two nodes, the same bits as calling them); elsewhere `matmul` (autocast applies) then the
+    /// fused [`Var::bias_gelu`].
     pub fn matmul_bias_gelu(&self, rhs: &Var, bias: &Var) -> Result<Var> {
         if self.value().device() == Device::Cpu {
             return self.matmul_bias(rhs, bias)?.gelu();
         }
-        let (a, b, c) = (
-            self.value().clone(),
-            rhs.value().clone(),
-            bias.value().clone(),
-        );
-        let z = a.matmul(&b)?;
+        self.matmul(rhs)?.bias_gelu(bias)
+    }
+
+    /// gelu(`self [.., h]` + `bias [h]`) as one node over `Tensor::bias_gelu` (one fused kernel
+    /// on CUDA) and its fused backward.
+    pub fn bias_gelu(&self, bias: &Var) -> Result<Var> {
+        let (z, c) = (self.value().clone(), bias.value().clone());
         let y = z.bias_gelu(&c)?;
         Ok(Var::from_op(
-            "matmul_bias_gelu",
+            "bias_gelu",
             y,
-            vec![self.clone(), rhs.clone(), bias.clone()],
+            vec![self.clone(), bias.clone()],
             Box::new(move |g| {
                 let (dz, dc) = Tensor::bias_gelu_backward(&z, &c, g)?;
-                let ga = dz.matmul(&b.t()?)?;
-                let gb = a.t()?.matmul(&dz)?;
-                Ok(vec![Some(ga), Some(gb), Some(dc)])
+                Ok(vec![Some(dz), Some(dc)])
             }),
         ))
     }

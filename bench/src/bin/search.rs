@@ -68,6 +68,7 @@ fn main() -> Result<()> {
                 query_block: env_usize("BENCH_QUERY_BLOCK", 0),
                 corpus_block: env_usize("BENCH_CORPUS_BLOCK", 0),
                 progress: false,
+                ..SearchOptions::default()
             };
             let shards = [&corpus.embeddings];
             let run = || search(&queries.embeddings, &shards, &opts);

@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::{with_threads, CliResult};
 use crate::demo::{self, DemoOptions};
+use crate::device::DeviceArgs;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -27,6 +28,9 @@ pub struct DemoArgs {
     /// Worker threads (0: all cores). The table depends on it only through float rounding.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// `--device`, `--fp16` / `--bf16` for every stage that runs a model.
+    #[command(flatten)]
+    pub compute: DeviceArgs,
 }
 
 pub fn run(a: DemoArgs) -> CliResult {
@@ -36,6 +40,7 @@ pub fn run(a: DemoArgs) -> CliResult {
         n_docs: a.n_docs,
         pretrain_steps: a.pretrain_steps,
         finetune_epochs: a.finetune_epochs,
+        compute: a.compute,
     };
     let start = std::time::Instant::now();
     let report = with_threads(a.threads, || demo::run(&opts))??;

@@ -7,6 +7,7 @@ use clap::Args;
 use retrieval::{encode, EncodeConfig, Pooling};
 
 use super::{with_threads, CliResult};
+use crate::device::DeviceArgs;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -33,9 +34,10 @@ pub struct EncodeArgs {
     /// Output directory: embeddings.safetensors and ids.txt.
     #[arg(long)]
     pub output: PathBuf,
-    /// Accepted for compatibility: the CPU computes in f32 (the CUDA backend does not exist yet).
-    #[arg(long)]
-    pub fp16: bool,
+    /// `--device`, `--fp16` / `--bf16` (inference under autocast; the vectors are written as
+    /// f32 either way).
+    #[command(flatten)]
+    pub compute: DeviceArgs,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Worker threads (0: all cores).
@@ -44,9 +46,7 @@ pub struct EncodeArgs {
 }
 
 pub fn run(a: EncodeArgs) -> CliResult {
-    if a.fp16 {
-        eprintln!("note: --fp16: no CUDA backend in this build; encoding in f32 on the CPU");
-    }
+    let (device, precision) = a.compute.open()?;
     let cfg = EncodeConfig {
         model: a.model,
         input: a.input,
@@ -57,6 +57,8 @@ pub fn run(a: EncodeArgs) -> CliResult {
         output: a.output,
         batch_size: a.batch_size,
         verbose: true,
+        device,
+        precision,
     };
     let r = with_threads(a.threads, || encode(&cfg))??;
     if !tensor::profiler::totals().is_empty() {

@@ -22,6 +22,7 @@ use clap::Args;
 use retrieval::formats::jsonl_inputs;
 
 use super::{run_args, CliResult};
+use crate::device::DeviceArgs;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -89,6 +90,10 @@ pub struct PipelineArgs {
     pub hn_sample: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// `--device`, `--fp16` / `--bf16` for the training and encoding stages (`search` gets the
+    /// device alone).
+    #[command(flatten)]
+    pub compute: DeviceArgs,
 }
 
 fn s(p: &Path) -> String {
@@ -105,6 +110,13 @@ fn argv(cmd: &str, pairs: &[(&str, String)]) -> Vec<String> {
         }
     }
     v
+}
+
+/// Runs subcommand `cmd` with `pairs` (as [`argv`]) followed by `extra` arguments.
+fn run_with(cmd: &str, pairs: &[(&str, String)], extra: Vec<String>) -> CliResult {
+    let mut args = argv(cmd, pairs);
+    args.extend(extra);
+    run_args(&args)
 }
 
 /// Runs `f` unless the stage's marker exists, then writes the marker.
@@ -125,6 +137,7 @@ fn stage(dir: &Path, name: &str, f: impl FnOnce() -> CliResult) -> CliResult {
 
 pub fn run(a: PipelineArgs) -> CliResult {
     let out = &a.output_dir;
+    a.compute.open()?;
     std::fs::create_dir_all(out)?;
     let tok = s(a.tokenizer_name.as_ref().unwrap_or(&a.model_name_or_path));
     let corpus = out.join("corpus");
@@ -262,7 +275,7 @@ fn train(a: &PipelineArgs, train_dir: &Path, output_dir: &Path, epochs: f64) -> 
         Some(ckpt) => pairs.push(("resume_from_checkpoint", s(&ckpt))),
         None => pairs.push(("overwrite_output_dir", String::new())),
     }
-    run_args(&argv("train-retriever", &pairs))
+    run_with("train-retriever", &pairs, a.compute.argv())
 }
 
 /// Encodes the corpus (one shard per split file) and `queries` with `model`, then searches.
@@ -277,7 +290,7 @@ fn encode_and_search(
     let mut shards = Vec::new();
     for (i, split) in jsonl_inputs(corpus)?.iter().enumerate() {
         let shard = emb.join(format!("corpus-{i:02}"));
-        run_args(&argv(
+        run_with(
             "encode",
             &[
                 ("model", s(model)),
@@ -285,11 +298,12 @@ fn encode_and_search(
                 ("output", s(&shard)),
                 ("max-len", a.p_max_len.to_string()),
             ],
-        ))?;
+            a.compute.argv(),
+        )?;
         shards.push(s(&shard));
     }
     let q = emb.join("queries");
-    run_args(&argv(
+    run_with(
         "encode",
         &[
             ("is-query", String::new()),
@@ -298,7 +312,8 @@ fn encode_and_search(
             ("output", s(&q)),
             ("max-len", a.q_max_len.to_string()),
         ],
-    ))?;
+        a.compute.argv(),
+    )?;
     let mut args = argv(
         "search",
         &[
@@ -307,6 +322,7 @@ fn encode_and_search(
             ("depth", a.depth.to_string()),
         ],
     );
+    args.extend(a.compute.device_argv());
     args.push("--corpus".into());
     args.extend(shards);
     run_args(&args)

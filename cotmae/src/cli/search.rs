@@ -8,6 +8,7 @@ use clap::Args;
 use retrieval::{search_blocks, EmbeddingSet, RunWriter, SearchOptions};
 
 use super::{with_threads, CliResult};
+use crate::device::open_device;
 
 /// Flag names from the issue; Tevatron's `faiss_retriever` names are accepted as aliases.
 #[derive(Args, Debug)]
@@ -31,6 +32,10 @@ pub struct SearchArgs {
     /// Worker threads (0: all cores). The output does not depend on it.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the scores and the per-block top-k are computed: cpu, cuda or cuda:N (the corpus
+    /// is then uploaded whole; depth at most 2048).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Ids go into whitespace-separated ranking files: they must not contain whitespace.
@@ -52,6 +57,7 @@ fn check_ids(set: &EmbeddingSet, dir: &std::path::Path) -> CliResult {
 }
 
 pub fn run(a: SearchArgs) -> CliResult {
+    let device = open_device(&a.device)?;
     let queries = EmbeddingSet::read(&a.queries)?;
     check_ids(&queries, &a.queries)?;
     let mut shards = Vec::new();
@@ -68,6 +74,7 @@ pub fn run(a: SearchArgs) -> CliResult {
     let opts = SearchOptions {
         depth: a.depth,
         query_block: a.batch_size,
+        device,
         ..SearchOptions::default()
     };
     let mut out = RunWriter::create(&a.output)?;

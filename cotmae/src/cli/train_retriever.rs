@@ -7,6 +7,7 @@ use clap::Args;
 use retrieval::{latest_checkpoint, train, PadTo, TrainConfig};
 
 use super::{with_threads, CliResult};
+use crate::device::DeviceArgs;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -68,9 +69,9 @@ pub struct TrainRetrieverArgs {
     /// Gather representations across processes. One process here: a no-op (with a warning).
     #[arg(long)]
     pub negatives_x_device: bool,
-    /// Mixed precision: needs the CUDA backend, not available in this build (an error).
-    #[arg(long)]
-    pub fp16: bool,
+    /// `--device`, `--fp16` (dynamic loss scaling) / `--bf16`.
+    #[command(flatten)]
+    pub compute: DeviceArgs,
     /// Accepted for compatibility; batches are built in-process.
     #[arg(long, default_value_t = 0)]
     pub dataloader_num_workers: usize,
@@ -83,13 +84,7 @@ pub struct TrainRetrieverArgs {
 }
 
 pub fn run(a: TrainRetrieverArgs) -> CliResult {
-    if a.fp16 {
-        return Err(
-            "--fp16 needs the CUDA backend, which this build does not have yet; \
-                    train in f32 by leaving --fp16 out"
-                .into(),
-        );
-    }
+    let (device, precision) = a.compute.open()?;
     if a.negatives_x_device {
         eprintln!(
             "warning: --negatives_x_device has no effect with one process (world size 1): \
@@ -137,6 +132,8 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
             PadTo::MaxLen
         },
         verbose: true,
+        device,
+        precision,
     };
     let report = with_threads(a.threads, || train(&cfg))??;
     if !tensor::profiler::totals().is_empty() {

@@ -25,6 +25,7 @@ use bert::{BertConfig, BertForMaskedLM, Tokenizer};
 use tensor::Rng;
 
 use crate::cli::{run_args as cotmae, CliResult};
+use crate::device::DeviceArgs;
 use data::DemoData;
 
 /// Knobs of the demo (the defaults fit the 10-minute budget on 2 cores).
@@ -36,6 +37,9 @@ pub struct DemoOptions {
     pub n_docs: usize,
     pub pretrain_steps: usize,
     pub finetune_epochs: usize,
+    /// `--device` / `--fp16` / `--bf16`, passed to every stage that runs a model (`search` gets
+    /// the device alone).
+    pub compute: DeviceArgs,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +50,7 @@ impl Default for DemoOptions {
             n_docs: 300,
             pretrain_steps: 1500,
             finetune_epochs: 8,
+            compute: DeviceArgs::default(),
         }
     }
 }
@@ -179,6 +184,8 @@ fn secs(t: Instant) -> f64 {
 /// Runs the demo (module doc) and returns its table.
 pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
     let dir = &opts.output_dir;
+    opts.compute.open()?;
+    let (compute, device) = (opts.compute.argv(), opts.compute.device_argv());
     std::fs::create_dir_all(dir)?;
     let seed = opts.seed.to_string();
     let mut shared = Vec::new();
@@ -262,6 +269,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                         "--save_steps".into(),
                         opts.pretrain_steps.to_string(),
                     ],
+                    compute.clone(),
                 ]
                 .concat(),
             )?;
@@ -346,6 +354,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                 vec![opts.finetune_epochs.to_string()],
                 args(&["--logging_steps", "50", "--save_steps", "0", "--seed"]),
                 vec![seed.clone()],
+                compute.clone(),
             ]
             .concat(),
         )?;
@@ -366,6 +375,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                     s(&p_emb),
                 ],
                 args(&["--max-len", "48"]),
+                compute.clone(),
             ]
             .concat(),
         )?;
@@ -380,6 +390,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                     s(&q_emb),
                 ],
                 args(&["--max-len", "32"]),
+                compute.clone(),
             ]
             .concat(),
         )?;
@@ -395,6 +406,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                     s(&ranking),
                 ],
                 args(&["--depth", "100"]),
+                device.clone(),
             ]
             .concat(),
         )?;

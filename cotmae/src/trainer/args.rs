@@ -6,7 +6,9 @@
 //! device, max_seq_length 128, mask ratios 0.30 / 0.45, 2 head layers, head_mlm_coef 1.0), HF
 //! `TrainingArguments`' otherwise (seed 42, no gradient accumulation, 3 epochs when max_steps is
 //! not set, save_steps 500, no save_total_limit). Booleans take an optional value, as
-//! `HfArgumentParser` does: `--fp16`, `--fp16 true`, `--use_decoder_head false`.
+//! `HfArgumentParser` does: `--fp16`, `--fp16 true`, `--use_decoder_head false`. `--device`,
+//! `--fp16` and `--bf16` are the shared group of [`crate::device`] (they serialise as three flat
+//! keys of `training`).
 //!
 //! All three serialise to the `training_args.json` a checkpoint carries, which a resumed run
 //! compares with its own flags.
@@ -18,6 +20,7 @@ use clap::{ArgAction, Args};
 use serde::{Deserialize, Serialize};
 
 use crate::collator::{CollatorConfig, DataType};
+use crate::device::DeviceArgs;
 use crate::model::CotMaeModelArgs;
 use crate::{Error, Result};
 
@@ -150,14 +153,10 @@ pub struct TrainingArguments {
     /// ahead, up to 2N buffered (the batches are the same).
     #[arg(long, default_value_t = 0)]
     pub dataloader_num_workers: usize,
-    /// fp16 mixed precision (needs the CUDA backend).
-    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-    pub fp16: bool,
-    /// bf16 mixed precision (needs the CUDA backend).
-    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-    pub bf16: bool,
+    /// `--device`, `--fp16`, `--bf16` (see [`crate::device`]).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub compute: DeviceArgs,
     /// Test hook, not for users: after this step (its log and checkpoint written) the process
     /// stops working and waits to be killed, so a test can kill it at a known point.
     #[arg(long, hide = true)]
@@ -238,13 +237,7 @@ impl PretrainArgs {
     /// Rejects inconsistent or out-of-range flags before anything is read or written.
     pub fn validate(&self) -> Result<()> {
         let (m, d, t) = (&self.model, &self.data, &self.training);
-        if t.fp16 || t.bf16 {
-            let which = if t.fp16 { "--fp16" } else { "--bf16" };
-            return Err(Error::Config(format!(
-                "{which}: mixed precision needs the CUDA backend, which this build does not have \
-                 yet; leave the flag out to train in f32 on the CPU"
-            )));
-        }
+        t.compute.parse()?;
         match (&m.model_name_or_path, &m.config_name) {
             (None, None) => {
                 return Err(Error::Config(
@@ -394,7 +387,7 @@ mod tests {
     #[test]
     fn defaults_and_hf_style_booleans() {
         let a = parse(&[]);
-        assert!(a.model.use_decoder_head && a.model.enable_head_mlm && !a.training.fp16);
+        assert!(a.model.use_decoder_head && a.model.enable_head_mlm && !a.training.compute.fp16);
         assert_eq!(
             (
                 a.training.learning_rate,
@@ -415,9 +408,20 @@ mod tests {
             "--overwrite_output_dir",
             "yes",
         ]);
-        assert!(!b.model.use_decoder_head && b.training.fp16 && b.training.overwrite_output_dir);
+        assert!(
+            !b.model.use_decoder_head && b.training.compute.fp16 && b.training.overwrite_output_dir
+        );
         let err = b.validate().unwrap_err().to_string();
-        assert!(err.contains("--fp16") && err.contains("CUDA"), "{err}");
+        assert!(
+            err.starts_with("--fp16: ") && err.contains("--device cuda"),
+            "{err}"
+        );
+        let json = b.to_json();
+        let flat = &json["training"];
+        assert_eq!(
+            (&flat["device"], &flat["fp16"], &flat["bf16"]),
+            (&"cpu".into(), &true.into(), &false.into())
+        );
         let c = parse(&["--max_steps", "-1", "--num_train_epochs", "0"]);
         assert!(c
             .validate()

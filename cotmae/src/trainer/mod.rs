@@ -1,5 +1,6 @@
 //! The CoT-MAE pretraining trainer (`cotmae pretrain`): the HF Trainer's loop and bookkeeping
-//! (REFERENCE §4) around [`BertForCotMAE`](crate::BertForCotMAE), in f32 on the CPU.
+//! (REFERENCE §4) around [`BertForCotMAE`](crate::BertForCotMAE), on the CPU or a GPU
+//! (`--device`), in f32 or mixed precision (`--fp16` with loss scaling, `--bf16`).
 //!
 //! Reading order: [`args`] (the flags), [`data`] (`--train_path` as documents), [`sampler`]
 //! (a seeded permutation per epoch), [`loader`] (batches, their position, prefetching),

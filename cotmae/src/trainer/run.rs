@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bert::{BertConfig, BertForMaskedLM, Tokenizer};
-use nn::{warmup_steps, AdamW, Ctx, LrSchedule, ScheduleKind};
+use nn::{warmup_steps, AdamW, Ctx, LrSchedule, Precision, ScheduleKind};
 use tensor::Rng;
 
 use super::args::PretrainArgs;
@@ -190,6 +190,7 @@ fn warn_differences(args: &PretrainArgs, checkpoint: &Path) -> Result<()> {
 pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     args.validate()?;
     let t = &args.training;
+    let (device, precision) = t.compute.open()?;
     let out = t.output_dir.clone();
     let resume = prepare_output_dir(args)?;
     let tokenizer = Tokenizer::from_dir(args.model.tokenizer_dir()?)?;
@@ -236,9 +237,16 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         }
     };
     check_model_fits(model.config(), &tokenizer, args.data.max_seq_length)?;
+    nn::module::to_device(&model, device)?;
     let mut state = TrainerState { max_steps, ..state };
     let mut sched = schedule(args, max_steps);
-    sched.step = state.global_step;
+    sched.step = state.global_step - state.skipped_steps.min(state.global_step);
+    let mut scaler = precision.loss_scaler()?;
+    match (&state.loss_scaler, precision) {
+        (Some(saved), Precision::F16) => scaler.load_state_dict(saved)?,
+        (_, Precision::F16) => state.loss_scaler = Some(scaler.state_dict()),
+        _ => state.loss_scaler = None,
+    }
     let resumed_at = resume.as_ref().map(|_| state.global_step);
     let loader = DataLoader::new(
         &data,
@@ -258,13 +266,14 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     log.println(&format!(
         "***** Running training *****\n  Num examples = {}\n  Num parameters = {}\n  Batch size \
          (documents) = {batch}, gradient accumulation steps = {ga}, total = {}\n  Total \
-         optimization steps = {max_steps} (warmup {}), starting after step {}\n  Output: {}, \
-         TensorBoard: {}",
+         optimization steps = {max_steps} (warmup {}), starting after step {}\n  Device: {device}, \
+         precision: {}\n  Output: {}, TensorBoard: {}",
         data.describe(),
         nn::Module::num_params(&model),
         batch * ga,
         sched.warmup_steps,
         state.global_step,
+        precision.flag().map_or("f32", |f| &f[2..]),
         out.display(),
         log.tensorboard_file().display(),
     ));
@@ -274,6 +283,9 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         sched,
         max_grad_norm: t.max_grad_norm,
         accumulation: ga,
+        device,
+        precision,
+        scaler,
     };
     let started = Instant::now();
     let steps_before = state.global_step;
@@ -291,6 +303,17 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                 state.global_step + 1,
             )?;
             state.global_step += 1;
+            if s.skipped {
+                state.skipped_steps += 1;
+                log.println(&format!(
+                    "step {}: fp16 gradients overflowed; step skipped, loss scale now {}",
+                    state.global_step,
+                    o.scaler.scale()
+                ));
+            }
+            if precision == Precision::F16 {
+                state.loss_scaler = Some(o.scaler.state_dict());
+            }
             state.loader = s.loader;
             state.dropout_rng = ctx.rng.into();
             state.since_log.add(&s.sums);

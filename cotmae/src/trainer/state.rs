@@ -1,6 +1,7 @@
 //! What a checkpoint records besides the weights and the optimizer: the step, the data
 //! position, the dropout generator and the loss sums of the current logging interval, as
-//! `trainer_state.json`. With these, a resumed run continues bit for bit.
+//! `trainer_state.json`. With these, a resumed run continues bit for bit. An `--fp16` run adds
+//! its loss scaler and the number of steps it skipped (both absent otherwise).
 //!
 //! Floating-point sums are stored as the bits of their f64 (`"loss_bits": 4614256656552045848`),
 //! since a decimal round trip through JSON is not guaranteed to be exact.
@@ -109,6 +110,17 @@ pub struct TrainerState {
     pub total: LossSums,
     /// The TensorBoard directory, kept by a resumed run.
     pub logging_dir: PathBuf,
+    /// Steps skipped on an fp16 overflow: counted in `global_step`, not in the learning-rate
+    /// schedule, whose position is `global_step - skipped_steps` (written only when > 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_steps: u64,
+    /// An `--fp16` run's loss scaler (torch's `GradScaler.state_dict()` fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<nn::loss_scale::LossScalerState>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TrainerState {
@@ -127,6 +139,8 @@ impl TrainerState {
             since_log: LossSums::default(),
             total: LossSums::default(),
             logging_dir,
+            skipped_steps: 0,
+            loss_scaler: None,
         }
     }
 
@@ -186,6 +200,13 @@ mod tests {
         };
         st.total.add(&st.since_log.clone());
         st.total.add(&st.since_log.clone());
+        let json = st.to_json();
+        assert!(
+            !json.contains("skipped") && !json.contains("scale"),
+            "f32: no fp16 fields"
+        );
+        st.skipped_steps = 3;
+        st.loss_scaler = Some(nn::Precision::F16.loss_scaler().unwrap().state_dict());
         let dir = std::env::temp_dir().join(format!("cotmae-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(STATE_FILE), st.to_json()).unwrap();

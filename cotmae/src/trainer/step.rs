@@ -1,18 +1,23 @@
-//! One optimizer step, as the HF Trainer (4.17) takes it in f32:
+//! One optimizer step, as the HF Trainer (4.17) takes it:
 //!
-//! 1. for each of `gradient_accumulation_steps` micro-batches: forward, divide the loss by the
-//!    accumulation count (when > 1), backward, add the gradients to the running sums;
-//! 2. clip the summed gradients to a global L2 norm of `max_grad_norm` (when > 0) and keep the
-//!    norm before clipping (what newer HF versions log as `grad_norm`);
-//! 3. one AdamW update at the schedule's current learning rate, then advance the schedule.
+//! 1. for each of `gradient_accumulation_steps` micro-batches: upload it to the run's device,
+//!    forward (under the precision's autocast), multiply the loss by the loss scale (fp16) and
+//!    divide it by the accumulation count (when > 1), backward, add the gradients to the running
+//!    sums;
+//! 2. unscale the summed gradients (fp16), clip them to a global L2 norm of `max_grad_norm` (when
+//!    > 0) and keep the norm before clipping (what newer HF versions log as `grad_norm`);
+//! 3. fp16 only: when a gradient overflowed, the loss scaler halves its scale and the step is
+//!    skipped (no AdamW update, the schedule does not advance; the step still counts, as in HF);
+//! 4. one AdamW update at the schedule's current learning rate, then advance the schedule.
 //!
 //! The step's losses are the means of its micro-batch losses (HF accumulates
-//! `loss / gradient_accumulation_steps`). A non-finite gradient norm stops training with an error
-//! naming the step (in f32 there is no loss scaler to skip the step; the run has diverged).
+//! `loss / gradient_accumulation_steps`), unscaled. A non-finite gradient norm on a step that is
+//! not skipped stops training with an error naming the step (the run has diverged).
 
 use autograd::Gradients;
-use nn::{clip_grad_norm, step_params, total_norm, AdamW, Ctx, LrSchedule, Param};
-use tensor::Tensor;
+use nn::StepDecision;
+use nn::{step_params, unscale_and_clip, AdamW, Ctx, LossScaler, LrSchedule, Param, Precision};
+use tensor::{Device, Tensor};
 
 use super::loader::{LoadedBatch, LoaderState};
 use super::state::LossSums;
@@ -27,6 +32,11 @@ pub struct Optimization {
     pub max_grad_norm: f64,
     /// Micro-batches per step (>= 1).
     pub accumulation: usize,
+    /// Where the model is; batches are uploaded there.
+    pub device: Device,
+    pub precision: Precision,
+    /// Enabled for fp16 only (scale 1 and every step applied otherwise).
+    pub scaler: LossScaler,
 }
 
 /// What one step did.
@@ -39,6 +49,8 @@ pub struct StepStats {
     pub lr: f64,
     /// The loader's position after the step's last micro-batch.
     pub loader: LoaderState,
+    /// fp16: the gradients overflowed and the update was skipped.
+    pub skipped: bool,
 }
 
 /// Each parameter once (tied weights are one `Param`), in state-dict order.
@@ -68,17 +80,21 @@ pub fn train_step(
         ..LossSums::default()
     };
     let mut loader = None;
+    // HF scales the loss by 1/ga, then by the loss scale; the scale is a power of two, so one
+    // multiplication by scale/ga gives the same number (and 1/ga alone when not scaling).
+    let factor = o.scaler.scale() as f64 / ga as f64;
     for _ in 0..ga {
         let item = next_batch()?;
-        let out = model.forward(&item.batch, ctx)?;
+        let batch = item.batch.to_device(o.device)?;
+        let out = o.precision.autocast(|| model.forward(&batch, ctx))?;
         let (loss, enc, head) = loss_values(&out)?;
-        let scaled = if ga > 1 {
-            out.loss.mul_scalar(1.0 / ga as f64)?
+        let scaled = if factor != 1.0 {
+            out.loss.mul_scalar(factor)?
         } else {
             out.loss.clone()
         };
         let grads = scaled.backward()?;
-        drop((out, scaled));
+        drop((out, scaled, batch));
         for ((_, p), slot) in params.iter().zip(summed.iter_mut()) {
             if let Some(g) = grads.get(&p.var()) {
                 *slot = Some(match slot.take() {
@@ -100,13 +116,18 @@ pub fn train_step(
         .enumerate()
         .filter_map(|(i, g)| Some((i, g?)))
         .collect();
-    let grad_norm = if o.max_grad_norm > 0.0 {
-        let mut refs: Vec<&mut Tensor> = with_grad.iter_mut().map(|(_, g)| g).collect();
-        clip_grad_norm(&mut refs, o.max_grad_norm)?
-    } else {
-        let refs: Vec<&Tensor> = with_grad.iter().map(|(_, g)| g).collect();
-        total_norm(&refs)?
-    };
+    let mut refs: Vec<&mut Tensor> = with_grad.iter_mut().map(|(_, g)| g).collect();
+    let (grad_norm, decision) = unscale_and_clip(&mut o.scaler, &mut refs, o.max_grad_norm)?;
+    let lr = o.sched.lr();
+    if decision == StepDecision::Skip {
+        return Ok(StepStats {
+            sums,
+            grad_norm,
+            lr,
+            loader,
+            skipped: true,
+        });
+    }
     if !grad_norm.is_finite() {
         return Err(Error::Config(format!(
             "step {step}: the gradient norm is {grad_norm} (loss {}): training diverged; try a \
@@ -118,7 +139,6 @@ pub fn train_step(
     for (i, g) in with_grad {
         grads.insert(&params[i].1.var(), g);
     }
-    let lr = o.sched.lr();
     step_params(&mut o.opt, lr, params, &grads)?;
     o.sched.advance();
     Ok(StepStats {
@@ -126,5 +146,6 @@ pub fn train_step(
         grad_norm,
         lr,
         loader,
+        skipped: false,
     })
 }

@@ -1,0 +1,176 @@
+//! Mixed-precision autocast, as `torch.autocast("cuda", dtype)` for the matrix products: while
+//! [`autocast`] is active with `Some(F16)` or `Some(BF16)`, [`Var::matmul`](crate::Var::matmul)
+//! and [`Var::matmul_bias`](crate::Var::matmul_bias) (so `nn::Linear`, the attention products and
+//! the MLM decoder) take f32 operands that live on a CUDA device, cast them to the half dtype with
+//! differentiable casts, run the GEMM in half precision (cuBLAS, f32 accumulation) and cast the
+//! product back to f32. The gradients flow back through the casts, so f32 parameters (the master
+//! weights) receive f32 gradients. Everything else (LayerNorm, softmax, GELU, the losses) sees
+//! f32 values and computes in f32.
+//!
+//! CPU tensors are never cast: on the CPU `autocast` changes nothing (the CPU GEMM computes in
+//! f32 and results stay bit for bit those of a run without it). Operands that are not f32 (already
+//! half, or f64 in gradient checks) are left alone as well.
+//!
+//! The setting is per thread, like [`no_grad`](crate::no_grad); `autocast(None, f)` turns it off
+//! inside `f`, and the previous setting comes back when `f` returns (or panics).
+
+use std::cell::Cell;
+use tensor::DType;
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Restores the previous setting when dropped (also on unwinding).
+struct Restore(Option<DType>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        AUTOCAST.with(|a| a.set(self.0));
+    }
+}
+
+/// Runs `f` with the matrix products of CUDA f32 operands computed in `dtype` (module doc).
+/// `None` (or a dtype other than f16/bf16, which is ignored by the products) turns autocast off.
+pub fn autocast<R>(dtype: Option<DType>, f: impl FnOnce() -> R) -> R {
+    let _restore = Restore(AUTOCAST.with(|a| a.replace(dtype)));
+    f()
+}
+
+/// The dtype of the current [`autocast`] region, if any.
+pub fn autocast_dtype() -> Option<DType> {
+    AUTOCAST.with(|a| a.get())
+}
+
+/// The half dtype the products of these operands run in: the active autocast dtype when it is
+/// f16 or bf16 and every operand is an f32 tensor on a CUDA device; None otherwise.
+pub(crate) fn gemm_dtype(operands: &[&tensor::Tensor]) -> Option<DType> {
+    let half = autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
+    operands
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.device() != tensor::Device::Cpu)
+        .then_some(half)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Var;
+    use tensor::{Device, Rng, Tensor};
+
+    #[test]
+    fn nests_and_restores() {
+        assert_eq!(autocast_dtype(), None);
+        autocast(Some(DType::BF16), || {
+            assert_eq!(autocast_dtype(), Some(DType::BF16));
+            autocast(Some(DType::F16), || {
+                assert_eq!(autocast_dtype(), Some(DType::F16))
+            });
+            autocast(None, || assert_eq!(autocast_dtype(), None));
+            assert_eq!(autocast_dtype(), Some(DType::BF16));
+        });
+        assert_eq!(autocast_dtype(), None);
+        // A panic inside the region restores the setting too.
+        let r = std::panic::catch_unwind(|| autocast(Some(DType::F16), || panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(autocast_dtype(), None);
+        // Other threads are not affected.
+        autocast(Some(DType::F16), || {
+            let other = std::thread::spawn(autocast_dtype).join().unwrap();
+            assert_eq!(other, None);
+        });
+    }
+
+    #[test]
+    fn cpu_products_are_unchanged_bit_for_bit() {
+        let mut rng = Rng::new(5);
+        let mut randn = |shape: &[usize]| {
+            Tensor::randn(shape, 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap()
+        };
+        let (a, b, bias) = (
+            Var::param(randn(&[3, 5])),
+            Var::param(randn(&[5, 4])),
+            Var::param(randn(&[4])),
+        );
+        let run = || {
+            let y = a
+                .matmul_bias(&b, &bias)
+                .unwrap()
+                .matmul(&b.t().unwrap())
+                .unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.value().to_vec::<f32>().unwrap()];
+            for v in [&a, &b, &bias] {
+                out.push(grads.get(v).unwrap().to_vec::<f32>().unwrap());
+            }
+            (out, y.op_name(), y.value().dtype())
+        };
+        let plain = run();
+        for half in [DType::F16, DType::BF16] {
+            let cast = autocast(Some(half), run);
+            assert_eq!(cast.1, plain.1, "no cast node on the CPU");
+            assert_eq!(cast.2, DType::F32);
+            for (x, y) in cast.0.iter().zip(&plain.0) {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(x), bits(y));
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_dtype_needs_half_autocast_and_f32_device_operands() {
+        let a = Tensor::zeros(&[2, 2], DType::F32, Device::Cpu).unwrap();
+        assert_eq!(gemm_dtype(&[&a, &a]), None);
+        autocast(Some(DType::BF16), || {
+            assert_eq!(gemm_dtype(&[&a, &a]), None)
+        });
+        // f64 (gradient checks) is never an autocast dtype.
+        autocast(Some(DType::F64), || assert_eq!(gemm_dtype(&[&a]), None));
+    }
+
+    /// On a GPU: half-precision products of f32 operands, f32 results and f32 gradients close to
+    /// the CPU's.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_products_run_in_half_and_return_f32() {
+        let dev = Device::Cuda(0);
+        if let Err(e) = dev.ensure_available() {
+            eprintln!("skipping cuda_products_run_in_half_and_return_f32: {e}");
+            return;
+        }
+        let mut rng = Rng::new(9);
+        let host: Vec<Tensor> = [&[6, 40][..], &[40, 8], &[8]]
+            .iter()
+            .map(|s| Tensor::randn(s, 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap())
+            .collect();
+        let run = |device: Device, cast: Option<DType>| {
+            let v: Vec<Var> = host
+                .iter()
+                .map(|t| Var::param(t.to_device(device).unwrap()))
+                .collect();
+            autocast(cast, || {
+                let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
+                let z = y.matmul(&v[1].t().unwrap()).unwrap();
+                assert_eq!(z.value().dtype(), DType::F32);
+                let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+                let mut out = vec![z.value().clone()];
+                out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
+                (out, z.op_name())
+            })
+        };
+        let (want, _) = run(Device::Cpu, None);
+        for (cast, tol) in [
+            (None, 1e-5),
+            (Some(DType::BF16), 2e-2),
+            (Some(DType::F16), 1e-2),
+        ] {
+            let (got, op) = run(dev, cast);
+            assert_eq!(op, if cast.is_some() { "to_dtype" } else { "matmul" });
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.dtype(), g.device()), (DType::F32, dev), "{cast:?}");
+                let err = tensor::testing::max_rel_err(&g.to_device(Device::Cpu).unwrap(), w);
+                assert!(err <= tol, "{cast:?}: relative error {err}");
+            }
+        }
+    }
+}
