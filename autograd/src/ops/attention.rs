@@ -15,10 +15,15 @@
 //!   results and generator state are bit for bit unchanged.
 //! - `COTMAE_ATTENTION=composed` in the environment turns the flash path off (read once), so a
 //!   benchmark can time both paths on a GPU.
+//!
+//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands that take the flash
+//! path are cast to the half dtype first (the kernels then compute as for half inputs) and the
+//! output back to f32; the composed path gets the same from its `matmul`s.
 
+use crate::autocast::gemm_dtype;
 use crate::var::Var;
 use tensor::ops::attention::AttentionDropout;
-use tensor::{Result, Rng, Tensor};
+use tensor::{DType, Result, Rng, Tensor};
 
 /// False when `COTMAE_ATTENTION=composed` (see the module doc).
 fn flash_enabled() -> bool {
@@ -39,7 +44,14 @@ impl Var {
         rng: Option<&mut Rng>,
     ) -> Result<Var> {
         let rng = rng.filter(|_| dropout_p != 0.0);
-        if flash_enabled() && Tensor::flash_attention_fits(q.value(), k.value(), v.value()) {
+        let fits = flash_enabled() && Tensor::flash_attention_fits(q.value(), k.value(), v.value());
+        if let (Some(half), true) = (gemm_dtype(&[q.value(), k.value(), v.value()]), fits) {
+            let (qh, kh, vh) = (q.to_dtype(half)?, k.to_dtype(half)?, v.to_dtype(half)?);
+            let out =
+                Var::scaled_dot_product_attention(&qh, &kh, &vh, mask, scale, dropout_p, rng)?;
+            return out.to_dtype(DType::F32);
+        }
+        if fits {
             let mask = match mask {
                 Some(m) if m.dtype() != q.value().dtype() => Some(m.to_dtype(q.value().dtype())?),
                 m => m.cloned(),

@@ -2,11 +2,12 @@
 //! were broadcast. The transposes are stride views, so no copies are made. `matmul_bias` (the
 //! linear layer, y = a b + bias) adds d bias = the column sums of g. `matmul_bias_gelu` (a Linear
 //! layer followed by GELU, BERT's intermediate) is `matmul_bias` then `gelu` on the CPU, and on
-//! CUDA the GEMM then one fused bias + GELU kernel, whose backward gives dz = g gelu'(z) and
-//! d bias = the column sums of dz.
+//! CUDA the product (a `matmul` node) then one fused bias + GELU kernel (a `bias_gelu` node, whose
+//! backward gives dz = g gelu'(z) and d bias = the column sums of dz).
 //!
-//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands are cast to it first
-//! and the product back to f32, all as graph ops (so gradients come back in f32).
+//! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands of the products are
+//! cast to it first and the product back to f32, all as graph ops (so gradients come back in
+//! f32); the bias + GELU of `matmul_bias_gelu` then runs in f32.
 
 use crate::autocast::gemm_dtype;
 use crate::var::Var;
@@ -58,8 +59,8 @@ impl Var {
     }
 
     /// gelu(`self [m, k] @ rhs [k, n] + bias [n]`). On the CPU exactly `matmul_bias` then `gelu`
-    /// (two nodes, the same bits as calling them); elsewhere the GEMM (through `matmul`, so
-    /// autocast applies to it) and then one node for the fused `Tensor::bias_gelu`.
+    /// (two nodes, the same bits as calling them); elsewhere `matmul` (autocast applies) then the
+    /// fused [`Var::bias_gelu`].
     pub fn matmul_bias_gelu(&self, rhs: &Var, bias: &Var) -> Result<Var> {
         if self.value().device() == Device::Cpu {
             return self.matmul_bias(rhs, bias)?.gelu();
@@ -67,8 +68,8 @@ impl Var {
         self.matmul(rhs)?.bias_gelu(bias)
     }
 
-    /// gelu(`self [.., n] + bias [n]`) in one kernel; the backward gives dz = g gelu'(z) and
-    /// d bias = the column sums of dz.
+    /// gelu(`self [.., h]` + `bias [h]`) as one node over `Tensor::bias_gelu` (one fused kernel
+    /// on CUDA) and its fused backward.
     pub fn bias_gelu(&self, bias: &Var) -> Result<Var> {
         let (z, c) = (self.value().clone(), bias.value().clone());
         let y = z.bias_gelu(&c)?;
