@@ -133,11 +133,10 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_products_run_in_half_and_return_f32() {
-        let dev = Device::Cuda(0);
-        if let Err(e) = dev.ensure_available() {
-            eprintln!("skipping cuda_products_run_in_half_and_return_f32: {e}");
+        let Some(dev) = tensor::testing::cuda_or_skip("cuda_products_run_in_half_and_return_f32")
+        else {
             return;
-        }
+        };
         let mut rng = Rng::new(9);
         let host: Vec<Tensor> = [&[6, 40][..], &[40, 8], &[8], &[40]]
             .iter()

@@ -18,24 +18,8 @@ use bert::BertForMaskedLM;
 use common::{fixtures, rel_err};
 use nn::{Ctx, Module};
 use tensor::safetensors::SafeTensors;
+use tensor::testing::cuda_or_skip;
 use tensor::{DType, Device, Tensor};
-
-/// `cuda:0` when it can be used; otherwise prints why the test is skipped.
-fn gpu_or_skip(test: &str) -> Option<Device> {
-    match "cuda:0".parse::<Device>() {
-        Ok(d) => match d.ensure_available() {
-            Ok(()) => Some(d),
-            Err(e) => {
-                eprintln!("skipping {test}: {e}");
-                None
-            }
-        },
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            None
-        }
-    }
-}
 
 /// The fixture model and its batch (ids, mask, token types, labels) on `device`.
 fn load(device: Device) -> (BertForMaskedLM, [Tensor; 4]) {
@@ -112,7 +96,7 @@ fn check_grads(got: &Pass, want: &Pass, tol: f64) -> (f64, String) {
 
 #[test]
 fn f32_forward_and_backward_match_the_cpu() {
-    let Some(gpu) = gpu_or_skip("f32_forward_and_backward_match_the_cpu") else {
+    let Some(gpu) = cuda_or_skip("f32_forward_and_backward_match_the_cpu") else {
         return;
     };
     let cpu = pass(Device::Cpu, None);
@@ -129,7 +113,7 @@ fn f32_forward_and_backward_match_the_cpu() {
 
 #[test]
 fn bf16_autocast_stays_close_to_the_cpu() {
-    let Some(gpu) = gpu_or_skip("bf16_autocast_stays_close_to_the_cpu") else {
+    let Some(gpu) = cuda_or_skip("bf16_autocast_stays_close_to_the_cpu") else {
         return;
     };
     let cpu = pass(Device::Cpu, None);

@@ -513,8 +513,7 @@ fn losses(out: &Path) -> Vec<[f64; 3]> {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_runs_log_the_cpu_losses() {
-    if let Err(e) = tensor::Device::Cuda(0).ensure_available() {
-        eprintln!("skipping cuda_runs_log_the_cpu_losses: {e}");
+    if tensor::testing::cuda_or_skip("cuda_runs_log_the_cpu_losses").is_none() {
         return;
     }
     let fx = fixture("cuda", 20);

@@ -303,11 +303,9 @@ fn minilm_through_encode_matches_sentence_transformers() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_encodes_as_the_cpu() {
-    let dev = tensor::Device::Cuda(0);
-    if let Err(e) = dev.ensure_available() {
-        eprintln!("skipping cuda_encodes_as_the_cpu: {e}");
+    let Some(dev) = tensor::testing::cuda_or_skip("cuda_encodes_as_the_cpu") else {
         return;
-    }
+    };
     let s = Scratch::new("encode-cuda");
     let model_dir = tiny_model_dir(&s.0.join("model"), 0.1);
     let input = s.0.join("corpus.json");

@@ -165,11 +165,9 @@ fn blocks_arrive_in_query_order_and_bad_inputs_are_errors() {
 #[cfg(feature = "cuda")]
 #[test]
 fn gpu_search_equals_cpu_search() {
-    let dev = tensor::Device::Cuda(0);
-    if let Err(e) = dev.ensure_available() {
-        eprintln!("skipping gpu_search_equals_cpu_search: {e}");
+    let Some(dev) = tensor::testing::cuda_or_skip("gpu_search_equals_cpu_search") else {
         return;
-    }
+    };
     let mut rng = Rng::new(8);
     let dim = 24;
     let (queries, _) = small_ints(37, dim, &mut rng);

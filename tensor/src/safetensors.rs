@@ -505,29 +505,6 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
-    #[cfg(feature = "cuda")]
-    #[test]
-    fn saves_device_tensors_as_their_host_bytes() {
-        let dev = crate::Device::Cuda(0);
-        if let Err(e) = dev.ensure_available() {
-            eprintln!("skipping saves_device_tensors_as_their_host_bytes: {e}");
-            return;
-        }
-        let host = Tensor::from_vec((0..6).map(|x| x as f32 - 2.5).collect(), &[2, 3]).unwrap();
-        let view = host.t().unwrap();
-        let (p_host, p_dev) = (temp_path("host"), temp_path("device"));
-        save(&p_host, &[("w", &view)], None).unwrap();
-        let on_dev = host.to_device(dev).unwrap().t().unwrap();
-        save(&p_dev, &[("w", &on_dev)], None).unwrap();
-        assert_eq!(
-            std::fs::read(&p_host).unwrap(),
-            std::fs::read(&p_dev).unwrap()
-        );
-        for p in [p_host, p_dev] {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
-
     #[test]
     fn round_trip_every_dtype() {
         let tensors = vec![

@@ -30,6 +30,22 @@ pub fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
     }
 }
 
+/// `cuda:0` when this build has the CUDA backend and a GPU is there; otherwise prints why `test`
+/// is skipped and returns None. GPU tests start with
+/// `let Some(dev) = cuda_or_skip("name") else { return };`.
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    let dev = "cuda:0"
+        .parse::<Device>()
+        .and_then(|d| d.ensure_available().map(|()| d));
+    match dev {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
 /// A fresh directory under the system temp dir, `<prefix>-<pid>`, removed when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 

@@ -6,15 +6,7 @@ use crate::testing::{max_rel_err, randn, uniform};
 use crate::{DType, Device, Result, Tensor};
 
 /// `cuda:0`, or `None` after printing why CUDA cannot be used here.
-pub(super) fn gpu_or_skip(test: &str) -> Option<Device> {
-    match cuda::availability() {
-        Ok(_) => Some(Device::Cuda(0)),
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            None
-        }
-    }
-}
+pub(super) use crate::testing::cuda_or_skip as gpu_or_skip;
 
 pub(super) const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
