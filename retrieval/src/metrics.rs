@@ -12,6 +12,11 @@
 //!   binary on MS MARCO; graded when 4-column qrels carry grades > 1) and discount 1/log2(rank+1).
 //!   A passage listed twice for a query gains only at its first rank.
 //! - `QueriesRanked`: distinct queries in the run.
+//! - `depth`: the longest ranking of the run (at most 1000). A recall cutoff past it counts only
+//!   the hits within `depth`, so [`Metrics::depth_warning`] says so (`evaluate` prints it once).
+//!
+//! [`first_relevant_ranks`] gives the per-query numbers the averages are made of (the paired
+//! statistics of `cotmae ablation` resample them).
 
 use std::collections::HashSet;
 
@@ -37,6 +42,39 @@ pub struct Metrics {
     pub queries_ranked: usize,
     /// Queries the averages are over (qrels queries with a relevant passage).
     pub queries_judged: usize,
+    /// The longest ranking of the run, at most [`MAX_RANK`].
+    pub depth: usize,
+}
+
+/// For each judged query (qrels order), the 1-based rank of its first relevant passage within
+/// the first [`MAX_RANK`] of the run, `None` when there is none (or the query is not ranked).
+pub fn first_relevant_ranks(qrels: &Qrels, run: &Run) -> Vec<(String, Option<usize>)> {
+    let ranked: std::collections::HashMap<&str, &[String]> = run
+        .queries
+        .iter()
+        .map(|(q, pids)| (q.as_str(), pids.as_slice()))
+        .collect();
+    qrels
+        .judged_queries()
+        .map(|qid| {
+            let rank = ranked.get(qid).and_then(|pids| {
+                let judgements = qrels.get(qid).expect("a judged query has judgements");
+                pids.iter()
+                    .take(MAX_RANK)
+                    .position(|p| judgements.relevance(p) > 0)
+                    .map(|i| i + 1)
+            });
+            (qid.to_string(), rank)
+        })
+        .collect()
+}
+
+/// The reciprocal rank at [`CUTOFF`] of a first relevant rank (0 past the cutoff or when none).
+pub fn reciprocal_rank_at_10(rank: Option<usize>) -> f64 {
+    match rank {
+        Some(r) if r <= CUTOFF => 1.0 / r as f64,
+        _ => 0.0,
+    }
 }
 
 /// Scores `run` against `qrels`. An error when the qrels judge no query or no run query is
@@ -60,25 +98,21 @@ pub fn evaluate(qrels: &Qrels, run: &Run) -> Result<Metrics> {
                 .into(),
         ));
     }
-    let (mut mrr, mut recall, mut ndcg) = (0.0, [0.0; 3], 0.0);
-    for qid in &judged {
-        let Some(pids) = ranked.get(qid) else {
-            continue;
-        };
-        let pids = &pids[..pids.len().min(MAX_RANK)];
-        let judgements = qrels.get(qid).expect("a judged query has judgements");
-        if let Some(first) = pids.iter().position(|p| judgements.relevance(p) > 0) {
-            let rank = first + 1;
-            if rank <= CUTOFF {
-                mrr += 1.0 / rank as f64;
-            }
-            for (r, &k) in recall.iter_mut().zip(&RECALL_AT) {
-                if rank <= k {
-                    *r += 1.0;
-                }
+    let (mut mrr, mut recall) = (0.0, [0.0; 3]);
+    for (_, rank) in first_relevant_ranks(qrels, run) {
+        mrr += reciprocal_rank_at_10(rank);
+        for (r, &k) in recall.iter_mut().zip(&RECALL_AT) {
+            if rank.is_some_and(|rank| rank <= k) {
+                *r += 1.0;
             }
         }
-        ndcg += ndcg_at_10(pids, judgements);
+    }
+    let mut ndcg = 0.0;
+    for qid in &judged {
+        if let Some(pids) = ranked.get(qid) {
+            let judgements = qrels.get(qid).expect("a judged query has judgements");
+            ndcg += ndcg_at_10(&pids[..pids.len().min(MAX_RANK)], judgements);
+        }
     }
     let n = judged.len() as f64;
     Ok(Metrics {
@@ -87,6 +121,13 @@ pub fn evaluate(qrels: &Qrels, run: &Run) -> Result<Metrics> {
         ndcg_at_10: ndcg / n,
         queries_ranked: run.queries.len(),
         queries_judged: judged.len(),
+        depth: run
+            .queries
+            .iter()
+            .map(|(_, pids)| pids.len())
+            .max()
+            .unwrap_or(0)
+            .min(MAX_RANK),
     })
 }
 
@@ -129,6 +170,25 @@ impl Metrics {
             "recall@1000": self.recall[2],
             "nDCG@10": self.ndcg_at_10,
             "QueriesRanked": self.queries_ranked,
+            "depth": self.depth,
+        })
+    }
+
+    /// A warning when a recall cutoff exceeds the run's depth (`recall@1000` of a run 100 deep
+    /// is really recall@100), `None` otherwise.
+    pub fn depth_warning(&self) -> Option<String> {
+        let over: Vec<String> = RECALL_AT
+            .iter()
+            .filter(|&&k| k > self.depth)
+            .map(|k| format!("recall@{k}"))
+            .collect();
+        (!over.is_empty()).then(|| {
+            format!(
+                "warning: the run is only {} deep, so {} count(s) only the hits within rank {}",
+                self.depth,
+                over.join(", "),
+                self.depth
+            )
         })
     }
 

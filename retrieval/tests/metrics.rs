@@ -71,12 +71,29 @@ fn ms_marco_cases_by_hand() {
         "recall@1000",
         "QueriesRanked",
         "nDCG@10",
+        "depth",
     ];
     let mut got = keys.clone();
     want.sort();
     got.sort();
     assert_eq!(got, want);
     assert_eq!(json["QueriesRanked"], 6);
+    // q6's ranking is 1001 long: the depth is capped at the MS MARCO depth, no warning.
+    assert_eq!(m.depth, 1000);
+    assert_eq!(json["depth"], 1000);
+    assert!(m.depth_warning().is_none());
+    let ranks = retrieval::metrics::first_relevant_ranks(&qrels, &run);
+    let got: Vec<(&str, Option<usize>)> = ranks.iter().map(|(q, r)| (q.as_str(), *r)).collect();
+    assert_eq!(
+        got,
+        [
+            ("q1", Some(2)),
+            ("q2", Some(1)),
+            ("q3", None),
+            ("q5", Some(11)),
+            ("q6", None)
+        ]
+    );
     assert!(close(json["MRR@10"].as_f64().unwrap(), 0.3));
     let table = m.table();
     assert!(
@@ -122,4 +139,24 @@ fn disjoint_run_and_qrels_is_an_error() {
     let e = evaluate(&qrels, &run).unwrap_err().to_string();
     assert!(e.contains("no query of the run"), "{e}");
     assert!(evaluate(&Qrels::default(), &run).is_err());
+}
+
+#[test]
+fn shallow_run_warns_about_recall_cutoffs_past_its_depth() {
+    let dir = temp_dir("shallow");
+    std::fs::write(dir.join("qrels.tsv"), "q1\tp1\nq2\tp2\n").unwrap();
+    std::fs::write(
+        dir.join("run.tsv"),
+        "q1\tp1\t3\nq1\tx\t2\nq1\ty\t1\nq2\tx\t1\n",
+    )
+    .unwrap();
+    let qrels = Qrels::read(dir.join("qrels.tsv")).unwrap();
+    let run = Run::read(dir.join("run.tsv")).unwrap();
+    let m = evaluate(&qrels, &run).unwrap();
+    assert_eq!(m.depth, 3);
+    let w = m.depth_warning().expect("a warning for a run 3 deep");
+    assert!(w.contains("only 3 deep"), "{w}");
+    assert!(w.contains("recall@50, recall@1000"), "{w}");
+    assert!(!w.contains("recall@1,"), "{w}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

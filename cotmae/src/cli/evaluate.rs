@@ -17,7 +17,7 @@ pub struct EvaluateArgs {
     /// Ranking: `qid \t pid \t score` (or `qid \t pid \t rank`), each query's lines best first.
     #[arg(long)]
     pub run: PathBuf,
-    /// Print one JSON object (MRR@10, recall@1, recall@50, recall@1000, QueriesRanked, nDCG@10).
+    /// Print one JSON object (MRR@10, recall@1, recall@50, recall@1000, QueriesRanked, nDCG@10, depth).
     #[arg(long)]
     pub json: bool,
 }
@@ -26,6 +26,9 @@ pub fn run(a: EvaluateArgs) -> CliResult {
     let qrels = Qrels::read(&a.qrels)?;
     let run = Run::read(&a.run)?;
     let m = evaluate(&qrels, &run)?;
+    if let Some(w) = m.depth_warning() {
+        eprintln!("{w}");
+    }
     if a.json {
         println!("{}", m.to_json());
     } else {

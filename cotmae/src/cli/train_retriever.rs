@@ -13,8 +13,17 @@ use crate::device::DeviceArgs;
 #[command(rename_all = "snake_case")]
 pub struct TrainRetrieverArgs {
     /// HF model directory to fine-tune (e.g. the CoT-MAE pretrained encoder).
+    #[arg(
+        long,
+        required_unless_present = "config_name",
+        conflicts_with = "config_name"
+    )]
+    pub model_name_or_path: Option<PathBuf>,
+    /// An HF config.json instead of a model: fine-tune a randomly initialised encoder (HF's
+    /// initialisation drawn from --seed, the same draws as `pretrain --config_name`). Needs
+    /// --tokenizer_name. The initialisation is saved to `<output_dir>/random-init`.
     #[arg(long)]
-    pub model_name_or_path: PathBuf,
+    pub config_name: Option<PathBuf>,
     /// Tokenizer directory (vocab.txt); default: the model directory.
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
@@ -104,8 +113,13 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         })?),
         Some(p) => Some(PathBuf::from(p)),
     };
+    let model_name_or_path = match (&a.model_name_or_path, &a.config_name) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(config)) => random_init(config, a.tokenizer_name.as_deref(), &a)?,
+        (None, None) => unreachable!("clap requires one of them"),
+    };
     let cfg = TrainConfig {
-        model_name_or_path: a.model_name_or_path,
+        model_name_or_path,
         tokenizer_name: a.tokenizer_name,
         output_dir: a.output_dir,
         train_dir: a.train_dir,
@@ -154,4 +168,43 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// Writes the random encoder of `--config_name` (drawn from `--seed` on the same stream as
+/// `pretrain --config_name`, so both start from the same weights) to `<output_dir>/random-init`
+/// with the tokenizer, and returns that directory. Skipped when it is already there (a resume).
+fn random_init(
+    config: &std::path::Path,
+    tokenizer: Option<&std::path::Path>,
+    a: &TrainRetrieverArgs,
+) -> CliResult<PathBuf> {
+    let tok_dir =
+        tokenizer.ok_or("--config_name needs --tokenizer_name (a directory with vocab.txt)")?;
+    let dir = a.output_dir.join("random-init");
+    if a.resume_from_checkpoint.is_some() && dir.join("config.json").exists() {
+        return Ok(dir);
+    }
+    let non_empty = std::fs::read_dir(&a.output_dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !a.overwrite_output_dir && a.resume_from_checkpoint.is_none() {
+        return Err(format!(
+            "output directory {} already exists and is not empty; use overwrite_output_dir to \
+             train into it or resume_from_checkpoint to continue",
+            a.output_dir.display()
+        )
+        .into());
+    }
+    let config = bert::BertConfig::from_file(config)?;
+    let tok = bert::Tokenizer::from_dir(tok_dir)?;
+    let mut rng = tensor::Rng {
+        seed: a.seed,
+        offset: crate::trainer::streams::INIT,
+    };
+    let model = bert::BertForMaskedLM::new(&config, &mut rng)?;
+    model.save_pretrained(&dir, Some(&tok))?;
+    eprintln!(
+        "train-retriever: random initialisation (seed {}) saved to {}",
+        a.seed,
+        dir.display()
+    );
+    Ok(dir)
 }
