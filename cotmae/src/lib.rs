@@ -10,15 +10,19 @@
 //! - [`synthetic`]: a deterministic synthetic corpus for tests and demos.
 //!
 //! [`device`]: the `--device` / `--fp16` / `--bf16` flags every computing subcommand shares.
+//! [`flops`]: the FLOPs of one pretraining step, counted from shapes. [`ablation`]: `cotmae
+//! ablation`, arms x seeds with paired statistics and a report.
 //!
 //! Randomness: everything here draws from `tensor::Rng` (Philox, counter based) through the small
 //! helpers below, so a stream is a pure function of (seed, counter) and can be saved and resumed.
 
+pub mod ablation;
 pub mod cli;
 pub mod collator;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod flops;
 pub mod model;
 pub mod prepare;
 pub mod sentences;

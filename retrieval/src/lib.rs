@@ -6,10 +6,12 @@
 //! and [`run`]), [`dense`] (the shared-encoder model, its input batches and loss), [`train_data`]
 //! (Tevatron's passage sampling and the training batches), [`mod@train`] (the fine-tuning loop and
 //! its checkpoints), [`mod@encode`] (texts to vectors), [`mod@search`] (exact top-k with the
-//! running [`topk`]), [`metrics`] (MS MARCO evaluation). Helpers: [`lines`] (streamed text
-//! inputs), [`atomic`] (files renamed into place), [`progress`].
+//! running [`topk`]), [`metrics`] (MS MARCO evaluation), [`mod@bm25`] (BM25 negatives for a
+//! corpus that ships none). Helpers: [`lines`] (streamed text inputs), [`atomic`] (files renamed
+//! into place), [`progress`].
 
 pub mod atomic;
+pub mod bm25;
 pub mod build_train;
 pub mod collection;
 pub mod dense;

@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod ablation;
 pub mod build_train;
 pub mod build_train_hn;
 pub mod demo;
@@ -63,6 +64,9 @@ pub enum Command {
     Pipeline(Box<pipeline::PipelineArgs>),
     /// The whole method on generated data: pretrain three ways, fine-tune, evaluate, compare.
     Demo(demo::DemoArgs),
+    /// The paper's comparisons on any corpus: arms x seeds from a TOML spec, paired
+    /// statistics, report.md / report.json / SVG figures.
+    Ablation(Box<ablation::AblationArgs>),
 }
 
 /// Runs the parsed command line.
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Prepare(a) => prepare::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Ablation(a) => ablation::run(*a),
         Command::Pipeline(a) => pipeline::run(*a),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::TrainRetriever(a) => train_retriever::run(a),
