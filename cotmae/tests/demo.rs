@@ -33,13 +33,15 @@ fn demo_runs_every_stage_and_is_deterministic() {
             assert_eq!(p.to_bits(), q.to_bits(), "{}: {p} vs {q}", x.pretraining);
         }
     }
-    // Each encoder was fine-tuned and evaluated from its own files.
+    // Each encoder was fine-tuned and evaluated from its own files, through the ablation's
+    // cells; `none` was not pretrained.
     for name in ["cotmae", "mlmonly", "none"] {
-        assert!(a
-            .join(format!("retriever-{name}/model.safetensors"))
-            .exists());
-        assert!(a.join(format!("run-{name}.dev.tsv")).exists());
+        let cell = a.join("ablation").join(name).join("seed-7");
+        assert!(cell.join("retriever-s1/model.safetensors").exists());
+        assert!(cell.join("run.dev.tsv").exists());
+        assert_eq!(cell.join("pretrained").exists(), name != "none");
     }
+    assert!(a.join("ablation/report.md").exists());
     assert!(first.table().contains("CoT-MAE"));
     std::fs::remove_dir_all(&base).unwrap();
 }

@@ -339,12 +339,19 @@ impl<'a> Plan<'a> {
             })?;
             Ok(out)
         };
+        let lens = (ft.p_max_len, ft.q_max_len);
         let mut retriever = finetune(st, "s1", &train1)?;
         if plan.stages == 2 {
             let train_queries = queries(&spec.data.train_queries, st)?;
             let mined = cell.join("run-s1.train.tsv");
             st.stage(&markers, "mine", || {
-                self.encode_search(&retriever, &corpus, &train_queries, plan.hn_depth, &mined)
+                self.encode_search(
+                    &retriever,
+                    (&corpus, &train_queries),
+                    lens,
+                    plan.hn_depth,
+                    &mined,
+                )
             })?;
             let s2 = cell.join("train-s2");
             st.stage(&markers, "build-train-hn", || {
@@ -362,7 +369,13 @@ impl<'a> Plan<'a> {
         // Dev ranking and metrics.
         let ranking = cell.join("run.dev.tsv");
         let eval_secs = st.stage(&markers, "encode-search", || {
-            self.encode_search(&retriever, &corpus, &dev_queries, plan.depth, &ranking)
+            self.encode_search(
+                &retriever,
+                (&corpus, &dev_queries),
+                lens,
+                plan.depth,
+                &ranking,
+            )
         })?;
         let m = retrieval::evaluate(
             &retrieval::Qrels::read(&spec.data.dev_qrels)?,
@@ -400,8 +413,8 @@ impl<'a> Plan<'a> {
     fn encode_search(
         &self,
         model: &Path,
-        corpus: &Path,
-        queries: &Path,
+        (corpus, queries): (&Path, &Path),
+        (p_max_len, q_max_len): (usize, usize),
         depth: usize,
         ranking: &Path,
     ) -> CliResult {
@@ -417,7 +430,8 @@ impl<'a> Plan<'a> {
                 &[
                     words(&["encode", "--model"]),
                     vec![word(model), "--input".into(), word(split)],
-                    vec!["--output".into(), word(&shard)],
+                    vec!["--output".into(), word(&shard), "--max-len".into()],
+                    vec![p_max_len.to_string()],
                     self.compute.argv(),
                 ]
                 .concat(),
@@ -429,7 +443,8 @@ impl<'a> Plan<'a> {
             &[
                 words(&["encode", "--is-query", "--model"]),
                 vec![word(model), "--input".into(), word(queries)],
-                vec!["--output".into(), word(&q)],
+                vec!["--output".into(), word(&q), "--max-len".into()],
+                vec![q_max_len.to_string()],
                 self.compute.argv(),
             ]
             .concat(),

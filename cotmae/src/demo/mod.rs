@@ -13,7 +13,10 @@
 //!    `search`, and the MS MARCO metrics on the held-out people.
 //! 6. A table of MRR@10, R@1 and R@50 per encoder, and the time each stage took.
 //!
-//! Everything is seeded; the same seed and thread count give the same table.
+//! Steps 2-6 are `cotmae ablation` ([`crate::ablation`]) on a spec the demo writes beside the
+//! data (`spec.toml`: one seed, arms `cotmae`, `mlmonly`, `none`), so the demo and the ablation
+//! are one code path; its cells are under `ablation/<arm>/seed-<s>/` and its report under
+//! `ablation/`. Everything is seeded; the same seed and thread count give the same table.
 
 pub mod data;
 
@@ -21,10 +24,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bert::{BertConfig, BertForMaskedLM, Tokenizer};
+use bert::{BertConfig, Tokenizer};
 use tensor::Rng;
 
-use crate::cli::{run_args as cotmae, CliResult};
+use crate::ablation::AblationOptions;
+use crate::cli::CliResult;
 use crate::device::DeviceArgs;
 use data::DemoData;
 
@@ -75,14 +79,6 @@ pub struct DemoReport {
 }
 
 const VARIANTS: [&str; 3] = ["CoT-MAE", "MLM only", "none"];
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|a| a.to_string()).collect()
-}
 
 /// Writes lines to `path`.
 fn write_lines(path: &Path, lines: impl IntoIterator<Item = String>) -> CliResult {
@@ -176,23 +172,63 @@ pub fn write_task(data: &DemoData, dir: &Path, seed: u64) -> CliResult<PathBuf> 
     Ok(vocab_dir)
 }
 
-/// Elapsed seconds since `t`.
-fn secs(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
+/// The demo as an ablation spec over the files of [`write_task`] (one seed, three arms).
+fn spec_text(opts: &DemoOptions) -> String {
+    let steps = opts.pretrain_steps;
+    format!(
+        r#"# Written by `cotmae demo`: the demo is this ablation on its generated task.
+seeds = [{seed}]
+baseline = "mlmonly"
+[data]
+pretrain_file = "documents.txt"
+corpus = "corpus.tsv"
+train_queries = "queries.train.tsv"
+train_qrels = "qrels.train.tsv"
+dev_queries = "queries.dev.tsv"
+dev_qrels = "qrels.dev.tsv"
+negatives = "triples.train.tsv"
+[model]
+config_name = "config.json"
+tokenizer_name = "vocab"
+[prepare]
+maxlen = 32
+[pretrain]
+max_steps = {steps}
+per_device_train_batch_size = 16
+max_seq_length = 48
+learning_rate = 1e-3
+warmup_ratio = 0.05
+logging_steps = 100
+save_steps = {steps}
+[finetune]
+per_device_train_batch_size = 16
+train_n_passages = 4
+q_max_len = 32
+p_max_len = 48
+learning_rate = 5e-4
+num_train_epochs = {epochs}
+logging_steps = 50
+save_steps = 0
+n_sample = 128
+depth = 100
+[arms.cotmae]
+[arms.mlmonly]
+pretrain.use_decoder_head = false
+[arms.none]
+pretrain = false
+"#,
+        seed = opts.seed,
+        epochs = opts.finetune_epochs,
+    )
 }
 
 /// Runs the demo (module doc) and returns its table.
 pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
     let dir = &opts.output_dir;
-    opts.compute.open()?;
-    let (compute, device) = (opts.compute.argv(), opts.compute.device_argv());
     std::fs::create_dir_all(dir)?;
-    let seed = opts.seed.to_string();
-    let mut shared = Vec::new();
-
     let t = Instant::now();
     let data = data::generate(opts.n_docs, 0.7, opts.seed);
-    let vocab = write_task(&data, dir, opts.seed)?;
+    write_task(&data, dir, opts.seed)?;
     eprintln!(
         "demo: {} documents, {} passages, {} training and {} held-out queries in {}",
         data.docs.len(),
@@ -201,234 +237,82 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
         data.dev_queries.len(),
         dir.display()
     );
-    let prep = dir.join("pretrain-data");
-    cotmae(
-        &[
-            args(&["prepare", "--file"]),
-            vec![s(&dir.join("documents.txt")), "--save_to".into(), s(&prep)],
-            args(&["--tokenizer"]),
-            vec![s(&vocab)],
-            args(&["--maxlen", "32", "--seed"]),
-            vec![seed.clone()],
-        ]
-        .concat(),
-    )?;
-    shared.push(("generate + prepare".to_string(), secs(t)));
-
-    // Step 3: three encoders from one initialisation.
-    let mut pretrain_secs = Vec::new();
-    let mut encoders = Vec::new();
-    for variant in VARIANTS {
-        let t = Instant::now();
-        let out = dir.join(format!("pretrained-{}", slug(variant)));
-        if variant == "none" {
-            let tok = Tokenizer::from_dir(&vocab)?;
-            let config = tiny_config(tok.vocab_size());
-            let model = BertForMaskedLM::new(&config, &mut Rng::new(opts.seed))?;
-            model.save_pretrained(&out, Some(&tok))?;
-            eprintln!(
-                "(no pretraining: the random initialisation saved to {})",
-                out.display()
-            );
-        } else {
-            let head = if variant == "CoT-MAE" {
-                "true"
-            } else {
-                "false"
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, spec_text(opts))?;
+    let generate = t.elapsed().as_secs_f64();
+    let run = crate::ablation::run(&AblationOptions {
+        spec,
+        output_dir: dir.join("ablation"),
+        compute: opts.compute.clone(),
+    })?;
+    let rows = run
+        .report
+        .arms
+        .iter()
+        .zip(VARIANTS)
+        .map(|(arm, variant)| {
+            let metric = |name: &str| {
+                arm.metrics
+                    .iter()
+                    .find(|m| m.metric == name)
+                    .map_or(0.0, |m| m.mean)
             };
-            cotmae(
-                &[
-                    args(&["pretrain", "--config_name"]),
-                    vec![
-                        s(&dir.join("config.json")),
-                        "--tokenizer_name".into(),
-                        s(&vocab),
-                    ],
-                    args(&["--train_path"]),
-                    vec![s(&prep), "--output_dir".into(), s(&out)],
-                    args(&["--overwrite_output_dir", "--max_steps"]),
-                    vec![opts.pretrain_steps.to_string()],
-                    args(&[
-                        "--per_device_train_batch_size",
-                        "16",
-                        "--max_seq_length",
-                        "48",
-                        "--learning_rate",
-                        "1e-3",
-                        "--warmup_ratio",
-                        "0.05",
-                        "--logging_steps",
-                        "100",
-                        "--use_decoder_head",
-                        head,
-                        "--seed",
-                    ]),
-                    // One checkpoint, at the end (pretrain needs save_steps > 0).
-                    vec![
-                        seed.clone(),
-                        "--save_steps".into(),
-                        opts.pretrain_steps.to_string(),
-                    ],
-                    compute.clone(),
-                ]
-                .concat(),
-            )?;
-        }
-        pretrain_secs.push(secs(t));
-        encoders.push(out);
-    }
-
-    // Step 4: the retrieval data.
-    let t = Instant::now();
-    let (corpus, train) = (dir.join("corpus"), dir.join("train"));
-    let tok_args = |cmd: &str| [args(&[cmd, "--tokenizer_name"]), vec![s(&vocab)]].concat();
-    cotmae(
-        &[
-            tok_args("tokenize-corpus"),
-            vec![
-                "--file".into(),
-                s(&dir.join("corpus.tsv")),
-                "--save_to".into(),
-                s(&corpus),
-            ],
-            args(&["--truncate", "46", "--n_splits", "2"]),
-        ]
-        .concat(),
-    )?;
-    let dev_queries = dir.join("queries.dev.json");
-    cotmae(
-        &[
-            tok_args("tokenize-queries"),
-            vec!["--query_file".into(), s(&dir.join("queries.dev.tsv"))],
-            vec!["--save_to".into(), s(&dev_queries)],
-            args(&["--truncate", "30"]),
-        ]
-        .concat(),
-    )?;
-    cotmae(
-        &[
-            tok_args("build-train"),
-            vec!["--qrels".into(), s(&dir.join("qrels.train.tsv"))],
-            vec!["--queries".into(), s(&dir.join("queries.train.tsv"))],
-            vec!["--collection".into(), s(&dir.join("corpus.tsv"))],
-            vec!["--negative_file".into(), s(&dir.join("triples.train.tsv"))],
-            vec!["--save_to".into(), s(&train)],
-            args(&["--truncate", "46", "--seed"]),
-            vec![seed.clone()],
-        ]
-        .concat(),
-    )?;
-    shared.push(("tokenize + build-train".to_string(), secs(t)));
-
-    // Step 5: fine-tune, encode, search, evaluate each encoder.
-    let qrels = retrieval::Qrels::read(dir.join("qrels.dev.tsv"))?;
-    let mut rows = Vec::new();
-    for (i, variant) in VARIANTS.iter().enumerate() {
-        let name = slug(variant);
-        let t = Instant::now();
-        let model = dir.join(format!("retriever-{name}"));
-        cotmae(
-            &[
-                args(&["train-retriever", "--model_name_or_path"]),
-                vec![s(&encoders[i]), "--tokenizer_name".into(), s(&vocab)],
-                vec![
-                    "--train_dir".into(),
-                    s(&train),
-                    "--output_dir".into(),
-                    s(&model),
+            let stage = |cell: &serde_json::Value, prefix: &str| -> f64 {
+                cell["stage_seconds"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, _)| k.starts_with(prefix))
+                            .filter_map(|(_, v)| v.as_f64())
+                            .sum()
+                    })
+                    .unwrap_or(0.0)
+            };
+            let cell = read_metrics(&dir.join("ablation").join(&arm.arm), opts.seed);
+            DemoRow {
+                pretraining: variant,
+                mrr_at_10: metric("MRR@10"),
+                recall_at_1: metric("recall@1"),
+                recall_at_50: metric("recall@50"),
+                seconds: [
+                    stage(&cell, "pretrain"),
+                    stage(&cell, "train-retriever"),
+                    stage(&cell, "encode-search"),
                 ],
-                args(&[
-                    "--overwrite_output_dir",
-                    "--per_device_train_batch_size",
-                    "16",
-                    "--train_n_passages",
-                    "4",
-                    "--q_max_len",
-                    "32",
-                    "--p_max_len",
-                    "48",
-                    "--learning_rate",
-                    "5e-4",
-                    "--num_train_epochs",
-                ]),
-                vec![opts.finetune_epochs.to_string()],
-                args(&["--logging_steps", "50", "--save_steps", "0", "--seed"]),
-                vec![seed.clone()],
-                compute.clone(),
-            ]
-            .concat(),
-        )?;
-        let finetune = secs(t);
-        let t = Instant::now();
-        let (p_emb, q_emb) = (
-            dir.join(format!("emb-{name}-corpus")),
-            dir.join(format!("emb-{name}-dev")),
-        );
-        cotmae(
-            &[
-                args(&["encode", "--model"]),
-                vec![
-                    s(&model),
-                    "--input".into(),
-                    s(&corpus),
-                    "--output".into(),
-                    s(&p_emb),
-                ],
-                args(&["--max-len", "48"]),
-                compute.clone(),
-            ]
-            .concat(),
-        )?;
-        cotmae(
-            &[
-                args(&["encode", "--is-query", "--model"]),
-                vec![
-                    s(&model),
-                    "--input".into(),
-                    s(&dev_queries),
-                    "--output".into(),
-                    s(&q_emb),
-                ],
-                args(&["--max-len", "32"]),
-                compute.clone(),
-            ]
-            .concat(),
-        )?;
-        let ranking = dir.join(format!("run-{name}.dev.tsv"));
-        cotmae(
-            &[
-                args(&["search", "--queries"]),
-                vec![
-                    s(&q_emb),
-                    "--corpus".into(),
-                    s(&p_emb),
-                    "--output".into(),
-                    s(&ranking),
-                ],
-                args(&["--depth", "100"]),
-                device.clone(),
-            ]
-            .concat(),
-        )?;
-        let m = retrieval::evaluate(&qrels, &retrieval::Run::read(&ranking)?)?;
-        rows.push(DemoRow {
-            pretraining: variant,
-            mrr_at_10: m.mrr_at_10,
-            recall_at_1: m.recall[0],
-            recall_at_50: m.recall[1],
-            seconds: [pretrain_secs[i], finetune, secs(t)],
-        });
-    }
+            }
+        })
+        .collect();
     Ok(DemoReport {
         rows,
-        shared,
+        shared: vec![
+            ("generate".to_string(), generate),
+            (
+                "shared stages (prepare, tokenize, build-train)".to_string(),
+                marker_seconds(&dir.join("ablation").join("shared").join("stages")),
+            ),
+        ],
         dev_queries: data.dev_queries.len(),
         passages: data.passages.len(),
     })
 }
 
-fn slug(variant: &str) -> String {
-    variant.to_lowercase().replace([' ', '-'], "")
+/// The seconds recorded in a directory of stage markers, added up.
+fn marker_seconds(markers: &Path) -> f64 {
+    std::fs::read_dir(markers)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| t.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// A finished cell's metrics.json (`Null` if unreadable).
+fn read_metrics(arm_dir: &Path, seed: u64) -> serde_json::Value {
+    std::fs::read_to_string(arm_dir.join(format!("seed-{seed}")).join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 impl DemoReport {
