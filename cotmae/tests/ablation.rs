@@ -39,12 +39,12 @@ fn task(dir: &Path) {
 
 const DATA: &str = r#"
 [data]
-pretrain_file = "documents.txt"
 corpus = "corpus.tsv"
-train_queries = "queries.train.tsv"
-train_qrels = "qrels.train.tsv"
-dev_queries = "queries.dev.tsv"
 dev_qrels = "qrels.dev.tsv"
+dev_queries = "queries.dev.tsv"
+pretrain_file = "documents.txt"
+train_qrels = "qrels.train.tsv"
+train_queries = "queries.train.tsv"
 bm25_depth = 10
 [model]
 config_name = "config.json"
@@ -160,6 +160,38 @@ fn two_arms_two_seeds_end_to_end_paired_and_resumable() {
     assert_eq!(resumed.stages.run, 1);
     let before = first.report.arms[1].metrics[0].per_seed.clone();
     assert_eq!(resumed.report.arms[1].metrics[0].per_seed, before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_stage_fine_tuning_mines_hard_negatives_with_stage_one() {
+    let dir = temp("stages");
+    task(&dir);
+    let arms = "[arms.none]\npretrain = false\nfinetune.stages = 2\nfinetune.hn_depth = 10\n";
+    let spec = write_spec(&dir, "seeds = [5]\nbaseline = \"none\"", arms);
+    let out = dir.join("out");
+    let opts = AblationOptions {
+        spec,
+        output_dir: out.clone(),
+        compute: Default::default(),
+    };
+    let r = run(&opts).expect("two-stage ablation");
+    let cell = out.join("none").join("seed-5");
+    // Stage 1 ranked the training queries; stage 2 trained on BM25 + mined negatives.
+    assert!(cell.join("run-s1.train.tsv").exists());
+    assert!(cell.join("retriever-s2/model.safetensors").exists());
+    let names: Vec<String> = std::fs::read_dir(cell.join("train-s2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("bm25-")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("hn-")), "{names:?}");
+    let m = std::fs::read_to_string(cell.join("metrics.json")).unwrap();
+    assert!(m.contains("train-retriever-s2"), "{m}");
+    // shared: corpus, dev queries, BM25, build-train, train queries; cell: s1, mine,
+    // build-train-hn, s2, encode-search.
+    assert_eq!(r.stages.run, 10);
+    assert!(r.report.comparisons.is_empty()); // one arm: nothing to compare
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

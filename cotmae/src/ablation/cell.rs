@@ -423,32 +423,31 @@ impl<'a> Plan<'a> {
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
         let emb = model.join(format!("emb-{tag}"));
-        let mut shards = Vec::new();
-        for (i, split) in jsonl_inputs(corpus)?.iter().enumerate() {
-            let shard = emb.join(format!("corpus-{i:02}"));
+        let encode = |input: &Path, output: &Path, max_len: usize, query: bool| {
             run_args(
                 &[
                     words(&["encode", "--model"]),
-                    vec![word(model), "--input".into(), word(split)],
-                    vec!["--output".into(), word(&shard), "--max-len".into()],
-                    vec![p_max_len.to_string()],
+                    vec![word(model), "--input".into(), word(input)],
+                    vec!["--output".into(), word(output), "--max-len".into()],
+                    vec![max_len.to_string()],
+                    if query {
+                        words(&["--is-query"])
+                    } else {
+                        vec![]
+                    },
                     self.compute.argv(),
                 ]
                 .concat(),
-            )?;
+            )
+        };
+        let mut shards = Vec::new();
+        for (i, split) in jsonl_inputs(corpus)?.iter().enumerate() {
+            let shard = emb.join(format!("corpus-{i:02}"));
+            encode(split, &shard, p_max_len, false)?;
             shards.push(word(&shard));
         }
         let q = emb.join("queries");
-        run_args(
-            &[
-                words(&["encode", "--is-query", "--model"]),
-                vec![word(model), "--input".into(), word(queries)],
-                vec!["--output".into(), word(&q), "--max-len".into()],
-                vec![q_max_len.to_string()],
-                self.compute.argv(),
-            ]
-            .concat(),
-        )?;
+        encode(queries, &q, q_max_len, true)?;
         run_args(
             &[
                 words(&["search", "--queries"]),
