@@ -225,6 +225,8 @@ pretrain = false
 /// Runs the demo (module doc) and returns its table.
 pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
     let dir = &opts.output_dir;
+    // The device flags first, before anything is written.
+    opts.compute.open()?;
     std::fs::create_dir_all(dir)?;
     let t = Instant::now();
     let data = data::generate(opts.n_docs, 0.7, opts.seed);
