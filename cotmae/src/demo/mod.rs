@@ -266,7 +266,7 @@ pub fn run(opts: &DemoOptions) -> CliResult<DemoReport> {
                         o.iter()
                             .filter(|(k, _)| k.starts_with(prefix))
                             .filter_map(|(_, v)| v.as_f64())
-                            .sum()
+                            .fold(0.0, |a, b| a + b) // 0.0, not Sum's -0.0, for no stage
                     })
                     .unwrap_or(0.0)
             };
