@@ -21,6 +21,7 @@ mod gpu;
 pub mod nccl;
 pub mod nvrtc;
 pub mod ops;
+pub mod sim;
 mod strided;
 
 pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
