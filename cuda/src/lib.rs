@@ -23,6 +23,7 @@ pub mod nvrtc;
 pub mod ops;
 pub mod sim;
 mod strided;
+pub mod testing;
 
 pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
 pub use error::{Error, Result};

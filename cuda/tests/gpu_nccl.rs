@@ -6,28 +6,9 @@
 //! reason when CUDA, NCCL or enough GPUs are missing.
 
 use cuda::nccl::{nccl_version, NcclComm, NcclElem, Reduce, NCCL_MIN_VERSION};
+use cuda::testing::gpus_or_skip;
 use cuda::Error;
 use half::{bf16, f16};
-
-/// The number of GPUs when there are at least `need` and NCCL loads; `None` after printing why not.
-fn gpus_or_skip(test: &str, need: usize) -> Option<usize> {
-    let found = match cuda::availability() {
-        Ok(d) => d.len(),
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            return None;
-        }
-    };
-    if found < need {
-        eprintln!("skipping {test}: it needs {need} GPUs, {found} found");
-        return None;
-    }
-    if let Err(e) = nccl_version() {
-        eprintln!("skipping {test}: {e}");
-        return None;
-    }
-    Some(found)
-}
 
 #[test]
 fn nccl_is_found_or_the_error_says_how_to_provide_it() {

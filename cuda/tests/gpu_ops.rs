@@ -11,24 +11,15 @@ use cuda::blas::{gemm, gemm_bias, Mat, MatMut, MathMode};
 use cuda::ops::FloatElem;
 use cuda::{Contig, DeviceBuffer, DeviceElem, Gpu, Strided};
 use half::{bf16, f16};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use tensor::{DType, Device, Layout, Rng, Tensor, WithDType};
 
-/// The tests share one GPU, its pool and its status word: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
+/// `cuda:0` with its pool poisoned (an unwritten output element reads as NaN), held by this test
+/// alone; `None` after saying why the test skips (a failure under `COTMAE_REQUIRE_GPU`).
 fn gpu_or_skip() -> Option<(Arc<Gpu>, MutexGuard<'static, ()>)> {
-    let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    match cuda::gpu(0) {
-        Ok(g) => {
-            g.poison_pool(256 << 20).unwrap();
-            Some((g, lock))
-        }
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
+    let (gpu, lock) = cuda::testing::serial_gpu_or_skip(&cuda::testing::current_test())?;
+    gpu.poison_pool(256 << 20).unwrap();
+    Some((gpu, lock))
 }
 
 /// A fresh seed per run.
