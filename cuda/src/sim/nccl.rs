@@ -26,6 +26,7 @@
 //!   is written.
 
 use super::elem::DataType;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -163,8 +164,9 @@ fn pending() -> &'static Mutex<HashMap<String, Arc<Shared>>> {
 pub struct SimComm {
     shared: Arc<Shared>,
     rank: usize,
-    /// Collectives this rank has called, for messages.
-    calls: u64,
+    /// Collectives this rank has called, for messages. A `Cell`: calls take `&self`, and the
+    /// communicator is not `Sync` (one rank is driven by one thread at a time), as with NCCL.
+    calls: Cell<u64>,
 }
 
 impl std::fmt::Debug for SimComm {
@@ -190,7 +192,7 @@ impl SimComm {
             .map(|rank| SimComm {
                 shared: shared.clone(),
                 rank,
-                calls: 0,
+                calls: Cell::new(0),
             })
             .collect())
     }
@@ -259,7 +261,7 @@ impl SimComm {
         Ok(SimComm {
             shared,
             rank,
-            calls: 0,
+            calls: Cell::new(0),
         })
     }
 
@@ -278,7 +280,7 @@ impl SimComm {
     /// `send` must address `count` readable elements and `recv` `count` writable ones (they may
     /// be the same), untouched by anything else until the call returns.
     pub unsafe fn all_reduce(
-        &mut self,
+        &self,
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -295,7 +297,7 @@ impl SimComm {
     /// As [`SimComm::all_reduce`], with `recv` addressing `nranks * count` elements; `send` may be
     /// this rank's own slot of `recv`.
     pub unsafe fn all_gather(
-        &mut self,
+        &self,
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -310,7 +312,7 @@ impl SimComm {
     /// # Safety
     /// As [`SimComm::all_reduce`] (on ranks other than the root `send` may be anything).
     pub unsafe fn broadcast(
-        &mut self,
+        &self,
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -334,16 +336,12 @@ impl SimComm {
     }
 
     /// Posts this rank's call and blocks until the round completes (or fails).
-    fn collective(
-        &mut self,
-        call: Call,
-        send: *const c_void,
-        recv: *mut c_void,
-    ) -> Result<(), String> {
-        self.calls += 1;
+    fn collective(&self, call: Call, send: *const c_void, recv: *mut c_void) -> Result<(), String> {
+        let seq = self.calls.get() + 1;
+        self.calls.set(seq);
         let who = format!(
-            "{call:?} (collective #{} of rank {} of {})",
-            self.calls, self.rank, self.shared.nranks
+            "{call:?} (collective #{seq} of rank {} of {})",
+            self.rank, self.shared.nranks
         );
         let (_, count) = call.dtype_count();
         if count > 0 && (recv.is_null() || (send.is_null() && self.reads_send(call))) {
@@ -366,7 +364,7 @@ impl SimComm {
             // contract), and this thread holds the lock that the round completes under.
             let outcome = check_calls(&posted).map(|()| unsafe { compute(&posted) });
             if let Err(e) = &outcome {
-                st.broken = Some(format!("collective #{} failed: {e}", self.calls));
+                st.broken = Some(format!("collective #{seq} failed: {e}"));
             }
             st.outcome = outcome;
             st.round += 1;
@@ -387,9 +385,8 @@ impl SimComm {
         let mut arrived = st.posted.iter().map(Option::is_some).collect::<Vec<_>>();
         arrived[self.rank] = true;
         let why = format!(
-            "ranks {} did not call collective #{} within {:?}",
+            "ranks {} did not call collective #{seq} within {:?}",
             missing_ranks(&arrived),
-            self.calls,
             shared.timeout
         );
         st.broken = Some(why.clone());
@@ -507,7 +504,7 @@ mod tests {
     fn all_reduce_sum_and_avg_agree_on_every_rank() {
         for n in [2, 3] {
             let comms = SimComm::init_all(n).unwrap();
-            let out = on_threads(comms, |r, mut c| {
+            let out = on_threads(comms, |r, c| {
                 let mut x: Vec<f32> = (0..5).map(|i| (r * 10 + i) as f32).collect();
                 let p = x.as_mut_ptr().cast::<c_void>();
                 // SAFETY: in place over 5 f32.
@@ -544,7 +541,7 @@ mod tests {
         // 2048 + 1 + 1 in f16: rounding at each add gives 2048 (spacing 2 above 2048, ties to
         // even), one rounding of the f32 sum 2050 gives 2050.
         let comms = SimComm::init_all(3).unwrap();
-        let out = on_threads(comms, |r, mut c| {
+        let out = on_threads(comms, |r, c| {
             let v = if r == 0 { 2048.0 } else { 1.0 };
             let mut h = [f16::from_f32(v).to_bits()];
             let mut b = [bf16::from_f32(v * 0.125).to_bits()];
@@ -569,7 +566,7 @@ mod tests {
     #[test]
     fn all_gather_and_broadcast_in_and_out_of_place() {
         let comms = SimComm::init_all(3).unwrap();
-        let out = on_threads(comms, |r, mut c| {
+        let out = on_threads(comms, |r, c| {
             // In place: this rank's slot of the receive buffer is its input.
             let mut all = vec![0f32; 6];
             all[2 * r] = r as f32;
@@ -601,7 +598,7 @@ mod tests {
     #[test]
     fn mismatched_collectives_are_an_error_on_every_rank() {
         let comms = SimComm::init_all(3).unwrap();
-        let out = on_threads(comms, |r, mut c| {
+        let out = on_threads(comms, |r, c| {
             let mut x = [1f32; 8];
             let p = x.as_mut_ptr().cast::<c_void>();
             // SAFETY: 8 f32 in place (rank 2 gathers 2 x 3 = 6 <= 8 elements).
@@ -633,7 +630,7 @@ mod tests {
     #[test]
     fn a_missing_rank_times_out_with_its_name() {
         let comms = SimComm::init_all_with_timeout(3, Duration::from_millis(200)).unwrap();
-        let out = on_threads(comms, |r, mut c| {
+        let out = on_threads(comms, |r, c| {
             let mut x = [1f32; 2];
             let p = x.as_mut_ptr().cast::<c_void>();
             if r == 1 {
@@ -654,7 +651,7 @@ mod tests {
     #[test]
     fn a_dropped_rank_aborts_the_others() {
         let comms = SimComm::init_all(2).unwrap();
-        let out = on_threads(comms, |r, mut c| {
+        let out = on_threads(comms, |r, c| {
             if r == 1 {
                 std::thread::sleep(Duration::from_millis(50));
                 drop(c);
@@ -679,7 +676,7 @@ mod tests {
             let hs: Vec<_> = (0..2)
                 .map(|r| {
                     s.spawn(move || {
-                        let mut c = SimComm::init_rank(id, 2, r).unwrap();
+                        let c = SimComm::init_rank(id, 2, r).unwrap();
                         let mut x = [r as f32 + 1.0];
                         let p = x.as_mut_ptr().cast::<c_void>();
                         // SAFETY: 1 f32 in place.
