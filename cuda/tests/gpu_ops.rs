@@ -32,6 +32,22 @@ fn fresh_seed() -> u64 {
     s
 }
 
+/// [`gpu_or_skip`] and a fresh seed.
+fn gpu_and_seed() -> Option<(Arc<Gpu>, MutexGuard<'static, ()>, u64)> {
+    let (gpu, lock) = gpu_or_skip()?;
+    Some((gpu, lock, fresh_seed()))
+}
+
+/// Runs `$check::<T>($gpu, seed)` for T = f32, f16 and bf16, with seeds `$seed`, `$seed + 10`
+/// and `$seed + 20`.
+macro_rules! for_each_float {
+    ($check:ident, $gpu:expr, $seed:expr) => {{
+        $check::<f32>($gpu, $seed);
+        $check::<f16>($gpu, $seed + 10);
+        $check::<bf16>($gpu, $seed + 20);
+    }};
+}
+
 fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F32 | DType::F64 => 1e-5,
@@ -336,27 +352,19 @@ mod elementwise {
 
     #[test]
     fn unary_scalar_and_binary_maps_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        maps::<f32>(&gpu, s);
-        maps::<f16>(&gpu, s + 10);
-        maps::<bf16>(&gpu, s + 20);
-        binaries::<f32>(&gpu, s + 30);
-        binaries::<f16>(&gpu, s + 40);
-        binaries::<bf16>(&gpu, s + 50);
+        for_each_float!(maps, &gpu, s);
+        for_each_float!(binaries, &gpu, s + 30);
     }
 
     #[test]
     fn comparisons_selections_and_copies_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        compares::<f32>(&gpu, s);
-        compares::<f16>(&gpu, s + 1);
-        compares::<bf16>(&gpu, s + 2);
+        for_each_float!(compares, &gpu, s);
         compares::<i64>(&gpu, s + 3);
         compares::<u8>(&gpu, s + 4);
         selects::<f32>(&gpu, s + 5, -1e9);
@@ -437,10 +445,9 @@ mod cast {
 
     #[test]
     fn every_cast_matches_cpu_bit_for_bit() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         from!(&gpu, s, f32);
         from!(&gpu, s, f64);
         from!(&gpu, s, f16);
@@ -577,16 +584,11 @@ mod reduce {
 
     #[test]
     fn sums_means_and_extremes_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        sums::<f32>(&gpu, s);
-        sums::<f16>(&gpu, s + 10);
-        sums::<bf16>(&gpu, s + 20);
-        extremes::<f32>(&gpu, s + 30);
-        extremes::<f16>(&gpu, s + 40);
-        extremes::<bf16>(&gpu, s + 50);
+        for_each_float!(sums, &gpu, s);
+        for_each_float!(extremes, &gpu, s + 30);
     }
 }
 
@@ -694,13 +696,10 @@ mod softmax {
 
     #[test]
     fn softmax_with_mask_and_scale_matches_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
     }
 }
 
@@ -783,10 +782,9 @@ mod layer_norm {
 
     #[test]
     fn layer_norm_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         check::<f32, f32>(&gpu, s);
         check::<f16, f16>(&gpu, s + 100);
         check::<bf16, bf16>(&gpu, s + 200);
@@ -868,13 +866,10 @@ mod activation {
 
     #[test]
     fn gelu_and_bias_gelu_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        plain::<f32>(&gpu, s);
-        plain::<f16>(&gpu, s + 10);
-        plain::<bf16>(&gpu, s + 20);
+        for_each_float!(plain, &gpu, s);
         fused::<f32, f32>(&gpu, s + 30);
         fused::<f16, f16>(&gpu, s + 40);
         fused::<bf16, bf16>(&gpu, s + 50);
@@ -926,13 +921,10 @@ mod embedding {
 
     #[test]
     fn embedding_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
         // Any element width gathers (an i64 table).
         let table = small_ints(&[9, 4], 1000.0, DType::I64, s + 30);
         let idx = ids(11, 9, s + 31);
@@ -1051,13 +1043,10 @@ mod cross_entropy {
 
     #[test]
     fn cross_entropy_with_ignore_index_matches_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 100);
-        check::<bf16>(&gpu, s + 200);
+        for_each_float!(check, &gpu, s);
         // An out-of-range target is reported.
         let x = gpu.upload(&[0.0f32; 6]).unwrap();
         let t = gpu.upload(&[1i64, 3]).unwrap();
@@ -1138,13 +1127,10 @@ mod dropout {
 
     #[test]
     fn dropout_masks_and_draws_equal_the_cpu_stream() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 1);
-        check::<bf16>(&gpu, s + 2);
+        for_each_float!(check, &gpu, s);
         let mut rng = Rng {
             seed: s,
             offset: 11,
@@ -1206,13 +1192,10 @@ mod topk {
 
     #[test]
     fn topk_matches_cpu_including_ties_and_nan() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
         let x = gpu.upload(&[1.0f32; 3000]).unwrap();
         assert!(
             topk(&gpu, (&x).into(), 1, 3000, 2049).is_err(),
@@ -1352,10 +1335,9 @@ mod optim {
 
     #[test]
     fn adamw_step_equals_the_cpu_optimizer() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         for variant in [nn::AdamWVariant::Hf, nn::AdamWVariant::Torch] {
             steps::<f32>(&gpu, variant, s);
             steps::<f16>(&gpu, variant, s + 100);
@@ -1365,10 +1347,9 @@ mod optim {
 
     #[test]
     fn unscale_matches_the_loss_scaler() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         let scaler = LossScaler::new(LossScalerConfig::default()).unwrap();
         let inv = (1.0 / scaler.scale() as f64) as f32;
         for poison in [false, true] {
@@ -1599,10 +1580,9 @@ mod blas {
 
     #[test]
     fn gemm_matches_cpu_for_every_precision_and_layout() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         products::<f32>(&gpu, MathMode::Exact, s);
         products::<f32>(&gpu, MathMode::Tf32, s + 10);
         products::<f16>(&gpu, MathMode::Exact, s + 20);
@@ -1723,12 +1703,9 @@ mod blas {
 
     #[test]
     fn attention_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        attention_check::<f32>(&gpu, s);
-        attention_check::<f16>(&gpu, s + 10);
-        attention_check::<bf16>(&gpu, s + 20);
+        for_each_float!(attention_check, &gpu, s);
     }
 }
