@@ -174,19 +174,23 @@ run() {
   if [ "$quick" = 1 ]; then
     echo "benchmarks: the memory-bound kernels only (--quick)" | tee -a "$summary"
     for dtype in f32 bf16; do
-      if timeout -k 10 "$bench_timeout" "$bin_dir/gpu_bandwidth" --dtype "$dtype" >>"$out/bench.log" 2>&1; then
+      timeout -k 10 "$bench_timeout" "$bin_dir/gpu_bandwidth" --dtype "$dtype" >>"$out/bench.log" 2>&1
+      rc=$?
+      if [ "$rc" -eq 0 ]; then
         echo "ok    gpu_bandwidth --dtype $dtype" | tee -a "$summary"
       else
         failed=$((failed + 1))
-        echo "FAIL  gpu_bandwidth --dtype $dtype (exit $?)" | tee -a "$summary"
+        echo "FAIL  gpu_bandwidth --dtype $dtype (exit $rc; see bench.log)" | tee -a "$summary"
       fi
     done
   else
-    if timeout -k 10 "$bench_timeout" bash bench/run_gpu.sh "$bin_dir" >"$out/bench.log" 2>&1; then
+    timeout -k 10 "$bench_timeout" bash bench/run_gpu.sh "$bin_dir" >"$out/bench.log" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
       echo "ok    bench/run_gpu.sh" | tee -a "$summary"
     else
       failed=$((failed + 1))
-      echo "FAIL  bench/run_gpu.sh (exit $?; see bench.log)" | tee -a "$summary"
+      echo "FAIL  bench/run_gpu.sh (exit $rc; see bench.log)" | tee -a "$summary"
     fi
   fi
   echo "$passed test binaries passed, $failed steps failed; raw output in $out" | tee -a "$summary"
