@@ -111,6 +111,16 @@ EOF
   echo "  bash scripts/gpu_day_one.sh run"
 }
 
+# Records benchmark step $1's exit status $2 in run's summary and failure count.
+bench_result() {
+  if [ "$2" -eq 0 ]; then
+    echo "ok    $1" | tee -a "$summary"
+  else
+    failed=$((failed + 1))
+    echo "FAIL  $1 (exit $2; see bench.log)" | tee -a "$summary"
+  fi
+}
+
 run() {
   local quick="${GPU_KIT_QUICK:-0}"
   [ "${1:-}" = --quick ] && quick=1
@@ -175,23 +185,11 @@ run() {
     echo "benchmarks: the memory-bound kernels only (--quick)" | tee -a "$summary"
     for dtype in f32 bf16; do
       timeout -k 10 "$bench_timeout" "$bin_dir/gpu_bandwidth" --dtype "$dtype" >>"$out/bench.log" 2>&1
-      rc=$?
-      if [ "$rc" -eq 0 ]; then
-        echo "ok    gpu_bandwidth --dtype $dtype" | tee -a "$summary"
-      else
-        failed=$((failed + 1))
-        echo "FAIL  gpu_bandwidth --dtype $dtype (exit $rc; see bench.log)" | tee -a "$summary"
-      fi
+      bench_result "gpu_bandwidth --dtype $dtype" $?
     done
   else
     timeout -k 10 "$bench_timeout" bash bench/run_gpu.sh "$bin_dir" >"$out/bench.log" 2>&1
-    rc=$?
-    if [ "$rc" -eq 0 ]; then
-      echo "ok    bench/run_gpu.sh" | tee -a "$summary"
-    else
-      failed=$((failed + 1))
-      echo "FAIL  bench/run_gpu.sh (exit $rc; see bench.log)" | tee -a "$summary"
-    fi
+    bench_result "bench/run_gpu.sh" $?
   fi
   echo "$passed test binaries passed, $failed steps failed; raw output in $out" | tee -a "$summary"
   rm -rf "$links"
