@@ -1429,6 +1429,20 @@ mod blas {
         let at = randn(&[k, m], 1.0, dt, seed + 1).t().unwrap();
         let b = randn(&[k, n], 1.0, dt, seed + 2);
         let bt = randn(&[n, k], 1.0, dt, seed + 3).t().unwrap();
+        // C = A·B (alpha 1, beta 0) for `batch` row-major m x n outputs.
+        let plain = |a: Mat<'_, T>, b: Mat<'_, T>, c: &mut DeviceBuffer<T>, batch: usize| {
+            gemm(
+                gpu,
+                a,
+                b,
+                MatMut::row_major(c, 0, m, n),
+                batch,
+                1.0,
+                0.0,
+                math,
+            )
+            .unwrap()
+        };
         for (case, x, y) in [
             ("A B", &a, &b),
             ("Aᵀ B", &at, &b),
@@ -1437,17 +1451,7 @@ mod blas {
         ] {
             let (gx, gy) = (up::<T>(gpu, x), up::<T>(gpu, y));
             let mut c = gpu.alloc::<T>(m * n).unwrap();
-            gemm(
-                gpu,
-                mat(&gx, x, 0),
-                mat(&gy, y, 0),
-                MatMut::row_major(&mut c, 0, m, n),
-                1,
-                1.0,
-                0.0,
-                math,
-            )
-            .unwrap();
+            plain(mat(&gx, x, 0), mat(&gy, y, 0), &mut c, 1);
             let want = f32_(x).matmul(&f32_(y)).unwrap().to_dtype(dt).unwrap();
             assert_close(
                 &down(gpu, &c, &[m, n]),
@@ -1489,17 +1493,7 @@ mod blas {
         let b3 = randn(&[3, k, n], 1.0, dt, seed + 6);
         let (ga3, gb3) = (up::<T>(gpu, &a3), up::<T>(gpu, &b3));
         let mut c3 = gpu.alloc::<T>(3 * m * n).unwrap();
-        gemm(
-            gpu,
-            mat(&ga3, &a3, m * k),
-            mat(&gb3, &b3, k * n),
-            MatMut::row_major(&mut c3, 0, m, n),
-            3,
-            1.0,
-            0.0,
-            math,
-        )
-        .unwrap();
+        plain(mat(&ga3, &a3, m * k), mat(&gb3, &b3, k * n), &mut c3, 3);
         let want = f32_(&a3).matmul(&f32_(&b3)).unwrap().to_dtype(dt).unwrap();
         assert_close(
             &down(gpu, &c3, &[3, m, n]),
@@ -1507,17 +1501,7 @@ mod blas {
             tolerance,
             &format!("batched {what}"),
         );
-        gemm(
-            gpu,
-            mat(&ga3, &a3, m * k),
-            mat(&gb, &b, 0),
-            MatMut::row_major(&mut c3, 0, m, n),
-            3,
-            1.0,
-            0.0,
-            math,
-        )
-        .unwrap();
+        plain(mat(&ga3, &a3, m * k), mat(&gb, &b, 0), &mut c3, 3);
         let want = f32_(&a3).matmul(&f32_(&b)).unwrap().to_dtype(dt).unwrap();
         assert_close(
             &down(gpu, &c3, &[3, m, n]),
