@@ -48,10 +48,7 @@ const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 fn fixture(name: &str, n_docs: usize) -> Fixture {
     let dir = temp_dir(name);
     let full = Tokenizer::from_vocab_file(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/tokenizer/vocab.txt"
-        ),
+        tensor::testing::fixtures_dir().join("tokenizer/vocab.txt"),
         true,
     )
     .unwrap();

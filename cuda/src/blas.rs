@@ -626,4 +626,81 @@ mod tests {
         // Overlapping rows (ld < cols): refused.
         assert!(blas_operand("t", "A", 3, 4, 2, 1).is_err());
     }
+
+    /// A row-major `rows x cols` matrix (`transposed`: a transposed view of a row-major
+    /// `cols x rows` one), rows padded by one element: (storage, row stride, col stride).
+    fn stored(
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+        at: impl Fn(usize, usize) -> f32,
+    ) -> (Vec<f32>, usize, usize) {
+        let (outer, inner) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let ld = inner + 1;
+        let mut v = vec![f32::NAN; outer * ld];
+        for i in 0..rows {
+            for j in 0..cols {
+                let (o, n) = if transposed { (j, i) } else { (i, j) };
+                v[o * ld + n] = at(i, j);
+            }
+        }
+        if transposed {
+            (v, 1, ld)
+        } else {
+            (v, ld, 1)
+        }
+    }
+
+    #[test]
+    fn the_row_major_mapping_is_a_times_b_under_cublas_column_major_semantics() {
+        use crate::sim::cublas::{gemm_ex, ComputeType, DataType, GemmEx, Operation};
+        let (m, k, n) = (5usize, 7usize, 3usize);
+        let a_at = |i: usize, p: usize| ((i * 3 + p * 5) % 7) as f32 - 3.0;
+        let b_at = |p: usize, j: usize| ((p * 2 + j * 7) % 5) as f32 - 2.0;
+        for a_t in [false, true] {
+            for b_t in [false, true] {
+                let (a, ars, acs) = stored(m, k, a_t, a_at);
+                let (b, brs, bcs) = stored(k, n, b_t, b_at);
+                let (trans_a, ld_a) = blas_operand("t", "A", m, k, ars, acs).unwrap();
+                let (trans_b, ld_b) = blas_operand("t", "B", k, n, brs, bcs).unwrap();
+                let ldc = n + 1;
+                let mut c = vec![-7f32; m * ldc];
+                let op = |t: bool| if t { Operation::T } else { Operation::N };
+                // The swapped product as `gemm` issues it: Cᵀ (n x m) = Bᵀ · Aᵀ.
+                let g = GemmEx {
+                    transa: op(trans_b),
+                    transb: op(trans_a),
+                    m: n as i32,
+                    n: m as i32,
+                    k: k as i32,
+                    alpha: 1.0,
+                    a: b.as_ptr().cast(),
+                    atype: DataType::F32,
+                    lda: ld_b as i32,
+                    b: a.as_ptr().cast(),
+                    btype: DataType::F32,
+                    ldb: ld_a as i32,
+                    beta: 0.0,
+                    c: c.as_mut_ptr().cast(),
+                    ctype: DataType::F32,
+                    ldc: ldc as i32,
+                    compute: ComputeType::F32,
+                };
+                // SAFETY: every buffer holds its operand's extent at its leading dimension.
+                unsafe { gemm_ex(&g) }.unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k).map(|p| a_at(i, p) * b_at(p, j)).sum();
+                        assert_eq!(c[i * ldc + j], want, "A{a_t} B{b_t} ({i}, {j})");
+                    }
+                    // The padding column of C is not written.
+                    assert_eq!(c[i * ldc + n], -7.0);
+                }
+            }
+        }
+    }
 }

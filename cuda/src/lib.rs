@@ -21,7 +21,9 @@ mod gpu;
 pub mod nccl;
 pub mod nvrtc;
 pub mod ops;
+pub mod sim;
 mod strided;
+pub mod testing;
 
 pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
 pub use error::{Error, Result};

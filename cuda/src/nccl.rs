@@ -1,8 +1,10 @@
-//! NCCL all-reduce for one process driving several GPUs, one thread per GPU: [`NcclComm`], one
+//! NCCL collectives for one process driving several GPUs, one thread per GPU: [`NcclComm`], one
 //! communicator per GPU, all made together by `ncclCommInitAll` (rank `i` drives the `i`-th
-//! device listed), and the in-place all-reduce of a range of a device buffer (f32, f16 or bf16)
-//! on that GPU's compute stream: [`Reduce::Sum`], or [`Reduce::Mean`] (the sum, then divided by
-//! the world size elementwise, computed in f32 and rounded once, as `div_scalar` does).
+//! device listed), and, on a range of a device buffer (f32, f16 or bf16) on that GPU's compute
+//! stream, in place: the all-reduce ([`Reduce::Sum`], or [`Reduce::Mean`]: the sum, then divided
+//! by the world size elementwise, computed in f32 and rounded once, as `div_scalar` does), the
+//! all-gather (each rank's slot of the range to every rank) and the broadcast (one rank's range
+//! to every rank).
 //!
 //! Layout: every rank passes a flat range `offset..offset + len` of a buffer on its own GPU, with
 //! the same `len` and element type on every rank (NCCL cannot check this; a mismatch hangs or
@@ -25,6 +27,7 @@ use crate::buffer::DeviceBuffer;
 use crate::gpu::{guard, Gpu};
 use crate::ops::elementwise::{map1, BinaryOp, Map1};
 use crate::ops::FloatElem;
+use crate::sim::elem::DataType as SimType;
 use crate::{Error, Result, Strided};
 use cudarc::nccl::sys;
 use half::{bf16, f16};
@@ -43,19 +46,23 @@ pub enum Reduce {
     Mean,
 }
 
-/// An element type NCCL reduces: f32, f16, bf16.
+/// An element type NCCL reduces: f32, f16, bf16 (`SIM`: the same type for the simulator).
 pub trait NcclElem: FloatElem {
     const NCCL: sys::ncclDataType_t;
+    const SIM: SimType;
 }
 
 impl NcclElem for f32 {
     const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
+    const SIM: SimType = SimType::F32;
 }
 impl NcclElem for f16 {
     const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat16;
+    const SIM: SimType = SimType::F16;
 }
 impl NcclElem for bf16 {
     const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclBfloat16;
+    const SIM: SimType = SimType::Bf16;
 }
 
 /// The NCCL library's version (major, minor, patch), or [`Error::Unavailable`] when it cannot be
@@ -247,6 +254,18 @@ impl NcclComm {
         Err(nccl_error(call, self.who(), r, Some(self.comm)))
     }
 
+    /// Binds this rank's GPU and runs collective `f` with the communicator and the GPU's stream.
+    fn issue(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
+    ) -> Result<()> {
+        self.gpu.bind()?;
+        let stream = self.gpu.stream().cu_stream() as sys::cudaStream_t;
+        let comm = self.comm;
+        self.call(call, || f(comm, stream))
+    }
+
     /// Reduces elements `offset..offset + len` of `buf` (on this rank's GPU) across every rank,
     /// in place: afterwards each rank's range holds the same [`Reduce`] of all ranks' ranges.
     /// Every rank must call this, in the same order relative to its other collectives, with the
@@ -264,15 +283,10 @@ impl NcclComm {
         if len == 0 {
             return Ok(());
         }
-        self.gpu.bind()?;
-        let (comm, stream) = (
-            self.comm,
-            self.gpu.stream().cu_stream() as sys::cudaStream_t,
-        );
         // SAFETY: the range was checked to lie inside `buf`, which lives on this communicator's
         // GPU; reading and writing it in place is allowed; the collective is ordered on the
         // stream every other use of `buf` is ordered on.
-        self.call(CALL, || unsafe {
+        self.issue(CALL, |comm, stream| unsafe {
             sys::ncclAllReduce(
                 addr as *const c_void,
                 addr as *mut c_void,
@@ -295,6 +309,78 @@ impl NcclComm {
             self.gpu.copy(&mean, 0, buf, offset, len)?;
         }
         Ok(())
+    }
+
+    /// Gathers every rank's `count` elements into all ranks, in place: rank r's input is elements
+    /// `offset + r * count ..` of `buf` (its own slot), and afterwards `offset..offset + world_size
+    /// * count` holds every rank's slot in rank order on every rank (`ncclAllGather` with the
+    /// send buffer inside the receive buffer). Every rank calls it with the same `count` and type.
+    pub fn all_gather<T: NcclElem>(
+        &self,
+        buf: &mut DeviceBuffer<T>,
+        offset: usize,
+        count: usize,
+    ) -> Result<()> {
+        const CALL: &str = "ncclAllGather";
+        self.gpu.same_device(CALL, buf)?;
+        let total = count.checked_mul(self.world_size).ok_or_else(|| {
+            Error::arg(
+                CALL,
+                format!("{count} elements x {} ranks overflow", self.world_size),
+            )
+        })?;
+        let addr = buf.address_at(CALL, offset, total)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let send = addr + (self.rank * count * std::mem::size_of::<T>()) as u64;
+        // SAFETY: the whole receive range was checked to lie inside `buf` on this rank's GPU, and
+        // the send range is this rank's slot of it (NCCL's in-place all-gather); ordered on the
+        // stream every other use of `buf` is ordered on.
+        self.issue(CALL, |comm, stream| unsafe {
+            sys::ncclAllGather(
+                send as *const c_void,
+                addr as *mut c_void,
+                count,
+                T::NCCL,
+                comm,
+                stream,
+            )
+        })
+    }
+
+    /// Copies rank `root`'s elements `offset..offset + len` of `buf` into the same range of every
+    /// rank's `buf`, in place (`ncclBroadcast`). Every rank calls it with the same `len`, type and
+    /// root.
+    pub fn broadcast<T: NcclElem>(
+        &self,
+        buf: &mut DeviceBuffer<T>,
+        offset: usize,
+        len: usize,
+        root: usize,
+    ) -> Result<()> {
+        const CALL: &str = "ncclBroadcast";
+        self.gpu.same_device(CALL, buf)?;
+        if root >= self.world_size {
+            crate::error::bail!(CALL, "root {root} is not a rank of {}", self.who());
+        }
+        let addr = buf.address_at(CALL, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the range was checked to lie inside `buf` on this rank's GPU; in place is
+        // allowed; ordered on the GPU's stream.
+        self.issue(CALL, |comm, stream| unsafe {
+            sys::ncclBroadcast(
+                addr as *const c_void,
+                addr as *mut c_void,
+                len,
+                T::NCCL,
+                root as c_int,
+                comm,
+                stream,
+            )
+        })
     }
 
     /// Errors if NCCL recorded an asynchronous failure on this communicator (a peer or link

@@ -1,33 +1,14 @@
-//! NCCL all-reduce across the GPUs of this process, one thread per GPU: a world of one on cuda:0
+//! NCCL collectives across the GPUs of this process, one thread per GPU: a world of one on cuda:0
 //! (the smoke test: NCCL loads, and one rank's sum or mean is its input), and with two or more
 //! GPUs the sum and the mean of rank-dependent f32/f16/bf16 ranges against the host, the same on
-//! every rank, with the elements outside the range untouched. Values are multiples of 1/2 below
-//! 64, so every sum is exact in every dtype whatever order NCCL adds in. Tests skip with a printed
-//! reason when CUDA, NCCL or enough GPUs are missing.
+//! every rank, with the elements outside the range untouched; all-gather and broadcast likewise.
+//! Values are multiples of 1/2 below 64, so every sum is exact in every dtype whatever order NCCL
+//! adds in. Tests skip with a printed reason when CUDA, NCCL or enough GPUs are missing.
 
 use cuda::nccl::{nccl_version, NcclComm, NcclElem, Reduce, NCCL_MIN_VERSION};
+use cuda::testing::gpus_or_skip;
 use cuda::Error;
 use half::{bf16, f16};
-
-/// The number of GPUs when there are at least `need` and NCCL loads; `None` after printing why not.
-fn gpus_or_skip(test: &str, need: usize) -> Option<usize> {
-    let found = match cuda::availability() {
-        Ok(d) => d.len(),
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            return None;
-        }
-    };
-    if found < need {
-        eprintln!("skipping {test}: it needs {need} GPUs, {found} found");
-        return None;
-    }
-    if let Err(e) = nccl_version() {
-        eprintln!("skipping {test}: {e}");
-        return None;
-    }
-    Some(found)
-}
 
 #[test]
 fn nccl_is_found_or_the_error_says_how_to_provide_it() {
@@ -58,20 +39,24 @@ fn values(rank: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Every rank reduces `OFFSET..OFFSET + COUNT` of its buffer with `op`; checks each rank's result
-/// against the host and the untouched elements.
-fn reduce_on<T: NcclElem>(ordinals: &[usize], op: Reduce, to: fn(f32) -> T, from: fn(T) -> f32) {
-    let world = ordinals.len();
+/// Runs `f` on one thread per rank of a clique over `ordinals`, each on a device buffer holding
+/// its rank's `values` as `T`; returns every rank's buffer afterwards, in rank order.
+fn on_ranks<T: NcclElem>(
+    ordinals: &[usize],
+    to: fn(f32) -> T,
+    f: impl Fn(&NcclComm, &mut cuda::DeviceBuffer<T>) + Sync,
+) -> Vec<Vec<T>> {
     let comms = NcclComm::for_devices(ordinals).unwrap();
-    let results: Vec<Vec<T>> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let hs: Vec<_> = comms
             .into_iter()
             .map(|comm| {
+                let f = &f;
                 s.spawn(move || {
                     let gpu = comm.gpu().clone();
                     let host: Vec<T> = values(comm.rank()).into_iter().map(to).collect();
                     let mut buf = gpu.upload(&host).unwrap();
-                    comm.all_reduce(&mut buf, OFFSET, COUNT, op).unwrap();
+                    f(&comm, &mut buf);
                     let out = gpu.download(&buf).unwrap();
                     comm.check_async().unwrap();
                     (comm.rank(), out)
@@ -81,6 +66,15 @@ fn reduce_on<T: NcclElem>(ordinals: &[usize], op: Reduce, to: fn(f32) -> T, from
         let mut rs: Vec<(usize, Vec<T>)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
         rs.sort_by_key(|(r, _)| *r);
         rs.into_iter().map(|(_, v)| v).collect()
+    })
+}
+
+/// Every rank reduces `OFFSET..OFFSET + COUNT` of its buffer with `op`; checks each rank's result
+/// against the host and the untouched elements.
+fn reduce_on<T: NcclElem>(ordinals: &[usize], op: Reduce, to: fn(f32) -> T, from: fn(T) -> f32) {
+    let world = ordinals.len();
+    let results = on_ranks(ordinals, to, |comm, buf| {
+        comm.all_reduce(buf, OFFSET, COUNT, op).unwrap()
     });
     for (rank, got) in results.iter().enumerate() {
         let mine = values(rank);
@@ -124,5 +118,51 @@ fn every_gpu_receives_the_sum_and_the_mean() {
     if n > 2 {
         // Three ranks, listed out of order: rank 0 drives cuda:2.
         all_dtypes(&[2, 0, 1]);
+    }
+}
+
+/// All-gather of each rank's slot of `GATHER` elements at `OFFSET`, then a broadcast of the last
+/// rank's `OFFSET..OFFSET + COUNT`: checks every rank's whole buffer against the host.
+fn gather_and_broadcast_on(ordinals: &[usize]) {
+    const GATHER: usize = 123;
+    let world = ordinals.len();
+    let root = world - 1;
+    let results = on_ranks(ordinals, bf16::from_f32, |comm, buf| {
+        comm.all_gather(buf, OFFSET, GATHER).unwrap();
+        comm.broadcast(buf, OFFSET + world * GATHER, COUNT - world * GATHER, root)
+            .unwrap();
+    });
+    for (rank, got) in results.iter().enumerate() {
+        for (i, g) in got.iter().enumerate() {
+            let owner = if i < OFFSET {
+                rank
+            } else if i < OFFSET + world * GATHER {
+                (i - OFFSET) / GATHER
+            } else if i < OFFSET + COUNT {
+                root
+            } else {
+                rank
+            };
+            assert_eq!(g.to_f32(), values(owner)[i], "rank {rank} element {i}");
+        }
+    }
+    // A root that is not a rank is refused before NCCL is called.
+    let comms = NcclComm::for_devices(&ordinals[..1]).unwrap();
+    let mut buf = comms[0].gpu().upload(&[0f32; 4]).unwrap();
+    let e = comms[0]
+        .broadcast(&mut buf, 0, 4, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("root 1 is not a rank"), "{e}");
+}
+
+#[test]
+fn all_gather_and_broadcast_fill_every_rank() {
+    let Some(n) = gpus_or_skip("all_gather_and_broadcast_fill_every_rank", 1) else {
+        return;
+    };
+    gather_and_broadcast_on(&[0]);
+    if n >= 2 {
+        gather_and_broadcast_on(&[1, 0]);
     }
 }

@@ -11,24 +11,15 @@ use cuda::blas::{gemm, gemm_bias, Mat, MatMut, MathMode};
 use cuda::ops::FloatElem;
 use cuda::{Contig, DeviceBuffer, DeviceElem, Gpu, Strided};
 use half::{bf16, f16};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use tensor::{DType, Device, Layout, Rng, Tensor, WithDType};
 
-/// The tests share one GPU, its pool and its status word: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
+/// `cuda:0` with its pool poisoned (an unwritten output element reads as NaN), held by this test
+/// alone; `None` after saying why the test skips (a failure under `COTMAE_REQUIRE_GPU`).
 fn gpu_or_skip() -> Option<(Arc<Gpu>, MutexGuard<'static, ()>)> {
-    let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    match cuda::gpu(0) {
-        Ok(g) => {
-            g.poison_pool(256 << 20).unwrap();
-            Some((g, lock))
-        }
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
+    let (gpu, lock) = cuda::testing::serial_gpu_or_skip(&cuda::testing::current_test())?;
+    gpu.poison_pool(256 << 20).unwrap();
+    Some((gpu, lock))
 }
 
 /// A fresh seed per run.
@@ -39,6 +30,22 @@ fn fresh_seed() -> u64 {
     let s = t.as_nanos() as u64;
     eprintln!("seed {s}");
     s
+}
+
+/// [`gpu_or_skip`] and a fresh seed.
+fn gpu_and_seed() -> Option<(Arc<Gpu>, MutexGuard<'static, ()>, u64)> {
+    let (gpu, lock) = gpu_or_skip()?;
+    Some((gpu, lock, fresh_seed()))
+}
+
+/// Runs `$check::<T>($gpu, seed)` for T = f32, f16 and bf16, with seeds `$seed`, `$seed + 10`
+/// and `$seed + 20`.
+macro_rules! for_each_float {
+    ($check:ident, $gpu:expr, $seed:expr) => {{
+        $check::<f32>($gpu, $seed);
+        $check::<f16>($gpu, $seed + 10);
+        $check::<bf16>($gpu, $seed + 20);
+    }};
 }
 
 fn tol(dtype: DType) -> f64 {
@@ -345,27 +352,19 @@ mod elementwise {
 
     #[test]
     fn unary_scalar_and_binary_maps_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        maps::<f32>(&gpu, s);
-        maps::<f16>(&gpu, s + 10);
-        maps::<bf16>(&gpu, s + 20);
-        binaries::<f32>(&gpu, s + 30);
-        binaries::<f16>(&gpu, s + 40);
-        binaries::<bf16>(&gpu, s + 50);
+        for_each_float!(maps, &gpu, s);
+        for_each_float!(binaries, &gpu, s + 30);
     }
 
     #[test]
     fn comparisons_selections_and_copies_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        compares::<f32>(&gpu, s);
-        compares::<f16>(&gpu, s + 1);
-        compares::<bf16>(&gpu, s + 2);
+        for_each_float!(compares, &gpu, s);
         compares::<i64>(&gpu, s + 3);
         compares::<u8>(&gpu, s + 4);
         selects::<f32>(&gpu, s + 5, -1e9);
@@ -446,10 +445,9 @@ mod cast {
 
     #[test]
     fn every_cast_matches_cpu_bit_for_bit() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         from!(&gpu, s, f32);
         from!(&gpu, s, f64);
         from!(&gpu, s, f16);
@@ -586,16 +584,11 @@ mod reduce {
 
     #[test]
     fn sums_means_and_extremes_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        sums::<f32>(&gpu, s);
-        sums::<f16>(&gpu, s + 10);
-        sums::<bf16>(&gpu, s + 20);
-        extremes::<f32>(&gpu, s + 30);
-        extremes::<f16>(&gpu, s + 40);
-        extremes::<bf16>(&gpu, s + 50);
+        for_each_float!(sums, &gpu, s);
+        for_each_float!(extremes, &gpu, s + 30);
     }
 }
 
@@ -703,13 +696,10 @@ mod softmax {
 
     #[test]
     fn softmax_with_mask_and_scale_matches_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
     }
 }
 
@@ -792,10 +782,9 @@ mod layer_norm {
 
     #[test]
     fn layer_norm_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         check::<f32, f32>(&gpu, s);
         check::<f16, f16>(&gpu, s + 100);
         check::<bf16, bf16>(&gpu, s + 200);
@@ -877,13 +866,10 @@ mod activation {
 
     #[test]
     fn gelu_and_bias_gelu_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        plain::<f32>(&gpu, s);
-        plain::<f16>(&gpu, s + 10);
-        plain::<bf16>(&gpu, s + 20);
+        for_each_float!(plain, &gpu, s);
         fused::<f32, f32>(&gpu, s + 30);
         fused::<f16, f16>(&gpu, s + 40);
         fused::<bf16, bf16>(&gpu, s + 50);
@@ -935,13 +921,10 @@ mod embedding {
 
     #[test]
     fn embedding_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
         // Any element width gathers (an i64 table).
         let table = small_ints(&[9, 4], 1000.0, DType::I64, s + 30);
         let idx = ids(11, 9, s + 31);
@@ -1060,13 +1043,10 @@ mod cross_entropy {
 
     #[test]
     fn cross_entropy_with_ignore_index_matches_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 100);
-        check::<bf16>(&gpu, s + 200);
+        for_each_float!(check, &gpu, s);
         // An out-of-range target is reported.
         let x = gpu.upload(&[0.0f32; 6]).unwrap();
         let t = gpu.upload(&[1i64, 3]).unwrap();
@@ -1147,13 +1127,10 @@ mod dropout {
 
     #[test]
     fn dropout_masks_and_draws_equal_the_cpu_stream() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 1);
-        check::<bf16>(&gpu, s + 2);
+        for_each_float!(check, &gpu, s);
         let mut rng = Rng {
             seed: s,
             offset: 11,
@@ -1215,13 +1192,10 @@ mod topk {
 
     #[test]
     fn topk_matches_cpu_including_ties_and_nan() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        check::<f32>(&gpu, s);
-        check::<f16>(&gpu, s + 10);
-        check::<bf16>(&gpu, s + 20);
+        for_each_float!(check, &gpu, s);
         let x = gpu.upload(&[1.0f32; 3000]).unwrap();
         assert!(
             topk(&gpu, (&x).into(), 1, 3000, 2049).is_err(),
@@ -1361,10 +1335,9 @@ mod optim {
 
     #[test]
     fn adamw_step_equals_the_cpu_optimizer() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         for variant in [nn::AdamWVariant::Hf, nn::AdamWVariant::Torch] {
             steps::<f32>(&gpu, variant, s);
             steps::<f16>(&gpu, variant, s + 100);
@@ -1374,10 +1347,9 @@ mod optim {
 
     #[test]
     fn unscale_matches_the_loss_scaler() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         let scaler = LossScaler::new(LossScalerConfig::default()).unwrap();
         let inv = (1.0 / scaler.scale() as f64) as f32;
         for poison in [false, true] {
@@ -1457,6 +1429,20 @@ mod blas {
         let at = randn(&[k, m], 1.0, dt, seed + 1).t().unwrap();
         let b = randn(&[k, n], 1.0, dt, seed + 2);
         let bt = randn(&[n, k], 1.0, dt, seed + 3).t().unwrap();
+        // C = A·B (alpha 1, beta 0) for `batch` row-major m x n outputs.
+        let plain = |a: Mat<'_, T>, b: Mat<'_, T>, c: &mut DeviceBuffer<T>, batch: usize| {
+            gemm(
+                gpu,
+                a,
+                b,
+                MatMut::row_major(c, 0, m, n),
+                batch,
+                1.0,
+                0.0,
+                math,
+            )
+            .unwrap()
+        };
         for (case, x, y) in [
             ("A B", &a, &b),
             ("Aᵀ B", &at, &b),
@@ -1465,17 +1451,7 @@ mod blas {
         ] {
             let (gx, gy) = (up::<T>(gpu, x), up::<T>(gpu, y));
             let mut c = gpu.alloc::<T>(m * n).unwrap();
-            gemm(
-                gpu,
-                mat(&gx, x, 0),
-                mat(&gy, y, 0),
-                MatMut::row_major(&mut c, 0, m, n),
-                1,
-                1.0,
-                0.0,
-                math,
-            )
-            .unwrap();
+            plain(mat(&gx, x, 0), mat(&gy, y, 0), &mut c, 1);
             let want = f32_(x).matmul(&f32_(y)).unwrap().to_dtype(dt).unwrap();
             assert_close(
                 &down(gpu, &c, &[m, n]),
@@ -1517,17 +1493,7 @@ mod blas {
         let b3 = randn(&[3, k, n], 1.0, dt, seed + 6);
         let (ga3, gb3) = (up::<T>(gpu, &a3), up::<T>(gpu, &b3));
         let mut c3 = gpu.alloc::<T>(3 * m * n).unwrap();
-        gemm(
-            gpu,
-            mat(&ga3, &a3, m * k),
-            mat(&gb3, &b3, k * n),
-            MatMut::row_major(&mut c3, 0, m, n),
-            3,
-            1.0,
-            0.0,
-            math,
-        )
-        .unwrap();
+        plain(mat(&ga3, &a3, m * k), mat(&gb3, &b3, k * n), &mut c3, 3);
         let want = f32_(&a3).matmul(&f32_(&b3)).unwrap().to_dtype(dt).unwrap();
         assert_close(
             &down(gpu, &c3, &[3, m, n]),
@@ -1535,17 +1501,7 @@ mod blas {
             tolerance,
             &format!("batched {what}"),
         );
-        gemm(
-            gpu,
-            mat(&ga3, &a3, m * k),
-            mat(&gb, &b, 0),
-            MatMut::row_major(&mut c3, 0, m, n),
-            3,
-            1.0,
-            0.0,
-            math,
-        )
-        .unwrap();
+        plain(mat(&ga3, &a3, m * k), mat(&gb, &b, 0), &mut c3, 3);
         let want = f32_(&a3).matmul(&f32_(&b)).unwrap().to_dtype(dt).unwrap();
         assert_close(
             &down(gpu, &c3, &[3, m, n]),
@@ -1608,10 +1564,9 @@ mod blas {
 
     #[test]
     fn gemm_matches_cpu_for_every_precision_and_layout() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
         products::<f32>(&gpu, MathMode::Exact, s);
         products::<f32>(&gpu, MathMode::Tf32, s + 10);
         products::<f16>(&gpu, MathMode::Exact, s + 20);
@@ -1732,12 +1687,9 @@ mod blas {
 
     #[test]
     fn attention_forward_and_backward_match_cpu() {
-        let Some((gpu, _serial)) = gpu_or_skip() else {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
             return;
         };
-        let s = fresh_seed();
-        attention_check::<f32>(&gpu, s);
-        attention_check::<f16>(&gpu, s + 10);
-        attention_check::<bf16>(&gpu, s + 20);
+        for_each_float!(attention_check, &gpu, s);
     }
 }

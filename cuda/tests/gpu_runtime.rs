@@ -2,22 +2,8 @@
 //! missing), memory round trips, the stream-ordered pool, the status word kernels report bad
 //! input through, and event timers. Tests that need a GPU skip with a message when there is none.
 
+use cuda::testing::{current_test, serial_gpu_or_skip};
 use cuda::{Error, Gpu};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The tests share one GPU, its pool and its status word: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn gpu_or_skip() -> Option<(Arc<Gpu>, MutexGuard<'static, ()>)> {
-    let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    match cuda::gpu(0) {
-        Ok(g) => Some((g, lock)),
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
-}
 
 #[test]
 fn missing_cuda_is_an_error_not_a_panic() {
@@ -52,7 +38,7 @@ fn missing_cuda_is_an_error_not_a_panic() {
 
 #[test]
 fn upload_download_copy_and_zeros_round_trip() {
-    let Some((gpu, _serial)) = gpu_or_skip() else {
+    let Some((gpu, _serial)) = serial_gpu_or_skip(&current_test()) else {
         return;
     };
     let data: Vec<f32> = (0..10_001).map(|i| (i as f32).sin()).collect();
@@ -82,7 +68,7 @@ fn upload_download_copy_and_zeros_round_trip() {
 
 #[test]
 fn the_pool_keeps_freed_memory_for_reuse() {
-    let Some((gpu, _serial)) = gpu_or_skip() else {
+    let Some((gpu, _serial)) = serial_gpu_or_skip(&current_test()) else {
         return;
     };
     let bytes = 64 << 20;
@@ -105,7 +91,7 @@ fn the_pool_keeps_freed_memory_for_reuse() {
 
 #[test]
 fn kernel_errors_surface_through_check_status() {
-    let Some((gpu, _serial)) = gpu_or_skip() else {
+    let Some((gpu, _serial)) = serial_gpu_or_skip(&current_test()) else {
         return;
     };
     gpu.check_status().unwrap();
@@ -125,7 +111,7 @@ fn kernel_errors_surface_through_check_status() {
 
 #[test]
 fn timers_measure_stream_work() {
-    let Some((gpu, _serial)) = gpu_or_skip() else {
+    let Some((gpu, _serial)) = serial_gpu_or_skip(&current_test()) else {
         return;
     };
     let x = gpu.zeros::<f32>(1 << 24).unwrap();
@@ -140,7 +126,7 @@ fn timers_measure_stream_work() {
 
 #[test]
 fn every_kernel_file_loads_on_the_device() {
-    let Some((gpu, _serial)) = gpu_or_skip() else {
+    let Some((gpu, _serial)) = serial_gpu_or_skip(&current_test()) else {
         return;
     };
     gpu.load_all_kernels().unwrap();

@@ -9,23 +9,10 @@ use nn::{
     clip_grad_norm, join, to_device, total_norm, AdamW, AdamWConfig, AdamWVariant, LossScaler,
     LossScalerConfig, Module, Param, ParamUpdate,
 };
-use std::sync::{Mutex, MutexGuard};
 use tensor::{DType, Device, Tensor};
 
-/// The tests share one GPU: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn gpu_or_skip(test: &str) -> Option<(Device, MutexGuard<'static, ()>)> {
-    let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let dev = Device::Cuda(0);
-    match Tensor::zeros(&[1], DType::F32, dev) {
-        Ok(_) => Some((dev, lock)),
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            None
-        }
-    }
-}
+/// `cuda:0`, held by this test alone (the tests share one device), or `None` after saying why.
+use tensor::testing::serial_cuda_or_skip as gpu_or_skip;
 
 /// A fresh seed per run, printed so a failure can be replayed.
 fn fresh_seed() -> u64 {

@@ -11,17 +11,10 @@ use std::time::Duration;
 use tensor::testing::{max_rel_err, randn};
 use tensor::{DType, Device, Tensor};
 
-/// True when there are `need` GPUs and NCCL loads; prints why not otherwise.
+/// True when there are `need` devices and NCCL loads; says why not otherwise (a failure under
+/// `COTMAE_REQUIRE_GPU`, except for too few devices).
 fn gpus_or_skip(test: &str, need: usize) -> bool {
-    if let Err(e) = Tensor::zeros(&[1], DType::F32, Device::Cuda(need - 1)) {
-        eprintln!("skipping {test}: it needs {need} GPUs: {e}");
-        return false;
-    }
-    if let Err(e) = tensor::cuda::nccl::nccl_version() {
-        eprintln!("skipping {test}: {e}");
-        return false;
-    }
-    true
+    tensor::testing::gpus_or_skip(test, need).is_some()
 }
 
 /// Rank `rank`'s tensors on the host.

@@ -479,9 +479,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(name)
+        crate::testing::fixtures_dir().join(name)
     }
 
     /// Writes a raw file: length prefix, `header` as given (unpadded), then `data`.

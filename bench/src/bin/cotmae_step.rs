@@ -27,7 +27,7 @@
 //! `input_ids`, `attention_mask`, `labels`) instead of the CoT-MAE step. The GPU twin is
 //! `bench/gpu_step_torch.py`, driven by `bench/run_gpu.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::Gradients;
@@ -63,13 +63,16 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::op("cotmae_step", e.to_string())
 }
 
-fn vocab_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/vocab.txt")
+/// The test vocabulary, found from the repository root at run time (the program is also run
+/// from a copy of the repository on a GPU machine without the build tree).
+fn vocab_path() -> Result<PathBuf> {
+    let root = tensor::testing::find_repo_root().map_err(err)?;
+    Ok(root.join("tests/fixtures/tokenizer/vocab.txt"))
 }
 
 /// The collator's batch of `docs` synthetic documents (module docs).
 fn make_batch(docs_n: usize) -> Result<CotMaeBatch> {
-    let tok = Tokenizer::from_vocab_file(vocab_path(), true).map_err(err)?;
+    let tok = Tokenizer::from_vocab_file(vocab_path()?, true).map_err(err)?;
     let mut rng = Rng::new(42);
     let docs: Vec<_> = generate_documents(docs_n, 30..=60, 42)
         .iter()

@@ -7,7 +7,7 @@ use tensor::Tensor;
 
 /// tests/fixtures/bert at the repository root.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert")
+    tensor::testing::fixtures_dir().join("bert")
 }
 
 /// A fresh empty directory under the system temp dir (`<name>-<pid>`), removed on drop.

@@ -13,7 +13,7 @@ pub use tensor::testing::TempDir as Scratch;
 
 /// The 128-token test vocabulary (`[PAD] [UNK] [CLS] [SEP] [MASK] w0 .. w122`).
 pub fn tiny_tokenizer() -> Tokenizer {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert/tiny");
+    let dir = tensor::testing::fixtures_dir().join("bert/tiny");
     Tokenizer::from_dir(dir).unwrap()
 }
 
