@@ -105,7 +105,6 @@ pub fn run_args(args: &[String]) -> CliResult {
 pub const MAX_THREADS: usize = 1024;
 
 /// The `rayon` pool for `--threads`-style flags: `0` means the default (all cores).
-
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> CliResult<T> {
     if threads == 0 {
         return Ok(f());
