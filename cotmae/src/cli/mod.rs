@@ -106,13 +106,34 @@ pub fn run_args(args: &[String]) -> CliResult {
     run(Cli::try_parse_from(argv)?)
 }
 
+/// Upper bound on `--threads`: a larger pool only spawns idle OS threads (issue 14).
+pub const MAX_THREADS: usize = 1024;
+
 /// The `rayon` pool for `--threads`-style flags: `0` means the default (all cores).
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> CliResult<T> {
     if threads == 0 {
         return Ok(f());
     }
+    if threads > MAX_THREADS {
+        return Err(format!(
+            "--threads {threads} is above the limit of {MAX_THREADS} (use 0 for all cores)"
+        )
+        .into());
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
     Ok(pool.install(f))
+}
+
+#[cfg(test)]
+mod thread_cap_tests {
+    use super::*;
+
+    #[test]
+    fn threads_above_cap_is_a_clear_error() {
+        let err = with_threads(100_000, || ()).unwrap_err().to_string();
+        assert!(err.contains("--threads 100000"), "{err}");
+        assert!(with_threads(2, || 7).unwrap() == 7);
+    }
 }
