@@ -111,7 +111,7 @@ pub unsafe fn kernel(
     ldc: usize,
     _nb: usize,
 ) {
-    debug_assert!(kpairs > 0 && kpairs % 16 == 0);
+    debug_assert!(kpairs > 0 && kpairs.is_multiple_of(16));
     let (lda_bytes, ldc_bytes) = (lda * 2, ldc * 4);
     // SAFETY: the caller's contract; every tile row read or written is inside its buffer.
     unsafe {

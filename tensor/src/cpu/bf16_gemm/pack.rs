@@ -183,9 +183,9 @@ mod tests {
             0.0f32,
             -0.0,
             1.0,
-            1.00390625, // exactly between two bf16: ties to even (down)
-            1.01171875, // between, ties to even (up)
-            3.1415927,
+            1.0 + 1.0 / 256.0, // exactly between two bf16: ties to even (down)
+            1.0 + 3.0 / 256.0, // between, ties to even (up)
+            std::f32::consts::PI,
             -2.7182817,
             f32::MAX, // rounds to inf, as half does
             f32::MIN_POSITIVE,

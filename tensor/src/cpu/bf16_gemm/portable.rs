@@ -14,6 +14,7 @@ pub const NB: usize = 2;
 /// # Safety
 /// `a` addresses MR rows of `lda` u16s with at least 2 kpairs each, `b` `nb` panels of
 /// `panel_stride` u16s holding kpairs pair rows, `c` MR rows of `ldc` f32 with nb * 16 each.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn kernel(
     a: *const u16,
     lda: usize,
