@@ -45,24 +45,28 @@ def timings():
 
     model.eval()
 
-    def encode():
-        with torch.no_grad():
-            model.bert(input_ids=ids, attention_mask=mask)
+    # f32, then under torch.autocast("cpu", bfloat16) (rows suffixed _bf16, as the Rust side's).
+    for bf16, suffix in [(False, ""), (True, "_bf16")]:
+        def encode():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model.bert(input_ids=ids, attention_mask=mask)
 
-    ms = time_ms(encode)
-    report("bert_encode", ms)
-    print(f"bert_encode: {BATCH / ms * 1e3:.1f} sequences/s", file=sys.stderr)
+        ms = time_ms(encode)
+        report(f"bert_encode{suffix}", ms)
+        print(f"bert_encode{suffix}: {BATCH / ms * 1e3:.1f} sequences/s", file=sys.stderr)
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
 
-    def step():
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    for bf16, suffix in [(False, ""), (True, "_bf16")]:
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    report("bert_mlm_train_step", time_ms(step))
+        report(f"bert_mlm_train_step{suffix}", time_ms(step))
 
 
 def load(path):

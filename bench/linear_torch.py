@@ -20,19 +20,23 @@ def main():
         weights = [(torch.randn(fan_out, fan_in) * 0.02, torch.randn(fan_out) * 0.02)
                    for _ in range(LAYERS)]
 
-        def run():
-            for w, b in weights:
-                torch.nn.functional.linear(x, w, b)
+        # f32, then under bf16 autocast (rows linear_bf16_*, as the Rust side's).
+        for bf16, prefix in [(False, "linear"), (True, "linear_bf16")]:
+            def run():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    for w, b in weights:
+                        torch.nn.functional.linear(x, w, b)
 
-        for _ in range(3):
-            run()
-        samples, start = [], time.perf_counter()
-        while len(samples) < 5 or time.perf_counter() - start < 2.0:
-            t = time.perf_counter()
-            run()
-            samples.append((time.perf_counter() - t) * 1e3 / LAYERS)
-        print(json.dumps({"op": f"linear_{fan_in}x{fan_out}", "shape": f"[{ROWS},{fan_in}]x[{fan_in},{fan_out}]",
-                          "ms": statistics.median(samples)}))
+            for _ in range(3):
+                run()
+            samples, start = [], time.perf_counter()
+            while len(samples) < 5 or time.perf_counter() - start < 2.0:
+                t = time.perf_counter()
+                run()
+                samples.append((time.perf_counter() - t) * 1e3 / LAYERS)
+            print(json.dumps({"op": f"{prefix}_{fan_in}x{fan_out}",
+                              "shape": f"[{ROWS},{fan_in}]x[{fan_in},{fan_out}]",
+                              "ms": statistics.median(samples)}))
 
 
 if __name__ == "__main__":

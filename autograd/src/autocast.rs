@@ -1,4 +1,4 @@
-//! Mixed-precision autocast, as `torch.autocast("cuda", dtype)` for the matrix products: while
+//! Mixed-precision autocast, as `torch.autocast(device, dtype)` for the matrix products: while
 //! [`autocast`] is active with `Some(F16)` or `Some(BF16)`, [`Var::matmul`](crate::Var::matmul)
 //! and [`Var::matmul_bias`](crate::Var::matmul_bias) (so `nn::Linear`, the attention products and
 //! the MLM decoder) take f32 operands that live on a CUDA device, cast them to the half dtype with
@@ -7,9 +7,12 @@
 //! weights) receive f32 gradients. Everything else (LayerNorm, softmax, GELU, the losses) sees
 //! f32 values and computes in f32.
 //!
-//! CPU tensors are never cast: on the CPU `autocast` changes nothing (the CPU GEMM computes in
-//! f32 and results stay bit for bit those of a run without it). Operands that are not f32 (already
-//! half, or f64 in gradient checks) are left alone as well.
+//! On the CPU, `Some(BF16)` does the same with the CPU's bf16 GEMM (`Tensor::matmul_bf16`, AMX or
+//! AVX512-BF16): f32 operands are rounded to bf16 as the GEMM packs them and the f32 sums come
+//! back as f32, in one node whose backward runs its two products in the same GEMM (the gradient
+//! rounded to bf16 as the cast's backward would). `Some(F16)` changes nothing on the CPU, and
+//! without autocast the CPU products stay f32, bit for bit those of a run that never heard of
+//! it. Operands that are not f32 (already half, or f64 in gradient checks) are left alone.
 //!
 //! The setting is per thread, like [`no_grad`](crate::no_grad); `autocast(None, f)` turns it off
 //! inside `f`, and the previous setting comes back when `f` returns (or panics).
@@ -52,6 +55,15 @@ pub(crate) fn gemm_dtype(operands: &[&tensor::Tensor]) -> Option<DType> {
         .then_some(half)
 }
 
+/// True when the products of these operands run in the CPU's bf16 GEMM: autocast is
+/// `Some(BF16)` and every operand is an f32 CPU tensor.
+pub fn cpu_bf16_products(operands: &[&tensor::Tensor]) -> bool {
+    autocast_dtype() == Some(DType::BF16)
+        && operands
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.device() == tensor::Device::Cpu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,7 +94,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_products_are_unchanged_bit_for_bit() {
+    fn cpu_products_are_unchanged_bit_for_bit_without_bf16() {
         let mut rng = Rng::new(5);
         let mut randn = |shape: &[usize]| {
             Tensor::randn(shape, 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap()
@@ -106,7 +118,8 @@ mod tests {
             (out, y.op_name(), y.value().dtype())
         };
         let plain = run();
-        for half in [DType::F16, DType::BF16] {
+        // f16 autocast leaves CPU products alone (bf16 runs the bf16 GEMM, tested below).
+        for half in [DType::F16] {
             let cast = autocast(Some(half), run);
             assert_eq!(cast.1, plain.1, "no cast node on the CPU");
             assert_eq!(cast.2, DType::F32);
@@ -114,6 +127,48 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(x), bits(y));
             }
+        }
+    }
+
+    /// bf16 autocast on the CPU: bf16 GEMM nodes (plain, with bias, the GELU layer, attention),
+    /// f32 values and f32 gradients, close to the f32 run at bf16 precision.
+    #[test]
+    fn cpu_bf16_products_run_the_bf16_gemm_and_return_f32() {
+        let mut rng = Rng::new(9);
+        let host: Vec<Tensor> = [&[6, 40][..], &[40, 8], &[8], &[40]]
+            .iter()
+            .map(|s| Tensor::randn(s, 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap())
+            .collect();
+        let run = |cast: Option<DType>| {
+            let v: Vec<Var> = host.iter().map(|t| Var::param(t.clone())).collect();
+            autocast(cast, || {
+                let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
+                let names = vec![y.op_name()];
+                let y = y.matmul_bias_gelu(&v[1].t().unwrap(), &v[3]).unwrap();
+                let z = y.matmul(&v[1]).unwrap();
+                let heads = z.reshape(&[1, 6, 2, 4]).unwrap().transpose(1, 2).unwrap();
+                let att =
+                    Var::scaled_dot_product_attention(&heads, &heads, &heads, None, 0.5, 0.0, None)
+                        .unwrap();
+                let z = z
+                    .add(&att.transpose(1, 2).unwrap().reshape(&[6, 8]).unwrap())
+                    .unwrap();
+                assert_eq!(z.value().dtype(), DType::F32);
+                let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+                let mut out = vec![z.value().clone()];
+                out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
+                (out, names)
+            })
+        };
+        let (want, names) = run(None);
+        assert_eq!(names, ["matmul_bias"]);
+        let (got, names) = run(Some(DType::BF16));
+        assert_eq!(names, ["matmul_bias_bf16"]);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.dtype(), DType::F32);
+            let err = tensor::testing::max_rel_err(g, w);
+            // Relative to the largest magnitude: bf16's 2^-9 rounding through the whole chain.
+            assert!(err <= 2e-2 && err > 0.0, "relative error {err}");
         }
     }
 

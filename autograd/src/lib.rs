@@ -13,7 +13,7 @@ mod gradcheck;
 pub mod ops;
 mod var;
 
-pub use autocast::{autocast, autocast_dtype};
+pub use autocast::{autocast, autocast_dtype, cpu_bf16_products};
 pub use backward::Gradients;
 pub use gradcheck::{gradcheck, GradcheckOptions};
 pub use tensor::{Error, Result};

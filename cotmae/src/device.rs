@@ -6,8 +6,9 @@
 //! CUDA device needs a build with the `cuda` feature (`cargo build --release --features cuda`)
 //! and, at run time, the CUDA driver, NVRTC and cuBLAS and the GPU itself; each missing piece is
 //! an error naming the flag. `--fp16` / `--bf16` (HF Trainer names; a value is optional, as
-//! `--fp16 true`) select mixed precision ([`nn::Precision`]), which runs the matrix products on
-//! the GPU in half precision: with `--device cpu` they are an error, as is giving both.
+//! `--fp16 true`) select mixed precision ([`nn::Precision`]), which runs the matrix products in
+//! half precision: `--bf16` on the GPU (cuBLAS) or the CPU (the bf16 GEMM on AMX or
+//! AVX512-BF16), `--fp16` on the GPU only (with `--device cpu` it is an error), never both.
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
@@ -30,8 +31,8 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
           action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub fp16: bool,
-    /// Mixed precision: bf16 matrix products with f32 master weights, no loss scaling (needs
-    /// --device cuda).
+    /// Mixed precision: bf16 matrix products with f32 master weights, no loss scaling (on the GPU
+    /// or the CPU).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
           action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub bf16: bool,
@@ -72,11 +73,13 @@ impl DeviceArgs {
         let precision = Precision::from_flags(self.fp16, self.bf16).map_err(|_| {
             Error::Config("--fp16 and --bf16 exclude each other; give at most one".into())
         })?;
-        if let (Some(flag), true) = (precision.flag(), device.is_cpu()) {
-            return Err(Error::Config(format!(
-                "{flag}: mixed precision runs the matrix products in half precision on a GPU; \
-                 give --device cuda with it, or leave {flag} out to compute in f32 on the CPU"
-            )));
+        if precision == Precision::F16 && device.is_cpu() {
+            return Err(Error::Config(
+                "--fp16: mixed precision runs the matrix products in half precision on a GPU; \
+                 give --device cuda with it, or --bf16 (bf16 products, also on the CPU), or \
+                 leave --fp16 out to compute in f32 on the CPU"
+                    .into(),
+            ));
         }
         Ok((device, precision))
     }
@@ -150,9 +153,13 @@ mod tests {
         assert_eq!(
             err(&["--fp16"]),
             "--fp16: mixed precision runs the matrix products in half precision on a GPU; give \
-             --device cuda with it, or leave --fp16 out to compute in f32 on the CPU"
+             --device cuda with it, or --bf16 (bf16 products, also on the CPU), or leave --fp16 \
+             out to compute in f32 on the CPU"
         );
-        assert!(err(&["--bf16", "true", "--device", "cpu"]).starts_with("--bf16: mixed"));
+        // bf16 runs on the CPU too.
+        let d = flags(&["--bf16", "true", "--device", "cpu"]);
+        assert_eq!(d.parse().unwrap(), (Device::Cpu, Precision::Bf16));
+        assert_eq!(d.argv(), ["--device", "cpu", "--bf16"]);
         assert_eq!(
             err(&["--fp16", "--bf16"]),
             "--fp16 and --bf16 exclude each other; give at most one"

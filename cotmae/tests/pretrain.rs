@@ -457,9 +457,6 @@ fn flag_and_directory_errors() {
         fp16,
         "--fp16: mixed precision runs the matrix products in half precision",
     );
-    let mut bf16 = fx.args(&out, &one);
-    bf16.extend(["--bf16".into(), "true".into()]);
-    expect_err(bf16, "--bf16");
     let no_tok: Vec<String> = fx
         .args(&out, &one)
         .into_iter()

@@ -1,10 +1,9 @@
 //! The training precision a run asks for (`--fp16` / `--bf16`, as the HF Trainer names them):
 //! f32, or mixed precision in f16 or bf16. Mixed precision keeps f32 master weights and f32
-//! optimizer state; the matrix products of CUDA tensors run in the half dtype under
-//! [`autograd::autocast`] (LayerNorm, softmax and the losses stay f32), and f16 adds the dynamic
-//! loss scaler of [`crate::loss_scale`] (bf16 has f32's exponent range and needs none). Mixed
-//! precision applies to CUDA tensors only: on the CPU the products stay f32, so callers reject
-//! these flags with `--device cpu`.
+//! optimizer state; the matrix products run in the half dtype under [`autograd::autocast`]
+//! (LayerNorm, softmax and the losses stay f32), and f16 adds the dynamic loss scaler of
+//! [`crate::loss_scale`] (bf16 has f32's exponent range and needs none). On the CPU only bf16
+//! applies (the bf16 GEMM, AMX or AVX512-BF16): callers reject `--fp16` with `--device cpu`.
 
 use tensor::{bail, DType, Result, Tensor};
 

@@ -7,11 +7,48 @@
 //!
 //! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands of the products are
 //! cast to it first and the product back to f32, all as graph ops (so gradients come back in
-//! f32); the bias + GELU of `matmul_bias_gelu` then runs in f32.
+//! f32); the bias + GELU of `matmul_bias_gelu` then runs in f32. f32 CPU operands under bf16
+//! autocast run in the CPU's bf16 GEMM instead (nodes `matmul_bf16` / `matmul_bias_bf16`, the
+//! backward's products in the same GEMM; with gradients off, `matmul_bias_gelu` fuses the bias
+//! and GELU into that GEMM's epilogue).
 
-use crate::autocast::gemm_dtype;
+use crate::autocast::{cpu_bf16_products, gemm_dtype};
 use crate::var::Var;
 use tensor::{DType, Device, Result, Tensor};
+
+/// The GEMM a product node (forward and backward) runs.
+#[derive(Clone, Copy)]
+enum Gemm {
+    /// `Tensor::matmul`: the operands' dtype, on their device.
+    Plain,
+    /// `Tensor::matmul_bf16`: bf16 products summed in f32 on the CPU (bf16 autocast).
+    CpuBf16,
+}
+
+impl Gemm {
+    fn of(operands: &[&Tensor]) -> Gemm {
+        if cpu_bf16_products(operands) {
+            Gemm::CpuBf16
+        } else {
+            Gemm::Plain
+        }
+    }
+
+    fn mm(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self {
+            Gemm::Plain => a.matmul(b),
+            Gemm::CpuBf16 => a.matmul_bf16(b),
+        }
+    }
+
+    /// The node's name: the op, with `_bf16` for the CPU bf16 GEMM.
+    fn name(self, plain: &'static str, bf16: &'static str) -> &'static str {
+        match self {
+            Gemm::Plain => plain,
+            Gemm::CpuBf16 => bf16,
+        }
+    }
+}
 
 impl Var {
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
@@ -20,14 +57,15 @@ impl Var {
             return y.to_dtype(DType::F32);
         }
         let (a, b) = (self.value().clone(), rhs.value().clone());
-        let y = a.matmul(&b)?;
+        let gemm = Gemm::of(&[&a, &b]);
+        let y = gemm.mm(&a, &b)?;
         Ok(Var::from_op(
-            "matmul",
+            gemm.name("matmul", "matmul_bf16"),
             y,
             vec![self.clone(), rhs.clone()],
             Box::new(move |g| {
-                let ga = g.matmul(&b.t()?)?.sum_to_shape(a.shape())?;
-                let gb = a.t()?.matmul(g)?.sum_to_shape(b.shape())?;
+                let ga = gemm.mm(g, &b.t()?)?.sum_to_shape(a.shape())?;
+                let gb = gemm.mm(&a.t()?, g)?.sum_to_shape(b.shape())?;
                 Ok(vec![Some(ga), Some(gb)])
             }),
         ))
@@ -44,25 +82,37 @@ impl Var {
             return a.matmul_bias(&b, &c)?.to_dtype(DType::F32);
         }
         let (a, b) = (self.value().clone(), rhs.value().clone());
-        let y = a.matmul_bias(&b, bias.value())?;
+        let gemm = Gemm::of(&[&a, &b, bias.value()]);
+        let y = match gemm {
+            Gemm::Plain => a.matmul_bias(&b, bias.value())?,
+            Gemm::CpuBf16 => a.matmul_bias_bf16(&b, bias.value(), false)?,
+        };
         let n = b.shape()[1];
         Ok(Var::from_op(
-            "matmul_bias",
+            gemm.name("matmul_bias", "matmul_bias_bf16"),
             y,
             vec![self.clone(), rhs.clone(), bias.clone()],
             Box::new(move |g| {
-                let ga = g.matmul(&b.t()?)?;
-                let gb = a.t()?.matmul(g)?;
+                let ga = gemm.mm(g, &b.t()?)?;
+                let gb = gemm.mm(&a.t()?, g)?;
                 Ok(vec![Some(ga), Some(gb), Some(g.sum_to_shape(&[n])?)])
             }),
         ))
     }
 
     /// gelu(`self [m, k] @ rhs [k, n] + bias [n]`). On the CPU exactly `matmul_bias` then `gelu`
-    /// (two nodes, the same bits as calling them); elsewhere `matmul` (autocast applies) then the
+    /// (two nodes, the same bits as calling them; under bf16 autocast with gradients off, one
+    /// bf16 GEMM with the bias and GELU in its epilogue); elsewhere `matmul` (autocast applies) then the
     /// fused [`Var::bias_gelu`].
     pub fn matmul_bias_gelu(&self, rhs: &Var, bias: &Var) -> Result<Var> {
         if self.value().device() == Device::Cpu {
+            let operands = [self.value(), rhs.value(), bias.value()];
+            if !crate::is_grad_enabled() && cpu_bf16_products(&operands) {
+                let y = self
+                    .value()
+                    .matmul_bias_bf16(rhs.value(), bias.value(), true)?;
+                return Ok(Var::constant(y));
+            }
             return self.matmul_bias(rhs, bias)?.gelu();
         }
         self.matmul(rhs)?.bias_gelu(bias)

@@ -12,7 +12,7 @@ use bench::{report, time_ms};
 use bert::{BertConfig, BertForMaskedLM, BertModel};
 use nn::{step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module};
 use std::time::{Duration, Instant};
-use tensor::{Result, Rng, Tensor};
+use tensor::{DType, Result, Rng, Tensor};
 
 const BATCH: usize = 8;
 const SEQ: usize = 128;
@@ -51,22 +51,30 @@ fn timings() -> Result<()> {
     let model = BertForMaskedLM::new(&BertConfig::default(), rng)?;
     let (ids, mask, labels) = batch(rng)?;
 
-    let encode = || -> Result<()> {
-        no_grad(|| {
-            model
-                .bert
-                .forward(&ids, Some(&mask), None, &mut Ctx::eval())
-        })?;
-        Ok(())
-    };
-    encode()?;
-    let ms = time_ms(min, || encode().expect("encode"));
-    report("bert_encode", &shape, ms);
-    eprintln!("bert_encode: {:.1} sequences/s", BATCH as f64 / ms * 1e3);
-    // With COTMAE_PROFILE=1, the time per op of everything so far.
-    if !tensor::profiler::totals().is_empty() {
-        eprintln!("{}", tensor::profiler::report());
-        tensor::profiler::reset();
+    // f32, then the same under bf16 autocast (rows suffixed `_bf16`, as bench/bert_torch.py's).
+    for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {
+        let encode = || -> Result<()> {
+            no_grad(|| {
+                autograd::autocast(cast, || {
+                    model
+                        .bert
+                        .forward(&ids, Some(&mask), None, &mut Ctx::eval())
+                })
+            })?;
+            Ok(())
+        };
+        encode()?;
+        let ms = time_ms(min, || encode().expect("encode"));
+        report(&format!("bert_encode{suffix}"), &shape, ms);
+        eprintln!(
+            "bert_encode{suffix}: {:.1} sequences/s",
+            BATCH as f64 / ms * 1e3
+        );
+        // With COTMAE_PROFILE=1, the time per op of everything so far.
+        if !tensor::profiler::totals().is_empty() {
+            eprintln!("{}", tensor::profiler::report());
+            tensor::profiler::reset();
+        }
     }
 
     let params = model.named_params();
@@ -78,22 +86,27 @@ fn timings() -> Result<()> {
     };
     let mut opt = AdamW::new(cfg)?;
     let mut ctx = Ctx::train(1);
-    let mut step = || -> Result<f32> {
-        let out = model.forward(&ids, Some(&mask), None, &labels, &mut ctx)?;
-        let loss = out.loss.value().to_scalar::<f32>()?;
-        let grads = out.loss.backward()?;
-        drop(out); // release the graph so the optimizer writes parameters in place
-        step_params(&mut opt, 1e-4, &params, &grads)?;
-        Ok(loss)
-    };
-    let first = step()?;
-    let ms = time_ms(min, || {
-        step().expect("train step");
-    });
-    report("bert_mlm_train_step", &shape, ms);
-    eprintln!("bert_mlm_train_step: first loss {first:.3}");
-    if !tensor::profiler::totals().is_empty() {
-        eprintln!("{}", tensor::profiler::report());
+    for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {
+        let mut step = || -> Result<f32> {
+            let out = autograd::autocast(cast, || {
+                model.forward(&ids, Some(&mask), None, &labels, &mut ctx)
+            })?;
+            let loss = out.loss.value().to_scalar::<f32>()?;
+            let grads = out.loss.backward()?;
+            drop(out); // release the graph so the optimizer writes parameters in place
+            step_params(&mut opt, 1e-4, &params, &grads)?;
+            Ok(loss)
+        };
+        let first = step()?;
+        let ms = time_ms(min, || {
+            step().expect("train step");
+        });
+        report(&format!("bert_mlm_train_step{suffix}"), &shape, ms);
+        eprintln!("bert_mlm_train_step{suffix}: first loss {first:.3}");
+        if !tensor::profiler::totals().is_empty() {
+            eprintln!("{}", tensor::profiler::report());
+            tensor::profiler::reset();
+        }
     }
     Ok(())
 }

@@ -7,20 +7,24 @@
 //! value: the CPU GEMM runs markedly faster on a row-major right operand than on the
 //! column-major view (see docs/perf/), at the price of a second copy of the weight in memory.
 //! The copy is keyed by the parameter's current `Var`, so an optimizer step (which installs a
-//! new value) invalidates it.
+//! new value) invalidates it. Under bf16 autocast on the CPU, inference keeps instead W^T packed
+//! for the bf16 GEMM (`tensor::PackedWeight`, VNNI pairs of bf16), and the bias (and GELU) run
+//! in that GEMM's epilogue.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::module::{join, Module};
 use crate::Param;
 use autograd::Var;
-use tensor::{DType, Device, Result, Rng, Tensor};
+use tensor::{DType, Device, PackedWeight, Result, Rng, Tensor};
 
 pub struct Linear {
     pub weight: Param,
     pub bias: Option<Param>,
     /// (id of the weight's `Var`, its row-major transpose [in, out]) for inference.
     weight_t: Mutex<Option<(usize, Tensor)>>,
+    /// The same for bf16 autocast on the CPU: W^T packed for the bf16 GEMM.
+    weight_bf16: Mutex<Option<(usize, Arc<PackedWeight>)>>,
 }
 
 impl Linear {
@@ -52,6 +56,7 @@ impl Linear {
             weight,
             bias,
             weight_t: Mutex::new(None),
+            weight_bf16: Mutex::new(None),
         }
     }
 
@@ -72,29 +77,63 @@ impl Linear {
         }
     }
 
+    /// Inference under bf16 autocast on the CPU: `x W^T + b` (then GELU) in one bf16 GEMM on
+    /// the cached packed W^T; None when that does not apply.
+    fn forward_packed_bf16(&self, x: &Var, gelu: bool) -> Result<Option<Var>> {
+        let w = self.weight.var();
+        if autograd::is_grad_enabled() || !autograd::cpu_bf16_products(&[x.value(), w.value()]) {
+            return Ok(None);
+        }
+        let packed = {
+            let mut cache = self.weight_bf16.lock().unwrap_or_else(|e| e.into_inner());
+            match &*cache {
+                Some((id, p)) if *id == w.id() => p.clone(),
+                _ => {
+                    let p = Arc::new(PackedWeight::pack(&w.value().t()?)?);
+                    *cache = Some((w.id(), p.clone()));
+                    p
+                }
+            }
+        };
+        let bias = self.bias.as_ref().map(|b| b.var().value().clone());
+        let y = self.apply(x, |x2| {
+            let y = x2
+                .value()
+                .matmul_packed_bf16(&packed, bias.as_ref(), gelu)?;
+            Ok(Var::constant(y))
+        })?;
+        Ok(Some(y))
+    }
+
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        self.apply(x, |x2, w_t| match &self.bias {
-            Some(b) => x2.matmul_bias(w_t, &b.var()),
-            None => x2.matmul(w_t),
+        if let Some(y) = self.forward_packed_bf16(x, false)? {
+            return Ok(y);
+        }
+        self.apply(x, |x2| match &self.bias {
+            Some(b) => x2.matmul_bias(&self.weight_t()?, &b.var()),
+            None => x2.matmul(&self.weight_t()?),
         })
     }
 
     /// gelu(x W^T + b): on the CPU the same bits as `forward(x)?.gelu()`; on CUDA the bias and
     /// the GELU run as one fused kernel after the GEMM (`Var::matmul_bias_gelu`).
     pub fn forward_gelu(&self, x: &Var) -> Result<Var> {
-        self.apply(x, |x2, w_t| match &self.bias {
-            Some(b) => x2.matmul_bias_gelu(w_t, &b.var()),
-            None => x2.matmul(w_t)?.gelu(),
+        if let Some(y) = self.forward_packed_bf16(x, true)? {
+            return Ok(y);
+        }
+        self.apply(x, |x2| match &self.bias {
+            Some(b) => x2.matmul_bias_gelu(&self.weight_t()?, &b.var()),
+            None => x2.matmul(&self.weight_t()?)?.gelu(),
         })
     }
 
-    /// `f(x2, W^T)` on x flattened to [rows, in], reshaped back to x's leading dims.
-    fn apply(&self, x: &Var, f: impl FnOnce(&Var, &Var) -> Result<Var>) -> Result<Var> {
+    /// `f(x2)` on x flattened to [rows, in], reshaped back to x's leading dims.
+    fn apply(&self, x: &Var, f: impl FnOnce(&Var) -> Result<Var>) -> Result<Var> {
         let shape = x.shape().to_vec();
         let in_features = *shape.last().unwrap_or(&0);
         let rows = x.value().elem_count() / in_features.max(1);
         let x2 = x.reshape(&[rows, in_features])?;
-        let y = f(&x2, &self.weight_t()?)?;
+        let y = f(&x2)?;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
         y.reshape(&out_shape)
@@ -211,5 +250,40 @@ mod tests {
             &got.to_vec::<f32>().unwrap(),
             &want.to_vec::<f32>().unwrap()
         ));
+    }
+
+    /// bf16 autocast inference on the CPU: W^T packed once per weight value (not the f32 copy),
+    /// the same values as the training path's bf16 GEMM, and f32's up to bf16 rounding.
+    #[test]
+    fn bf16_inference_packs_the_weight_once() {
+        let mut rng = Rng::new(8);
+        let x = Tensor::randn(&[2, 5, 40], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        let lin = Linear::new(40, 24, true, 0.5, &mut rng).unwrap();
+        let b = Tensor::randn(&[24], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        lin.bias.as_ref().unwrap().set("bias", b).unwrap();
+        let bf16 = Some(DType::BF16);
+        for gelu in [false, true] {
+            let run = |cast| {
+                let xv = Var::param(x.clone());
+                let y = autograd::autocast(cast, || match gelu {
+                    true => lin.forward_gelu(&xv),
+                    false => lin.forward(&xv),
+                });
+                y.unwrap().value().clone()
+            };
+            let (f32_train, bf16_train) = (run(None), run(bf16));
+            let bf16_infer = autograd::no_grad(|| run(bf16));
+            assert_eq!(bf16_infer.shape(), [2, 5, 24]);
+            let same = tensor::testing::max_rel_err(&bf16_infer, &bf16_train);
+            assert!(same <= 1e-6, "gelu={gelu}: packed vs training path {same}");
+            let err = tensor::testing::max_rel_err(&bf16_infer, &f32_train);
+            assert!(err > 0.0 && err <= 1e-2, "gelu={gelu}: bf16 vs f32 {err}");
+        }
+        let id = lin.weight.var().id();
+        assert!(matches!(&*lin.weight_bf16.lock().unwrap(), Some((i, _)) if *i == id));
+        assert!(
+            lin.weight_t.lock().unwrap().is_none(),
+            "no f32 W^T copy under bf16"
+        );
     }
 }

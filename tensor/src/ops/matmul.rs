@@ -1,13 +1,17 @@
 //! `matmul`: [..., m, k] x [..., k, n] -> [..., m, n] with numpy broadcasting of the batch dims,
 //! as `torch.matmul` for operands of rank >= 2. Operands are read through their strides (a
 //! transposed view such as `w.t()` needs no copy). f32, f64 and f16 multiply natively (`gemm`);
-//! bf16 goes through f32.
+//! bf16 runs in the bf16 GEMM (`matmul_bf16.rs`, f32 sums, bf16 output).
 
 use crate::cpu::matmul::{self as kernel, GemmElem};
 use crate::{broadcast_shapes, CpuStorage, DType, Error, Layout, Result, Tensor};
 
 /// Checks dtypes and the inner dim; returns (m, k, n) of the last two dims.
-fn check_operands(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize, usize, usize)> {
+pub(crate) fn check_operands(
+    op: &'static str,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(usize, usize, usize)> {
     let (a, b) = (x.shape(), y.shape());
     if a.len() < 2 || b.len() < 2 {
         crate::bail!(op, "needs operands of rank >= 2, got {a:?} and {b:?}");
@@ -58,8 +62,8 @@ impl Tensor {
             return crate::cuda::matmul::matmul(x, y, &batch, (m, k, n));
         }
         if dtype == DType::BF16 {
-            let (x, y) = (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?);
-            return x.matmul(&y)?.to_dtype(DType::BF16);
+            let _p = crate::profiler::scope(OP);
+            return self.matmul_bf16_out(rhs, None);
         }
         let _p = crate::profiler::scope(OP);
         fn run<T: GemmElem>(
@@ -111,10 +115,8 @@ impl Tensor {
             return crate::cuda::matmul::matmul_bias(self, rhs, bias);
         }
         if dtype == DType::BF16 {
-            let f = |t: &Tensor| t.to_dtype(DType::F32);
-            return f(self)?
-                .matmul_bias(&f(rhs)?, &f(bias)?)?
-                .to_dtype(DType::BF16);
+            let _p = crate::profiler::scope(OP);
+            return self.matmul_bf16_out(rhs, Some(bias));
         }
         let _p = crate::profiler::scope(OP);
         let bias = bias.contiguous()?;

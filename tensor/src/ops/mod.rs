@@ -12,6 +12,7 @@ pub mod index;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod random;
 pub mod reduce;
 pub mod softmax;

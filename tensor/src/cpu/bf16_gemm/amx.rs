@@ -1,0 +1,161 @@
+//! The AMX micro-kernel: Intel's tile unit (Sapphire Rapids and later) holds eight 2-D registers
+//! `tmm0..tmm7` of up to 16 rows x 64 bytes, and `tdpbf16ps` multiplies a bf16 A tile by a VNNI
+//! bf16 B tile into an f32 C tile in one instruction (16 x 16 x 32 multiply-adds). Stable Rust
+//! has no AMX intrinsics, so the tile instructions are written in `asm!`; the Rust code never
+//! uses the tile registers, so they keep their values between the `asm!` blocks of one thread.
+//!
+//! ```text
+//!   tile config (every tile 16 rows x 64 bytes)       one 32 x 32 micro-tile of C:
+//!     tmm0..3  C, f32 [16, 16] each                          B panel j    B panel j+1
+//!     tmm4,5   A, bf16 [16 rows, 32 k] (16 pairs)            tmm6 [16p,16c,2] tmm7
+//!     tmm6,7   B, bf16 [16 pair rows, 16 cols x 2]    A rows  +-----------+-----------+
+//!                                                     0..16   | tmm0      | tmm1      |
+//!   tdpbf16ps C, A, B:                                tmm4    |           |           |
+//!     C[i][c] += sum_p A[i][2p] B[p][2c]                      +-----------+-----------+
+//!                    + A[i][2p+1] B[p][2c+1]          16..32  | tmm2      | tmm3      |
+//!                                                     tmm5    |           |           |
+//!                                                             +-----------+-----------+
+//!   loop over k in steps of 32 (16 pairs):
+//!     tileloadd tmm4/tmm5 <- A rows 0..16 / 16..32, 64 bytes at row stride lda
+//!     tileloadd tmm6/tmm7 <- panels j, j+1: 16 pair rows of 64 bytes, contiguous (1 KiB)
+//!     tdpbf16ps x 4: tmm0 += tmm4 tmm6, tmm1 += tmm4 tmm7, tmm2 += tmm5 tmm6, tmm3 += tmm5 tmm7
+//!   C is loaded from and stored back to the task's f32 accumulator (row stride ldc).
+//! ```
+//!
+//! Linux hands out the tile data state only on request: `arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)` once per process ([`request_permission`]); without it the first tile
+//! instruction faults. The caller (`mod.rs`) checks this kernel against the portable one once
+//! before using it.
+
+use std::arch::asm;
+use std::arch::x86_64::__cpuid_count;
+
+pub const MR: usize = 32;
+/// Panels per micro-tile (always full: `PackedB` stores an even number of panels).
+pub const NB: usize = 2;
+
+/// The CPU reports AMX-TILE and AMX-BF16 and the OS enabled the tile state in XCR0.
+pub fn cpu_has_amx() -> bool {
+    let (leaf7, leaf1) = (__cpuid_count(7, 0), __cpuid_count(1, 0));
+    let amx_tile = leaf7.edx & (1 << 24) != 0;
+    let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+    let osxsave = leaf1.ecx & (1 << 27) != 0;
+    if !(amx_tile && amx_bf16 && osxsave) {
+        return false;
+    }
+    // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA).
+    let (lo, _hi): (u32, u32);
+    // SAFETY: xgetbv with ecx = 0 is valid when OSXSAVE is set (checked above).
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi, options(nomem, nostack));
+    }
+    lo & (0b11 << 17) == 0b11 << 17
+}
+
+/// Asks Linux for the tile data state; true when granted (or already held).
+pub fn request_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    // SAFETY: arch_prctl only changes this process's permitted xsave features.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    r == 0
+}
+
+/// Palette 1, tiles 0..7 each 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn all_16x64() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes()); // colsb
+            c[48 + t] = 16; // rows
+        }
+        TileConfig(c)
+    }
+}
+
+/// Loads the tile configuration on this thread (before the kernels of one task).
+///
+/// # Safety
+/// The CPU has AMX and the permission was granted.
+pub unsafe fn configure() {
+    let cfg = TileConfig::all_16x64();
+    // SAFETY: a valid palette-1 configuration (caller: AMX available).
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    }
+}
+
+/// C[32, 32] += A[32, 2 kpairs] B[2 kpairs, 32]; kpairs a positive multiple of 16.
+///
+/// # Safety
+/// [`configure`] ran on this thread; `a` addresses 32 rows of `lda` u16s, `b` two panels
+/// `panel_stride` apart, `c` 32 rows of `ldc` f32 with 32 each.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn kernel(
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    panel_stride: usize,
+    kpairs: usize,
+    c: *mut f32,
+    ldc: usize,
+    _nb: usize,
+) {
+    debug_assert!(kpairs > 0 && kpairs.is_multiple_of(16));
+    let (lda_bytes, ldc_bytes) = (lda * 2, ldc * 4);
+    // SAFETY: the caller's contract; every tile row read or written is inside its buffer.
+    unsafe {
+        let a_lo = a;
+        let a_hi = a.add(16 * lda);
+        let b0 = b;
+        let b1 = b.add(panel_stride);
+        let c_lo = c;
+        let c_hi = c.add(16 * ldc);
+        asm!(
+            "tileloadd tmm0, [{c_lo} + {ldc}*1]",
+            "tileloadd tmm1, [{c_lo} + {ldc}*1 + 64]",
+            "tileloadd tmm2, [{c_hi} + {ldc}*1]",
+            "tileloadd tmm3, [{c_hi} + {ldc}*1 + 64]",
+            "2:",
+            "tileloadd tmm4, [{a_lo} + {lda}*1]",
+            "tileloadd tmm5, [{a_hi} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s64}*1]",
+            "tileloadd tmm7, [{b1} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a_lo}, 64",
+            "add {a_hi}, 64",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "sub {steps}, 1",
+            "jnz 2b",
+            "tilestored [{c_lo} + {ldc}*1], tmm0",
+            "tilestored [{c_lo} + {ldc}*1 + 64], tmm1",
+            "tilestored [{c_hi} + {ldc}*1], tmm2",
+            "tilestored [{c_hi} + {ldc}*1 + 64], tmm3",
+            a_lo = inout(reg) a_lo => _,
+            a_hi = inout(reg) a_hi => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            steps = inout(reg) kpairs / 16 => _,
+            c_lo = in(reg) c_lo,
+            c_hi = in(reg) c_hi,
+            lda = in(reg) lda_bytes,
+            ldc = in(reg) ldc_bytes,
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The AVX512-BF16 micro-kernel: `vdpbf16ps` multiplies 16 pairs of bf16 by 16 pairs and adds
+//! each pair's two products into one f32 lane. One pair row of a B panel (16 columns x 2, see
+//! `pack.rs`) is one zmm; a pair of A (a(i, 2p), a(i, 2p + 1)) is broadcast to all 16 lanes:
+//!
+//! ```text
+//!   for p in pairs:                      zmm  b[j] = B panel j, pair row p   (NB loads)
+//!     for i in 0..8:                     zmm  a    = broadcast a(i, 2p..2p+2) (32 bits)
+//!       for j in 0..NB:  acc[i][j] += dot2(a, b[j])   (lane c: a0 b(2p,c) + a1 b(2p+1,c))
+//! ```
+//!
+//! 8 rows x NB <= 3 panels (48 columns) of f32 accumulators = 24 of the 32 zmm registers; C is
+//! loaded at the start and stored at the end (it holds the previous k blocks' sums).
+
+use super::pack::PANEL;
+use std::arch::x86_64::*;
+
+pub const MR: usize = 8;
+/// Panels per full micro-tile.
+pub const NB: usize = 3;
+
+/// C[8, nb * 16] += A[8, 2 kpairs] B[2 kpairs, nb * 16], nb in 1..=3.
+///
+/// # Safety
+/// The CPU has avx512f and avx512bf16; pointers as for `portable::kernel`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn kernel(
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    panel_stride: usize,
+    kpairs: usize,
+    c: *mut f32,
+    ldc: usize,
+    nb: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match nb {
+            1 => tile::<1>(a, lda, b, panel_stride, kpairs, c, ldc),
+            2 => tile::<2>(a, lda, b, panel_stride, kpairs, c, ldc),
+            _ => tile::<3>(a, lda, b, panel_stride, kpairs, c, ldc),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile<const N: usize>(
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    panel_stride: usize,
+    kpairs: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller's contract: every address below is inside its buffer.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); N]; MR];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(c.add(i * ldc + j * PANEL));
+            }
+        }
+        for p in 0..kpairs {
+            let mut bv = [_mm512_setzero_si512(); N];
+            for (j, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(b.add(j * panel_stride + p * 2 * PANEL) as *const _);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let pair = (a.add(i * lda + 2 * p) as *const i32).read_unaligned();
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for (v, bj) in row.iter_mut().zip(&bv) {
+                    *v = _mm512_dpbf16_ps(*v, av, std::mem::transmute::<__m512i, __m512bh>(*bj));
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + j * PANEL), *v);
+            }
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! bf16 GEMM on the CPU: C = A B with A and B rounded to bf16 and every product accumulated in
+//! f32, written as f32 or bf16, with an optional fused bias and GELU epilogue. This is what
+//! `torch.autocast("cpu", torch.bfloat16)` does for matrix products (through oneDNN); here it is
+//! written out, in three interchangeable micro-kernels chosen at run time:
+//!
+//! | backend | instruction | micro-tile | CPUs |
+//! |---|---|---|---|
+//! | `amx.rs` | `tdpbf16ps` on tiles (`asm!`) | 32 x 32 | Intel Sapphire Rapids and later |
+//! | `avx512.rs` | `vdpbf16ps` on zmm registers | 8 x 48 | Cooper Lake, Sapphire Rapids, AMD Zen 4+ |
+//! | `portable.rs` | scalar Rust | 8 x 32 | any |
+//!
+//! All read the same packed operands (`pack.rs`: A row-major bf16, B in VNNI pair panels), and
+//! each bf16 x bf16 product is exact in f32, so the three give the same result up to the order
+//! of the f32 additions. The best available one is picked once per process (AMX needs the Linux
+//! permission for the tile state and passes a check against the portable kernel first);
+//! `COTMAE_BF16_GEMM=amx|avx512|portable` forces one (a benchmark or a test comparing them).
+//!
+//! Loop order and threading (rayon over output tiles, one task per tile):
+//!
+//! ```text
+//!   tasks: (batch entry, 64-row block, 192-column block) of C, in parallel
+//!     acc = zeros [64, 192] f32                         (the task's C tile, stays in L2)
+//!     for k0 in 0..kp step 256:                          (A [64, 256] and B [256, 192] blocks)
+//!       for each micro column (NB panels of 16):         (B micro-panel stays in L1)
+//!         for each micro row (MR rows):  kernel(acc tile += A rows . B panels)
+//!     epilogue: out = cast(gelu?(acc + bias))           (the only write of C)
+//! ```
+
+mod amx;
+mod avx512;
+pub mod pack;
+mod portable;
+
+pub use pack::{Bf16Source, PackedA, PackedB, Strided};
+
+use crate::cpu::activation::GeluFloat;
+use half::bf16;
+use pack::PANEL;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Rows of C per task.
+const MC: usize = 64;
+/// B panels (of 16 columns) per task: 192 columns, a multiple of every backend's micro-tile.
+const NC_PANELS: usize = 12;
+const NC: usize = NC_PANELS * PANEL;
+/// k elements per block (a multiple of 32, the AMX tile depth).
+const KC: usize = 256;
+
+/// Which micro-kernel computes the products (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Amx,
+    Avx512Bf16,
+    Portable,
+}
+
+type Kernel = unsafe fn(*const u16, usize, *const u16, usize, usize, *mut f32, usize, usize);
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Amx => "amx",
+            Backend::Avx512Bf16 => "avx512",
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// (rows, panels, kernel) of one micro-tile.
+    fn micro(self) -> (usize, usize, Kernel) {
+        match self {
+            Backend::Amx => (amx::MR, amx::NB, amx::kernel),
+            Backend::Avx512Bf16 => (avx512::MR, avx512::NB, avx512::kernel),
+            Backend::Portable => (portable::MR, portable::NB, portable::kernel),
+        }
+    }
+
+    /// Whether this CPU (and OS) can run it; AMX also requests the tile permission and checks
+    /// the kernel against the portable one, once.
+    pub fn usable(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            Backend::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
+            Backend::Amx => {
+                static AMX: OnceLock<bool> = OnceLock::new();
+                *AMX.get_or_init(|| {
+                    amx::cpu_has_amx() && amx::request_permission() && agrees_with_portable()
+                })
+            }
+        }
+    }
+
+    /// Every backend this machine runs, fastest first.
+    pub fn available() -> Vec<Backend> {
+        [Backend::Amx, Backend::Avx512Bf16, Backend::Portable]
+            .into_iter()
+            .filter(|b| b.usable())
+            .collect()
+    }
+
+    /// The backend products use: `COTMAE_BF16_GEMM` if set and usable, else the fastest.
+    pub fn current() -> Backend {
+        static CURRENT: OnceLock<Backend> = OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let fastest = Backend::available()[0];
+            let Ok(want) = std::env::var("COTMAE_BF16_GEMM") else {
+                return fastest;
+            };
+            let forced = Backend::available().into_iter().find(|b| b.name() == want);
+            forced.unwrap_or_else(|| {
+                eprintln!(
+                    "COTMAE_BF16_GEMM={want}: not one of amx, avx512, portable usable on this \
+                     CPU; using {}",
+                    fastest.name()
+                );
+                fastest
+            })
+        })
+    }
+}
+
+/// The AMX kernel's result on a fixed 40 x 70 x 50 product equals the portable kernel's up to
+/// f32 rounding; a mismatch (a CPU or OS that faults nothing but computes wrong) turns AMX off
+/// with a message rather than giving wrong products.
+fn agrees_with_portable() -> bool {
+    let (m, k, n) = (40, 70, 50);
+    let val = |i: usize| ((i * 7919 % 613) as f32 - 306.0) / 64.0;
+    let a: Vec<f32> = (0..m * k).map(val).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| val(i + 11)).collect();
+    let pa = PackedA::pack(
+        Strided {
+            data: &a,
+            offset: 0,
+            rs: k,
+            cs: 1,
+        },
+        m,
+        k,
+    );
+    let pb = PackedB::pack(
+        Strided {
+            data: &b,
+            offset: 0,
+            rs: n,
+            cs: 1,
+        },
+        k,
+        n,
+    );
+    let run = |backend| {
+        let mut out = vec![0f32; m * n];
+        gemm_with(backend, &[&pa], &[&pb], Epilogue::default(), &mut out);
+        out
+    };
+    let (got, want) = (run(Backend::Amx), run(Backend::Portable));
+    let scale = want.iter().fold(1f32, |s, x| s.max(x.abs()));
+    let ok = got
+        .iter()
+        .zip(&want)
+        .all(|(g, w)| (g - w).abs() <= 1e-5 * scale);
+    if !ok {
+        eprintln!("bf16 GEMM: the AMX kernel disagrees with the portable one; AMX not used");
+    }
+    ok
+}
+
+/// What is applied to each f32 sum before it is written.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to column j.
+    pub bias: Option<&'a [f32]>,
+    /// GELU (erf form) after the bias.
+    pub gelu: bool,
+}
+
+/// Output element types.
+pub trait OutElem: Copy + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+}
+
+impl OutElem for f32 {
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+}
+
+impl OutElem for bf16 {
+    fn from_f32(x: f32) -> bf16 {
+        bf16::from_f32(x)
+    }
+}
+
+/// `out[e]` (row-major [m, n]) = epilogue(`a[e]` `b[e]`) for every batch entry e, with the
+/// current backend. `b` has one entry (shared by the batch) or one per entry.
+pub fn gemm<O: OutElem>(a: &[&PackedA], b: &[&PackedB], ep: Epilogue, out: &mut [O]) {
+    gemm_with(Backend::current(), a, b, ep, out)
+}
+
+/// A raw output pointer shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct OutPtr<O>(*mut O);
+// SAFETY: each task writes only its own tile (rows x columns) of one batch entry.
+unsafe impl<O: Send> Send for OutPtr<O> {}
+unsafe impl<O: Send> Sync for OutPtr<O> {}
+
+impl<O> OutPtr<O> {
+    /// # Safety
+    /// `count` elements on stays inside the output.
+    unsafe fn add(self, count: usize) -> OutPtr<O> {
+        // SAFETY: the caller's contract.
+        OutPtr(unsafe { self.0.add(count) })
+    }
+}
+
+/// [`gemm`] with a given backend (which must be usable).
+pub fn gemm_with<O: OutElem>(
+    backend: Backend,
+    a: &[&PackedA],
+    b: &[&PackedB],
+    ep: Epilogue,
+    out: &mut [O],
+) {
+    assert!(!a.is_empty() && (b.len() == 1 || b.len() == a.len()));
+    let (m, k, n) = (a[0].m, a[0].k, b[0].n);
+    assert!(a.iter().all(|x| (x.m, x.k) == (m, k)) && b.iter().all(|x| (x.k, x.n) == (k, n)));
+    assert_eq!(out.len(), a.len() * m * n);
+    if let Some(bias) = ep.bias {
+        assert_eq!(bias.len(), n);
+    }
+    if m * n == 0 {
+        return;
+    }
+    let (row_tiles, col_tiles) = (m.div_ceil(MC), n.div_ceil(NC));
+    let per_entry = row_tiles * col_tiles;
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..a.len() * per_entry).into_par_iter().for_each(|t| {
+        let (e, rest) = (t / per_entry, t % per_entry);
+        let (pa, pb) = (a[e], b[if b.len() == 1 { 0 } else { e }]);
+        // SAFETY: the entry's [m, n] block starts at e * m * n inside `out` (length asserted).
+        let dst = unsafe { dst.add(e * m * n) };
+        task(backend, pa, pb, rest / col_tiles, rest % col_tiles, ep, dst);
+    });
+}
+
+/// One [MC, NC] tile of C (module doc).
+fn task<O: OutElem>(
+    backend: Backend,
+    a: &PackedA,
+    b: &PackedB,
+    ti: usize,
+    tj: usize,
+    ep: Epilogue,
+    out: OutPtr<O>,
+) {
+    let (m, n, kp) = (a.m, b.n, a.kp);
+    let (i0, p0) = (ti * MC, tj * NC_PANELS);
+    let (rows, cols) = (MC.min(m - i0), NC.min(n - p0 * PANEL));
+    let panels = cols.div_ceil(PANEL);
+    let (mr, nb_max, kernel) = backend.micro();
+    let mut acc = vec![0f32; MC * NC];
+    if backend == Backend::Amx {
+        // SAFETY: `Backend::Amx` is only chosen when usable (CPU, OS and permission checked).
+        unsafe { amx::configure() };
+    }
+    // Row micro-tiles stay inside A's rows padded to 32 (i0 and mr divide 32 or 64), panel
+    // groups inside B's panels (an even count, AMX's NB).
+    for k0 in (0..kp).step_by(KC) {
+        let kpairs = KC.min(kp - k0) / 2;
+        for jp in (0..panels).step_by(nb_max) {
+            let nb = nb_max.min(panels - jp);
+            for ir in (0..rows).step_by(mr) {
+                // SAFETY: A row i0 + ir + mr <= a.mp, column k0 + 2 kpairs <= kp; B panels
+                // p0 + jp + nb_max <= b.panels for AMX (even count) and p0 + jp + nb <= panels
+                // otherwise, pair rows k0 / 2 + kpairs <= kp / 2; acc rows ir + mr <= MC
+                // (MC a multiple of every mr), columns (jp + nb_max) * 16 <= NC.
+                unsafe {
+                    kernel(
+                        a.data.as_ptr().add((i0 + ir) * kp + k0),
+                        kp,
+                        b.data
+                            .as_ptr()
+                            .add((p0 + jp) * b.panel_stride() + k0 * PANEL),
+                        b.panel_stride(),
+                        kpairs,
+                        acc.as_mut_ptr().add(ir * NC + jp * PANEL),
+                        NC,
+                        nb,
+                    );
+                }
+            }
+        }
+    }
+    let j0 = p0 * PANEL;
+    for r in 0..rows {
+        let src = &acc[r * NC..r * NC + cols];
+        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n of this entry's block; no other
+        // task writes this tile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * n + j0), cols) };
+        for (c, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
+            let v = match ep.bias {
+                Some(bias) => v + bias[j0 + c],
+                None => v,
+            };
+            *d = O::from_f32(if ep.gelu { v.gelu() } else { v });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-2, 2) with plenty of bits below bf16's 8.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::Rng::new(seed);
+        let t = crate::Tensor::rand_uniform(
+            &[len],
+            -2.0,
+            2.0,
+            crate::DType::F32,
+            crate::Device::Cpu,
+            &mut rng,
+        )
+        .unwrap();
+        t.to_vec::<f32>().unwrap()
+    }
+
+    fn rounded(x: f32) -> f64 {
+        bf16::from_bits(pack::round_bf16(x)).to_f64()
+    }
+
+    /// Checks `got` [m, n] against the f64 product of the bf16-rounded operands: the error may be
+    /// f32 accumulation's alone, k * 2^-24 * sum |a b| (plus the epilogue's few roundings).
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        got: &[f32],
+        a: &Strided<f32>,
+        b: &Strided<f32>,
+        (m, k, n): (usize, usize, usize),
+        bias: Option<&[f32]>,
+        gelu: bool,
+        what: &str,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut abs) = (0f64, 0f64);
+                for l in 0..k {
+                    let p = rounded(a.at(i, l)) * rounded(b.at(l, j));
+                    s += p;
+                    abs += p.abs();
+                }
+                let mut bound = (k as f64 + 2.0) * 2f64.powi(-24) * abs + 1e-30;
+                if let Some(bias) = bias {
+                    s += bias[j] as f64;
+                    bound += 2f64.powi(-23) * (s.abs() + bias[j].abs() as f64);
+                }
+                if gelu {
+                    s = (s as f32).gelu() as f64;
+                    bound = 2.0 * bound + 1e-6 * s.abs().max(1.0);
+                }
+                let g = got[i * n + j] as f64;
+                assert!(
+                    (g - s).abs() <= bound,
+                    "{what} {m}x{k}x{n} [{i}, {j}]: got {g}, want {s} (bound {bound})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_backend_every_transpose_and_odd_sizes() {
+        let sizes = [
+            (1, 1, 1),
+            (15, 17, 33),
+            (33, 15, 17),
+            (17, 33, 1),
+            (1, 1000, 15),  // several k blocks
+            (1000, 33, 17), // several row tiles
+            (17, 15, 1000), // several column tiles
+        ];
+        for backend in Backend::available() {
+            for (s, &(m, k, n)) in sizes.iter().enumerate() {
+                let (av, bv) = (values(m * k, 2 * s as u64), values(k * n, 2 * s as u64 + 1));
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    // A transposed operand is the same values stored column-major.
+                    let a = if ta {
+                        Strided {
+                            data: &av,
+                            offset: 0,
+                            rs: 1,
+                            cs: m,
+                        }
+                    } else {
+                        Strided {
+                            data: &av,
+                            offset: 0,
+                            rs: k,
+                            cs: 1,
+                        }
+                    };
+                    let b = if tb {
+                        Strided {
+                            data: &bv,
+                            offset: 0,
+                            rs: 1,
+                            cs: k,
+                        }
+                    } else {
+                        Strided {
+                            data: &bv,
+                            offset: 0,
+                            rs: n,
+                            cs: 1,
+                        }
+                    };
+                    let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
+                    let mut out = vec![f32::NAN; m * n];
+                    gemm_with(backend, &[&pa], &[&pb], Epilogue::default(), &mut out);
+                    let what = format!("{} ta={ta} tb={tb}", backend.name());
+                    check(&out, &a, &b, (m, k, n), None, false, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epilogue_batches_and_bf16_output() {
+        let (m, k, n, batch) = (37, 70, 50, 3);
+        let av = values(batch * m * k, 7);
+        let bv = values(batch * k * n, 8);
+        let bias = values(n, 9);
+        // Row strides wider than the rows (a narrowed view) and an offset.
+        let lda = k + 2;
+        for backend in Backend::available() {
+            let a: Vec<Strided<f32>> = (0..batch)
+                .map(|e| Strided {
+                    data: &av,
+                    offset: e * m * k / 2,
+                    rs: lda / 2,
+                    cs: 1,
+                })
+                .collect();
+            let b: Vec<Strided<f32>> = (0..batch)
+                .map(|e| Strided {
+                    data: &bv,
+                    offset: e * k * n / 2,
+                    rs: n,
+                    cs: 1,
+                })
+                .collect();
+            let pa: Vec<PackedA> = a.iter().map(|x| PackedA::pack(*x, m, k / 2)).collect();
+            let pb: Vec<PackedB> = b.iter().map(|x| PackedB::pack(*x, k / 2, n)).collect();
+            let (ra, rb): (Vec<&PackedA>, Vec<&PackedB>) =
+                (pa.iter().collect(), pb.iter().collect());
+            for gelu in [false, true] {
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    gelu,
+                };
+                let mut out = vec![0f32; batch * m * n];
+                gemm_with(backend, &ra, &rb, ep, &mut out);
+                let mut out16 = vec![bf16::ZERO; batch * m * n];
+                gemm_with(backend, &ra, &rb, ep, &mut out16);
+                for e in 0..batch {
+                    let what = format!("{} entry {e} gelu={gelu}", backend.name());
+                    let got = &out[e * m * n..(e + 1) * m * n];
+                    check(got, &a[e], &b[e], (m, k / 2, n), Some(&bias), gelu, &what);
+                    let got16 = &out16[e * m * n..(e + 1) * m * n];
+                    for (x, y) in got16.iter().zip(got) {
+                        assert_eq!(*x, bf16::from_f32(*y), "{what}: bf16 output");
+                    }
+                }
+            }
+            // One B shared by the batch gives each entry's own product.
+            let mut shared = vec![0f32; batch * m * n];
+            gemm_with(backend, &ra, &rb[..1], Epilogue::default(), &mut shared);
+            for e in 0..batch {
+                let got = &shared[e * m * n..(e + 1) * m * n];
+                check(got, &a[e], &b[0], (m, k / 2, n), None, false, "shared B");
+            }
+        }
+    }
+
+    #[test]
+    fn reports_the_backends_of_this_cpu() {
+        let all = Backend::available();
+        assert_eq!(all.last(), Some(&Backend::Portable));
+        assert!(all.contains(&Backend::current()));
+        eprintln!(
+            "bf16 GEMM backends here: {:?} (current {}); AMX {}",
+            all,
+            Backend::current().name(),
+            if amx::cpu_has_amx() {
+                "present"
+            } else {
+                "absent: its kernel is not exercised here"
+            }
+        );
+    }
+}

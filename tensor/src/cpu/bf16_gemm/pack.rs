@@ -1,0 +1,241 @@
+//! Packing for the bf16 GEMM: both operands are rounded to bf16 (round to nearest even, as
+//! `half::bf16::from_f32` and torch's autocast cast) and laid out the way the micro-kernels read
+//! them, once per product (A, the activations) or once per weight value (B, cached by the
+//! inference `Linear`).
+//!
+//! ```text
+//!  A [m, k] -> PackedA: row-major bf16 [mp, kp]          B [k, n] -> PackedB: VNNI pair panels
+//!  mp = m rounded up to 32 rows, kp = k rounded up to 32  panel j = columns 16j .. 16j+16:
+//!  (zeros in the padding: they add nothing)                 [kp/2 pair rows][16 columns][2]
+//!                                                           pair row p, column c holds
+//!  row i: a(i,0) a(i,1) a(i,2) a(i,3) ...                   ( b(2p, 16j+c), b(2p+1, 16j+c) )
+//!         \pair 0/  \pair 1/                                = 64 bytes per pair row,
+//!                                                             kp/2 * 64 bytes per panel,
+//!                                                           panel count rounded up to even
+//! ```
+//!
+//! The pair layout is what both `tdpbf16ps` (an AMX B tile is 16 pair rows of one panel) and
+//! `vdpbf16ps` (one zmm is one pair row of one panel) multiply against a broadcast pair of A.
+//! Sources are read through any strides (a transposed view costs no copy), as f32 or bf16.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// k is padded to a multiple of this (one AMX tile's depth: 16 pairs, 64 bytes of a row).
+pub const K_PAD: usize = 32;
+/// Rows of A are padded to a multiple of this (the AMX micro-tile's height).
+pub const M_PAD: usize = 32;
+/// Columns per B panel (one zmm of f32, one AMX tile's width).
+pub const PANEL: usize = 16;
+
+/// A matrix read in place: element (i, j) at `data[offset + i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<T: Copy> Strided<'_, T> {
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize, j: usize) -> T {
+        self.data[self.offset + i * self.rs + j * self.cs]
+    }
+}
+
+/// The bits of x rounded to the nearest bf16, ties to even; NaN stays a (quiet) NaN.
+#[inline(always)]
+pub fn round_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) as u16) | 0x0040;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Element types an operand may be read from.
+pub trait Bf16Source: Copy + Send + Sync {
+    fn bf16_bits(self) -> u16;
+}
+
+impl Bf16Source for f32 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        round_bf16(self)
+    }
+}
+
+impl Bf16Source for bf16 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// A [m, k] as row-major bf16 bits [mp, kp] (module doc).
+pub struct PackedA {
+    pub data: Vec<u16>,
+    pub m: usize,
+    pub k: usize,
+    pub mp: usize,
+    pub kp: usize,
+}
+
+impl PackedA {
+    pub fn pack<T: Bf16Source>(src: Strided<T>, m: usize, k: usize) -> PackedA {
+        let (mp, kp) = (round_up(m.max(1), M_PAD), round_up(k.max(1), K_PAD));
+        let mut data = vec![0u16; mp * kp];
+        data.par_chunks_mut(M_PAD * kp)
+            .enumerate()
+            .for_each(|(blk, chunk)| {
+                let i0 = blk * M_PAD;
+                let rows = M_PAD.min(m.saturating_sub(i0));
+                if src.cs == 1 || k == 1 {
+                    for r in 0..rows {
+                        let row = &mut chunk[r * kp..r * kp + k];
+                        let start = src.offset + (i0 + r) * src.rs;
+                        if src.cs == 1 {
+                            let from = &src.data[start..start + k];
+                            row.iter_mut()
+                                .zip(from)
+                                .for_each(|(d, s)| *d = s.bf16_bits());
+                        } else {
+                            row[0] = src.data[start].bf16_bits();
+                        }
+                    }
+                } else {
+                    // A transposed view: walk k outside so each read run is along memory.
+                    for l in 0..k {
+                        for r in 0..rows {
+                            chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
+                        }
+                    }
+                }
+            });
+        PackedA { data, m, k, mp, kp }
+    }
+}
+
+/// B [k, n] in VNNI pair panels (module doc). Cached per weight by the inference `Linear`.
+pub struct PackedB {
+    pub data: Vec<u16>,
+    pub k: usize,
+    pub n: usize,
+    pub kp: usize,
+    /// Panels stored (ceil(n / 16) rounded up to even).
+    pub panels: usize,
+}
+
+impl PackedB {
+    pub fn pack<T: Bf16Source>(src: Strided<T>, k: usize, n: usize) -> PackedB {
+        let kp = round_up(k.max(1), K_PAD);
+        let panels = round_up(n.div_ceil(PANEL).max(1), 2);
+        let mut data = vec![0u16; panels * kp * PANEL];
+        data.par_chunks_mut(kp * PANEL)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let j0 = p * PANEL;
+                let cols = PANEL.min(n.saturating_sub(j0));
+                // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
+                let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
+                if src.rs == 1 {
+                    // W^T views (the linear layer in training): each column is along memory.
+                    for c in 0..cols {
+                        for l in 0..k {
+                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+                        }
+                    }
+                } else {
+                    for l in 0..k {
+                        for c in 0..cols {
+                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+                        }
+                    }
+                }
+            });
+        PackedB {
+            data,
+            k,
+            n,
+            kp,
+            panels,
+        }
+    }
+
+    /// u16s from one panel to the next.
+    pub fn panel_stride(&self) -> usize {
+        self.kp * PANEL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_matches_half() {
+        let xs = [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0, // exactly between two bf16: ties to even (down)
+            1.0 + 3.0 / 256.0, // between, ties to even (up)
+            std::f32::consts::PI,
+            -2.7182817,
+            f32::MAX, // rounds to inf, as half does
+            f32::MIN_POSITIVE,
+            1e-40, // subnormal
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for x in xs {
+            assert_eq!(round_bf16(x), bf16::from_f32(x).to_bits(), "{x}");
+        }
+        assert!(bf16::from_bits(round_bf16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn packs_pairs_into_panels_with_zero_padding() {
+        // B [3, 17] row-major: b(l, j) = 100 l + j, exactly representable in bf16.
+        let (k, n) = (3, 17);
+        let b: Vec<f32> = (0..k * n).map(|i| (100 * (i / n) + i % n) as f32).collect();
+        let src = Strided {
+            data: &b,
+            offset: 0,
+            rs: n,
+            cs: 1,
+        };
+        let p = PackedB::pack(src, k, n);
+        assert_eq!((p.kp, p.panels), (32, 2));
+        let get = |panel: usize, pair: usize, c: usize, h: usize| {
+            bf16::from_bits(p.data[panel * p.panel_stride() + pair * 32 + 2 * c + h]).to_f32()
+        };
+        assert_eq!(get(0, 0, 5, 0), 5.0);
+        assert_eq!(get(0, 0, 5, 1), 105.0);
+        assert_eq!(get(0, 1, 5, 0), 205.0);
+        assert_eq!(get(0, 1, 5, 1), 0.0); // k padding
+        assert_eq!(get(1, 0, 0, 1), 116.0); // column 16
+        assert_eq!(get(1, 0, 1, 0), 0.0); // n padding
+                                          // The same matrix read through a transposed view packs identically.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let src_t = Strided {
+            data: &bt,
+            offset: 0,
+            rs: 1,
+            cs: k,
+        };
+        assert_eq!(PackedB::pack(src_t, k, n).data, p.data);
+        // A: rows padded to 32, k to 32.
+        let a = PackedA::pack(src, k, n);
+        assert_eq!((a.mp, a.kp), (32, 32));
+        assert_eq!(bf16::from_bits(a.data[2 * 32 + 16]).to_f32(), 216.0);
+        assert_eq!(a.data[2 * 32 + 17], 0);
+        let a_t = PackedA::pack(src_t, k, n);
+        assert_eq!(a_t.data, a.data);
+    }
+}

@@ -1,0 +1,269 @@
+//! Matrix products in bf16 on the CPU (`cpu::bf16_gemm`): the operands, f32 or bf16, any
+//! strides, are rounded to bf16 and the products summed in f32, as torch's CPU autocast does.
+//!
+//! - `matmul_bf16` / `matmul_bias_bf16` return f32: the products of `autograd::autocast(BF16)`
+//!   on the CPU (forward and backward), attention's two batched products included.
+//! - `PackedWeight` + `matmul_packed_bf16`: the right operand packed once (the inference
+//!   `Linear` keeps it per weight value) with the bias and GELU fused into the GEMM's epilogue.
+//! - `matmul` / `matmul_bias` of bf16 tensors use the same GEMM with a bf16 output.
+
+use crate::cpu::bf16_gemm::{self, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided};
+use crate::ops::matmul::check_operands;
+use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
+use half::bf16;
+
+/// A right operand [k, n] in the GEMM's packed bf16 layout, made once and reused.
+pub struct PackedWeight(PackedB);
+
+impl PackedWeight {
+    /// Packs `w` [k, n] (f32 or bf16, any strides, on the CPU).
+    pub fn pack(w: &Tensor) -> Result<PackedWeight> {
+        const OP: &str = "pack_bf16";
+        if w.rank() != 2 {
+            crate::bail!(OP, "expects a [k, n] matrix, got {:?}", w.shape());
+        }
+        let (k, n) = (w.shape()[0], w.shape()[1]);
+        let l = w.layout();
+        let (offset, rs, cs) = (l.offset(), l.strides()[0], l.strides()[1]);
+        check_cpu(OP, &[w])?;
+        Ok(PackedWeight(source(OP, w)?.pack_b(offset, rs, cs, k, n)))
+    }
+
+    /// [k, n].
+    pub fn shape(&self) -> [usize; 2] {
+        [self.0.k, self.0.n]
+    }
+}
+
+/// `t`'s CPU elements as f32 or bf16.
+fn source<'a>(op: &'static str, t: &'a Tensor) -> Result<SourceSlice<'a>> {
+    let s = t.cpu_storage(op)?;
+    match t.dtype() {
+        DType::F32 => Ok(SourceSlice::F32(s.as_slice::<f32>(op)?)),
+        DType::BF16 => Ok(SourceSlice::Bf16(s.as_slice::<bf16>(op)?)),
+        dtype => Err(Error::UnsupportedDType { op, dtype }),
+    }
+}
+
+/// A CPU buffer the GEMM can round to bf16.
+#[derive(Clone, Copy)]
+enum SourceSlice<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl SourceSlice<'_> {
+    fn pack_a(self, offset: usize, rs: usize, cs: usize, m: usize, k: usize) -> PackedA {
+        fn go<T: Bf16Source>(
+            data: &[T],
+            o: usize,
+            rs: usize,
+            cs: usize,
+            m: usize,
+            k: usize,
+        ) -> PackedA {
+            PackedA::pack(
+                Strided {
+                    data,
+                    offset: o,
+                    rs,
+                    cs,
+                },
+                m,
+                k,
+            )
+        }
+        match self {
+            SourceSlice::F32(d) => go(d, offset, rs, cs, m, k),
+            SourceSlice::Bf16(d) => go(d, offset, rs, cs, m, k),
+        }
+    }
+
+    fn pack_b(self, offset: usize, rs: usize, cs: usize, k: usize, n: usize) -> PackedB {
+        fn go<T: Bf16Source>(
+            data: &[T],
+            o: usize,
+            rs: usize,
+            cs: usize,
+            k: usize,
+            n: usize,
+        ) -> PackedB {
+            PackedB::pack(
+                Strided {
+                    data,
+                    offset: o,
+                    rs,
+                    cs,
+                },
+                k,
+                n,
+            )
+        }
+        match self {
+            SourceSlice::F32(d) => go(d, offset, rs, cs, k, n),
+            SourceSlice::Bf16(d) => go(d, offset, rs, cs, k, n),
+        }
+    }
+}
+
+/// Both operands on the CPU, f32 or bf16 each.
+fn check_cpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        if !t.device().is_cpu() {
+            crate::bail!(
+                op,
+                "is the CPU's bf16 GEMM; got a tensor on {:?}",
+                t.device()
+            );
+        }
+        if !matches!(t.dtype(), DType::F32 | DType::BF16) {
+            return Err(Error::UnsupportedDType {
+                op,
+                dtype: t.dtype(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The bias as f32 [n] on the CPU.
+fn bias_f32(op: &'static str, bias: &Tensor, n: usize) -> Result<Vec<f32>> {
+    if bias.shape() != [n] || !bias.device().is_cpu() {
+        crate::bail!(
+            op,
+            "expects a CPU bias of shape [{n}], got {:?}",
+            bias.shape()
+        );
+    }
+    bias.to_dtype(DType::F32)?.to_vec::<f32>()
+}
+
+/// The batched product of `lhs` [.., m, k] and `rhs` [.., k, n] (batch dims broadcast) through
+/// the bf16 GEMM, written as `O`; returns the output and its shape.
+fn product<O: OutElem + Default + Clone>(
+    op: &'static str,
+    lhs: &Tensor,
+    rhs: &Tensor,
+    bias: Option<&[f32]>,
+    gelu: bool,
+) -> Result<(Vec<O>, Vec<usize>)> {
+    check_cpu(op, &[lhs, rhs])?;
+    let (a, b) = (lhs.shape(), rhs.shape());
+    let (m, k, n) = check_operands(op, lhs, rhs)?;
+    let (ra, rb) = (a.len(), b.len());
+    let batch =
+        broadcast_shapes(op, &a[..ra - 2], &b[..rb - 2]).map_err(|_| Error::ShapeMismatch {
+            op,
+            lhs: a.to_vec(),
+            rhs: b.to_vec(),
+        })?;
+    let with = |tail: [usize; 2]| [batch.as_slice(), &tail].concat();
+    let (lhs_l, rhs_l) = (
+        lhs.layout().broadcast_to(op, &with([m, k]))?,
+        rhs.layout().broadcast_to(op, &with([k, n]))?,
+    );
+    let entries: usize = batch.iter().product();
+    let mut out = vec![O::default(); entries * m * n];
+    if out.is_empty() {
+        return Ok((out, with([m, n])));
+    }
+    let r = batch.len() + 2;
+    let tail = |l: &Layout| (l.strides()[r - 2], l.strides()[r - 1]);
+    let (sa, sb) = (source(op, lhs)?, source(op, rhs)?);
+    let rhs_shared = rhs_l.strides()[..r - 2].iter().all(|&s| s == 0) || entries == 1;
+    let (ars, acs) = tail(&lhs_l);
+    let (brs, bcs) = tail(&rhs_l);
+    let ep = Epilogue { bias, gelu };
+    // The linear-layer case: the batch folded into the rows of one product.
+    if let (true, Some(folded)) = (rhs_shared, lhs_l.reshape(&[entries * m, k])) {
+        let (frs, fcs) = (folded.strides()[0], folded.strides()[1]);
+        let pa = sa.pack_a(folded.offset(), frs, fcs, entries * m, k);
+        let pb = sb.pack_b(rhs_l.offset(), brs, bcs, k, n);
+        bf16_gemm::gemm(&[&pa], &[&pb], ep, &mut out);
+        return Ok((out, with([m, n])));
+    }
+    let offsets = |l: &Layout| {
+        Layout::new(batch.clone(), l.strides()[..r - 2].to_vec(), l.offset()).offsets()
+    };
+    let (lo, ro) = (offsets(&lhs_l), offsets(&rhs_l));
+    let pas: Vec<PackedA> = lo.iter().map(|&o| sa.pack_a(o, ars, acs, m, k)).collect();
+    let pbs: Vec<PackedB> = if rhs_shared {
+        vec![sb.pack_b(ro[0], brs, bcs, k, n)]
+    } else {
+        ro.iter().map(|&o| sb.pack_b(o, brs, bcs, k, n)).collect()
+    };
+    let (ra_, rb_): (Vec<&PackedA>, Vec<&PackedB>) = (pas.iter().collect(), pbs.iter().collect());
+    bf16_gemm::gemm(&ra_, &rb_, ep, &mut out);
+    Ok((out, with([m, n])))
+}
+
+impl Tensor {
+    /// `matmul` with the operands rounded to bf16 and the sums in f32; returns f32 (module doc).
+    pub fn matmul_bf16(&self, rhs: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul_bf16";
+        let _p = crate::profiler::scope(OP);
+        let (out, shape) = product::<f32>(OP, self, rhs, None, false)?;
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// `self [m, k] @ rhs [k, n] + bias [n]`, then GELU when `gelu`, in the bf16 GEMM (the bias
+    /// and GELU in its f32 epilogue); returns f32.
+    pub fn matmul_bias_bf16(&self, rhs: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
+        const OP: &str = "matmul_bias_bf16";
+        if self.rank() != 2 || rhs.rank() != 2 {
+            crate::bail!(
+                OP,
+                "expects [m, k] @ [k, n], got {:?} @ {:?}",
+                self.shape(),
+                rhs.shape()
+            );
+        }
+        let _p = crate::profiler::scope(OP);
+        let b = bias_f32(OP, bias, rhs.shape()[1])?;
+        let (out, shape) = product::<f32>(OP, self, rhs, Some(&b), gelu)?;
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// `self [m, k]` times a packed weight [k, n], plus the bias and GELU if given; returns f32.
+    pub fn matmul_packed_bf16(
+        &self,
+        w: &PackedWeight,
+        bias: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        const OP: &str = "matmul_packed_bf16";
+        check_cpu(OP, &[self])?;
+        let [k, n] = w.shape();
+        if self.rank() != 2 || self.shape()[1] != k {
+            crate::bail!(
+                OP,
+                "expects [m, {k}] for a [{k}, {n}] weight, got {:?}",
+                self.shape()
+            );
+        }
+        let _p = crate::profiler::scope(OP);
+        let m = self.shape()[0];
+        let b = bias.map(|b| bias_f32(OP, b, n)).transpose()?;
+        let l = self.layout();
+        let (offset, rs, cs) = (l.offset(), l.strides()[0], l.strides()[1]);
+        let pa = source(OP, self)?.pack_a(offset, rs, cs, m, k);
+        let mut out = vec![0f32; m * n];
+        let ep = Epilogue {
+            bias: b.as_deref(),
+            gelu,
+        };
+        bf16_gemm::gemm(&[&pa], &[&w.0], ep, &mut out);
+        Tensor::from_vec(out, &[m, n])
+    }
+
+    /// `matmul` of two bf16 CPU tensors: the bf16 GEMM with a bf16 output.
+    pub(crate) fn matmul_bf16_out(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        let b = match bias {
+            Some(b) => Some(bias_f32(OP, b, rhs.shape()[rhs.rank() - 1])?),
+            None => None,
+        };
+        let (out, shape) = product::<bf16>(OP, self, rhs, b.as_deref(), false)?;
+        Tensor::from_vec(out, &shape)
+    }
+}
