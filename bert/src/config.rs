@@ -78,6 +78,23 @@ const KNOWN: [&str; 14] = [
     "position_embedding_type",
 ];
 
+/// The largest value accepted for each size field: far beyond any BERT in use, small enough that
+/// products of two of them fit in 64 bits. A value above it is a corrupt or hostile file.
+type SizeField = fn(&BertConfig) -> usize;
+const SIZE_LIMITS: [(&str, SizeField, usize); 7] = [
+    ("vocab_size", |c| c.vocab_size, 1 << 24),
+    ("hidden_size", |c| c.hidden_size, 1 << 16),
+    ("num_hidden_layers", |c| c.num_hidden_layers, 1 << 10),
+    ("num_attention_heads", |c| c.num_attention_heads, 1 << 12),
+    ("intermediate_size", |c| c.intermediate_size, 1 << 18),
+    (
+        "max_position_embeddings",
+        |c| c.max_position_embeddings,
+        1 << 20,
+    ),
+    ("type_vocab_size", |c| c.type_vocab_size, 1 << 16),
+];
+
 /// Reads `key` of `map` as a `T` (its default when absent); the error names the file and key.
 fn field<T: DeserializeOwned>(
     map: &Map<String, Value>,
@@ -150,6 +167,28 @@ impl BertConfig {
     /// Checks the values this implementation can run; `path` names the source in errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let err = |f: &str, m: String| Err(BertError::config(path, f, m));
+        if self.num_hidden_layers == 0 {
+            return err(
+                "num_hidden_layers",
+                "must be positive (a BERT with no layers is not a model this pipeline trains)"
+                    .into(),
+            );
+        }
+        for (f, v, max) in SIZE_LIMITS {
+            let v = v(self);
+            if v > max {
+                return err(
+                    f,
+                    format!("{v} is beyond the largest value this implementation accepts ({max})"),
+                );
+            }
+        }
+        if let Err(m) = tensor::memory::check_fits(
+            "the model's f32 weights",
+            self.parameter_count().and_then(|n| n.checked_mul(4)),
+        ) {
+            return err("hidden_size", m);
+        }
         for (f, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -219,6 +258,33 @@ impl BertConfig {
             );
         }
         Ok(())
+    }
+
+    /// The number of parameters of a `BertForMaskedLM` of this shape (embeddings, layers, MLM head
+    /// transform and decoder bias; the decoder weight is tied), or None when the product overflows.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let (h, i, l) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.num_hidden_layers as u64,
+        );
+        let tables = (self.vocab_size as u64)
+            .checked_add(self.max_position_embeddings as u64)?
+            .checked_add(self.type_vocab_size as u64)?
+            .checked_mul(h)?;
+        // q, k, v, output (4 h^2 + 4 h), the two LayerNorms (4 h), the feed-forward (2 h i + i + h).
+        let per_layer = h
+            .checked_mul(h)?
+            .checked_mul(4)?
+            .checked_add(h.checked_mul(i)?.checked_mul(2)?)?
+            .checked_add(h.checked_mul(9)?)?
+            .checked_add(i)?;
+        // The embeddings' LayerNorm (2 h), the MLM transform (h^2 + h) and its LayerNorm (2 h).
+        let rest = h.checked_mul(h)?.checked_add(h.checked_mul(5)?)?;
+        tables
+            .checked_add(per_layer.checked_mul(l)?)?
+            .checked_add(rest)?
+            .checked_add(self.vocab_size as u64)
     }
 
     /// Size of one attention head.
@@ -332,6 +398,27 @@ mod tests {
             (r#"{"vocab_size": 0}"#, "vocab_size"),
             (r#"{"pad_token_id": 40000}"#, "pad_token_id"),
             (r#"{"layer_norm_eps": -1}"#, "layer_norm_eps"),
+            // Hostile sizes: an error naming the field, never a "capacity overflow" panic.
+            (r#"{"hidden_size": 1e15}"#, "hidden_size"),
+            (r#"{"hidden_size": 1099511627776}"#, "hidden_size"),
+            (
+                r#"{"intermediate_size": 4611686018427387904}"#,
+                "intermediate_size",
+            ),
+            (r#"{"vocab_size": 1099511627776}"#, "vocab_size"),
+            (r#"{"num_hidden_layers": 0}"#, "num_hidden_layers"),
+            (r#"{"num_hidden_layers": 100000}"#, "num_hidden_layers"),
+            (
+                r#"{"max_position_embeddings": 18446744073709551615}"#,
+                "max_position_embeddings",
+            ),
+            (r#"{"type_vocab_size": -1}"#, "type_vocab_size"),
+            (r#"{"num_attention_heads": 1e3}"#, "num_attention_heads"),
+            // Within every bound, yet far beyond any machine's memory (about 1 PiB of weights).
+            (
+                r#"{"hidden_size": 65536, "num_attention_heads": 64, "intermediate_size": 262144, "num_hidden_layers": 1024}"#,
+                "hidden_size",
+            ),
         ];
         for (json, f) in cases {
             let e = parse(json).unwrap_err().to_string();
@@ -340,6 +427,11 @@ mod tests {
                 "{json}: {e}"
             );
         }
+        assert_eq!(
+            BertConfig::default().parameter_count(),
+            Some(109_514_298),
+            "bert-base-uncased's BertForMaskedLM (HF counts 109,514,298 with the tied decoder)"
+        );
         let e = parse("[1]").unwrap_err().to_string();
         assert!(e.contains("expected a JSON object"), "{e}");
         let e = parse("{").unwrap_err().to_string();

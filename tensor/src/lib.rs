@@ -15,6 +15,7 @@ mod dtype;
 mod error;
 pub mod fs;
 mod layout;
+pub mod memory;
 pub mod ops;
 pub mod profiler;
 pub mod rng;
