@@ -129,18 +129,31 @@ fn bf16_autocast_stays_close_to_the_cpu() {
 }
 
 #[test]
-fn autocast_changes_nothing_on_the_cpu() {
+fn cpu_autocast_f16_changes_nothing_and_bf16_stays_close() {
+    // f16 autocast is a no-op on the CPU: bit for bit the f32 pass.
     let plain = pass(Device::Cpu, None);
-    let cast = pass(Device::Cpu, Some(DType::BF16));
+    let f16 = pass(Device::Cpu, Some(DType::F16));
     assert_eq!(
         plain.loss.to_vec::<f32>().unwrap(),
-        cast.loss.to_vec::<f32>().unwrap()
+        f16.loss.to_vec::<f32>().unwrap()
     );
-    for ((name, a), (_, b)) in plain.grads.iter().zip(&cast.grads) {
+    for ((name, a), (_, b)) in plain.grads.iter().zip(&f16.grads) {
         assert_eq!(
             a.to_vec::<f32>().unwrap(),
             b.to_vec::<f32>().unwrap(),
             "gradient of {name}"
         );
     }
+    // bf16 autocast runs the products in the CPU bf16 GEMM: a different result, within the half
+    // tolerances the GPU is held to.
+    let bf16 = pass(Device::Cpu, Some(DType::BF16));
+    assert_eq!(bf16.loss.dtype(), DType::F32, "the loss stays f32");
+    assert_ne!(
+        plain.loss.to_vec::<f32>().unwrap(),
+        bf16.loss.to_vec::<f32>().unwrap(),
+        "bf16 autocast on the CPU must run the bf16 products"
+    );
+    let e_loss = check("loss", &bf16.loss, &plain.loss, 2e-2);
+    let (e, name) = check_grads(&bf16, &plain, 5e-2);
+    eprintln!("bf16 on the CPU: loss {e_loss:.2e}, worst gradient {e:.2e} ({name})");
 }
