@@ -154,6 +154,14 @@ fn cpu_autocast_f16_changes_nothing_and_bf16_stays_close() {
         "bf16 autocast on the CPU must run the bf16 products"
     );
     let e_loss = check("loss", &bf16.loss, &plain.loss, 2e-2);
-    let (e, name) = check_grads(&bf16, &plain, 5e-2);
-    eprintln!("bf16 on the CPU: loss {e_loss:.2e}, worst gradient {e:.2e} ({name})");
+    let mut worst = 0f64;
+    for ((name, g), (_, w)) in bf16.grads.iter().zip(&plain.grads) {
+        // The key bias's true gradient is zero (softmax ignores a shift shared by every key of a
+        // query), so both passes hold only rounding noise there: no relative error to compare.
+        if name.ends_with("attention.self.key.bias") {
+            continue;
+        }
+        worst = worst.max(check(&format!("gradient of {name}"), g, w, 5e-2));
+    }
+    eprintln!("bf16 on the CPU: loss {e_loss:.2e}, worst gradient {worst:.2e}");
 }
