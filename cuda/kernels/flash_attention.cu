@@ -132,7 +132,7 @@ __device__ __forceinline__ float dot_rows(const float* a, const float* b, int D)
 template <typename T>
 __device__ void flash_fwd(const T* q, const T* k, const T* v, const T* mask, T* out, float* lse,
                           FlashParams p) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(float, smem);
     const int D = (int)p.head_dim, ldk = D + 1;
     float* q_s = smem;                         // [FA_BLOCK_Q][D]
     float* k_s = q_s + FA_BLOCK_Q * D;         // [FA_BLOCK_K][D + 1]
@@ -228,7 +228,7 @@ __device__ void flash_delta(const T* out, const T* d_out, float* delta, FlashPar
 template <typename T>
 __device__ void flash_bwd_dq(const T* q, const T* k, const T* v, const T* mask, const T* d_out,
                              const float* lse, const float* delta, T* dq, FlashParams p) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(float, smem);
     const int D = (int)p.head_dim, ldk = D + 1;
     float* q_s = smem;                         // [FA_BLOCK_Q][D]
     float* g_s = q_s + FA_BLOCK_Q * D;         // dO, [FA_BLOCK_Q][D]
@@ -303,7 +303,7 @@ __device__ void flash_bwd_dq(const T* q, const T* k, const T* v, const T* mask, 
 template <typename T>
 __device__ void flash_bwd_dkdv(const T* q, const T* k, const T* v, const T* mask, const T* d_out,
                                const float* lse, const float* delta, T* dk, T* dv, FlashParams p) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(float, smem);
     const int D = (int)p.head_dim, ldq = D + 1;
     float* k_s = smem;                         // [FA_BLOCK_K][D]
     float* v_s = k_s + FA_BLOCK_K * D;         // [FA_BLOCK_K][D]

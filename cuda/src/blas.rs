@@ -160,7 +160,8 @@ impl Blas {
             cudarc::cublas::result::create_handle().map_err(|e| Error::blas("cublasCreate", e))?,
         );
         // SAFETY: a live handle and our stream.
-        unsafe { cudarc::cublas::result::set_stream(cublas.0, gpu.stream().cu_stream() as _) }
+        let stream = gpu.cuda_stream("cuBLAS")?.cu_stream();
+        unsafe { cudarc::cublas::result::set_stream(cublas.0, stream as _) }
             .map_err(|e| Error::blas("cublasSetStream", e))?;
         let lt = LtHandle(
             cudarc::cublaslt::result::create_handle()
@@ -592,7 +593,7 @@ pub fn gemm_bias<T: GemmElem>(
                     &heuristic.algo,
                     blas.workspace.device_address() as *mut c_void,
                     ws,
-                    gpu.stream().cu_stream() as _,
+                    gpu.cuda_stream("cuBLASLt")?.cu_stream() as _,
                 ),
             )
         }

@@ -261,7 +261,7 @@ impl NcclComm {
         f: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
     ) -> Result<()> {
         self.gpu.bind()?;
-        let stream = self.gpu.stream().cu_stream() as sys::cudaStream_t;
+        let stream = self.gpu.cuda_stream("NCCL")?.cu_stream() as sys::cudaStream_t;
         let comm = self.comm;
         self.call(call, || f(comm, stream))
     }

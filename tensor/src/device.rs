@@ -81,6 +81,28 @@ impl Device {
     pub fn is_cpu(self) -> bool {
         self == Device::Cpu
     }
+
+    /// What this device is, for logs: "cpu", or the GPU's name and compute capability, with
+    /// "simulated" for a device of the CUDA simulator (`COTMAE_CUDA_SIM=1`). Opens the GPU.
+    pub fn describe(self) -> Result<String> {
+        match self {
+            Device::Cpu => Ok("cpu".into()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let gpu = cuda::gpu(i)?;
+                let (major, minor) = gpu.compute_capability();
+                let kind = if gpu.is_simulated() {
+                    ", simulated: no GPU is used"
+                } else {
+                    ""
+                };
+                Ok(format!(
+                    "cuda:{i} ({}, compute capability {major}.{minor}{kind})",
+                    gpu.info().name
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
