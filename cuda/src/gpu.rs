@@ -369,6 +369,15 @@ impl Gpu {
         matches!(self.backend, Backend::Sim(_))
     }
 
+    /// The simulated device, or None on a real GPU (for the simulator's own tests).
+    #[cfg(test)]
+    pub(crate) fn sim(&self) -> Option<&SimDevice> {
+        match &self.backend {
+            Backend::Sim(s) => Some(s),
+            Backend::Cuda(_) => None,
+        }
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }

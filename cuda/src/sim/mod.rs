@@ -18,5 +18,7 @@ pub mod elem;
 pub(crate) mod launch;
 pub(crate) mod memory;
 pub mod nccl;
+#[cfg(test)]
+mod tests;
 
 pub use device::{enabled, SEED_ENV, SIM_DEVICES, SIM_ENV, SIM_NAME};
