@@ -369,8 +369,7 @@ impl Gpu {
         matches!(self.backend, Backend::Sim(_))
     }
 
-    /// The simulated device, or None on a real GPU (for the simulator's own tests).
-    #[cfg(test)]
+    /// The simulated device, or None on a real GPU.
     pub(crate) fn sim(&self) -> Option<&SimDevice> {
         match &self.backend {
             Backend::Sim(s) => Some(s),
