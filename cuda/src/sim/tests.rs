@@ -138,87 +138,65 @@ fn a_missing_barrier_gives_a_wrong_result_and_the_barrier_the_right_one() {
     }
 }
 
+/// Asserts that a one-block launch of `name` with `args` faults: an out-of-bounds `access` that
+/// memory.rs describes as `what`.
+fn assert_fault(
+    gpu: &Gpu,
+    name: &str,
+    args: &mut [*mut std::ffi::c_void],
+    access: &str,
+    what: &str,
+) {
+    let e = launch(gpu, name, one_d(1, 32, 0), args)
+        .unwrap_err()
+        .to_string();
+    let head = format!("kernel {name}: out-of-bounds {access} at 0x");
+    assert!(
+        e.starts_with(&head) && e.ends_with(&format!("({what})")),
+        "{e}"
+    );
+}
+
 #[test]
 fn out_of_bounds_writes_and_use_after_free_are_reported_and_the_device_goes_on() {
     let gpu = device(1);
     let buf = gpu.zeros::<f32>(1024).unwrap();
-    let a = buf.device_address();
-    let (end, past, v) = (1024i64, 1025i64, 1.5f32);
-    let e = launch(
-        &gpu,
-        "write_at",
-        one_d(1, 32, 0),
-        &mut [arg(&a), arg(&end), arg(&v)],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.starts_with("kernel write_at: out-of-bounds write at 0x")
-            && e.ends_with("(0 bytes past the end of a 4096-byte buffer)"),
-        "{e}"
-    );
     let out = gpu.zeros::<f32>(1).unwrap();
-    let oa = out.device_address();
-    let e = launch(
-        &gpu,
-        "read_at",
-        one_d(1, 32, 0),
-        &mut [arg(&a), arg(&past), arg(&oa)],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.starts_with("kernel read_at: out-of-bounds read at 0x")
-            && e.ends_with("(4 bytes past the end of a 4096-byte buffer)"),
-        "{e}"
-    );
-    // A page-sized buffer starts at its page, right after the leading guard page.
-    let before = -1i64;
-    let e = launch(
-        &gpu,
-        "read_at",
-        one_d(1, 32, 0),
-        &mut [arg(&a), arg(&before), arg(&oa)],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.ends_with("(4 bytes before the start of a 4096-byte buffer)"),
-        "{e}"
-    );
+    let (a, oa) = (buf.device_address(), out.device_address());
+    let v = 1.5f32;
+    // Past the end, writing and reading; before the start (a page-sized buffer starts at its
+    // page, right after the leading guard page).
+    let cases = [
+        ("write_at", 1024i64, "write", "0 bytes past the end"),
+        ("read_at", 1025, "read", "4 bytes past the end"),
+        ("read_at", -1, "read", "4 bytes before the start"),
+    ];
+    for (kernel, i, access, what) in cases {
+        let third = if kernel == "write_at" {
+            arg(&v)
+        } else {
+            arg(&oa)
+        };
+        let what = format!("{what} of a 4096-byte buffer");
+        assert_fault(&gpu, kernel, &mut [arg(&a), arg(&i), third], access, &what);
+    }
     let freed = gpu.upload(&[1.0f32; 64]).unwrap();
     let fa = freed.device_address();
     drop(freed);
-    let three = 3i64;
-    let e = launch(
+    let (three, uaf) = (3i64, "use after free: byte 12 of a freed 256-byte buffer");
+    assert_fault(
         &gpu,
         "read_at",
-        one_d(1, 32, 0),
         &mut [arg(&fa), arg(&three), arg(&oa)],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.starts_with("kernel read_at: out-of-bounds read at 0x")
-            && e.ends_with("(use after free: byte 12 of a freed 256-byte buffer)"),
-        "{e}"
+        "read",
+        uaf,
     );
     // The device still works: the same kernels, in bounds.
     let last = 1023i64;
-    launch(
-        &gpu,
-        "write_at",
-        one_d(1, 32, 0),
-        &mut [arg(&a), arg(&last), arg(&v)],
-    )
-    .unwrap();
-    launch(
-        &gpu,
-        "read_at",
-        one_d(1, 32, 0),
-        &mut [arg(&a), arg(&last), arg(&oa)],
-    )
-    .unwrap();
+    for (kernel, third) in [("write_at", arg(&v)), ("read_at", arg(&oa))] {
+        let shape = one_d(1, 32, 0);
+        launch(&gpu, kernel, shape, &mut [arg(&a), arg(&last), third]).unwrap();
+    }
     assert_eq!(gpu.download(&out).unwrap(), [1.5]);
     assert_eq!(gpu.download_range(&buf, 1022, 2).unwrap(), [0.0, 1.5]);
 }
