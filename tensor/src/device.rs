@@ -114,6 +114,17 @@ mod tests {
     }
 
     #[test]
+    fn describes_the_cpu_and_says_when_a_gpu_is_simulated() {
+        assert_eq!(Device::Cpu.describe().unwrap(), "cpu");
+        #[cfg(feature = "cuda")]
+        if let Ok(gpu) = cuda::gpu(0) {
+            let d = Device::Cuda(0).describe().unwrap();
+            assert!(d.starts_with("cuda:0 (") && d.contains(&gpu.info().name), "{d}");
+            assert_eq!(d.contains("simulated"), gpu.is_simulated(), "{d}");
+        }
+    }
+
+    #[test]
     fn parses_torch_names() {
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
         assert!(Device::Cpu.ensure_available().is_ok() && Device::Cpu.is_cpu());
