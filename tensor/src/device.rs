@@ -119,7 +119,10 @@ mod tests {
         #[cfg(feature = "cuda")]
         if let Ok(gpu) = cuda::gpu(0) {
             let d = Device::Cuda(0).describe().unwrap();
-            assert!(d.starts_with("cuda:0 (") && d.contains(&gpu.info().name), "{d}");
+            assert!(
+                d.starts_with("cuda:0 (") && d.contains(&gpu.info().name),
+                "{d}"
+            );
             assert_eq!(d.contains("simulated"), gpu.is_simulated(), "{d}");
         }
     }

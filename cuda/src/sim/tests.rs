@@ -59,6 +59,15 @@ extern "C" __global__ void warp_ops(const int* x, int* out) {
     o[8] = __syncthreads_or(v == 7);
 }
 
+// Threads 16.. exit at once; the rest meet at the barrier (exited threads count as arrived).
+extern "C" __global__ void barrier_after_exits(int* out) {
+    __shared__ int s[16];
+    const int t = threadIdx.x;
+    if (t >= 16) return;
+    s[t] = t * 10;
+    __syncthreads();
+    out[t] = s[15 - t];
+}
 extern "C" __global__ void deadlock(int* out) {
     if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, 1, 0);
     else __syncthreads();
@@ -291,7 +300,7 @@ fn shuffles_votes_and_block_reductions_agree_with_the_host() {
 }
 
 #[test]
-fn a_deadlock_and_a_shuffle_with_exited_lanes_are_errors_naming_the_kernel() {
+fn a_deadlock_and_a_shuffle_with_exited_lanes_are_errors_and_exited_threads_pass_barriers() {
     let gpu = device(4);
     let out = gpu.zeros::<i32>(32).unwrap();
     let oa = out.device_address();
@@ -315,6 +324,16 @@ fn a_deadlock_and_a_shuffle_with_exited_lanes_are_errors_naming_the_kernel() {
         e.starts_with("kernel shuffle_with_exited_lanes: ") && e.contains("exited"),
         "{e}"
     );
+    // Exited threads count as arrived at __syncthreads, as on hardware.
+    launch(
+        &gpu,
+        "barrier_after_exits",
+        one_d(3, 64, 0),
+        &mut [arg(&oa)],
+    )
+    .unwrap();
+    let want: Vec<i32> = (0..16).map(|t| (15 - t) * 10).collect();
+    assert_eq!(gpu.download_range(&out, 0, 16).unwrap(), want);
     // And the device goes on.
     let x = gpu.upload(&[2.0f32; 64]).unwrap();
     assert_eq!(rotate(&gpu, "rotate_synced", &x, 32), vec![2.0f32; 64]);
