@@ -57,12 +57,19 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 /// `--device NAME` as a device that can be used now: parsed, and the GPU opened (the CUDA
-/// backend's error, naming what is missing, when it cannot be).
+/// backend's error, naming what is missing, when it cannot be). A GPU is logged to stderr with
+/// its name, and as "simulated" on the CUDA simulator (`COTMAE_CUDA_SIM=1`).
 pub fn open_device(name: &str) -> Result<Device> {
     let device = parse_device(name)?;
     device
         .ensure_available()
         .map_err(|e| Error::Config(format!("--device {name}: {e}")))?;
+    if !device.is_cpu() {
+        let what = device
+            .describe()
+            .map_err(|e| Error::Config(format!("--device {name}: {e}")))?;
+        eprintln!("--device {name}: {what}");
+    }
     Ok(device)
 }
 

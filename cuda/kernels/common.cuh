@@ -25,23 +25,84 @@ typedef unsigned long long u64;
 struct __align__(2) f16 { u16 bits; };
 struct __align__(2) bf16 { u16 bits; };
 
+// Dynamic shared memory (the launch's `shared_bytes`) as an array `NAME` of T: the `extern
+// __shared__` array on the GPU, the launch's buffer in the simulator.
+#ifndef COTMAE_SIM
+#define DYNAMIC_SHARED(T, NAME) extern __shared__ T NAME[]
+#else
+#define DYNAMIC_SHARED(T, NAME) T* const NAME = static_cast<T*>(cotmae_sim_dynamic_shared())
+#endif
+
 // ---- conversions ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
+#ifndef COTMAE_SIM
 __device__ __forceinline__ float to_f32(f16 x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
 }
+#else
+// The simulator's twin of cvt.f32.f16 (exact): subnormals normalised, NaN quieted, sign kept.
+__device__ __forceinline__ float to_f32(f16 x) {
+    const u32 sign = (u32)(x.bits & 0x8000u) << 16, exp = (x.bits >> 10) & 0x1fu, man = x.bits & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man ? 0x00400000u | (man << 13) : 0u));
+    if (exp != 0) return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+    if (man == 0) return __uint_as_float(sign);
+    int e = 113;  // a subnormal: shift the leading one up to the implicit bit
+    u32 m = man;
+    while (!(m & 0x400u)) { m <<= 1; --e; }
+    return __uint_as_float(sign | ((u32)e << 23) | ((m & 0x3ffu) << 13));
+}
+#endif
 __device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
 
 template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+#ifndef COTMAE_SIM
 template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
     f16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
     return h;
 }
+#else
+// The simulator's twin of cvt.rn.f16.f32: round to nearest, ties to even, overflow to infinity,
+// NaN quiet with its sign and top payload bits (the `half` crate's f16::from_f32).
+template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
+    const u32 u = __float_as_uint(x), sign = (u >> 16) & 0x8000u, exp = (u >> 23) & 0xffu;
+    const u32 man = u & 0x7fffffu;
+    f16 h;
+    if (exp == 0xffu) {
+        h.bits = (u16)(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0u));
+        return h;
+    }
+    const int e = (int)exp - 127 + 15;  // the f16 exponent field
+    if (e >= 0x1f) {
+        h.bits = (u16)(sign | 0x7c00u);
+        return h;
+    }
+    u32 full, shift;  // the significand with its implicit one, and the bits to drop
+    u32 base;         // what the kept bits are added to
+    if (e <= 0) {
+        if (e < -10) {  // below half the smallest subnormal: rounds to zero
+            h.bits = (u16)sign;
+            return h;
+        }
+        full = man | 0x800000u;
+        shift = (u32)(14 - e);
+        base = sign;
+    } else {
+        full = man;
+        shift = 13u;
+        base = sign | ((u32)e << 10);
+    }
+    u32 kept = full >> shift;
+    const u32 rest = full & ((1u << shift) - 1u), half_ulp = 1u << (shift - 1u);
+    if (rest > half_ulp || (rest == half_ulp && (kept & 1u))) ++kept;  // may carry into the exponent
+    h.bits = (u16)(base + kept);
+    return h;
+}
+#endif
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
     u32 u = __float_as_uint(x);
     bf16 b;

@@ -69,7 +69,7 @@ __device__ void load_keys(const T* xr, i64 n, i64 start, int cap, bool ascending
 
 template <typename T>
 __device__ void topk(const T* x, i64 n, int k, int cap, bool ascending, T* values, i64* indices) {
-    extern __shared__ u64 keys[];
+    DYNAMIC_SHARED(u64, keys);
     const i64 row = blockIdx.x;
     const T* xr = x + row * n;
     load_keys(xr, n, 0, cap, ascending, keys);

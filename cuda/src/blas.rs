@@ -15,6 +15,7 @@
 use crate::buffer::{DeviceBuffer, DeviceElem};
 use crate::error::bail;
 use crate::gpu::Gpu;
+use crate::sim::cublas as sim;
 use crate::{Error, Result};
 use cudarc::cublas::sys as cb;
 use cudarc::cublaslt::sys as lt;
@@ -32,23 +33,28 @@ pub enum MathMode {
     Tf32,
 }
 
-/// An element type cuBLAS multiplies with f32 accumulation.
+/// An element type cuBLAS multiplies with f32 accumulation (`SIM`: the same type for the
+/// simulated cuBLAS).
 pub trait GemmElem: DeviceElem {
     const CUBLAS: cb::cudaDataType;
     const CUBLASLT: lt::cudaDataType;
+    const SIM: sim::DataType;
 }
 
 impl GemmElem for f32 {
     const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_32F;
     const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_32F;
+    const SIM: sim::DataType = sim::DataType::F32;
 }
 impl GemmElem for f16 {
     const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_16F;
     const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_16F;
+    const SIM: sim::DataType = sim::DataType::F16;
 }
 impl GemmElem for bf16 {
     const CUBLAS: cb::cudaDataType = cb::cudaDataType::CUDA_R_16BF;
     const CUBLASLT: lt::cudaDataType = lt::cudaDataType::CUDA_R_16BF;
+    const SIM: sim::DataType = sim::DataType::Bf16;
 }
 
 /// A read operand (see the module docs).
@@ -160,7 +166,8 @@ impl Blas {
             cudarc::cublas::result::create_handle().map_err(|e| Error::blas("cublasCreate", e))?,
         );
         // SAFETY: a live handle and our stream.
-        unsafe { cudarc::cublas::result::set_stream(cublas.0, gpu.stream().cu_stream() as _) }
+        let stream = gpu.cuda_stream("cuBLAS")?.cu_stream();
+        unsafe { cudarc::cublas::result::set_stream(cublas.0, stream as _) }
             .map_err(|e| Error::blas("cublasSetStream", e))?;
         let lt = LtHandle(
             cudarc::cublaslt::result::create_handle()
@@ -320,6 +327,43 @@ fn plan<T: DeviceElem>(
     })
 }
 
+impl Plan {
+    /// The swapped column-major call (Cᵀ = Bᵀ·Aᵀ) for the simulated cuBLAS.
+    fn sim_gemm<T: GemmElem>(&self, alpha: f32, beta: f32, math: MathMode) -> sim::GemmEx {
+        let op = |t: bool| {
+            if t {
+                sim::Operation::T
+            } else {
+                sim::Operation::N
+            }
+        };
+        let tf32 = T::TYPE == crate::ElemType::F32 && math == MathMode::Tf32;
+        sim::GemmEx {
+            transa: op(self.trans_b),
+            transb: op(self.trans_a),
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            alpha,
+            a: self.b as *const c_void,
+            atype: T::SIM,
+            lda: self.ld_b,
+            b: self.a as *const c_void,
+            btype: T::SIM,
+            ldb: self.ld_a,
+            beta,
+            c: self.c as *mut c_void,
+            ctype: T::SIM,
+            ldc: self.ldc,
+            compute: if tf32 {
+                sim::ComputeType::F32FastTf32
+            } else {
+                sim::ComputeType::F32
+            },
+        }
+    }
+}
+
 fn cublas_op(t: bool) -> cb::cublasOperation_t {
     if t {
         cb::cublasOperation_t::CUBLAS_OP_T
@@ -353,6 +397,20 @@ pub fn gemm<T: GemmElem>(
     let p = plan(OP, gpu, &a, &b, &c, batch)?;
     if p.m == 0 || p.n == 0 || batch == 0 {
         return Ok(());
+    }
+    if let Some(device) = gpu.sim() {
+        let g = p.sim_gemm::<T>(alpha, beta, math);
+        let strides = sim::BatchStrides {
+            stride_a: b.batch_stride as i64,
+            stride_b: a.batch_stride as i64,
+            stride_c: c.batch_stride as i64,
+            batch_count: batch as i32,
+        };
+        // SAFETY: as for cuBLAS below: every operand's extent was checked against its buffer,
+        // and a simulated buffer's device address is its host address.
+        return device
+            .ordered(|| unsafe { sim::gemm_strided_batched_ex(&g, &strides) })
+            .map_err(|s| Error::blas("cublasGemmStridedBatchedEx (simulated)", s));
     }
     let blas = gpu.blas_handles()?;
     let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
@@ -456,6 +514,37 @@ pub fn gemm_bias<T: GemmElem>(
         return Ok(());
     }
     let bias_addr = bias.0.address_at(OP, bias.1, p.n as usize)?;
+    if let Some(device) = gpu.sim() {
+        let g = p.sim_gemm::<T>(1.0, 0.0, math);
+        let layout = |(rows, cols): (u64, u64), ld: i32| sim::LtLayout {
+            dtype: T::SIM,
+            rows,
+            cols,
+            ld: ld as i64,
+        };
+        let (n, m, k) = (p.n as u64, p.m as u64, p.k as u64);
+        let d = layout((n, m), p.ldc);
+        let lt = sim::LtMatmulBias {
+            compute: g.compute,
+            transa: g.transa,
+            transb: g.transb,
+            alpha: 1.0,
+            a: g.a,
+            a_layout: layout(if p.trans_b { (k, n) } else { (n, k) }, p.ld_b),
+            b: g.b,
+            b_layout: layout(if p.trans_a { (m, k) } else { (k, m) }, p.ld_a),
+            beta: 0.0,
+            c: g.c,
+            c_layout: d,
+            d: g.c,
+            d_layout: d,
+            bias: bias_addr as *const c_void,
+        };
+        // SAFETY: every operand's extent and the bias's were checked against their buffers.
+        return device
+            .ordered(|| unsafe { sim::lt_matmul_bias(&lt) })
+            .map_err(|s| Error::blas("cublasLtMatmul (simulated)", s));
+    }
     let blas = gpu.blas_handles()?;
     let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
     gpu.bind()?;
@@ -592,7 +681,7 @@ pub fn gemm_bias<T: GemmElem>(
                     &heuristic.algo,
                     blas.workspace.device_address() as *mut c_void,
                     ws,
-                    gpu.stream().cu_stream() as _,
+                    gpu.cuda_stream("cuBLASLt")?.cu_stream() as _,
                 ),
             )
         }

@@ -1,6 +1,8 @@
 //! Device memory: [`DeviceBuffer<T>`], a typed, owned allocation of `len` elements on one GPU,
 //! taken from that GPU's stream-ordered pool (see `gpu.rs`) and given back to it on drop, and the
-//! element types a buffer can hold ([`DeviceElem`], tagged at run time by [`ElemType`]).
+//! element types a buffer can hold ([`DeviceElem`], tagged at run time by [`ElemType`]). On a
+//! simulated GPU the allocation is host memory fenced by guard pages (`sim/memory.rs`), and its
+//! device address is its host address.
 //!
 //! Layout: a buffer is a flat array; ops see it through an element offset and strides
 //! ([`crate::Strided`]), never through `Tensor`. Kernels receive raw device addresses, computed
@@ -87,9 +89,15 @@ device_elem!(u8, U8);
 /// `upload`); freed (back into the pool, ordered on the GPU's stream) when dropped. An empty
 /// buffer holds one unused element underneath (the driver rejects zero-byte allocations).
 pub struct DeviceBuffer<T: DeviceElem> {
-    pub(crate) slice: CudaSlice<T>,
+    pub(crate) storage: Storage<T>,
     pub(crate) len: usize,
     pub(crate) ordinal: usize,
+}
+
+/// Where a buffer's elements live: a CUDA allocation, or a simulated one (host memory).
+pub(crate) enum Storage<T: DeviceElem> {
+    Cuda(CudaSlice<T>),
+    Sim(crate::sim::memory::SimAlloc),
 }
 
 impl<T: DeviceElem> DeviceBuffer<T> {
@@ -112,10 +120,20 @@ impl<T: DeviceElem> DeviceBuffer<T> {
 
     /// The device address of element 0.
     pub fn device_address(&self) -> u64 {
-        // Event tracking is off on our contexts (one stream per device), so the returned guard
-        // records nothing.
-        let (ptr, _guard) = self.slice.device_ptr(self.slice.stream());
-        ptr
+        match &self.storage {
+            Storage::Cuda(slice) => {
+                // Event tracking is off on our contexts (one stream per device), so the returned
+                // guard records nothing.
+                let (ptr, _guard) = slice.device_ptr(slice.stream());
+                ptr
+            }
+            Storage::Sim(a) => a.address(),
+        }
+    }
+
+    /// Whether the buffer lives on a simulated GPU.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.storage, Storage::Sim(_))
     }
 
     /// The device address of element `offset` when elements `offset..offset + count` lie inside
@@ -137,13 +155,19 @@ impl<T: DeviceElem> DeviceBuffer<T> {
     }
 
     /// The cudarc slice underneath, for code that calls cudarc directly (one element long for an
-    /// empty buffer).
-    pub fn as_cuda_slice(&self) -> &CudaSlice<T> {
-        &self.slice
+    /// empty buffer); None on a simulated GPU.
+    pub fn as_cuda_slice(&self) -> Option<&CudaSlice<T>> {
+        match &self.storage {
+            Storage::Cuda(slice) => Some(slice),
+            Storage::Sim(_) => None,
+        }
     }
 
-    pub fn as_cuda_slice_mut(&mut self) -> &mut CudaSlice<T> {
-        &mut self.slice
+    pub fn as_cuda_slice_mut(&mut self) -> Option<&mut CudaSlice<T>> {
+        match &mut self.storage {
+            Storage::Cuda(slice) => Some(slice),
+            Storage::Sim(_) => None,
+        }
     }
 }
 

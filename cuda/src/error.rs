@@ -14,8 +14,9 @@ pub enum Error {
     /// A CUDA driver call failed.
     #[error("CUDA driver call {call} failed: {message}")]
     Driver { call: &'static str, message: String },
-    /// NVRTC rejected a kernel file; `log` is the compiler's output.
-    #[error("NVRTC could not compile {file} for {arch}:\n{log}")]
+    /// NVRTC (or, for the simulator, the host C++ compiler) rejected a kernel file; `log` is the
+    /// compiler's output.
+    #[error("could not compile {file} for {arch}:\n{log}")]
     Compile {
         file: &'static str,
         arch: String,

@@ -17,8 +17,10 @@
 //!   first use (`nvrtc.rs`), loads the module once and caches each function.
 //! - Timing: [`Gpu::timer`] records CUDA events on the stream.
 
-use crate::buffer::{DeviceBuffer, DeviceElem};
+use crate::buffer::{DeviceBuffer, DeviceElem, Storage};
 use crate::nvrtc::{self, KernelFile};
+use crate::sim::launch::DEFAULT_SHARED_BYTES;
+use crate::sim::{self, device::SimDevice};
 use crate::{Error, Result};
 use cudarc::driver::sys::{
     CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUmemPool_attribute,
@@ -172,9 +174,19 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
 }
 
 /// The CUDA devices of this machine, or an [`Error::Unavailable`] saying why CUDA cannot be used
-/// (a missing library, a driver older than CUDA 13.0, no device).
+/// (a missing library, a driver older than CUDA 13.0, no device). With `COTMAE_CUDA_SIM=1`, the
+/// simulated devices instead (libcuda is never touched).
 pub fn availability() -> Result<Vec<DeviceInfo>> {
-    init_driver()?;
+    if sim::enabled() {
+        return sim::device::availability();
+    }
+    init_driver().map_err(|e| match e {
+        Error::Unavailable(r) => Error::Unavailable(format!(
+            "{r} (set {}=1 to run on the CUDA simulator instead)",
+            sim::SIM_ENV
+        )),
+        other => other,
+    })?;
     let count = guard("cuDeviceGetCount", dr::device::get_count)?
         .map_err(|e| Error::driver("cuDeviceGetCount", e))?;
     if count <= 0 {
@@ -205,9 +217,6 @@ pub(crate) struct Launch {
     pub block: (u32, u32, u32),
     pub shared_bytes: u32,
 }
-
-/// Dynamic shared memory a launch may use without opting in (48 KiB on every architecture).
-const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
 /// Threads per block of the 1-D grid-stride kernels.
 pub(crate) const THREADS: u32 = 256;
@@ -243,13 +252,33 @@ impl Launch {
 /// takes `&self` and may be called from any thread.
 pub struct Gpu {
     info: DeviceInfo,
+    backend: Backend,
+    pub(crate) blas: Mutex<Option<Arc<crate::blas::Blas>>>,
+}
+
+/// A real device through the driver, or the simulator.
+enum Backend {
+    Cuda(CudaDevice),
+    Sim(SimDevice),
+}
+
+/// What a real GPU's `Gpu` holds.
+struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     /// [code, value low, value high, unused], zero when no kernel reported anything.
     status: cudarc::driver::CudaSlice<u32>,
-    pub(crate) blas: Mutex<Option<Arc<crate::blas::Blas>>>,
+}
+
+/// A kernel as [`Gpu::function`] finds it.
+#[derive(Clone, Debug)]
+pub enum Function {
+    /// A function of a loaded CUDA module.
+    Cuda(CudaFunction),
+    /// A kernel of a simulated device (its entry point in the host-compiled library).
+    Simulated,
 }
 
 /// The process-wide handle of device `ordinal`, created on first use. Prefer this to
@@ -269,8 +298,11 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
 impl Gpu {
     /// Opens device `ordinal`: its primary context, a new compute stream, the pool setting and
     /// the status word. Errors (never panics) when CUDA is unavailable or the device does not
-    /// exist.
+    /// exist. With `COTMAE_CUDA_SIM=1`, opens a simulated device ([`Gpu::simulated`]).
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        if sim::enabled() {
+            return Gpu::simulated(ordinal);
+        }
         let devices = availability()?;
         let Some(info) = devices.iter().find(|d| d.ordinal == ordinal).cloned() else {
             return Err(Error::Unavailable(format!(
@@ -280,6 +312,16 @@ impl Gpu {
             )));
         };
         guard("opening the device", || Self::open(info))?
+    }
+
+    /// Opens simulated device `ordinal` (0..8) whatever `COTMAE_CUDA_SIM` says (see `sim/`).
+    pub fn simulated(ordinal: usize) -> Result<Arc<Gpu>> {
+        let (info, device) = SimDevice::open(ordinal)?;
+        Ok(Arc::new(Gpu {
+            info,
+            backend: Backend::Sim(device),
+            blas: Mutex::new(None),
+        }))
     }
 
     fn open(info: DeviceInfo) -> Result<Arc<Gpu>> {
@@ -311,13 +353,28 @@ impl Gpu {
             .map_err(|e| Error::driver("cuMemAllocAsync", e))?;
         Ok(Arc::new(Gpu {
             info,
-            ctx,
-            stream,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            status,
+            backend: Backend::Cuda(CudaDevice {
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                status,
+            }),
             blas: Mutex::new(None),
         }))
+    }
+
+    /// Whether this is a simulated device (`COTMAE_CUDA_SIM=1`).
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.backend, Backend::Sim(_))
+    }
+
+    /// The simulated device, or None on a real GPU.
+    pub(crate) fn sim(&self) -> Option<&SimDevice> {
+        match &self.backend {
+            Backend::Sim(s) => Some(s),
+            Backend::Cuda(_) => None,
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -332,38 +389,61 @@ impl Gpu {
         self.info.compute_capability
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+    /// The CUDA context, or None on a simulated device.
+    pub fn context(&self) -> Option<&Arc<CudaContext>> {
+        self.cuda().map(|c| &c.ctx)
     }
 
-    /// The compute stream every op of this GPU runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// The compute stream every op of this GPU runs on, or None on a simulated device.
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        self.cuda().map(|c| &c.stream)
     }
 
+    fn cuda(&self) -> Option<&CudaDevice> {
+        match &self.backend {
+            Backend::Cuda(c) => Some(c),
+            Backend::Sim(_) => None,
+        }
+    }
+
+    /// The real device's stream, or an error naming `call` on a simulated device (for the
+    /// library calls the simulator does not provide).
+    pub(crate) fn cuda_stream(&self, call: &'static str) -> Result<&Arc<CudaStream>> {
+        self.stream().ok_or_else(|| {
+            Error::Unavailable(format!("{call} is not yet simulated (COTMAE_CUDA_SIM=1)"))
+        })
+    }
+
+    /// Makes the context current on this thread (nothing to do on a simulated device).
     pub(crate) fn bind(&self) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::driver("cuCtxSetCurrent", e))
+        match &self.backend {
+            Backend::Cuda(c) => c
+                .ctx
+                .bind_to_thread()
+                .map_err(|e| Error::driver("cuCtxSetCurrent", e)),
+            Backend::Sim(_) => Ok(()),
+        }
     }
 
     // ---- memory -------------------------------------------------------------------------
 
-    /// `len` elements whose values are unspecified (whatever the pool's memory held).
+    /// `len` elements whose values are unspecified (whatever the pool's memory held; 0xFF bytes
+    /// on a simulated device).
     pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
-        // SAFETY: every DeviceElem accepts any bit pattern, so unwritten memory is a valid value.
-        let slice =
-            unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| alloc_error::<T>(len, e))?;
-        Ok(self.wrap(slice, len))
+        let storage = match &self.backend {
+            // SAFETY: every DeviceElem accepts any bit pattern, so unwritten memory is a valid
+            // value.
+            Backend::Cuda(c) => Storage::Cuda(
+                unsafe { c.stream.alloc::<T>(len.max(1)) }.map_err(|e| alloc_error::<T>(len, e))?,
+            ),
+            Backend::Sim(s) => Storage::Sim(s.alloc(sim_bytes::<T>(len)?)?),
+        };
+        Ok(self.wrap(storage, len))
     }
 
-    fn wrap<T: DeviceElem>(
-        &self,
-        slice: cudarc::driver::CudaSlice<T>,
-        len: usize,
-    ) -> DeviceBuffer<T> {
+    fn wrap<T: DeviceElem>(&self, storage: Storage<T>, len: usize) -> DeviceBuffer<T> {
         DeviceBuffer {
-            slice,
+            storage,
             len,
             ordinal: self.ordinal(),
         }
@@ -371,11 +451,20 @@ impl Gpu {
 
     /// `len` zeros.
     pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
-        let slice = self
-            .stream
-            .alloc_zeros::<T>(len.max(1))
-            .map_err(|e| alloc_error::<T>(len, e))?;
-        Ok(self.wrap(slice, len))
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let slice = c
+                    .stream
+                    .alloc_zeros::<T>(len.max(1))
+                    .map_err(|e| alloc_error::<T>(len, e))?;
+                Ok(self.wrap(Storage::Cuda(slice), len))
+            }
+            Backend::Sim(_) => {
+                let mut buf = self.alloc::<T>(len)?;
+                self.fill_zeros(&mut buf)?;
+                Ok(buf)
+            }
+        }
     }
 
     /// Sets every element of `buf` to zero (asynchronously, on the stream).
@@ -384,9 +473,18 @@ impl Gpu {
         if buf.is_empty() {
             return Ok(());
         }
-        self.stream
-            .memset_zeros(&mut buf.slice)
-            .map_err(|e| Error::driver("cuMemsetD8Async", e))
+        match (&self.backend, &mut buf.storage) {
+            (Backend::Cuda(c), Storage::Cuda(slice)) => c
+                .stream
+                .memset_zeros(slice)
+                .map_err(|e| Error::driver("cuMemsetD8Async", e)),
+            (Backend::Sim(s), Storage::Sim(a)) => {
+                // SAFETY: the buffer's own bytes.
+                unsafe { s.memset(a.ptr(), 0, a.bytes()) };
+                Ok(())
+            }
+            _ => Err(mixed_backends("fill_zeros")),
+        }
     }
 
     /// A device copy of `data`.
@@ -394,21 +492,42 @@ impl Gpu {
         if data.is_empty() {
             return self.alloc(0);
         }
-        let slice = self
-            .stream
-            .clone_htod(data)
-            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
-        Ok(self.wrap(slice, data.len()))
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let slice = c
+                    .stream
+                    .clone_htod(data)
+                    .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
+                Ok(self.wrap(Storage::Cuda(slice), data.len()))
+            }
+            Backend::Sim(_) => {
+                let mut buf = self.alloc::<T>(data.len())?;
+                self.upload_into(data, &mut buf, 0)?;
+                Ok(buf)
+            }
+        }
     }
 
     /// A device copy of host records a kernel reads (multi-tensor tables), freed when dropped.
     pub(crate) fn upload_records<T: cudarc::driver::DeviceRepr>(
         &self,
         data: &[T],
-    ) -> Result<cudarc::driver::CudaSlice<T>> {
-        self.stream
-            .clone_htod(data)
-            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))
+    ) -> Result<Records<T>> {
+        match &self.backend {
+            Backend::Cuda(c) => c
+                .stream
+                .clone_htod(data)
+                .map(Records::Cuda)
+                .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e)),
+            Backend::Sim(s) => {
+                let bytes = std::mem::size_of_val(data);
+                let a = s.alloc(bytes)?;
+                // SAFETY: `bytes` bytes of the records (padding included, copied as raw bytes)
+                // into a fresh allocation of that size.
+                unsafe { s.copy(a.ptr(), data.as_ptr() as *const u8, bytes) };
+                Ok(Records::Sim(a, std::marker::PhantomData))
+            }
+        }
     }
 
     /// Copies `data` into `buf[offset..offset + data.len()]`.
@@ -419,14 +538,30 @@ impl Gpu {
         offset: usize,
     ) -> Result<()> {
         self.same_device("upload_into", buf)?;
-        buf.address_at("upload_into", offset, data.len())?;
+        let addr = buf.address_at("upload_into", offset, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
-        let mut view = buf.slice.slice_mut(offset..offset + data.len());
-        self.stream
-            .memcpy_htod(data, &mut view)
-            .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))
+        match (&self.backend, &mut buf.storage) {
+            (Backend::Cuda(c), Storage::Cuda(slice)) => {
+                let mut view = slice.slice_mut(offset..offset + data.len());
+                c.stream
+                    .memcpy_htod(data, &mut view)
+                    .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))
+            }
+            (Backend::Sim(s), Storage::Sim(_)) => {
+                // SAFETY: the destination range was bounds-checked above.
+                unsafe {
+                    s.copy(
+                        addr as *mut u8,
+                        data.as_ptr() as *const u8,
+                        std::mem::size_of_val(data),
+                    )
+                };
+                Ok(())
+            }
+            _ => Err(mixed_backends("upload_into")),
+        }
     }
 
     /// The whole buffer on the host (waits for the stream).
@@ -442,16 +577,31 @@ impl Gpu {
         len: usize,
     ) -> Result<Vec<T>> {
         self.same_device("download", buf)?;
-        buf.address_at("download", offset, len)?;
+        let addr = buf.address_at("download", offset, len)?;
         let mut out = vec![T::default(); len];
         if len == 0 {
             return Ok(out);
         }
-        let view = buf.slice.slice(offset..offset + len);
-        self.stream
-            .memcpy_dtoh(&view, &mut out[..])
-            .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
-        self.synchronize()?;
+        match (&self.backend, &buf.storage) {
+            (Backend::Cuda(c), Storage::Cuda(slice)) => {
+                let view = slice.slice(offset..offset + len);
+                c.stream
+                    .memcpy_dtoh(&view, &mut out[..])
+                    .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+                self.synchronize()?;
+            }
+            (Backend::Sim(s), Storage::Sim(_)) => {
+                // SAFETY: the source range was bounds-checked above; `out` holds `len` elements.
+                unsafe {
+                    s.copy(
+                        out.as_mut_ptr() as *mut u8,
+                        addr as *const u8,
+                        len * std::mem::size_of::<T>(),
+                    )
+                };
+            }
+            _ => return Err(mixed_backends("download")),
+        }
         Ok(out)
     }
 
@@ -471,17 +621,20 @@ impl Gpu {
         if len == 0 {
             return Ok(());
         }
-        self.bind()?;
-        // SAFETY: both ranges were bounds-checked; the copy is ordered on our stream.
-        unsafe {
-            dr::memcpy_dtod_async(
-                d,
-                s,
-                len * std::mem::size_of::<T>(),
-                self.stream.cu_stream(),
-            )
+        let bytes = len * std::mem::size_of::<T>();
+        match &self.backend {
+            Backend::Cuda(c) => {
+                self.bind()?;
+                // SAFETY: both ranges were bounds-checked; the copy is ordered on our stream.
+                unsafe { dr::memcpy_dtod_async(d, s, bytes, c.stream.cu_stream()) }
+                    .map_err(|e| Error::driver("cuMemcpyDtoDAsync", e))
+            }
+            Backend::Sim(sim) => {
+                // SAFETY: both ranges were bounds-checked, and lie in buffers of this device.
+                unsafe { sim.copy(d as *mut u8, s as *const u8, bytes) };
+                Ok(())
+            }
         }
-        .map_err(|e| Error::driver("cuMemcpyDtoDAsync", e))
     }
 
     /// Errors unless `buf` lives on this GPU.
@@ -490,12 +643,22 @@ impl Gpu {
         op: &'static str,
         buf: &DeviceBuffer<T>,
     ) -> Result<()> {
-        if buf.ordinal() != self.ordinal() {
+        if buf.ordinal() != self.ordinal() || buf.is_simulated() != self.is_simulated() {
             crate::error::bail!(
                 op,
-                "a buffer on cuda:{} was passed to an op on cuda:{}",
+                "a buffer on cuda:{}{} was passed to an op on cuda:{}{}",
                 buf.ordinal(),
-                self.ordinal()
+                if buf.is_simulated() {
+                    " (simulated)"
+                } else {
+                    ""
+                },
+                self.ordinal(),
+                if self.is_simulated() {
+                    " (simulated)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(())
@@ -503,26 +666,34 @@ impl Gpu {
 
     /// A testing aid: takes `bytes` from the pool, fills them with 0xFF (a NaN in every float
     /// type, -1 in the integers) and gives them back, so the next allocations start from garbage
-    /// and a kernel that leaves an output element unwritten is caught.
+    /// and a kernel that leaves an output element unwritten is caught. (A simulated device fills
+    /// every new allocation with 0xFF, so there it only checks that `bytes` can be allocated.)
     pub fn poison_pool(&self, bytes: usize) -> Result<()> {
         let buf = self.alloc::<u8>(bytes)?;
         if bytes > 0 {
-            self.bind()?;
-            // SAFETY: the buffer's own bytes, in stream order.
-            unsafe {
-                dr::memset_d8_async(buf.device_address(), 0xFF, bytes, self.stream.cu_stream())
+            if let Backend::Cuda(c) = &self.backend {
+                self.bind()?;
+                // SAFETY: the buffer's own bytes, in stream order.
+                unsafe {
+                    dr::memset_d8_async(buf.device_address(), 0xFF, bytes, c.stream.cu_stream())
+                }
+                .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
             }
-            .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
         }
         Ok(())
     }
 
-    /// Bytes the pool holds from the driver and bytes in live buffers.
+    /// Bytes the pool holds from the driver and bytes in live buffers (on a simulated device:
+    /// the bytes of live buffers, and their high-water mark since the last trim).
     pub fn pool_usage(&self) -> Result<PoolUsage> {
+        let c = match &self.backend {
+            Backend::Cuda(c) => c,
+            Backend::Sim(s) => return Ok(s.pool_usage()),
+        };
         self.bind()?;
         // SAFETY: the pool of our device; both attributes are u64.
         unsafe {
-            let pool = dr::device::get_mem_pool(self.ctx.cu_device())
+            let pool = dr::device::get_mem_pool(c.ctx.cu_device())
                 .map_err(|e| Error::driver("cuDeviceGetMemPool", e))?;
             let (mut reserved, mut used) = (0u64, 0u64);
             dr::mem_pool::get_attribute(
@@ -544,9 +715,16 @@ impl Gpu {
     /// Gives pool memory not held by live buffers back to the driver, keeping `keep_bytes`.
     pub fn trim_pool(&self, keep_bytes: usize) -> Result<()> {
         self.synchronize()?;
+        let c = match &self.backend {
+            Backend::Cuda(c) => c,
+            Backend::Sim(s) => {
+                s.pool.trim(keep_bytes as u64);
+                return Ok(());
+            }
+        };
         // SAFETY: the pool of our device.
         unsafe {
-            let pool = dr::device::get_mem_pool(self.ctx.cu_device())
+            let pool = dr::device::get_mem_pool(c.ctx.cu_device())
                 .map_err(|e| Error::driver("cuDeviceGetMemPool", e))?;
             dr::mem_pool::trim_to(pool, keep_bytes).map_err(|e| Error::driver("cuMemPoolTrimTo", e))
         }
@@ -554,37 +732,59 @@ impl Gpu {
 
     // ---- synchronisation, status, timing -------------------------------------------------
 
-    /// Waits for everything issued on the stream.
+    /// Waits for everything issued on the stream (a simulated device's work is done when issued).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::driver("cuStreamSynchronize", e))
+        match &self.backend {
+            Backend::Cuda(c) => c
+                .stream
+                .synchronize()
+                .map_err(|e| Error::driver("cuStreamSynchronize", e)),
+            Backend::Sim(s) => {
+                s.ordered(|| ());
+                Ok(())
+            }
+        }
     }
 
     /// The device address of the status word kernels report bad input to.
     pub(crate) fn status_address(&self) -> u64 {
-        let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&self.status, &self.stream);
-        ptr
+        match &self.backend {
+            Backend::Cuda(c) => {
+                let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&c.status, &c.stream);
+                ptr
+            }
+            Backend::Sim(s) => s.status_address(),
+        }
     }
 
     /// Waits for the stream, then errors if a kernel since the last check reported bad input
     /// (an index or target out of range), and clears the report.
     pub fn check_status(&self) -> Result<()> {
         self.synchronize()?;
-        let mut words = [0u32; 4];
-        self.stream
-            .memcpy_dtoh(&self.status, &mut words[..])
-            .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
-        self.synchronize()?;
+        let words = match &self.backend {
+            Backend::Cuda(c) => {
+                let mut words = [0u32; 4];
+                c.stream
+                    .memcpy_dtoh(&c.status, &mut words[..])
+                    .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+                self.synchronize()?;
+                if words[0] != 0 {
+                    self.bind()?;
+                    // SAFETY: the four status words of this GPU, cleared in stream order.
+                    unsafe {
+                        dr::memset_d8_async(self.status_address(), 0, 16, c.stream.cu_stream())
+                    }
+                    .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
+                    self.synchronize()?;
+                }
+                words
+            }
+            Backend::Sim(s) => s.take_status(),
+        };
         if words[0] == 0 {
             return Ok(());
         }
         let value = (words[1] as u64 | (words[2] as u64) << 32) as i64;
-        self.bind()?;
-        // SAFETY: the four status words of this GPU, cleared in stream order.
-        unsafe { dr::memset_d8_async(self.status_address(), 0, 16, self.stream.cu_stream()) }
-            .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
-        self.synchronize()?;
         Err(Error::Kernel(match words[0] {
             ERR_INDEX_OUT_OF_RANGE => format!(
                 "an index kernel (embedding, gather, scatter_add): index {value} is out of range"
@@ -595,62 +795,81 @@ impl Gpu {
     }
 
     /// A CUDA event pair around a stretch of work on the stream: call [`GpuTimer::stop`] after
-    /// issuing it, then [`GpuTimer::elapsed_ms`].
+    /// issuing it, then [`GpuTimer::elapsed_ms`]. On a simulated device the events are wall-clock
+    /// instants (its work is synchronous, so that is the time the work took on the host).
     pub fn timer(&self) -> Result<GpuTimer> {
+        let c = match &self.backend {
+            Backend::Cuda(c) => c,
+            Backend::Sim(_) => {
+                return Ok(GpuTimer::Sim {
+                    start: std::time::Instant::now(),
+                    end: Mutex::new(None),
+                })
+            }
+        };
         let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self
+        let start = c
             .ctx
             .new_event(flags)
             .map_err(|e| Error::driver("cuEventCreate", e))?;
-        let end = self
+        let end = c
             .ctx
             .new_event(flags)
             .map_err(|e| Error::driver("cuEventCreate", e))?;
         start
-            .record(&self.stream)
+            .record(&c.stream)
             .map_err(|e| Error::driver("cuEventRecord", e))?;
-        Ok(GpuTimer {
+        Ok(GpuTimer::Cuda {
             start,
             end,
-            stream: self.stream.clone(),
+            stream: c.stream.clone(),
         })
     }
 
     // ---- kernels --------------------------------------------------------------------------
 
     /// Kernel `name` of `file`, compiled for this device (on first use) and cached.
-    pub fn function(&self, file: &'static KernelFile, name: &str) -> Result<CudaFunction> {
+    pub fn function(&self, file: &'static KernelFile, name: &str) -> Result<Function> {
+        let c = match &self.backend {
+            Backend::Cuda(c) => c,
+            Backend::Sim(s) => return s.function(file, name).map(|_| Function::Simulated),
+        };
         let key = (file.name, name.to_string());
-        if let Some(f) = self
+        if let Some(f) = c
             .functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(f.clone());
+            return Ok(Function::Cuda(f.clone()));
         }
-        let module = self.module(file)?;
+        let module = self.module(c, file)?;
         let f = module
             .load_function(name)
             .map_err(|e| Error::driver("cuModuleGetFunction", e))?;
-        self.functions
+        c.functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, f.clone());
-        Ok(f)
+        Ok(Function::Cuda(f))
     }
 
     /// Compiles (once per process and compute capability) and loads (once per GPU) every kernel
     /// file, so that later timings exclude compilation.
     pub fn load_all_kernels(&self) -> Result<()> {
         for file in nvrtc::kernels::ALL {
-            self.module(file)?;
+            match &self.backend {
+                Backend::Cuda(c) => {
+                    self.module(c, file)?;
+                }
+                Backend::Sim(s) => s.load(file)?,
+            }
         }
         Ok(())
     }
 
-    fn module(&self, file: &'static KernelFile) -> Result<Arc<CudaModule>> {
-        if let Some(m) = self
+    fn module(&self, c: &CudaDevice, file: &'static KernelFile) -> Result<Arc<CudaModule>> {
+        if let Some(m) = c
             .modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -659,11 +878,11 @@ impl Gpu {
             return Ok(m.clone());
         }
         let cubin = nvrtc::cubin(file, self.compute_capability())?;
-        let module = self
+        let module = c
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.as_ref().clone()))
             .map_err(|e| Error::driver("cuModuleLoadData", e))?;
-        self.modules
+        c.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(file.name, module.clone());
@@ -672,7 +891,9 @@ impl Gpu {
 
     /// Launches kernel `name` of `file` on the stream with `args` (pointers to each argument's
     /// value, in the kernel's parameter order). A launch with more than 48 KiB of dynamic shared
-    /// memory first raises the function's limit (the device's opt-in maximum bounds it).
+    /// memory first raises the function's limit (the device's opt-in maximum bounds it). On a
+    /// simulated device the launch runs to completion before this returns, and a fault, deadlock
+    /// or limit it hits is its error.
     ///
     /// # Safety
     /// `args` must match the kernel's parameters in number, order and type, and every device
@@ -684,7 +905,17 @@ impl Gpu {
         shape: Launch,
         args: &mut [*mut c_void],
     ) -> Result<()> {
-        let f = self.function(file, name)?;
+        if let Backend::Sim(s) = &self.backend {
+            if shape.shared_bytes > DEFAULT_SHARED_BYTES {
+                s.set_max_dynamic_shared(file, name, shape.shared_bytes)?;
+            }
+            // SAFETY: the caller's promise.
+            return unsafe { s.launch(file, name, shape.into(), args) };
+        }
+        let Function::Cuda(f) = self.function(file, name)? else {
+            unreachable!("a real GPU's functions are CUDA functions")
+        };
+        let c = self.cuda().expect("checked above");
         self.bind()?;
         if shape.shared_bytes > DEFAULT_SHARED_BYTES {
             // Dynamic shared memory above the default needs a per-function opt-in.
@@ -700,11 +931,57 @@ impl Gpu {
                 shape.grid,
                 shape.block,
                 shape.shared_bytes,
-                self.stream.cu_stream(),
+                c.stream.cu_stream(),
                 args,
             )
         }
         .map_err(|e| Error::driver("cuLaunchKernel", e))
+    }
+}
+
+/// The error of an op given a buffer of the other backend (a simulated buffer on a real GPU).
+fn mixed_backends(op: &'static str) -> Error {
+    Error::arg(
+        op,
+        "a simulated buffer and a real GPU (or the reverse) were mixed",
+    )
+}
+
+/// The bytes of `len` elements of `T` (at least one element, as on the GPU).
+fn sim_bytes<T: DeviceElem>(len: usize) -> Result<usize> {
+    len.max(1)
+        .checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| Error::arg("alloc", format!("{len} elements of {} overflow", T::TYPE)))
+}
+
+/// Host records uploaded for a kernel to read ([`Gpu::upload_records`]).
+pub(crate) enum Records<T> {
+    Cuda(cudarc::driver::CudaSlice<T>),
+    Sim(crate::sim::memory::SimAlloc, std::marker::PhantomData<T>),
+}
+
+impl<T: cudarc::driver::DeviceRepr> Records<T> {
+    /// The device address of the first record.
+    pub fn address(&self, gpu: &Gpu) -> u64 {
+        match (self, gpu.stream()) {
+            (Records::Cuda(slice), Some(stream)) => {
+                cudarc::driver::DevicePtr::device_ptr(slice, stream).0
+            }
+            (Records::Sim(a, _), _) => a.address(),
+            (Records::Cuda(slice), None) => {
+                cudarc::driver::DevicePtr::device_ptr(slice, slice.stream()).0
+            }
+        }
+    }
+}
+
+impl From<Launch> for crate::sim::launch::Shape {
+    fn from(l: Launch) -> Self {
+        crate::sim::launch::Shape {
+            grid: l.grid,
+            block: l.block,
+            shared_bytes: l.shared_bytes,
+        }
     }
 }
 
@@ -724,27 +1001,51 @@ pub(crate) fn arg<T>(v: &T) -> *mut c_void {
     v as *const T as *mut c_void
 }
 
-/// Two events on a GPU's stream: `start` recorded when the timer was made, `end` by
-/// [`GpuTimer::stop`].
-pub struct GpuTimer {
-    start: CudaEvent,
-    end: CudaEvent,
-    stream: Arc<CudaStream>,
+/// Two events around work on a GPU's stream: `start` recorded when the timer was made, `end` by
+/// [`GpuTimer::stop`] (on a simulated device, wall-clock instants).
+pub enum GpuTimer {
+    Cuda {
+        start: CudaEvent,
+        end: CudaEvent,
+        stream: Arc<CudaStream>,
+    },
+    Sim {
+        start: std::time::Instant,
+        end: Mutex<Option<std::time::Instant>>,
+    },
 }
 
 impl GpuTimer {
     /// Records the end event after the work issued so far.
     pub fn stop(&self) -> Result<()> {
-        self.end
-            .record(&self.stream)
-            .map_err(|e| Error::driver("cuEventRecord", e))
+        match self {
+            GpuTimer::Cuda { end, stream, .. } => end
+                .record(stream)
+                .map_err(|e| Error::driver("cuEventRecord", e)),
+            GpuTimer::Sim { end, .. } => {
+                *end.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+                Ok(())
+            }
+        }
     }
 
     /// Milliseconds between the two events (waits for the end event).
     pub fn elapsed_ms(&self) -> Result<f32> {
-        self.start
-            .elapsed_ms(&self.end)
-            .map_err(|e| Error::driver("cuEventElapsedTime", e))
+        match self {
+            GpuTimer::Cuda { start, end, .. } => start
+                .elapsed_ms(end)
+                .map_err(|e| Error::driver("cuEventElapsedTime", e)),
+            GpuTimer::Sim { start, end } => {
+                let end = end.lock().unwrap_or_else(|p| p.into_inner());
+                let end = end.ok_or_else(|| Error::Driver {
+                    call: "cuEventElapsedTime",
+                    message: "CUDA_ERROR_INVALID_HANDLE (the end event was never recorded: call \
+                              stop first)"
+                        .into(),
+                })?;
+                Ok(end.duration_since(*start).as_secs_f32() * 1000.0)
+            }
+        }
     }
 }
 

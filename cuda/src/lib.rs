@@ -29,7 +29,7 @@ pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
 pub use error::{Error, Result};
 pub(crate) use gpu::guard;
 pub use gpu::{
-    availability, check_libraries, gpu, DeviceInfo, Gpu, GpuTimer, PoolUsage, CUDA_MAJOR,
+    availability, check_libraries, gpu, DeviceInfo, Function, Gpu, GpuTimer, PoolUsage, CUDA_MAJOR,
     CUDA_MINOR,
 };
 pub use strided::{contiguous_strides, Contig, Strided, Walk, MAX_DIMS};

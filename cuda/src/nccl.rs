@@ -28,6 +28,7 @@ use crate::gpu::{guard, Gpu};
 use crate::ops::elementwise::{map1, BinaryOp, Map1};
 use crate::ops::FloatElem;
 use crate::sim::elem::DataType as SimType;
+use crate::sim::nccl::{RedOp as SimRedOp, SimComm};
 use crate::{Error, Result, Strided};
 use cudarc::nccl::sys;
 use half::{bf16, f16};
@@ -169,10 +170,16 @@ fn check_devices(ordinals: &[usize]) -> Result<()> {
 /// another thread (`Send`) but not be shared between threads: NCCL calls on one communicator must
 /// not run concurrently.
 pub struct NcclComm {
-    comm: sys::ncclComm_t,
+    comm: Comm,
     gpu: Arc<Gpu>,
     rank: usize,
     world_size: usize,
+}
+
+/// A real NCCL communicator, or a rank of a simulated clique (on simulated devices).
+enum Comm {
+    Nccl(sys::ncclComm_t),
+    Sim(SimComm),
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls on it do not overlap;
@@ -191,11 +198,30 @@ impl NcclComm {
     pub fn for_devices(ordinals: &[usize]) -> Result<Vec<NcclComm>> {
         const CALL: &str = "ncclCommInitAll";
         check_devices(ordinals)?;
-        nccl_version()?;
         let gpus = ordinals
             .iter()
             .map(|&o| crate::gpu(o))
             .collect::<Result<Vec<_>>>()?;
+        let world_size = ordinals.len();
+        if gpus.iter().all(|g| g.is_simulated()) {
+            let comms = SimComm::init_all(world_size).map_err(|message| Error::Nccl {
+                call: CALL,
+                who: format!("ranks 0..{world_size} (simulated)"),
+                message,
+            })?;
+            return Ok(comms
+                .into_iter()
+                .zip(gpus)
+                .enumerate()
+                .map(|(rank, (comm, gpu))| NcclComm {
+                    comm: Comm::Sim(comm),
+                    gpu,
+                    rank,
+                    world_size,
+                })
+                .collect());
+        }
+        nccl_version()?;
         let devlist: Vec<c_int> = ordinals.iter().map(|&o| o as c_int).collect();
         let mut comms: Vec<sys::ncclComm_t> = vec![std::ptr::null_mut(); ordinals.len()];
         // SAFETY: `comms` has room for one handle per device of `devlist`.
@@ -207,13 +233,12 @@ impl NcclComm {
             let who = format!("ranks 0..{} on {}", ordinals.len(), devices.join(", "));
             return Err(nccl_error(CALL, who, r, None));
         }
-        let world_size = ordinals.len();
         Ok(comms
             .into_iter()
             .zip(gpus)
             .enumerate()
             .map(|(rank, (comm, gpu))| NcclComm {
-                comm,
+                comm: Comm::Nccl(comm),
                 gpu,
                 rank,
                 world_size,
@@ -246,24 +271,46 @@ impl NcclComm {
 
     /// Runs NCCL call `f` (its name `call`), turning a failure or a bindings panic into an error
     /// naming this rank.
-    fn call(&self, call: &'static str, f: impl FnOnce() -> sys::ncclResult_t) -> Result<()> {
+    fn call(
+        &self,
+        call: &'static str,
+        comm: sys::ncclComm_t,
+        f: impl FnOnce() -> sys::ncclResult_t,
+    ) -> Result<()> {
         let r = guard(call, f)?;
         if r == sys::ncclResult_t::ncclSuccess {
             return Ok(());
         }
-        Err(nccl_error(call, self.who(), r, Some(self.comm)))
+        Err(nccl_error(call, self.who(), r, Some(comm)))
     }
 
-    /// Binds this rank's GPU and runs collective `f` with the communicator and the GPU's stream.
+    /// Binds this rank's GPU and runs collective `real` with the communicator and the GPU's
+    /// stream, or, on a simulated clique, `simulated` in the device's stream order.
     fn issue(
         &self,
         call: &'static str,
-        f: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
+        real: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
+        simulated: impl FnOnce(&SimComm) -> std::result::Result<(), String>,
     ) -> Result<()> {
+        let comm = match &self.comm {
+            Comm::Nccl(c) => *c,
+            Comm::Sim(c) => {
+                let device = self
+                    .gpu
+                    .sim()
+                    .ok_or_else(|| Error::arg(call, "a simulated communicator on a real GPU"))?;
+                return device
+                    .ordered(|| simulated(c))
+                    .map_err(|message| Error::Nccl {
+                        call,
+                        who: self.who(),
+                        message,
+                    });
+            }
+        };
         self.gpu.bind()?;
-        let stream = self.gpu.stream().cu_stream() as sys::cudaStream_t;
-        let comm = self.comm;
-        self.call(call, || f(comm, stream))
+        let stream = self.gpu.cuda_stream("NCCL")?.cu_stream() as sys::cudaStream_t;
+        self.call(call, comm, || real(comm, stream))
     }
 
     /// Reduces elements `offset..offset + len` of `buf` (on this rank's GPU) across every rank,
@@ -286,17 +333,22 @@ impl NcclComm {
         // SAFETY: the range was checked to lie inside `buf`, which lives on this communicator's
         // GPU; reading and writing it in place is allowed; the collective is ordered on the
         // stream every other use of `buf` is ordered on.
-        self.issue(CALL, |comm, stream| unsafe {
-            sys::ncclAllReduce(
-                addr as *const c_void,
-                addr as *mut c_void,
-                len,
-                T::NCCL,
-                sys::ncclRedOp_t::ncclSum,
-                comm,
-                stream,
-            )
-        })?;
+        let (send, recv) = (addr as *const c_void, addr as *mut c_void);
+        self.issue(
+            CALL,
+            |comm, stream| unsafe {
+                sys::ncclAllReduce(
+                    send,
+                    recv,
+                    len,
+                    T::NCCL,
+                    sys::ncclRedOp_t::ncclSum,
+                    comm,
+                    stream,
+                )
+            },
+            |sim| unsafe { sim.all_reduce(send, recv, len, T::SIM, SimRedOp::Sum) },
+        )?;
         if op == Reduce::Mean && self.world_size > 1 {
             let strides = [1usize];
             let divisor = Map1::Scalar(BinaryOp::Div, self.world_size as f32);
@@ -337,16 +389,12 @@ impl NcclComm {
         // SAFETY: the whole receive range was checked to lie inside `buf` on this rank's GPU, and
         // the send range is this rank's slot of it (NCCL's in-place all-gather); ordered on the
         // stream every other use of `buf` is ordered on.
-        self.issue(CALL, |comm, stream| unsafe {
-            sys::ncclAllGather(
-                send as *const c_void,
-                addr as *mut c_void,
-                count,
-                T::NCCL,
-                comm,
-                stream,
-            )
-        })
+        let (send, recv) = (send as *const c_void, addr as *mut c_void);
+        self.issue(
+            CALL,
+            |comm, stream| unsafe { sys::ncclAllGather(send, recv, count, T::NCCL, comm, stream) },
+            |sim| unsafe { sim.all_gather(send, recv, count, T::SIM) },
+        )
     }
 
     /// Copies rank `root`'s elements `offset..offset + len` of `buf` into the same range of every
@@ -370,26 +418,26 @@ impl NcclComm {
         }
         // SAFETY: the range was checked to lie inside `buf` on this rank's GPU; in place is
         // allowed; ordered on the GPU's stream.
-        self.issue(CALL, |comm, stream| unsafe {
-            sys::ncclBroadcast(
-                addr as *const c_void,
-                addr as *mut c_void,
-                len,
-                T::NCCL,
-                root as c_int,
-                comm,
-                stream,
-            )
-        })
+        let (send, recv) = (addr as *const c_void, addr as *mut c_void);
+        self.issue(
+            CALL,
+            |comm, stream| unsafe {
+                sys::ncclBroadcast(send, recv, len, T::NCCL, root as c_int, comm, stream)
+            },
+            |sim| unsafe { sim.broadcast(send, recv, len, T::SIM, root) },
+        )
     }
 
     /// Errors if NCCL recorded an asynchronous failure on this communicator (a peer or link
     /// failure found while a collective ran).
     pub fn check_async(&self) -> Result<()> {
+        // A simulated collective reports its failure when it is called.
+        let Comm::Nccl(comm) = self.comm else {
+            return Ok(());
+        };
         let mut state = sys::ncclResult_t::ncclSuccess;
-        let comm = self.comm;
         // SAFETY: one out-pointer to a live status.
-        self.call("ncclCommGetAsyncError", || unsafe {
+        self.call("ncclCommGetAsyncError", comm, || unsafe {
             sys::ncclCommGetAsyncError(comm, &mut state)
         })?;
         match state {
@@ -398,7 +446,7 @@ impl NcclComm {
                 "ncclCommGetAsyncError",
                 self.who(),
                 r,
-                Some(self.comm),
+                Some(comm),
             )),
         }
     }
@@ -406,9 +454,11 @@ impl NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
-        let comm = self.comm;
-        // SAFETY: the handle came from ncclCommInitAll and is not used after this.
-        let _ = guard("ncclCommAbort", || unsafe { sys::ncclCommAbort(comm) });
+        // A simulated rank aborts its clique when it is dropped.
+        if let Comm::Nccl(comm) = self.comm {
+            // SAFETY: the handle came from ncclCommInitAll and is not used after this.
+            let _ = guard("ncclCommAbort", || unsafe { sys::ncclCommAbort(comm) });
+        }
     }
 }
 

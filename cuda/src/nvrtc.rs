@@ -175,7 +175,7 @@ pub fn compile(file: &KernelFile, cc: (u32, u32)) -> Result<Compiled> {
         if r != sys::nvrtcResult::NVRTC_SUCCESS {
             return Err(Error::Compile {
                 file: file.name,
-                arch: arch.clone(),
+                arch: format!("{arch} with NVRTC"),
                 log: program_log(&prog).unwrap_or_else(|e| format!("{r:?} (no log: {e})")),
             });
         }

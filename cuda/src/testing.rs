@@ -59,7 +59,8 @@ pub fn serial_gpu_or_skip(test: &str) -> Option<(Arc<Gpu>, MutexGuard<'static, (
     gpu_or_skip(test).map(|g| (g, lock))
 }
 
-/// The number of devices when there are at least `need` and NCCL loads; `None` after saying
+/// The number of devices when there are at least `need` and NCCL loads (or the devices are
+/// simulated); `None` after saying
 /// why not. Too few devices is a plain skip even under [`REQUIRE_GPU_ENV`] (the machine decides
 /// that, not the build); no device at all, or no NCCL, follows [`skip`].
 pub fn gpus_or_skip(test: &str, need: usize) -> Option<usize> {
@@ -73,6 +74,10 @@ pub fn gpus_or_skip(test: &str, need: usize) -> Option<usize> {
     if found < need {
         eprintln!("skipping {test}: it needs {need} devices, {found} found");
         return None;
+    }
+    // The simulated devices bring their own NCCL (sim/nccl.rs).
+    if crate::sim::enabled() {
+        return Some(found);
     }
     if let Err(e) = crate::nccl::nccl_version() {
         skip(test, &e);

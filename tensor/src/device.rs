@@ -81,6 +81,28 @@ impl Device {
     pub fn is_cpu(self) -> bool {
         self == Device::Cpu
     }
+
+    /// What this device is, for logs: "cpu", or the GPU's name and compute capability, with
+    /// "simulated" for a device of the CUDA simulator (`COTMAE_CUDA_SIM=1`). Opens the GPU.
+    pub fn describe(self) -> Result<String> {
+        match self {
+            Device::Cpu => Ok("cpu".into()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let gpu = cuda::gpu(i)?;
+                let (major, minor) = gpu.compute_capability();
+                let kind = if gpu.is_simulated() {
+                    ", simulated: no GPU is used"
+                } else {
+                    ""
+                };
+                Ok(format!(
+                    "cuda:{i} ({}, compute capability {major}.{minor}{kind})",
+                    gpu.info().name
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +111,20 @@ mod tests {
 
     fn message(name: &str) -> String {
         name.parse::<Device>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn describes_the_cpu_and_says_when_a_gpu_is_simulated() {
+        assert_eq!(Device::Cpu.describe().unwrap(), "cpu");
+        #[cfg(feature = "cuda")]
+        if let Ok(gpu) = cuda::gpu(0) {
+            let d = Device::Cuda(0).describe().unwrap();
+            assert!(
+                d.starts_with("cuda:0 (") && d.contains(&gpu.info().name),
+                "{d}"
+            );
+            assert_eq!(d.contains("simulated"), gpu.is_simulated(), "{d}");
+        }
     }
 
     #[test]

@@ -336,7 +336,11 @@ pub fn flash_attention_backward<T: FloatElem>(
         dv.device_address(),
     );
     let delta_launch = Launch {
-        grid: (rows.div_ceil(WARPS).clamp(1, 1 << 16) as u32, 1, 1),
+        grid: (
+            rows.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32,
+            1,
+            1,
+        ),
         block: (THREADS, 1, 1),
         shared_bytes: 0,
     };

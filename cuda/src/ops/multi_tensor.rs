@@ -82,7 +82,7 @@ pub(crate) unsafe fn launch<R: DeviceRepr>(
     let table = gpu.upload_records(records)?;
     let starts = gpu.upload(&chunks.starts)?;
     let (ta, sa, count) = (
-        cudarc::driver::DevicePtr::device_ptr(&table, gpu.stream()).0,
+        table.address(gpu),
         starts.device_address(),
         records.len() as i32,
     );
