@@ -141,24 +141,7 @@ mod tests {
             .collect();
         let run = |cast: Option<DType>| {
             let v: Vec<Var> = host.iter().map(|t| Var::param(t.clone())).collect();
-            autocast(cast, || {
-                let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
-                let names = vec![y.op_name()];
-                let y = y.matmul_bias_gelu(&v[1].t().unwrap(), &v[3]).unwrap();
-                let z = y.matmul(&v[1]).unwrap();
-                let heads = z.reshape(&[1, 6, 2, 4]).unwrap().transpose(1, 2).unwrap();
-                let att =
-                    Var::scaled_dot_product_attention(&heads, &heads, &heads, None, 0.5, 0.0, None)
-                        .unwrap();
-                let z = z
-                    .add(&att.transpose(1, 2).unwrap().reshape(&[6, 8]).unwrap())
-                    .unwrap();
-                assert_eq!(z.value().dtype(), DType::F32);
-                let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-                let mut out = vec![z.value().clone()];
-                out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
-                (out, names)
-            })
+            autocast(cast, || product_chain(&v))
         };
         let (want, names) = run(None);
         assert_eq!(names, ["matmul_bias"]);
@@ -170,6 +153,28 @@ mod tests {
             // Relative to the largest magnitude: bf16's 2^-9 rounding through the whole chain.
             assert!(err <= 2e-2 && err > 0.0, "relative error {err}");
         }
+    }
+
+    /// The products the autocast tests run on parameters `v` ([6,40], [40,8], [8], [40]): a
+    /// linear layer, a linear + GELU, a plain product and attention over [1, 2, 6, 4] views (the
+    /// flash path on CUDA), then the gradient of a mean square. Returns the output and every
+    /// parameter's gradient, and the op name of the first product.
+    fn product_chain(v: &[Var]) -> (Vec<Tensor>, Vec<&'static str>) {
+        let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
+        let names = vec![y.op_name()];
+        let y = y.matmul_bias_gelu(&v[1].t().unwrap(), &v[3]).unwrap();
+        let z = y.matmul(&v[1]).unwrap();
+        let heads = z.reshape(&[1, 6, 2, 4]).unwrap().transpose(1, 2).unwrap();
+        let att = Var::scaled_dot_product_attention(&heads, &heads, &heads, None, 0.5, 0.0, None)
+            .unwrap();
+        let z = z
+            .add(&att.transpose(1, 2).unwrap().reshape(&[6, 8]).unwrap())
+            .unwrap();
+        assert_eq!(z.value().dtype(), DType::F32);
+        let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        let mut out = vec![z.value().clone()];
+        out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
+        (out, names)
     }
 
     #[test]
@@ -202,24 +207,7 @@ mod tests {
                 .iter()
                 .map(|t| Var::param(t.to_device(device).unwrap()))
                 .collect();
-            autocast(cast, || {
-                let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
-                let y = y.matmul_bias_gelu(&v[1].t().unwrap(), &v[3]).unwrap();
-                let z = y.matmul(&v[1]).unwrap();
-                // Attention over [1, 2, 6, 4] views of z (the flash path on CUDA).
-                let heads = z.reshape(&[1, 6, 2, 4]).unwrap().transpose(1, 2).unwrap();
-                let att =
-                    Var::scaled_dot_product_attention(&heads, &heads, &heads, None, 0.5, 0.0, None)
-                        .unwrap();
-                let z = z
-                    .add(&att.transpose(1, 2).unwrap().reshape(&[6, 8]).unwrap())
-                    .unwrap();
-                assert_eq!(z.value().dtype(), DType::F32);
-                let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-                let mut out = vec![z.value().clone()];
-                out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
-                out
-            })
+            autocast(cast, || product_chain(&v).0)
         };
         let want = run(Device::Cpu, None);
         // Tolerances for the whole chain (four products, attention, their backward), relative to

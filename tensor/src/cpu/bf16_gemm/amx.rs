@@ -27,6 +27,7 @@
 //! instruction faults. The caller (`mod.rs`) checks this kernel against the portable one once
 //! before using it.
 
+use super::MicroTile;
 use std::arch::asm;
 use std::arch::x86_64::__cpuid_count;
 
@@ -100,17 +101,17 @@ pub unsafe fn configure() {
 /// # Safety
 /// [`configure`] ran on this thread; `a` addresses 32 rows of `lda` u16s, `b` two panels
 /// `panel_stride` apart, `c` 32 rows of `ldc` f32 with 32 each.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel(
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    panel_stride: usize,
-    kpairs: usize,
-    c: *mut f32,
-    ldc: usize,
-    _nb: usize,
-) {
+pub unsafe fn kernel(t: MicroTile) {
+    let MicroTile {
+        a,
+        lda,
+        b,
+        panel_stride,
+        kpairs,
+        c,
+        ldc,
+        ..
+    } = t;
     debug_assert!(kpairs > 0 && kpairs.is_multiple_of(16));
     let (lda_bytes, ldc_bytes) = (lda * 2, ldc * 4);
     // SAFETY: the caller's contract; every tile row read or written is inside its buffer.

@@ -12,6 +12,7 @@
 //! loaded at the start and stored at the end (it holds the previous k blocks' sums).
 
 use super::pack::PANEL;
+use super::MicroTile;
 use std::arch::x86_64::*;
 
 pub const MR: usize = 8;
@@ -21,38 +22,30 @@ pub const NB: usize = 3;
 /// C[8, nb * 16] += A[8, 2 kpairs] B[2 kpairs, nb * 16], nb in 1..=3.
 ///
 /// # Safety
-/// The CPU has avx512f and avx512bf16; pointers as for `portable::kernel`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel(
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    panel_stride: usize,
-    kpairs: usize,
-    c: *mut f32,
-    ldc: usize,
-    nb: usize,
-) {
+/// The CPU has avx512f and avx512bf16; the addresses of `t` as [`MicroTile`] describes.
+pub unsafe fn kernel(t: MicroTile) {
     // SAFETY: forwarded contract.
     unsafe {
-        match nb {
-            1 => tile::<1>(a, lda, b, panel_stride, kpairs, c, ldc),
-            2 => tile::<2>(a, lda, b, panel_stride, kpairs, c, ldc),
-            _ => tile::<3>(a, lda, b, panel_stride, kpairs, c, ldc),
+        match t.nb {
+            1 => tile::<1>(t),
+            2 => tile::<2>(t),
+            _ => tile::<3>(t),
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile<const N: usize>(
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    panel_stride: usize,
-    kpairs: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn tile<const N: usize>(t: MicroTile) {
+    let MicroTile {
+        a,
+        lda,
+        b,
+        panel_stride,
+        kpairs,
+        c,
+        ldc,
+        ..
+    } = t;
     // SAFETY: the caller's contract: every address below is inside its buffer.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); N]; MR];

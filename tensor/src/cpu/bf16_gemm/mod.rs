@@ -55,7 +55,22 @@ pub enum Backend {
     Portable,
 }
 
-type Kernel = unsafe fn(*const u16, usize, *const u16, usize, usize, *mut f32, usize, usize);
+/// One call of a micro-kernel: C[MR, nb * 16] += A[MR, 2 kpairs] B[2 kpairs, nb * 16], over the
+/// packed operands (`pack.rs`). `a` addresses MR rows of `lda` u16s, `b` `nb` panels
+/// `panel_stride` u16s apart holding `kpairs` pair rows each, `c` MR rows of `ldc` f32.
+#[derive(Clone, Copy)]
+pub struct MicroTile {
+    pub a: *const u16,
+    pub lda: usize,
+    pub b: *const u16,
+    pub panel_stride: usize,
+    pub kpairs: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub nb: usize,
+}
+
+type Kernel = unsafe fn(MicroTile);
 
 impl Backend {
     pub fn name(self) -> &'static str {
@@ -276,18 +291,18 @@ fn task<O: OutElem>(
                 // otherwise, pair rows k0 / 2 + kpairs <= kp / 2; acc rows ir + mr <= MC
                 // (MC a multiple of every mr), columns (jp + nb_max) * 16 <= NC.
                 unsafe {
-                    kernel(
-                        a.data.as_ptr().add((i0 + ir) * kp + k0),
-                        kp,
-                        b.data
+                    kernel(MicroTile {
+                        a: a.data.as_ptr().add((i0 + ir) * kp + k0),
+                        lda: kp,
+                        b: b.data
                             .as_ptr()
                             .add((p0 + jp) * b.panel_stride() + k0 * PANEL),
-                        b.panel_stride(),
+                        panel_stride: b.panel_stride(),
                         kpairs,
-                        acc.as_mut_ptr().add(ir * NC + jp * PANEL),
-                        NC,
+                        c: acc.as_mut_ptr().add(ir * NC + jp * PANEL),
+                        ldc: NC,
                         nb,
-                    );
+                    });
                 }
             }
         }

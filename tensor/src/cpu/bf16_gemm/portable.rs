@@ -5,6 +5,7 @@
 //! Computes C[MR, nb * 16] += A[MR, 2 kpairs] B[2 kpairs, nb * 16] (C row stride `ldc`).
 
 use super::pack::PANEL;
+use super::MicroTile;
 use half::bf16;
 
 pub const MR: usize = 8;
@@ -12,19 +13,18 @@ pub const MR: usize = 8;
 pub const NB: usize = 2;
 
 /// # Safety
-/// `a` addresses MR rows of `lda` u16s with at least 2 kpairs each, `b` `nb` panels of
-/// `panel_stride` u16s holding kpairs pair rows, `c` MR rows of `ldc` f32 with nb * 16 each.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel(
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    panel_stride: usize,
-    kpairs: usize,
-    c: *mut f32,
-    ldc: usize,
-    nb: usize,
-) {
+/// Every address of `t` is inside its buffer as [`MicroTile`] describes.
+pub unsafe fn kernel(t: MicroTile) {
+    let MicroTile {
+        a,
+        lda,
+        b,
+        panel_stride,
+        kpairs,
+        c,
+        ldc,
+        nb,
+    } = t;
     let f = |bits: u16| bf16::from_bits(bits).to_f32();
     for i in 0..MR {
         for j in 0..nb * PANEL {
