@@ -300,11 +300,14 @@ fn token_store_hostile_counts_are_errors() {
     }
 }
 
+/// A field of the trainer state and an edit that makes it hostile.
+type Edit = (&'static str, fn(&mut TrainerState));
+
 /// trainer_state.json numbers that would overflow a resumed run are errors naming the field.
 #[test]
 fn trainer_state_hostile_numbers_are_errors() {
     let dir = Scratch::new("state-hostile");
-    let edits: [(&str, fn(&mut TrainerState)); 7] = [
+    let edits: [Edit; 7] = [
         ("skipped_steps", |s| s.skipped_steps = s.global_step + 1),
         ("total.steps", |s| s.total.steps = u64::MAX),
         ("since_log.sequences", |s| s.since_log.sequences = u64::MAX),
