@@ -601,12 +601,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
 mod tests {
     use super::*;
 
-    /// trainer_state.json numbers that a resume would overflow on are errors naming the field.
-    #[test]
-    fn hostile_state_numbers_are_errors_naming_the_field() {
-        let dir = std::env::temp_dir().join(format!("retrieval-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let state = |step: u64, epoch: u64, offset: u64| TrainerState {
+    /// A state at global step 10 with the given schedule step, epoch and dropout offset.
+    fn state(step: u64, epoch: u64, offset: u64) -> TrainerState {
+        TrainerState {
             global_step: 10,
             epoch,
             step_in_epoch: 0,
@@ -624,7 +621,14 @@ mod tests {
             },
             log_history: Vec::new(),
             loss_scaler: None,
-        };
+        }
+    }
+
+    /// trainer_state.json numbers that a resume would overflow on are errors naming the field.
+    #[test]
+    fn hostile_state_numbers_are_errors_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("retrieval-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(TRAINER_STATE_FILE);
         for (s, field) in [
             (state(u64::MAX, 1, 5), "schedule.step"),
