@@ -12,9 +12,11 @@
 //!   (`cls.seq_relationship.*`) are ignored.
 //!
 //! Anything else without a place is *unexpected*; parameters the checkpoint lacks are *missing*
-//! and keep their initialisation. Both are returned in a [`LoadReport`] for the caller to print,
-//! as HF's warnings. A shape mismatch is an error naming the tensor, and nothing is modified
-//! until every tensor has been checked. f32 tensors stay memory-mapped (zero-copy) until the
+//! and keep their initialisation. Both are returned in a [`LoadReport`]; the caller decides with
+//! [`LoadReport::require`] which missing parameters are an error (a core weight, unless the user
+//! asked for random init) and which a warning (a head its task does not use), as HF's warnings
+//! and its `ignore_mismatched_sizes`. A shape mismatch, or a NaN or infinite value, is an error
+//! naming the tensor and the file, and nothing is modified until every tensor has been checked. f32 tensors stay memory-mapped (zero-copy) until the
 //! optimizer first writes them; f16 / bf16 / f64 tensors are converted to f32.
 //!
 //! Saving writes `config.json`, `model.safetensors` (HF names, the tied decoder not duplicated,
@@ -49,12 +51,72 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Checkpoint tensors skipped on purpose: buffers, the next-sentence head, tied aliases.
     pub ignored: Vec<String>,
+    /// The safetensors files read (named in errors).
+    pub files: Vec<PathBuf>,
+}
+
+/// The flag that lets a model load with missing weights randomly initialised (HF's
+/// `ignore_mismatched_sizes` in spirit); named in the error that refuses such a load.
+pub const ALLOW_RANDOM_INIT_FLAG: &str = "--allow_random_init";
+
+/// True for the parameters of a head (`pooler.*`, `cls.*`, with or without `bert.`), which a
+/// task may not use; everything else is the encoder every task needs.
+pub fn is_head_param(name: &str) -> bool {
+    let n = name.strip_prefix("bert.").unwrap_or(name);
+    n.starts_with("pooler.") || n.starts_with("cls.")
 }
 
 impl LoadReport {
     /// True when every parameter was loaded and every tensor used or deliberately ignored.
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty()
+    }
+
+    /// An error when the checkpoint lacks a parameter the task uses (`used(name)`), naming the
+    /// file(s) and the missing tensors, unless `allow_random_init`: then those parameters keep
+    /// their random initialisation, as the report says. A head the task does not use is left to
+    /// the report's warning.
+    pub fn require(&self, used: &dyn Fn(&str) -> bool, allow_random_init: bool) -> Result<()> {
+        let needed: Vec<&str> = self
+            .missing
+            .iter()
+            .map(String::as_str)
+            .filter(|n| used(n))
+            .collect();
+        if needed.is_empty() || allow_random_init {
+            return Ok(());
+        }
+        let file = match self.files.as_slice() {
+            [one] => one.clone(),
+            many => many
+                .first()
+                .and_then(|f| f.parent())
+                .map_or_else(PathBuf::new, Path::to_path_buf),
+        };
+        let shown: Vec<&str> = needed.iter().take(8).copied().collect();
+        let more = if needed.len() > shown.len() {
+            format!(" and {} more", needed.len() - shown.len())
+        } else {
+            String::new()
+        };
+        let why = if self.unexpected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} of its tensors have no place in the model (first: {:?}), a checkpoint of \
+                 another architecture?",
+                self.unexpected.len(),
+                self.unexpected[0]
+            )
+        };
+        Err(BertError::checkpoint(
+            &file,
+            format!(
+                "the checkpoint lacks {} weight(s) the model needs: {shown:?}{more}{why}; pass \
+                 {ALLOW_RANDOM_INIT_FLAG} to initialise them randomly instead",
+                needed.len()
+            ),
+        ))
     }
 }
 
@@ -200,7 +262,10 @@ pub fn load_weights(module: &dyn Module, files: &[PathBuf]) -> Result<LoadReport
         .map(|f| Ok(SafeTensors::open(f)?))
         .collect::<Result<Vec<_>>>()?;
 
-    let mut report = LoadReport::default();
+    let mut report = LoadReport {
+        files: files.to_vec(),
+        ..LoadReport::default()
+    };
     // parameter index -> (rank, file, checkpoint name)
     let mut chosen: HashMap<usize, (u8, usize, String)> = HashMap::new();
     for (fi, st) in opened.iter().enumerate() {
@@ -254,6 +319,15 @@ pub fn load_weights(module: &dyn Module, files: &[PathBuf]) -> Result<LoadReport
         } else {
             t.to_dtype(DType::F32)?
         };
+        if let Some(i) = t.first_non_finite()? {
+            return Err(BertError::checkpoint(
+                opened[*fi].path(),
+                format!(
+                    "tensor {key:?} has a non-finite value (NaN or inf) at element {i} (shape {:?})",
+                    t.shape()
+                ),
+            ));
+        }
         values.push((pi, t));
     }
     for (pi, t) in values {
@@ -583,7 +657,7 @@ mod tests {
         let r = LoadReport {
             missing: vec!["cls.predictions.bias".into()],
             unexpected: vec!["pooler.dense.weight".into()],
-            ignored: vec![],
+            ..Default::default()
         };
         assert!(!r.is_clean());
         let s = r.to_string();

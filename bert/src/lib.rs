@@ -20,7 +20,7 @@ pub mod model;
 pub mod tokenizer;
 
 pub use attention::{extended_attention_mask, BertAttention, BertSelfAttention, BertSelfOutput};
-pub use checkpoint::{load_weights, LoadReport};
+pub use checkpoint::{is_head_param, load_weights, LoadReport, ALLOW_RANDOM_INIT_FLAG};
 pub use config::BertConfig;
 pub use embeddings::BertEmbeddings;
 pub use encoder::BertEncoder;

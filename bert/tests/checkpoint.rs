@@ -440,3 +440,103 @@ fn init_is_hf_like() {
     assert!(w[..64].iter().all(|&x| x == 0.0));
     assert!(w[64..128].iter().any(|&x| x != 0.0));
 }
+
+/// Issue 14, class 2: a checkpoint that lacks weights the model needs, or holds a NaN or an
+/// infinity, is an error naming the file and the tensor(s); random init only when asked for.
+#[test]
+fn missing_or_non_finite_weights_are_errors() {
+    let scratch = Scratch::new("badweights");
+    let (mlm, _) = BertForMaskedLM::from_pretrained(fixtures().join("tiny")).unwrap();
+    let all_used = |_: &str| true;
+    let not_heads = |n: &str| !bert::is_head_param(n);
+
+    // Every tensor unknown (another architecture's names): an error naming the file, the
+    // missing weights and the unused names; with --allow_random_init a random model.
+    let renamed: Vec<(String, Tensor)> = tensors_of(&mlm)
+        .into_iter()
+        .map(|(n, t)| (format!("roberta.{n}"), t))
+        .collect();
+    let dir = scratch.0.join("unknown");
+    write_ckpt(&dir, &renamed);
+    let (_, report) = BertModel::from_pretrained(&dir, true).unwrap();
+    let e = report.require(&not_heads, false).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("embeddings.word_embeddings.weight")
+            && e.contains("roberta.")
+            && e.contains("--allow_random_init"),
+        "{e}"
+    );
+    report.require(&not_heads, true).unwrap();
+
+    // One core tensor missing (a layer's value projection): an error naming it.
+    let gone = "bert.encoder.layer.1.attention.self.value.weight";
+    let partial: Vec<(String, Tensor)> = tensors_of(&mlm)
+        .into_iter()
+        .filter(|(n, _)| n != gone)
+        .collect();
+    let dir = scratch.0.join("partial");
+    write_ckpt(&dir, &partial);
+    let (_, report) = BertForMaskedLM::from_pretrained(&dir).unwrap();
+    let e = report.require(&all_used, false).unwrap_err().to_string();
+    assert!(e.contains(gone) && e.contains("lacks 1 weight"), "{e}");
+    // The same missing tensor matters to a BertModel too (without the prefix).
+    let (_, report) = BertModel::from_pretrained(&dir, true).unwrap();
+    let e = report.require(&not_heads, false).unwrap_err().to_string();
+    assert!(
+        e.contains("encoder.layer.1.attention.self.value.weight"),
+        "{e}"
+    );
+
+    // Only heads missing: a BertModel checkpoint into BertForMaskedLM is an error for a task
+    // that uses the MLM head, a warning for one that does not.
+    let base = scratch.0.join("base");
+    let (bm, _) = BertModel::from_pretrained(fixtures().join("tiny"), false).unwrap();
+    bm.save_pretrained(&base, None).unwrap();
+    let (_, report) = BertForMaskedLM::from_pretrained(&base).unwrap();
+    let e = report.require(&all_used, false).unwrap_err().to_string();
+    assert!(e.contains("cls.predictions.bias"), "{e}");
+    report.require(&not_heads, false).unwrap();
+    // The pooler a retriever never uses: a warning only.
+    let (_, report) = BertModel::from_pretrained(&base, true).unwrap();
+    assert_eq!(report.missing, ["pooler.dense.weight", "pooler.dense.bias"]);
+    report.require(&not_heads, false).unwrap();
+
+    // NaN, +inf, -inf, also in half precision: an error naming the tensor and the file, and
+    // nothing modified.
+    for (k, (bad, dtype)) in [
+        (f32::NAN, DType::F32),
+        (f32::INFINITY, DType::F32),
+        (f32::NEG_INFINITY, DType::F16),
+        (f32::NAN, DType::BF16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut tensors = tensors_of(&mlm);
+        let target = "bert.encoder.layer.0.output.dense.bias";
+        for (n, t) in tensors.iter_mut() {
+            let mut v = t.to_vec::<f32>().unwrap();
+            if n == target {
+                v[5] = bad;
+            }
+            *t = Tensor::from_vec(v, t.shape())
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+        }
+        let dir = scratch.0.join(format!("nonfinite{k}"));
+        write_ckpt(&dir, &tensors);
+        let model = BertForMaskedLM::new(&tiny_config(), &mut Rng::new(3)).unwrap();
+        let before = tensors_of(&model);
+        let e = err_of(model.load_weights(&dir));
+        assert!(
+            e.contains(target) && e.contains("non-finite") && e.contains("element 5"),
+            "{e}"
+        );
+        assert!(e.contains("model.safetensors"), "{e}");
+        for ((n, a), (_, b)) in before.iter().zip(tensors_of(&model).iter()) {
+            assert!(same_values(a, b), "{n} changed by a failed load");
+        }
+    }
+}

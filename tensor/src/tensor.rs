@@ -233,6 +233,27 @@ impl Tensor {
         })
     }
 
+    /// The row-major index of the first NaN or infinite element, or None when every element is
+    /// finite (integer tensors always are). Used to reject non-finite weights and embeddings
+    /// where they are read.
+    pub fn first_non_finite(&self) -> Result<Option<usize>> {
+        let pos = match self.dtype() {
+            DType::F32 => match (self.device(), self.layout.contiguous_range()) {
+                // In place: a memory-mapped checkpoint tensor is scanned without a copy.
+                (Device::Cpu, Some(r)) => self
+                    .cpu_storage("first_non_finite")?
+                    .as_slice::<f32>("first_non_finite")?[r]
+                    .iter()
+                    .position(|v| !v.is_finite()),
+                _ => self.to_vec::<f32>()?.iter().position(|v| !v.is_finite()),
+            },
+            DType::F64 => self.to_vec::<f64>()?.iter().position(|v| !v.is_finite()),
+            DType::F16 | DType::BF16 => self.to_dtype(DType::F32)?.first_non_finite()?,
+            DType::I64 | DType::U8 => None,
+        };
+        Ok(pos)
+    }
+
     /// Elements converted to f64 (any dtype), row-major. Handy in tests.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
         self.to_dtype(DType::F64)?.to_vec::<f64>()
@@ -421,5 +442,28 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_non_finite_finds_nan_and_inf_in_every_float_dtype_and_view() {
+        let clean = Tensor::from_vec(vec![1.0f32, -2.0, 0.0, 3.5], &[2, 2]).unwrap();
+        assert_eq!(clean.first_non_finite().unwrap(), None);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::from_vec(vec![1.0f32, 2.0, bad, 4.0], &[2, 2]).unwrap();
+            assert_eq!(t.first_non_finite().unwrap(), Some(2));
+            // A transposed view reports the row-major index of its own layout.
+            assert_eq!(t.t().unwrap().first_non_finite().unwrap(), Some(1));
+            for dt in [DType::F64, DType::F16, DType::BF16] {
+                let c = t.to_dtype(dt).unwrap();
+                assert_eq!(c.first_non_finite().unwrap(), Some(2), "{dt} {bad}");
+            }
+        }
+        let ints = Tensor::from_vec(vec![1i64, 2], &[2]).unwrap();
+        assert_eq!(ints.first_non_finite().unwrap(), None);
     }
 }
