@@ -358,25 +358,13 @@ mod tests {
                 assert_eq!(got.dtype(), DType::F32);
                 let f32_gemm = as_f32(&a).unwrap().matmul(&as_f32(&b).unwrap()).unwrap();
                 check(&got, &a, &b, &f32_gemm, &what);
-                // The packed weight and the bf16-tensor matmul run the same kernel in the same
-                // order: the same f32 sums (rounded to bf16 for the bf16 output).
+                // The packed weight runs the same kernel in the same order: the same f32 sums.
                 let packed = a
                     .matmul_packed_bf16(&PackedWeight::pack(&b).unwrap(), None, false)
                     .unwrap();
                 assert_eq!(
                     packed.to_vec::<f32>().unwrap(),
                     got.to_vec::<f32>().unwrap()
-                );
-                let (a16, b16) = (
-                    a.to_dtype(DType::BF16).unwrap(),
-                    b.to_dtype(DType::BF16).unwrap(),
-                );
-                let out16 = a16.matmul(&b16).unwrap();
-                assert_eq!(out16.dtype(), DType::BF16);
-                assert_eq!(
-                    out16.to_vec_f64().unwrap(),
-                    got.to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap(),
-                    "{what}: bf16 tensors"
                 );
             }
         }
