@@ -448,6 +448,7 @@ fn token_store_and_jsonl_train_alike() {
 /// step (bf16's 2^-9 rounding of every product, compounded through 20 updates), and not equal to
 /// f32's (the products did run in bf16).
 #[test]
+#[ignore = "not yet run once (its build did not finish before the session's deadline): run with --ignored, then drop this"]
 fn cpu_bf16_run_tracks_the_f32_losses() {
     let fx = fixture("bf16", 60);
     let flags = [
