@@ -366,7 +366,26 @@ fn cross_entropy_matches_the_cpu() {
             let (_, lse) = Tensor::cross_entropy(&t[0], &t[1], -100)?;
             Tensor::cross_entropy_backward(&t[0], &t[1], &lse, -100, 0.75)
         });
+        // The loss gradient read from the logits' device (no download on a GPU).
+        parity("cross_entropy_backward_by", dev, dtype, &ins, |t| {
+            let (_, lse) = Tensor::cross_entropy(&t[0], &t[1], -100)?;
+            let g = Tensor::from_vec(vec![0.75f32], &[])?.to_device(t[0].device())?;
+            Tensor::cross_entropy_backward_by(&t[0], &t[1], &lse, -100, &g)
+        });
     }
+    // A bad target: an error at once on the CPU; on the GPU, at the status check, naming the op.
+    let logits = randn_as(&[2, 11], DType::F32, 25);
+    let bad = Tensor::from_vec(vec![3i64, 11], &[2]).unwrap();
+    let cpu = Tensor::cross_entropy(&logits, &bad, -100).unwrap_err();
+    assert!(cpu.to_string().contains("11"), "{cpu}");
+    dev.check_status().unwrap();
+    let (gl, gb) = (logits.to_device(dev).unwrap(), bad.to_device(dev).unwrap());
+    Tensor::cross_entropy(&gl, &gb, -100).unwrap();
+    let e = dev.check_status().unwrap_err().to_string();
+    assert!(
+        e.contains("cross_entropy: target 11 is out of range"),
+        "{e}"
+    );
 }
 
 #[test]
