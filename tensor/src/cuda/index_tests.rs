@@ -150,7 +150,9 @@ fn index_ops_match_the_cpu() {
 /// before it.
 #[test]
 fn index_errors_match_the_cpu() {
-    let Some(dev) = gpu_or_skip("index_errors_match_the_cpu") else {
+    // Serial: it reads the GPU's status words, which other tests' bad ids would also set.
+    let Some((dev, _serial)) = crate::testing::serial_cuda_or_skip("index_errors_match_the_cpu")
+    else {
         return;
     };
     let x = values(&[3, 4], DType::F32, 1);
