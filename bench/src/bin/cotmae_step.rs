@@ -149,24 +149,42 @@ fn read_batch(path: &str) -> Result<CotMaeBatch> {
     })
 }
 
-/// Unscales (fp16) and clips the gradients of `params` (each tied parameter once) to a global
-/// norm of `max_norm`; returns the norm and whether the optimizer steps.
+/// Runs `f` on the gradients of `params` (each tied parameter once), taken out of `grads` and
+/// put back after.
+fn on_gradients<R>(
+    params: &[(String, Param)],
+    grads: &mut Gradients,
+    f: impl FnOnce(&mut [&mut Tensor]) -> Result<R>,
+) -> Result<R> {
+    let mut taken: Vec<_> = params
+        .iter()
+        .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
+        .collect();
+    let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
+    let out = f(&mut refs);
+    for (v, g) in taken {
+        grads.insert(&v, g);
+    }
+    out
+}
+
+/// Unscales (fp16) and clips the gradients of `params` to a global norm of `max_norm`; returns
+/// the norm and whether the optimizer steps.
 fn clip(
     params: &[(String, Param)],
     grads: &mut Gradients,
     max_norm: f64,
     scaler: &mut LossScaler,
 ) -> Result<(f64, StepDecision)> {
-    let mut taken: Vec<_> = params
-        .iter()
-        .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
-        .collect();
-    let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
-    let out = unscale_and_clip(scaler, &mut refs, max_norm)?;
-    for (v, g) in taken {
-        grads.insert(&v, g);
-    }
-    Ok(out)
+    on_gradients(params, grads, |g| unscale_and_clip(scaler, g, max_norm))
+}
+
+/// Clips with the clipping decided on the device (`nn::clip_grad_norm_deferred`: no wait for a
+/// GPU; the norm is not read).
+fn clip_deferred(params: &[(String, Param)], grads: &mut Gradients, max_norm: f64) -> Result<()> {
+    on_gradients(params, grads, |g| {
+        nn::clip_grad_norm_deferred(g, max_norm).map(|_| ())
+    })
 }
 
 struct Options {
@@ -311,7 +329,13 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
             scale => loss.mul_scalar(scale as f64)?.backward()?,
         };
         drop(loss); // release the graph so the optimizer writes parameters in place
-        let (norm, decision) = clip(&params, &mut grads, MAX_GRAD_NORM, &mut scaler)?;
+        let (norm, decision) = if logging || o.precision == Precision::F16 {
+            clip(&params, &mut grads, MAX_GRAD_NORM, &mut scaler)?
+        } else {
+            // A non-logging step decides the clipping on the device (the norm is not read).
+            clip_deferred(&params, &mut grads, MAX_GRAD_NORM)?;
+            (f64::NAN, StepDecision::Apply)
+        };
         if decision == StepDecision::Apply {
             step_params(&mut opt, LR, &params, &grads)?;
         }
