@@ -191,6 +191,16 @@ run() {
     timeout -k 10 "$bench_timeout" bash bench/run_gpu.sh "$bin_dir" >"$out/bench.log" 2>&1
     bench_result "bench/run_gpu.sh" $?
   fi
+  # What one bf16 bert-base CoT-MAE step does on the device (syncs, launches, GEMMs, cuBLASLt
+  # heuristic queries, weight casts, bytes moved): cotmae_step --counters, one JSON line a step.
+  if timeout -k 10 120 "$bin_dir/cotmae_step" batch "$out/counters-batch.safetensors" --docs 8 \
+    >>"$out/bench.log" 2>&1; then
+    timeout -k 10 120 "$bin_dir/cotmae_step" "$out/counters-batch.safetensors" --device cuda \
+      --precision bf16 --counters --iters 2 >"$out/step-counters.jsonl" 2>>"$out/bench.log"
+    bench_result "cotmae_step --counters" $?
+  else
+    bench_result "cotmae_step batch (for --counters)" $?
+  fi
   echo "$passed test binaries passed, $failed steps failed; raw output in $out" | tee -a "$summary"
   rm -rf "$links"
   return $((failed > 100 ? 100 : failed))

@@ -131,4 +131,36 @@ impl Var {
     pub fn op_name(&self) -> &'static str {
         self.0.op.as_ref().map_or("leaf", |o| o.name)
     }
+
+    /// `self` cast to `value`'s dtype, where `value` already holds that cast (a kept half copy
+    /// of a parameter): a `to_dtype` node whose gradient is cast back to `self`'s dtype.
+    pub fn cast_as(&self, value: Tensor) -> tensor::Result<Var> {
+        if value.shape() != self.shape() {
+            return Err(tensor::Error::ShapeMismatch {
+                op: "cast_as",
+                lhs: self.shape().to_vec(),
+                rhs: value.shape().to_vec(),
+            });
+        }
+        let dtype = self.value().dtype();
+        Ok(Var::from_op(
+            "to_dtype",
+            value,
+            vec![self.clone()],
+            Box::new(move |g| Ok(vec![Some(g.to_dtype(dtype)?)])),
+        ))
+    }
+
+    /// True for a parameter (a leaf with a gradient) or a view of one (`t`, `transpose`,
+    /// `reshape`, `permute`, `narrow`): what autocast counts as a weight cast.
+    pub fn is_param_view(&self) -> bool {
+        match &self.0.op {
+            None => self.0.requires_grad,
+            Some(o) => {
+                matches!(o.name, "t" | "transpose" | "reshape" | "permute" | "narrow")
+                    && o.inputs.len() == 1
+                    && o.inputs[0].is_param_view()
+            }
+        }
+    }
 }

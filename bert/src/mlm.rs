@@ -87,7 +87,12 @@ impl BertLMPredictionHead {
         let hsize = *shape.last().unwrap_or(&0);
         let rows = h.value().elem_count() / hsize.max(1);
         let t = self.transform.forward(&h.reshape(&[rows, hsize])?)?;
-        let logits = t.matmul_bias(&self.decoder_weight.var().t()?, &self.bias.var())?;
+        // Under half autocast on a GPU, the kept half copy of the tied table (no cast per step).
+        let logits = match nn::half_copy_product(&t, &self.decoder_weight, Some(&self.bias), false)?
+        {
+            Some(l) => l,
+            None => t.matmul_bias(&self.decoder_weight.var().t()?, &self.bias.var())?,
+        };
         let mut out = shape;
         *out.last_mut().expect("rank >= 1") = logits.shape()[1];
         logits.reshape(&out)

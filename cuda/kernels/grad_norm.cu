@@ -12,6 +12,11 @@
 //
 // Launch: one block of 256 threads per chunk of GRAD_NORM_CHUNK elements (grid.x = total chunks);
 // 32 doubles of static shared memory for the block reduction.
+//
+// clip_factor, for clipping without a wait for the GPU: one thread adds the partials in chunk
+// order (the host's order), writes the total norm sqrt(sum) to norm[0] and the factor of
+// nn/src/clip.rs to factor[0]: f32(max_norm / (total + 1e-6)) when that is below 1 and the total
+// is finite, else 1 (the gradients stay as they are). Launch: one block of one thread.
 
 #include "common.cuh"
 
@@ -48,3 +53,14 @@ __device__ void sum_squares(const GradNormTensor* tensors, const i64* chunk_star
 GRAD_NORM_ENTRY(float, f32)
 GRAD_NORM_ENTRY(f16, f16)
 GRAD_NORM_ENTRY(bf16, bf16)
+
+extern "C" __global__ void clip_factor(const double* partial, i64 n, double max_norm, double* norm, float* factor) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double sum = 0.0;
+    for (i64 i = 0; i < n; ++i) sum = __dadd_rn(sum, partial[i]);
+    const double total = sqrt(sum);
+    norm[0] = total;
+    const double coef = max_norm / (total + 1e-6);
+    const bool finite = total - total == 0.0;
+    factor[0] = (finite && coef < 1.0) ? (float)coef : 1.0f;
+}

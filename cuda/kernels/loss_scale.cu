@@ -3,7 +3,9 @@
 // list of gradients multiplies each by inv_scale into an f32 gradient and flags any inf/NaN.
 //
 // Computes, per element: found |= the input is not finite (checked before scaling, as the CPU);
-// dst = f32(src) * inv_scale. f32 gradients may be unscaled in place (dst == src); f16/bf16
+// dst = f32(src) * inv_scale, or * factor[0] when `factor` is not null (a factor computed on the
+// device, grad_norm.cu clip_factor; a factor of 1 leaves in-place gradients untouched and skips
+// them). f32 gradients may be unscaled in place (dst == src); f16/bf16
 // gradients (of the half model copy) are written to f32 buffers for the f32 master weights.
 //
 // Layout: `tensors` is a device table of UnscaleTensor records {src, dst, n} (mirrored by
@@ -25,9 +27,13 @@ __device__ __forceinline__ bool not_finite(float x) { return (__float_as_uint(x)
 
 template <typename G>
 __device__ void unscale(const UnscaleTensor* tensors, const i64* chunk_start, int n_tensors, float inv_scale,
-                        u32* found_inf) {
+                        const float* factor, u32* found_inf) {
     const int t = chunk_owner(chunk_start, n_tensors, blockIdx.x);
     const UnscaleTensor c = tensors[t];
+    if (factor != nullptr) {
+        inv_scale = *factor;
+        if (inv_scale == 1.0f && c.src == c.dst) return;  // the whole block: nothing to change
+    }
     const G* src = (const G*)c.src;
     float* dst = (float*)c.dst;
     const i64 begin = (blockIdx.x - chunk_start[t]) * (i64)UNSCALE_CHUNK;
@@ -43,8 +49,9 @@ __device__ void unscale(const UnscaleTensor* tensors, const i64* chunk_start, in
 
 #define UNSCALE_ENTRY(G, NAME)                                                                      \
     extern "C" __global__ void unscale_##NAME(const UnscaleTensor* tensors, const i64* chunk_start, \
-                                              int n_tensors, float inv_scale, u32* found_inf) {    \
-        unscale<G>(tensors, chunk_start, n_tensors, inv_scale, found_inf);                         \
+                                              int n_tensors, float inv_scale, const float* factor, \
+                                              u32* found_inf) {                                    \
+        unscale<G>(tensors, chunk_start, n_tensors, inv_scale, factor, found_inf);                 \
     }
 
 UNSCALE_ENTRY(float, f32)

@@ -13,8 +13,10 @@
 //! always accumulate in f32 (`CUBLAS_COMPUTE_32F`), alpha and beta are f32.
 
 use crate::buffer::{DeviceBuffer, DeviceElem};
+use crate::counters::Count;
 use crate::error::bail;
 use crate::gpu::Gpu;
+use crate::lt_plans::{alignment, CudaPlan, LtPlan, PlanKey};
 use crate::sim::cublas as sim;
 use crate::{Error, Result};
 use cudarc::cublas::sys as cb;
@@ -398,6 +400,7 @@ pub fn gemm<T: GemmElem>(
     if p.m == 0 || p.n == 0 || batch == 0 {
         return Ok(());
     }
+    gpu.count(Count::Gemm, 1);
     if let Some(device) = gpu.sim() {
         let g = p.sim_gemm::<T>(alpha, beta, math);
         let strides = sim::BatchStrides {
@@ -473,25 +476,11 @@ pub fn gemm<T: GemmElem>(
     r.map_err(|e| Error::blas("cublasGemmEx", e))
 }
 
-/// Destroys a cuBLASLt descriptor when dropped.
-struct LtGuard<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for LtGuard<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
-fn lt_check(call: &'static str, s: lt::cublasStatus_t) -> Result<()> {
-    if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::blas(call, s))
-    }
-}
-
 /// C = A·B + bias (bias has `cols(C)` elements, added to every row), through cuBLASLt's bias
-/// epilogue: the Linear layer's forward in one kernel. One matrix (no batch).
+/// epilogue: the Linear layer's forward in one kernel. One matrix (no batch). The cuBLASLt plan
+/// (descriptors and algorithm) is made on the first call for a problem and cached on the GPU
+/// (`lt_plans.rs`): later calls ask the heuristic nothing. When no algorithm fits, C is set to
+/// the bias and the product added by plain cuBLAS (beta = 1).
 pub fn gemm_bias<T: GemmElem>(
     gpu: &Gpu,
     a: Mat<'_, T>,
@@ -514,183 +503,155 @@ pub fn gemm_bias<T: GemmElem>(
         return Ok(());
     }
     let bias_addr = bias.0.address_at(OP, bias.1, p.n as usize)?;
-    if let Some(device) = gpu.sim() {
-        let g = p.sim_gemm::<T>(1.0, 0.0, math);
-        let layout = |(rows, cols): (u64, u64), ld: i32| sim::LtLayout {
-            dtype: T::SIM,
-            rows,
-            cols,
-            ld: ld as i64,
-        };
-        let (n, m, k) = (p.n as u64, p.m as u64, p.k as u64);
-        let d = layout((n, m), p.ldc);
-        let lt = sim::LtMatmulBias {
-            compute: g.compute,
-            transa: g.transa,
-            transb: g.transb,
-            alpha: 1.0,
-            a: g.a,
-            a_layout: layout(if p.trans_b { (k, n) } else { (n, k) }, p.ld_b),
-            b: g.b,
-            b_layout: layout(if p.trans_a { (m, k) } else { (k, m) }, p.ld_a),
-            beta: 0.0,
-            c: g.c,
-            c_layout: d,
-            d: g.c,
-            d_layout: d,
-            bias: bias_addr as *const c_void,
-        };
-        // SAFETY: every operand's extent and the bias's were checked against their buffers.
-        return device
-            .ordered(|| unsafe { sim::lt_matmul_bias(&lt) })
-            .map_err(|s| Error::blas("cublasLtMatmul (simulated)", s));
+    // cuBLAS's operands: A' = our B, B' = our A (module docs).
+    let key = PlanKey {
+        m: p.n,
+        n: p.m,
+        k: p.k,
+        trans_a: p.trans_b,
+        trans_b: p.trans_a,
+        ld_a: p.ld_b,
+        ld_b: p.ld_a,
+        ldc: p.ldc,
+        dtype: T::TYPE,
+        tf32: T::TYPE == crate::ElemType::F32 && math == MathMode::Tf32,
+        align: [p.b, p.a, p.c, bias_addr].map(alignment),
+    };
+    let lt_plan = gpu.lt_plans.get(gpu, key, || make_plan::<T>(gpu, &key))?;
+    match &*lt_plan {
+        LtPlan::NoAlgorithm => bias_then_gemm(gpu, a, b, bias, c, math),
+        LtPlan::Simulated => {
+            gpu.count(Count::Gemm, 1);
+            let Some(device) = gpu.sim() else {
+                bail!(OP, "a simulated cuBLASLt plan reached a real GPU");
+            };
+            let g = p.sim_gemm::<T>(1.0, 0.0, math);
+            let layout = |(rows, cols): (u64, u64), ld: i32| sim::LtLayout {
+                dtype: T::SIM,
+                rows,
+                cols,
+                ld: ld as i64,
+            };
+            let (n, m, k) = (p.n as u64, p.m as u64, p.k as u64);
+            let d = layout((n, m), p.ldc);
+            let lt = sim::LtMatmulBias {
+                compute: g.compute,
+                transa: g.transa,
+                transb: g.transb,
+                alpha: 1.0,
+                a: g.a,
+                a_layout: layout(if p.trans_b { (k, n) } else { (n, k) }, p.ld_b),
+                b: g.b,
+                b_layout: layout(if p.trans_a { (m, k) } else { (k, m) }, p.ld_a),
+                beta: 0.0,
+                c: g.c,
+                c_layout: d,
+                d: g.c,
+                d_layout: d,
+                bias: bias_addr as *const c_void,
+            };
+            // SAFETY: every operand's extent and the bias's were checked against their buffers.
+            device
+                .ordered(|| unsafe { sim::lt_matmul_bias(&lt) })
+                .map_err(|s| Error::blas("cublasLtMatmul (simulated)", s))
+        }
+        LtPlan::Cuda(plan) => {
+            gpu.count(Count::Gemm, 1);
+            let blas = gpu.blas_handles()?;
+            let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
+            gpu.bind()?;
+            let stream = gpu.cuda_stream("cuBLASLt")?.cu_stream();
+            crate::gpu::guard("cublasLtMatmul", || -> Result<()> {
+                // SAFETY: the plan's descriptors are live and used under the call lock; every
+                // pointer is a checked device address; the call is ordered on the GPU's stream.
+                unsafe {
+                    lt_check(
+                        "cublasLtMatmulDescSetAttribute",
+                        lt::cublasLtMatmulDescSetAttribute(
+                            plan.desc,
+                            lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                            &bias_addr as *const u64 as *const c_void,
+                            std::mem::size_of::<u64>(),
+                        ),
+                    )?;
+                    let (alpha, beta) = (1.0f32, 0.0f32);
+                    lt_check(
+                        "cublasLtMatmul",
+                        lt::cublasLtMatmul(
+                            blas.lt.0,
+                            plan.desc,
+                            &alpha as *const f32 as *const c_void,
+                            p.b as *const c_void,
+                            plan.la,
+                            p.a as *const c_void,
+                            plan.lb,
+                            &beta as *const f32 as *const c_void,
+                            p.c as *const c_void,
+                            plan.lc,
+                            p.c as *mut c_void,
+                            plan.lc,
+                            &plan.algo,
+                            blas.workspace.device_address() as *mut c_void,
+                            blas.workspace.len(),
+                            stream as _,
+                        ),
+                    )
+                }
+            })?
+        }
+    }
+}
+
+/// The plan of `key` (one heuristic query on a real GPU; the caller counts it).
+fn make_plan<T: GemmElem>(gpu: &Gpu, key: &PlanKey) -> Result<LtPlan> {
+    if gpu.sim().is_some() {
+        return Ok(LtPlan::Simulated);
     }
     let blas = gpu.blas_handles()?;
     let _calls = blas.calls.lock().unwrap_or_else(|p| p.into_inner());
     gpu.bind()?;
-    let ct = if T::TYPE == crate::ElemType::F32 && math == MathMode::Tf32 {
-        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-    } else {
-        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F
-    };
-    crate::gpu::guard("cublasLtMatmul", || -> Result<()> {
-        // SAFETY: descriptors are created, used and destroyed here; every pointer attribute is a
-        // checked device address; the call is ordered on the GPU's stream.
-        unsafe {
-            let mut desc = std::ptr::null_mut();
-            lt_check(
-                "cublasLtMatmulDescCreate",
-                lt::cublasLtMatmulDescCreate(&mut desc, ct, lt::cudaDataType::CUDA_R_32F),
-            )?;
-            let _desc = LtGuard(|| {
-                let _ = lt::cublasLtMatmulDescDestroy(desc);
-            });
-            let set = |attr: lt::cublasLtMatmulDescAttributes_t, v: *const c_void, size: usize| {
-                lt_check(
-                    "cublasLtMatmulDescSetAttribute",
-                    lt::cublasLtMatmulDescSetAttribute(desc, attr, v, size),
-                )
-            };
-            let ta = lt_op(p.trans_b);
-            let tb = lt_op(p.trans_a);
-            set(
-                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &ta as *const _ as *const c_void,
-                std::mem::size_of_val(&ta),
-            )?;
-            set(
-                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                &tb as *const _ as *const c_void,
-                std::mem::size_of_val(&tb),
-            )?;
-            let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-            set(
-                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &epilogue as *const _ as *const c_void,
-                std::mem::size_of_val(&epilogue),
-            )?;
-            set(
-                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &bias_addr as *const u64 as *const c_void,
-                std::mem::size_of::<u64>(),
-            )?;
-            // Stored shapes (before the op) of cuBLAS's A' = Bᵀ (n x k) and B' = Aᵀ (k x m).
-            let (n, m, k) = (p.n as u64, p.m as u64, p.k as u64);
-            let a_dims = if p.trans_b { (k, n) } else { (n, k) };
-            let b_dims = if p.trans_a { (m, k) } else { (k, m) };
-            let layout =
-                |(rows, cols): (u64, u64), ld: i32| -> Result<lt::cublasLtMatrixLayout_t> {
-                    let mut l = std::ptr::null_mut();
-                    lt_check(
-                        "cublasLtMatrixLayoutCreate",
-                        lt::cublasLtMatrixLayoutCreate(&mut l, T::CUBLASLT, rows, cols, ld as i64),
-                    )?;
-                    Ok(l)
-                };
-            let la = layout(a_dims, p.ld_b)?;
-            let _la = LtGuard(|| {
-                let _ = lt::cublasLtMatrixLayoutDestroy(la);
-            });
-            let lb = layout(b_dims, p.ld_a)?;
-            let _lb = LtGuard(|| {
-                let _ = lt::cublasLtMatrixLayoutDestroy(lb);
-            });
-            let lc = layout((n, m), p.ldc)?;
-            let _lc = LtGuard(|| {
-                let _ = lt::cublasLtMatrixLayoutDestroy(lc);
-            });
-            let mut pref = std::ptr::null_mut();
-            lt_check(
-                "cublasLtMatmulPreferenceCreate",
-                lt::cublasLtMatmulPreferenceCreate(&mut pref),
-            )?;
-            let _pref = LtGuard(|| {
-                let _ = lt::cublasLtMatmulPreferenceDestroy(pref);
-            });
-            let ws = blas.workspace.len();
-            lt_check(
-                "cublasLtMatmulPreferenceSetAttribute",
-                lt::cublasLtMatmulPreferenceSetAttribute(
-                    pref,
-                    lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &ws as *const usize as *const c_void,
-                    std::mem::size_of::<usize>(),
-                ),
-            )?;
-            let mut heuristic =
-                std::mem::MaybeUninit::<lt::cublasLtMatmulHeuristicResult_t>::zeroed();
-            let mut found = 0;
-            lt_check(
-                "cublasLtMatmulAlgoGetHeuristic",
-                lt::cublasLtMatmulAlgoGetHeuristic(
-                    blas.lt.0,
-                    desc,
-                    la,
-                    lb,
-                    lc,
-                    lc,
-                    pref,
-                    1,
-                    heuristic.as_mut_ptr(),
-                    &mut found,
-                ),
-            )?;
-            if found == 0 {
-                return Err(Error::blas(
-                    "cublasLtMatmulAlgoGetHeuristic",
-                    "no algorithm for this shape",
-                ));
-            }
-            let heuristic = heuristic.assume_init();
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            lt_check(
-                "cublasLtMatmul",
-                lt::cublasLtMatmul(
-                    blas.lt.0,
-                    desc,
-                    &alpha as *const f32 as *const c_void,
-                    p.b as *const c_void,
-                    la,
-                    p.a as *const c_void,
-                    lb,
-                    &beta as *const f32 as *const c_void,
-                    p.c as *const c_void,
-                    lc,
-                    p.c as *mut c_void,
-                    lc,
-                    &heuristic.algo,
-                    blas.workspace.device_address() as *mut c_void,
-                    ws,
-                    gpu.cuda_stream("cuBLASLt")?.cu_stream() as _,
-                ),
-            )
-        }
-    })?
+    let ws = blas.workspace.len();
+    // SAFETY: our handle, used under the call lock.
+    let made = crate::gpu::guard("cublasLtMatmulAlgoGetHeuristic", || unsafe {
+        CudaPlan::new(blas.lt.0, key, T::CUBLASLT, ws)
+    })??;
+    Ok(made.map_or(LtPlan::NoAlgorithm, LtPlan::Cuda))
 }
 
-/// cuBLASLt's TRANSA / TRANSB attribute value: a `cublasOperation_t` as i32 (N = 0, T = 1).
-fn lt_op(t: bool) -> i32 {
-    t as i32
+/// The fallback of [`gemm_bias`]: C = bias on every row (a broadcast copy), then C += A·B.
+fn bias_then_gemm<T: GemmElem>(
+    gpu: &Gpu,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    bias: (&DeviceBuffer<T>, usize),
+    c: MatMut<'_, T>,
+    math: MathMode,
+) -> Result<()> {
+    let shape = [c.rows, c.cols];
+    let broadcast = crate::Strided::new(bias.0, bias.1, &[0, 1]);
+    let c_strides = [c.row_stride, 1];
+    crate::ops::elementwise::copy_into(gpu, &shape, broadcast, c.buf, c.offset, &c_strides)?;
+    gemm(gpu, a, b, c, 1, 1.0, 1.0, math)
+}
+
+impl Gpu {
+    /// A testing aid: while `on`, every new cuBLASLt plan behaves as if the heuristic found no
+    /// algorithm, so [`gemm_bias`] takes its plain GEMM + bias path; the cached plans are
+    /// forgotten either way.
+    pub fn force_gemm_bias_fallback(&self, on: bool) {
+        self.lt_plans
+            .force_fallback
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.lt_plans.clear();
+    }
+}
+
+pub(crate) fn lt_check(call: &'static str, s: lt::cublasStatus_t) -> Result<()> {
+    if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::blas(call, s))
+    }
 }
 
 #[cfg(test)]

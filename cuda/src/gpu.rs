@@ -18,6 +18,7 @@
 //! - Timing: [`Gpu::timer`] records CUDA events on the stream.
 
 use crate::buffer::{DeviceBuffer, DeviceElem, Storage};
+use crate::counters::{Count, Counters, LiveCounters};
 use crate::nvrtc::{self, KernelFile};
 use crate::sim::launch::DEFAULT_SHARED_BYTES;
 use crate::sim::{self, device::SimDevice};
@@ -210,6 +211,11 @@ pub struct PoolUsage {
 const ERR_INDEX_OUT_OF_RANGE: u32 = 1;
 const ERR_TARGET_OUT_OF_RANGE: u32 = 2;
 
+/// Status slots: each op that checks its input on the device ([`Gpu::status_address_for`])
+/// gets its own four words [code, value low, value high, unused], so the report names the op.
+pub(crate) const STATUS_SLOTS: usize = 16;
+pub(crate) const STATUS_BYTES: usize = STATUS_SLOTS * 16;
+
 /// A launch shape: grid, block, dynamic shared memory.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Launch {
@@ -254,6 +260,12 @@ pub struct Gpu {
     info: DeviceInfo,
     backend: Backend,
     pub(crate) blas: Mutex<Option<Arc<crate::blas::Blas>>>,
+    /// Syncs, launches, GEMMs, heuristic queries, weight casts, bytes moved (`counters.rs`).
+    pub(crate) counters: LiveCounters,
+    /// The op of each status slot, in order of first use.
+    status_ops: Mutex<Vec<&'static str>>,
+    /// cuBLASLt plans by problem (`lt_plans.rs`).
+    pub(crate) lt_plans: crate::lt_plans::PlanCache,
 }
 
 /// A real device through the driver, or the simulator.
@@ -268,7 +280,7 @@ struct CudaDevice {
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
-    /// [code, value low, value high, unused], zero when no kernel reported anything.
+    /// [code, value low, value high, unused] per status slot, zero when no kernel reported.
     status: cudarc::driver::CudaSlice<u32>,
 }
 
@@ -321,6 +333,9 @@ impl Gpu {
             info,
             backend: Backend::Sim(device),
             blas: Mutex::new(None),
+            counters: LiveCounters::default(),
+            status_ops: Mutex::new(Vec::new()),
+            lt_plans: Default::default(),
         }))
     }
 
@@ -349,7 +364,7 @@ impl Gpu {
             }
         }
         let status = stream
-            .alloc_zeros::<u32>(4)
+            .alloc_zeros::<u32>(STATUS_BYTES / 4)
             .map_err(|e| Error::driver("cuMemAllocAsync", e))?;
         Ok(Arc::new(Gpu {
             info,
@@ -361,6 +376,9 @@ impl Gpu {
                 status,
             }),
             blas: Mutex::new(None),
+            counters: LiveCounters::default(),
+            status_ops: Mutex::new(Vec::new()),
+            lt_plans: Default::default(),
         }))
     }
 
@@ -473,6 +491,7 @@ impl Gpu {
         if buf.is_empty() {
             return Ok(());
         }
+        self.count(Count::Launch, 1);
         match (&self.backend, &mut buf.storage) {
             (Backend::Cuda(c), Storage::Cuda(slice)) => c
                 .stream
@@ -492,6 +511,7 @@ impl Gpu {
         if data.is_empty() {
             return self.alloc(0);
         }
+        self.count(Count::BytesToDevice, std::mem::size_of_val(data) as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 let slice = c
@@ -513,6 +533,7 @@ impl Gpu {
         &self,
         data: &[T],
     ) -> Result<Records<T>> {
+        self.count(Count::BytesToDevice, std::mem::size_of_val(data) as u64);
         match &self.backend {
             Backend::Cuda(c) => c
                 .stream
@@ -542,6 +563,7 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
+        self.count(Count::BytesToDevice, std::mem::size_of_val(data) as u64);
         match (&self.backend, &mut buf.storage) {
             (Backend::Cuda(c), Storage::Cuda(slice)) => {
                 let mut view = slice.slice_mut(offset..offset + data.len());
@@ -582,13 +604,15 @@ impl Gpu {
         if len == 0 {
             return Ok(out);
         }
+        self.count(Count::Sync, 1);
+        self.count(Count::BytesToHost, (len * std::mem::size_of::<T>()) as u64);
         match (&self.backend, &buf.storage) {
             (Backend::Cuda(c), Storage::Cuda(slice)) => {
                 let view = slice.slice(offset..offset + len);
                 c.stream
                     .memcpy_dtoh(&view, &mut out[..])
                     .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
-                self.synchronize()?;
+                self.wait()?;
             }
             (Backend::Sim(s), Storage::Sim(_)) => {
                 // SAFETY: the source range was bounds-checked above; `out` holds `len` elements.
@@ -622,6 +646,7 @@ impl Gpu {
             return Ok(());
         }
         let bytes = len * std::mem::size_of::<T>();
+        self.count(Count::BytesOnDevice, bytes as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 self.bind()?;
@@ -730,10 +755,39 @@ impl Gpu {
         }
     }
 
+    // ---- counters ----------------------------------------------------------------------------
+
+    /// What this GPU has done since the last [`Gpu::reset_counters`] (`counters.rs`). Reading
+    /// them never touches the device.
+    pub fn counters(&self) -> Counters {
+        self.counters.snapshot()
+    }
+
+    /// Sets every counter to zero.
+    pub fn reset_counters(&self) {
+        self.counters.reset()
+    }
+
+    /// Counts one f32 -> half cast of a parameter (autocast calls it for the weights it casts).
+    pub fn note_weight_cast(&self) {
+        self.count(Count::WeightCast, 1)
+    }
+
+    pub(crate) fn count(&self, c: Count, n: u64) {
+        self.counters.add(c, n)
+    }
+
     // ---- synchronisation, status, timing -------------------------------------------------
 
     /// Waits for everything issued on the stream (a simulated device's work is done when issued).
+    /// Counts one device-to-host synchronisation.
     pub fn synchronize(&self) -> Result<()> {
+        self.count(Count::Sync, 1);
+        self.wait()
+    }
+
+    /// [`Gpu::synchronize`] without counting (the second half of a call already counted).
+    fn wait(&self) -> Result<()> {
         match &self.backend {
             Backend::Cuda(c) => c
                 .stream
@@ -746,51 +800,82 @@ impl Gpu {
         }
     }
 
-    /// The device address of the status word kernels report bad input to.
-    pub(crate) fn status_address(&self) -> u64 {
-        match &self.backend {
+    /// The device address of the status words where `op`'s kernels report bad input: a slot of
+    /// its own (ops past the 16th share the last one, which then names them together).
+    pub(crate) fn status_address_for(&self, op: &'static str) -> u64 {
+        let slot = {
+            let mut ops = self.status_ops.lock().unwrap_or_else(|p| p.into_inner());
+            match ops.iter().position(|&o| o == op) {
+                Some(i) => i,
+                None if ops.len() < STATUS_SLOTS => {
+                    ops.push(op);
+                    ops.len() - 1
+                }
+                None => STATUS_SLOTS - 1,
+            }
+        };
+        let base = match &self.backend {
             Backend::Cuda(c) => {
                 let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&c.status, &c.stream);
                 ptr
             }
             Backend::Sim(s) => s.status_address(),
-        }
+        };
+        base + 16 * slot as u64
     }
 
     /// Waits for the stream, then errors if a kernel since the last check reported bad input
-    /// (an index or target out of range), and clears the report.
+    /// (an index or target out of range), naming the op that launched it, and clears the
+    /// reports. Ops on a GPU do not download their ids to check them: the kernels check, and
+    /// this reads the verdict, once per training step (or logging step) rather than once per op.
+    /// One device-to-host synchronisation.
     pub fn check_status(&self) -> Result<()> {
         self.synchronize()?;
-        let words = match &self.backend {
+        let slots: [[u32; 4]; STATUS_SLOTS] = match &self.backend {
             Backend::Cuda(c) => {
-                let mut words = [0u32; 4];
+                let mut words = [0u32; STATUS_BYTES / 4];
                 c.stream
                     .memcpy_dtoh(&c.status, &mut words[..])
                     .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
-                self.synchronize()?;
-                if words[0] != 0 {
+                self.wait()?;
+                if words.iter().any(|&w| w != 0) {
                     self.bind()?;
-                    // SAFETY: the four status words of this GPU, cleared in stream order.
+                    // SAFETY: this GPU's status words, cleared in stream order.
                     unsafe {
-                        dr::memset_d8_async(self.status_address(), 0, 16, c.stream.cu_stream())
+                        let base = cudarc::driver::DevicePtr::device_ptr(&c.status, &c.stream).0;
+                        dr::memset_d8_async(base, 0, STATUS_BYTES, c.stream.cu_stream())
                     }
                     .map_err(|e| Error::driver("cuMemsetD8Async", e))?;
-                    self.synchronize()?;
+                    self.wait()?;
                 }
-                words
+                std::array::from_fn(|i| std::array::from_fn(|j| words[4 * i + j]))
             }
             Backend::Sim(s) => s.take_status(),
         };
-        if words[0] == 0 {
+        let Some((slot, words)) = slots.iter().enumerate().find(|(_, w)| w[0] != 0) else {
             return Ok(());
-        }
+        };
+        let op = {
+            let ops = self.status_ops.lock().unwrap_or_else(|p| p.into_inner());
+            match (slot, ops.len()) {
+                (s, n) if s == STATUS_SLOTS - 1 && n == STATUS_SLOTS => {
+                    format!("one of {}", ops[s..].join(", "))
+                }
+                (s, n) if s < n => ops[s].to_string(),
+                _ => "a kernel".to_string(),
+            }
+        };
         let value = (words[1] as u64 | (words[2] as u64) << 32) as i64;
         Err(Error::Kernel(match words[0] {
             ERR_INDEX_OUT_OF_RANGE => format!(
-                "an index kernel (embedding, gather, scatter_add): index {value} is out of range"
+                "{op}: index {value} is out of range (found by the device and reported at the \
+                 next status check)"
             ),
-            ERR_TARGET_OUT_OF_RANGE => format!("cross_entropy: target {value} is out of range"),
-            code => format!("a kernel reported error code {code} (value {value})"),
+            ERR_TARGET_OUT_OF_RANGE => format!(
+                "{op}: target {value} is out of range (found by the device and reported at the \
+                 next status check)"
+            ),
+            code => format!("{op}: the kernel reported error code {code} (value {value})"),
         }))
     }
 
@@ -905,6 +990,7 @@ impl Gpu {
         shape: Launch,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        self.count(Count::Launch, 1);
         if let Backend::Sim(s) = &self.backend {
             if shape.shared_bytes > DEFAULT_SHARED_BYTES {
                 s.set_max_dynamic_shared(file, name, shape.shared_bytes)?;

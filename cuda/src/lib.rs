@@ -16,8 +16,10 @@
 
 pub mod blas;
 mod buffer;
+mod counters;
 mod error;
 mod gpu;
+mod lt_plans;
 pub mod nccl;
 pub mod nvrtc;
 pub mod ops;
@@ -26,6 +28,7 @@ mod strided;
 pub mod testing;
 
 pub use buffer::{DeviceBuffer, DeviceElem, ElemType};
+pub use counters::Counters;
 pub use error::{Error, Result};
 pub(crate) use gpu::guard;
 pub use gpu::{

@@ -1573,6 +1573,77 @@ mod blas {
         products::<bf16>(&gpu, MathMode::Exact, s + 30);
     }
 
+    /// `gemm_bias` on views at odd element offsets (2-byte aligned bf16, 4-byte aligned f32
+    /// pointers) against the CPU; its cuBLASLt plans cached (one heuristic query per problem and
+    /// alignment, none on a repeat); and its plain GEMM + bias fallback, the same numbers.
+    fn bias_plans<T: FloatElem + GemmElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        let (m, k, n) = (9, 24, 13);
+        // Each operand is a narrowed view one element into a larger buffer.
+        let view = |rows: usize, cols: usize, s: u64| {
+            let t = randn(&[rows * cols + 1], 1.0, dt, s);
+            t.narrow(0, 1, rows * cols)
+                .unwrap()
+                .reshape(&[rows, cols])
+                .unwrap()
+        };
+        let (a, w, bias) = (view(m, k, seed), view(n, k, seed + 1), view(1, n, seed + 2));
+        let (ga, gw, gb) = (up::<T>(gpu, &a), up::<T>(gpu, &w), up::<T>(gpu, &bias));
+        let want = f32_(&a)
+            .matmul(&f32_(&w).t().unwrap())
+            .unwrap()
+            .add(&f32_(&bias))
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let wt = w.t().unwrap();
+        let run = |what: &str| -> cuda::Counters {
+            let before = gpu.counters();
+            let mut c = gpu.alloc::<T>(m * n + 1).unwrap();
+            gemm_bias(
+                gpu,
+                mat(&ga, &a, 0),
+                mat(&gw, &wt, 0),
+                (&gb.buf, 1),
+                MatMut::row_major(&mut c, 1, m, n),
+                MathMode::Exact,
+            )
+            .unwrap();
+            let got = gpu.download(&c).unwrap()[1..].to_vec();
+            let got = Tensor::from_vec(got, &[m, n]).unwrap();
+            assert_close(&got, &want, tol(dt), &format!("gemm_bias {dt} {what}"));
+            gpu.counters().since(&before)
+        };
+        let first = run("offset views");
+        assert!(first.heuristic_queries <= 1, "{first}");
+        let again = run("offset views, cached plan");
+        assert_eq!(again.heuristic_queries, 0, "{again}");
+        assert_eq!(again.gemms, 1, "{again}");
+        gpu.force_gemm_bias_fallback(true);
+        let fallback = run("plain GEMM + bias");
+        assert_eq!(
+            (fallback.heuristic_queries, fallback.gemms),
+            (1, 1),
+            "{fallback}"
+        );
+        assert!(
+            fallback.launches >= 1,
+            "the bias copy is a launch: {fallback}"
+        );
+        gpu.force_gemm_bias_fallback(false);
+        assert_eq!(run("after the fallback").heuristic_queries, 1);
+    }
+
+    #[test]
+    fn gemm_bias_plans_are_cached_and_offset_views_and_the_fallback_match_cpu() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        bias_plans::<f32>(&gpu, s);
+        bias_plans::<bf16>(&gpu, s + 10);
+        bias_plans::<f16>(&gpu, s + 20);
+    }
+
     fn heads<'a, T: FloatElem>(g: &'a OnGpu<T>) -> Heads<'a, T> {
         let st = g.layout.strides();
         Heads {

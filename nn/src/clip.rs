@@ -97,6 +97,26 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
     Ok(total)
 }
 
+/// [`clip_grad_norm`] with no wait for a GPU: the same clipping (the same numbers), but the norm
+/// before clipping comes back as a rank-0 f64 tensor on the gradients' device, to be read only
+/// when it is logged. On a GPU the norm and the factor are computed by the device and the
+/// scaling reads the factor there; a non-finite norm leaves the gradients as they are.
+pub fn clip_grad_norm_deferred(grads: &mut [&mut Tensor], max_norm: f64) -> Result<Tensor> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        bail!(OP, "max_norm must be >= 0, got {max_norm}");
+    }
+    let refs: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
+    let device = gradients_device(OP, refs.iter().map(|g| g.device()))?;
+    #[cfg(feature = "cuda")]
+    if device != Device::Cpu {
+        if let Some(norm) = tensor::cuda::optim::clip_on_device(grads, max_norm)? {
+            return Ok(norm);
+        }
+    }
+    let norm = clip_grad_norm(grads, max_norm)?;
+    Tensor::from_vec(vec![norm], &[])?.to_device(device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

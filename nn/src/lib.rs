@@ -27,10 +27,10 @@ mod param;
 pub mod precision;
 pub mod schedule;
 
-pub use clip::{clip_grad_norm, total_norm};
+pub use clip::{clip_grad_norm, clip_grad_norm_deferred, total_norm};
 pub use comm::{Communicator, SingleProcess, ThreadGroup};
 pub use data_parallel::{all_reduce_grads, shard_range};
-pub use layers::{Dropout, Embedding, LayerNorm, Linear};
+pub use layers::{half_copy_product, Dropout, Embedding, LayerNorm, Linear};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};

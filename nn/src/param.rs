@@ -1,13 +1,24 @@
 //! `Param`: a trainable tensor. Modules hold `Param`s and share them by reference, so tied weights
 //! (the MLM decoder and the word embeddings) are one `Param` seen under two names. Each forward
 //! pass reads the current value as a leaf `Var`; the optimizer replaces the value in place.
+//!
+//! Autocast on a GPU reads a parameter through [`Param::half`]: a bf16/f16 copy of the f32 value
+//! kept beside it, made by one cast the first time and from then on written by the AdamW kernel
+//! in the same pass that updates the f32 value (`step_params`), so a forward casts no weight.
 
 use autograd::Var;
-use std::sync::{Arc, RwLock};
-use tensor::{Error, Result, Tensor};
+use std::sync::{Arc, Mutex, RwLock};
+use tensor::{DType, Device, Error, Result, Tensor};
+
+/// A half-precision copy of a parameter's value: valid while the parameter's `Var` has `id`.
+#[derive(Clone)]
+pub(crate) struct HalfCopy {
+    pub id: usize,
+    pub value: Tensor,
+}
 
 #[derive(Clone)]
-pub struct Param(Arc<RwLock<Var>>);
+pub struct Param(Arc<RwLock<Var>>, Arc<Mutex<Option<HalfCopy>>>);
 
 impl std::fmt::Debug for Param {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -17,7 +28,7 @@ impl std::fmt::Debug for Param {
 
 impl Param {
     pub fn new(t: Tensor) -> Param {
-        Param(Arc::new(RwLock::new(Var::param(t))))
+        Param(Arc::new(RwLock::new(Var::param(t))), Arc::default())
     }
 
     /// The current value as a leaf of the graph; gradients come back keyed by this `Var`.
@@ -71,6 +82,42 @@ impl Param {
     }
 
     /// True when both handles are the same parameter (tied weights).
+    /// The value in `dtype` (f16 or bf16) for an autocast product on a GPU, as a graph node whose
+    /// gradient flows back to the f32 parameter (cast to f32): the kept copy when it is current
+    /// (the optimizer writes it), else one cast, counted as a weight cast, kept for next time.
+    /// None for a CPU or non-f32 parameter, which autocast handles as before.
+    pub fn half(&self, dtype: DType) -> Result<Option<Var>> {
+        let v = self.var();
+        if v.value().device() == Device::Cpu || v.value().dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let mut kept = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        let value = match &*kept {
+            Some(h) if h.id == v.id() && h.value.dtype() == dtype => h.value.clone(),
+            _ => {
+                v.value().device().note_weight_cast()?;
+                let value = v.value().to_dtype(dtype)?;
+                *kept = Some(HalfCopy {
+                    id: v.id(),
+                    value: value.clone(),
+                });
+                value
+            }
+        };
+        Ok(Some(v.cast_as(value)?))
+    }
+
+    /// Takes the kept half copy out (the optimizer writes it in place, then [`Param::put_half`]).
+    pub(crate) fn take_half(&self) -> Option<HalfCopy> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Keeps `value` as the half copy of the current value.
+    pub(crate) fn put_half(&self, value: Tensor) {
+        let id = self.var().id();
+        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(HalfCopy { id, value });
+    }
+
     pub fn same(&self, other: &Param) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }

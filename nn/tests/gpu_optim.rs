@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use nn::{
-    clip_grad_norm, join, to_device, total_norm, AdamW, AdamWConfig, AdamWVariant, LossScaler,
-    LossScalerConfig, Module, Param, ParamUpdate,
+    clip_grad_norm, clip_grad_norm_deferred, join, to_device, total_norm, AdamW, AdamWConfig,
+    AdamWVariant, LossScaler, LossScalerConfig, Module, Param, ParamUpdate,
 };
 use tensor::{DType, Device, Tensor};
 
@@ -367,6 +367,46 @@ fn clip_grad_norm_on_the_gpu_matches_the_cpu() {
         let mut m: Vec<&mut Tensor> = g.iter_mut().collect();
         assert!(!clip_grad_norm(&mut m, 1.0).unwrap().is_finite());
         assert_eq!(bits(&g[1]), g1);
+    }
+}
+
+/// The deferred clipping (norm and factor on the device) is the host-decided one, bit for bit,
+/// and waits for nothing: large, small and non-finite norms.
+#[test]
+fn deferred_clipping_is_the_same_with_no_sync() {
+    let Some((dev, _serial)) = gpu_or_skip("deferred_clipping_is_the_same_with_no_sync") else {
+        return;
+    };
+    let seed = fresh_seed();
+    let mut bad = vec![1f32; 20_000];
+    bad[7] = f32::INFINITY;
+    let cases = [
+        clip_inputs(seed, 1.0),
+        clip_inputs(seed + 10, 1e-4),
+        vec![
+            Tensor::from_vec(bad, &[20_000]).unwrap(),
+            randn(&[5], 10.0, seed),
+        ],
+    ];
+    for (i, host) in cases.iter().enumerate() {
+        let (mut a, mut b) = (upload(host, dev), upload(host, dev));
+        let want = {
+            let mut m: Vec<&mut Tensor> = a.iter_mut().collect();
+            clip_grad_norm(&mut m, 1.0).unwrap()
+        };
+        let before = dev.counters().unwrap().unwrap();
+        let norm = {
+            let mut m: Vec<&mut Tensor> = b.iter_mut().collect();
+            clip_grad_norm_deferred(&mut m, 1.0).unwrap()
+        };
+        let during = dev.counters().unwrap().unwrap().since(&before);
+        assert_eq!(during.syncs, 0, "case {i}: {during}");
+        assert_eq!((norm.device(), norm.dtype()), (dev, DType::F64));
+        let got = norm.to_vec::<f64>().unwrap()[0];
+        assert_eq!(got.to_bits(), want.to_bits(), "case {i}: {got} vs {want}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(bits(x), bits(y), "case {i}");
+        }
     }
 }
 

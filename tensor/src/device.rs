@@ -82,6 +82,51 @@ impl Device {
         self == Device::Cpu
     }
 
+    /// Reports bad input that the device's kernels found since the last check (an index or a
+    /// target out of range: the GPU paths check them on the device, not by downloading them),
+    /// as the error of the op that found it. One device-to-host synchronisation on a GPU; always
+    /// Ok on the CPU, whose ops check their inputs before running. The trainers call it on their
+    /// logging steps and at the end of a run.
+    pub fn check_status(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => cuda::gpu(i)?.check_status().map_err(Error::from),
+        }
+    }
+
+    /// Counts one f32 -> half cast of a parameter on this GPU's counters (autocast calls it;
+    /// nothing on the CPU).
+    pub fn note_weight_cast(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                cuda::gpu(i)?.note_weight_cast();
+                Ok(())
+            }
+        }
+    }
+
+    /// The GPU's counters (device-to-host syncs, launches, GEMMs, cuBLASLt heuristic queries,
+    /// weight casts, bytes moved; `cuda::Counters`) since the last reset; None on the CPU.
+    #[cfg(feature = "cuda")]
+    pub fn counters(self) -> Result<Option<cuda::Counters>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(i) => Ok(Some(cuda::gpu(i)?.counters())),
+        }
+    }
+
+    /// Sets the GPU's counters to zero (nothing on the CPU).
+    #[cfg(feature = "cuda")]
+    pub fn reset_counters(self) -> Result<()> {
+        if let Device::Cuda(i) = self {
+            cuda::gpu(i)?.reset_counters();
+        }
+        Ok(())
+    }
+
     /// What this device is, for logs: "cpu", or the GPU's name and compute capability, with
     /// "simulated" for a device of the CUDA simulator (`COTMAE_CUDA_SIM=1`). Opens the GPU.
     pub fn describe(self) -> Result<String> {

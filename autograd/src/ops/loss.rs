@@ -14,9 +14,10 @@ impl Var {
             "cross_entropy",
             loss,
             vec![self.clone()],
+            // The loss gradient stays on the logits' device (no wait for the GPU).
             Box::new(move |g| {
-                let gl = g.to_dtype(tensor::DType::F64)?.to_scalar::<f64>()?;
-                let d = Tensor::cross_entropy_backward(&logits, &targets, &lse, ignore_index, gl)?;
+                let d =
+                    Tensor::cross_entropy_backward_by(&logits, &targets, &lse, ignore_index, g)?;
                 Ok(vec![Some(d)])
             }),
         ))

@@ -50,10 +50,19 @@ impl Gemm {
     }
 }
 
+/// `v` cast to `half` for an autocast product; a cast of a parameter (or a view of one) is
+/// counted on its GPU as a weight cast (`Device::note_weight_cast`).
+fn autocast_operand(v: &Var, half: DType) -> Result<Var> {
+    if v.is_param_view() {
+        v.value().device().note_weight_cast()?;
+    }
+    v.to_dtype(half)
+}
+
 impl Var {
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
         if let Some(half) = gemm_dtype(&[self.value(), rhs.value()]) {
-            let y = self.to_dtype(half)?.matmul(&rhs.to_dtype(half)?)?;
+            let y = autocast_operand(self, half)?.matmul(&autocast_operand(rhs, half)?)?;
             return y.to_dtype(DType::F32);
         }
         let (a, b) = (self.value().clone(), rhs.value().clone());
@@ -75,9 +84,9 @@ impl Var {
     pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
         if let Some(half) = gemm_dtype(&[self.value(), rhs.value(), bias.value()]) {
             let (a, b, c) = (
-                self.to_dtype(half)?,
-                rhs.to_dtype(half)?,
-                bias.to_dtype(half)?,
+                autocast_operand(self, half)?,
+                autocast_operand(rhs, half)?,
+                autocast_operand(bias, half)?,
             );
             return a.matmul_bias(&b, &c)?.to_dtype(DType::F32);
         }

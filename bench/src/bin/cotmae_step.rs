@@ -12,14 +12,21 @@
 //! sides time the same batch.
 //!
 //! usage: cotmae_step batch FILE [--docs 8]            write the batch (2 rows per document)
-//!        cotmae_step FILE [--tiny] [--warmup N] [--iters N] [--device cpu|cuda[:N]]
-//!                         [--precision fp32|bf16|fp16] [--bert]
+//!        cotmae_step FILE [--tiny | --base-shaped] [--warmup N] [--iters N]
+//!                         [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert]
+//!                         [--counters]
 //!                                                     time the step on FILE's batch: warm-up
 //!                                                     steps (2, at least 1), then the median of
 //!                                                     N (5); one JSON line on stdout, the first
 //!                                                     step's losses and all times on stderr
 //!
-//! `--tiny` (hidden 64, 2 layers, 4 heads, FFN 128, same vocabulary) is for smoke tests only.
+//! `--tiny` (hidden 64, 2 layers, 4 heads, FFN 128, same vocabulary) is for smoke tests only;
+//! `--base-shaped` is bert-base's graph at a tiny width (12 layers, 12 heads of 8, hidden 96, FFN
+//! 384): the same kernels, GEMMs and syncs per step as bert-base, cheap enough for the simulator.
+//! `--counters` (a GPU) prints, instead of times, what each step after the first did on the
+//! device (`cuda::Counters`: device-to-host syncs, kernel launches, GEMMs, cuBLASLt heuristic
+//! queries, weight casts, bytes moved), one JSON line per step on stdout; those steps read no
+//! loss and end with no sync, as a trainer's non-logging step.
 //! On a GPU (`--device cuda`, a build with feature `cuda`) each timed step ends with a device
 //! sync. `--precision bf16` runs the forward under bf16 autocast (f32 master weights and
 //! optimizer state), on the GPU (cuBLAS) or on the CPU (the bf16 GEMM, AMX or AVX512-BF16);
@@ -143,24 +150,42 @@ fn read_batch(path: &str) -> Result<CotMaeBatch> {
     })
 }
 
-/// Unscales (fp16) and clips the gradients of `params` (each tied parameter once) to a global
-/// norm of `max_norm`; returns the norm and whether the optimizer steps.
+/// Runs `f` on the gradients of `params` (each tied parameter once), taken out of `grads` and
+/// put back after.
+fn on_gradients<R>(
+    params: &[(String, Param)],
+    grads: &mut Gradients,
+    f: impl FnOnce(&mut [&mut Tensor]) -> Result<R>,
+) -> Result<R> {
+    let mut taken: Vec<_> = params
+        .iter()
+        .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
+        .collect();
+    let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
+    let out = f(&mut refs);
+    for (v, g) in taken {
+        grads.insert(&v, g);
+    }
+    out
+}
+
+/// Unscales (fp16) and clips the gradients of `params` to a global norm of `max_norm`; returns
+/// the norm and whether the optimizer steps.
 fn clip(
     params: &[(String, Param)],
     grads: &mut Gradients,
     max_norm: f64,
     scaler: &mut LossScaler,
 ) -> Result<(f64, StepDecision)> {
-    let mut taken: Vec<_> = params
-        .iter()
-        .filter_map(|(_, p)| grads.remove(&p.var()).map(|g| (p.var(), g)))
-        .collect();
-    let mut refs: Vec<&mut Tensor> = taken.iter_mut().map(|(_, g)| g).collect();
-    let out = unscale_and_clip(scaler, &mut refs, max_norm)?;
-    for (v, g) in taken {
-        grads.insert(&v, g);
-    }
-    Ok(out)
+    on_gradients(params, grads, |g| unscale_and_clip(scaler, g, max_norm))
+}
+
+/// Clips with the clipping decided on the device (`nn::clip_grad_norm_deferred`: no wait for a
+/// GPU; the norm is not read).
+fn clip_deferred(params: &[(String, Param)], grads: &mut Gradients, max_norm: f64) -> Result<()> {
+    on_gradients(params, grads, |g| {
+        nn::clip_grad_norm_deferred(g, max_norm).map(|_| ())
+    })
 }
 
 struct Options {
@@ -170,6 +195,8 @@ struct Options {
     device: Device,
     precision: Precision,
     bert: bool,
+    base_shaped: bool,
+    counters: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -180,6 +207,8 @@ fn parse(args: &[String]) -> Result<Options> {
         device: Device::Cpu,
         precision: Precision::F32,
         bert: false,
+        base_shaped: false,
+        counters: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -191,6 +220,8 @@ fn parse(args: &[String]) -> Result<Options> {
         match a.as_str() {
             "--tiny" => o.tiny = true,
             "--bert" => o.bert = true,
+            "--base-shaped" => o.base_shaped = true,
+            "--counters" => o.counters = true,
             "--device" => {
                 let name = it.next().ok_or_else(|| err("--device needs a name"))?;
                 o.device = name.parse()?;
@@ -215,16 +246,25 @@ fn parse(args: &[String]) -> Result<Options> {
             "--precision fp16 needs --device cuda (bf16 runs on the CPU too)",
         ));
     }
+    if o.counters && o.device.is_cpu() {
+        return Err(err("--counters needs --device cuda"));
+    }
     Ok(o)
 }
 
-fn config(tiny: bool) -> BertConfig {
-    if tiny {
+fn config(o: &Options) -> BertConfig {
+    if o.tiny {
         BertConfig {
             hidden_size: 64,
             num_hidden_layers: 2,
             num_attention_heads: 4,
             intermediate_size: 128,
+            ..BertConfig::default()
+        }
+    } else if o.base_shaped {
+        BertConfig {
+            hidden_size: 96,
+            intermediate_size: 384,
             ..BertConfig::default()
         }
     } else {
@@ -246,7 +286,7 @@ type Losses = (Var, f64, f64);
 fn time_step(path: &str, o: &Options) -> Result<()> {
     let batch = read_batch(path)?.to_device(o.device)?;
     let rng = &mut Rng::new(0);
-    let lm = BertForMaskedLM::new(&config(o.tiny), rng)?;
+    let lm = BertForMaskedLM::new(&config(o), rng)?;
     let model = BertForCotMAE::new(lm, CotMaeModelArgs::default(), rng)?;
     let (params, module): (_, &dyn Module) = if o.bert {
         (model.lm.named_params(), &model.lm)
@@ -262,7 +302,8 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
     })?;
     let mut scaler = o.precision.loss_scaler()?;
     let mut ctx = Ctx::train(1);
-    let forward = |ctx: &mut Ctx| -> Result<Losses> {
+    // `read`: download the losses (a logging step); NaN otherwise.
+    let forward = |ctx: &mut Ctx, read: bool| -> Result<Losses> {
         if o.bert {
             let out = model.lm.forward(
                 &batch.input_ids,
@@ -271,40 +312,58 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
                 &batch.labels,
                 ctx,
             )?;
-            let loss = out.loss.value().to_vec_f64()?[0];
+            let loss = match read {
+                true => out.loss.value().to_vec_f64()?[0],
+                false => f64::NAN,
+            };
             Ok((out.loss, loss, f64::NAN))
         } else {
             let out = model.forward(&batch, ctx)?;
+            if !read {
+                return Ok((out.loss, f64::NAN, f64::NAN));
+            }
             let (_, enc, head) = loss_values(&out)?;
             Ok((out.loss, enc, head.unwrap_or(f64::NAN)))
         }
     };
-    let mut step = || -> Result<(f64, f64, f64)> {
-        let (loss, enc, head) = o.precision.autocast(|| forward(&mut ctx))?;
+    let mut step = |logging: bool| -> Result<(f64, f64, f64)> {
+        let (loss, enc, head) = o.precision.autocast(|| forward(&mut ctx, logging))?;
         let mut grads = match scaler.scale() {
             1.0 => loss.backward()?,
             scale => loss.mul_scalar(scale as f64)?.backward()?,
         };
         drop(loss); // release the graph so the optimizer writes parameters in place
-        let (norm, decision) = clip(&params, &mut grads, MAX_GRAD_NORM, &mut scaler)?;
+        let (norm, decision) = if logging || o.precision == Precision::F16 {
+            clip(&params, &mut grads, MAX_GRAD_NORM, &mut scaler)?
+        } else {
+            // A non-logging step decides the clipping on the device (the norm is not read).
+            clip_deferred(&params, &mut grads, MAX_GRAD_NORM)?;
+            (f64::NAN, StepDecision::Apply)
+        };
         if decision == StepDecision::Apply {
             step_params(&mut opt, LR, &params, &grads)?;
         }
-        sync(o.device)?;
+        if logging {
+            o.device.check_status()?;
+            sync(o.device)?;
+        }
         Ok((enc, head, norm))
     };
-    let (enc, head, norm) = step()?;
+    let (enc, head, norm) = step(true)?;
     eprintln!(
         "first step on {} ({:?}): encoder loss {enc:.4}, head loss {head:.4}, grad norm {norm:.3}",
         o.device, o.precision
     );
+    if o.counters {
+        return print_counters(o, &batch, &mut step);
+    }
     for _ in 1..o.warmup {
-        step()?;
+        step(true)?;
     }
     let mut ms = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let t = Instant::now();
-        step()?;
+        step(true)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
@@ -316,7 +375,7 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
         Precision::Bf16 => "bf16",
         Precision::F16 => "fp16",
     };
-    let size = if o.tiny { "tiny" } else { "bert-base" };
+    let size = size_name(o);
     let (op, shape) = if o.device.is_cpu() {
         ("cotmae_train_step", format!("[{rows},{len}] {size}"))
     } else {
@@ -336,6 +395,57 @@ fn time_step(path: &str, o: &Options) -> Result<()> {
     Ok(())
 }
 
+fn size_name(o: &Options) -> &'static str {
+    match (o.tiny, o.base_shaped) {
+        (true, _) => "tiny",
+        (_, true) => "base-shaped",
+        _ => "bert-base",
+    }
+}
+
+/// `--counters`: `iters` non-logging steps after the first, each one JSON line of what it did on
+/// the device (the counters of this thread's work, `cuda::Counters`).
+#[cfg(feature = "cuda")]
+fn print_counters(
+    o: &Options,
+    batch: &CotMaeBatch,
+    step: &mut dyn FnMut(bool) -> Result<(f64, f64, f64)>,
+) -> Result<()> {
+    let what = if o.bert { "bert" } else { "cotmae" };
+    let shape = format!("{:?} {}", batch.input_ids.shape(), size_name(o));
+    for i in 0..o.iters {
+        o.device.reset_counters()?;
+        step(false)?;
+        let c = o.device.counters()?.unwrap_or_default();
+        println!(
+            "{{\"step\": {}, \"model\": \"{what}\", \"shape\": \"{shape}\", \"precision\": \"{:?}\", \
+             \"syncs\": {}, \"launches\": {}, \"gemms\": {}, \"heuristic_queries\": {}, \
+             \"weight_casts\": {}, \"bytes_to_device\": {}, \"bytes_to_host\": {}, \
+             \"bytes_on_device\": {}}}",
+            i + 2,
+            o.precision,
+            c.syncs,
+            c.launches,
+            c.gemms,
+            c.heuristic_queries,
+            c.weight_casts,
+            c.bytes_to_device,
+            c.bytes_to_host,
+            c.bytes_on_device
+        );
+    }
+    o.device.check_status()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn print_counters(
+    _: &Options,
+    _: &CotMaeBatch,
+    _: &mut dyn FnMut(bool) -> Result<(f64, f64, f64)>,
+) -> Result<()> {
+    Err(err("--counters needs a build with --features cuda"))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
@@ -343,7 +453,8 @@ fn main() -> Result<()> {
         [path, rest @ ..] if !path.starts_with('-') => time_step(path, &parse(rest)?),
         _ => Err(err(
             "usage: cotmae_step batch FILE [--docs N] | cotmae_step FILE [--tiny] [--warmup N] \
-             [--iters N] [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert]",
+             [--iters N] [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert] \
+             [--base-shaped] [--counters]",
         )),
     }
 }

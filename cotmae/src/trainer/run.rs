@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bert::{BertConfig, BertForMaskedLM, Tokenizer};
 use nn::{warmup_steps, AdamW, Ctx, LrSchedule, Precision, ScheduleKind};
-use tensor::Rng;
+use tensor::{Rng, Tensor};
 
 use super::args::PretrainArgs;
 use super::checkpoint::{
@@ -29,7 +29,7 @@ use super::loader::{with_batches, DataLoader, LoaderState};
 use super::log::{default_logging_dir, MetricsLog};
 use super::sampler::RandomSampler;
 use super::state::{LossSums, TrainerState, STATE_FILE};
-use super::step::{train_step, unique_params, Optimization};
+use super::step::{check_norms, read_losses, train_step, unique_params, Optimization};
 use super::streams;
 use crate::collator::{CollatorState, CotMaeCollator, SpanSource};
 use crate::model::BertForCotMAE;
@@ -278,6 +278,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         log.tensorboard_file().display(),
     ));
 
+    let o_device = device;
     let mut o = Optimization {
         opt,
         sched,
@@ -290,6 +291,34 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     let started = Instant::now();
     let steps_before = state.global_step;
     let mut run_sums = LossSums::default();
+    // Steps whose losses and gradient norms are still on the device (step number, applied,
+    // sums, device values), read together on the next logging or saving step (one download) and
+    // added in step order: the sums are those of reading each step at once. Returns the last
+    // step's gradient norm; a step that applied a non-finite one stops the run (diverged).
+    type Pending = (u64, bool, LossSums, Tensor, Tensor);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut fold = |pending: &mut Vec<Pending>, state: &mut TrainerState| {
+        let mut steps = std::mem::take(pending);
+        let mut refs: Vec<(&mut LossSums, &Tensor, &Tensor)> = steps
+            .iter_mut()
+            .map(|(_, _, s, l, n)| (s, &*l, &*n))
+            .collect();
+        let norms = read_losses(&mut refs)?;
+        let checked: Vec<(u64, bool, &LossSums, f64)> = steps
+            .iter()
+            .zip(&norms)
+            .map(|((step, applied, sums, _, _), &n)| (*step, *applied, sums, n))
+            .collect();
+        check_norms(&checked)?;
+        for (_, _, sums, _, _) in &steps {
+            state.since_log.add(sums);
+            state.total.add(sums);
+            run_sums.add(sums);
+        }
+        // Bad input the kernels found since the last fold (an id out of range) stops the run.
+        o_device.check_status()?;
+        Ok::<f64, Error>(norms.last().copied().unwrap_or(f64::NAN))
+    };
     let head_logged = model.args.use_decoder_head && model.args.enable_head_mlm;
     with_batches(loader, t.dataloader_num_workers, |next| -> Result<()> {
         let mut interval = Instant::now();
@@ -316,11 +345,14 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
             }
             state.loader = s.loader;
             state.dropout_rng = ctx.rng.into();
-            state.since_log.add(&s.sums);
-            state.total.add(&s.sums);
-            run_sums.add(&s.sums);
+            pending.push((state.global_step, !s.skipped, s.sums, s.losses, s.grad_norm));
             log.progress(state.global_step);
             let step = state.global_step;
+            let last = state.global_step == max_steps;
+            let mut grad_norm = f64::NAN;
+            if step.is_multiple_of(t.logging_steps) || step.is_multiple_of(t.save_steps) || last {
+                grad_norm = fold(&mut pending, &mut state)?;
+            }
             if step.is_multiple_of(t.logging_steps) {
                 let secs = interval.elapsed().as_secs_f64().max(1e-9);
                 let (loss, enc, head) = state.since_log.means();
@@ -330,7 +362,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                 }
                 values.extend([
                     ("learning_rate", o.sched.lr()),
-                    ("grad_norm", s.grad_norm),
+                    ("grad_norm", grad_norm),
                     (
                         "sequences_per_second",
                         state.since_log.sequences as f64 / secs,

@@ -11,17 +11,19 @@
 //! 4. one AdamW update at the schedule's current learning rate, then advance the schedule.
 //!
 //! The step's losses are the means of its micro-batch losses (HF accumulates
-//! `loss / gradient_accumulation_steps`), unscaled. A non-finite gradient norm on a step that is
+//! `loss / gradient_accumulation_steps`), unscaled. They are summed on the run's device and not
+//! read by the step ([`StepStats::losses`]): the loop reads them on its logging steps, so a GPU
+//! step does not wait for the device to report them. A non-finite gradient norm on a step that is
 //! not skipped stops training with an error naming the step (the run has diverged).
 
 use autograd::Gradients;
 use nn::StepDecision;
 use nn::{step_params, unscale_and_clip, AdamW, Ctx, LossScaler, LrSchedule, Param, Precision};
-use tensor::{Device, Tensor};
+use tensor::{DType, Device, Tensor};
 
 use super::loader::{LoadedBatch, LoaderState};
 use super::state::LossSums;
-use crate::model::{loss_values, BertForCotMAE};
+use crate::model::BertForCotMAE;
 use crate::{Error, Result};
 
 /// The optimizer, its schedule and the step's settings.
@@ -41,10 +43,13 @@ pub struct Optimization {
 
 /// What one step did.
 pub struct StepStats {
-    /// `steps` is 1; the losses are the micro-batch means.
+    /// `steps` is 1 and `sequences` counted; the losses are in `losses` (0 here).
     pub sums: LossSums,
-    /// The global gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Each micro-batch's (loss, encoder MLM loss, head MLM loss or 0), `[micro-batches, 3]` on
+    /// the run's device: [`read_losses`] reads them.
+    pub losses: Tensor,
+    /// The global gradient norm before clipping, f64 `[1]` on the run's device.
+    pub grad_norm: Tensor,
     /// The learning rate the update used.
     pub lr: f64,
     /// The loader's position after the step's last micro-batch.
@@ -80,6 +85,7 @@ pub fn train_step(
         ..LossSums::default()
     };
     let mut loader = None;
+    let mut losses: Vec<Tensor> = Vec::with_capacity(ga);
     // HF scales the loss by 1/ga, then by the loss scale; the scale is a power of two, so one
     // multiplication by scale/ga gives the same number (and 1/ga alone when not scaling).
     let factor = o.scaler.scale() as f64 / ga as f64;
@@ -87,7 +93,14 @@ pub fn train_step(
         let item = next_batch()?;
         let batch = item.batch.to_device(o.device)?;
         let out = o.precision.autocast(|| model.forward(&batch, ctx))?;
-        let (loss, enc, head) = loss_values(&out)?;
+        let head = match &out.head_mlm_loss {
+            Some(h) => h.value().clone(),
+            None => Tensor::zeros(&[], DType::F32, o.device)?,
+        };
+        let parts = [out.loss.value(), out.encoder_mlm_loss.value(), &head]
+            .map(|t| t.to_dtype(DType::F32).and_then(|t| t.reshape(&[1, 1])));
+        let [l, e, h] = parts;
+        losses.push(Tensor::cat(&[&l?, &e?, &h?], 1)?);
         let scaled = if factor != 1.0 {
             out.loss.mul_scalar(factor)?
         } else {
@@ -103,13 +116,11 @@ pub fn train_step(
                 });
             }
         }
-        sums.loss += loss / ga as f64;
-        sums.encoder_mlm_loss += enc / ga as f64;
-        sums.head_mlm_loss += head.unwrap_or(0.0) / ga as f64;
         sums.sequences += 2 * item.docs as u64;
         loader = Some(item.state);
     }
     let loader = loader.expect("at least one micro-batch");
+    let losses = Tensor::cat(&losses.iter().collect::<Vec<_>>(), 0)?;
 
     let mut with_grad: Vec<(usize, Tensor)> = summed
         .into_iter()
@@ -117,23 +128,35 @@ pub fn train_step(
         .filter_map(|(i, g)| Some((i, g?)))
         .collect();
     let mut refs: Vec<&mut Tensor> = with_grad.iter_mut().map(|(_, g)| g).collect();
-    let (grad_norm, decision) = unscale_and_clip(&mut o.scaler, &mut refs, o.max_grad_norm)?;
+    let (grad_norm, decision) = if o.precision == Precision::F16 {
+        // The scaler decides on the host whether the step applies.
+        let (norm, decision) = unscale_and_clip(&mut o.scaler, &mut refs, o.max_grad_norm)?;
+        if decision == StepDecision::Apply && !norm.is_finite() {
+            return Err(diverged(step, norm, &losses));
+        }
+        (
+            Tensor::from_vec(vec![norm], &[1])?.to_device(o.device)?,
+            decision,
+        )
+    } else {
+        // Decided on the device; a non-finite norm is reported when the losses are read.
+        let max = match o.max_grad_norm {
+            m if m > 0.0 => m,
+            _ => f64::INFINITY, // no clipping: the factor is 1
+        };
+        let norm = nn::clip_grad_norm_deferred(&mut refs, max)?.reshape(&[1])?;
+        (norm, StepDecision::Apply)
+    };
     let lr = o.sched.lr();
     if decision == StepDecision::Skip {
         return Ok(StepStats {
             sums,
+            losses,
             grad_norm,
             lr,
             loader,
             skipped: true,
         });
-    }
-    if !grad_norm.is_finite() {
-        return Err(Error::Config(format!(
-            "step {step}: the gradient norm is {grad_norm} (loss {}): training diverged; try a \
-             lower --learning_rate",
-            sums.loss
-        )));
     }
     let mut grads = Gradients::default();
     for (i, g) in with_grad {
@@ -143,9 +166,73 @@ pub fn train_step(
     o.sched.advance();
     Ok(StepStats {
         sums,
+        losses,
         grad_norm,
         lr,
         loader,
         skipped: false,
     })
+}
+
+/// The error of a step whose gradient norm is not finite (the run has diverged); `losses` is
+/// the step's `[micro-batches, 3]` device losses.
+fn diverged(step: u64, norm: f64, losses: &Tensor) -> Error {
+    let mut sums = LossSums::default();
+    let zero = Tensor::from_vec(vec![0f64], &[1]).and_then(|z| z.to_device(losses.device()));
+    let read = zero
+        .map_err(Error::from)
+        .and_then(|z| read_losses(&mut [(&mut sums, losses, &z)]));
+    let loss = match read {
+        Ok(_) => sums.loss,
+        Err(e) => return e,
+    };
+    Error::Config(format!(
+        "step {step}: the gradient norm is {norm} (loss {loss}): training diverged; try a lower \
+         --learning_rate"
+    ))
+}
+
+/// Reads what several steps left on the device (their [`StepStats::losses`] and `grad_norm`)
+/// with one download of each, writes each step's losses into its sums (the mean over its
+/// micro-batches, summed in f64 in order: the numbers reading each at once gives) and returns
+/// each step's gradient norm; the trainer then stops at the first step that applied a non-finite
+/// norm ([`check_norms`]).
+pub fn read_losses(steps: &mut [(&mut LossSums, &Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let losses: Vec<&Tensor> = steps.iter().map(|(_, l, _)| *l).collect();
+    let norms: Vec<&Tensor> = steps.iter().map(|(_, _, n)| *n).collect();
+    let values = Tensor::cat(&losses, 0)?.to_vec_f64()?;
+    let norms = Tensor::cat(&norms, 0)?.to_vec_f64()?;
+    let mut at = 0;
+    for (sums, l, _) in steps.iter_mut() {
+        let micro = l.shape()[0];
+        let ga = micro as f64;
+        let (mut loss, mut enc, mut head) = (0.0, 0.0, 0.0);
+        for v in values[3 * at..3 * (at + micro)].chunks_exact(3) {
+            loss += v[0] / ga;
+            enc += v[1] / ga;
+            head += v[2] / ga;
+        }
+        (sums.loss, sums.encoder_mlm_loss, sums.head_mlm_loss) = (loss, enc, head);
+        at += micro;
+    }
+    Ok(norms)
+}
+
+/// The error for the first of `steps` (step number, applied, losses, norm) that applied a
+/// non-finite gradient norm: the run has diverged.
+pub fn check_norms(steps: &[(u64, bool, &LossSums, f64)]) -> Result<()> {
+    match steps
+        .iter()
+        .find(|(_, applied, _, n)| *applied && !n.is_finite())
+    {
+        None => Ok(()),
+        Some((step, _, sums, norm)) => Err(Error::Config(format!(
+            "step {step}: the gradient norm is {norm} (loss {}): training diverged; try a lower \
+             --learning_rate",
+            sums.loss
+        ))),
+    }
 }

@@ -59,7 +59,7 @@ pub fn cross_entropy<T: FloatElem>(
     let (la, ra, sa, oa) = (
         out.lse.device_address(),
         row_loss.device_address(),
-        gpu.status_address(),
+        gpu.status_address_for(OP),
         out.loss.device_address(),
     );
     let t = T::TYPE;

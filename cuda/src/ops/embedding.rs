@@ -48,7 +48,7 @@ pub fn embedding<T: DeviceElem>(
     if n_ids * h == 0 {
         return Ok(out);
     }
-    let (oa, sa) = (out.device_address(), gpu.status_address());
+    let (oa, sa) = (out.device_address(), gpu.status_address_for(OP));
     let (n64, h64, v64) = (len_i64(OP, n_ids)?, len_i64(OP, h)?, len_i64(OP, v)?);
     // SAFETY: matches `embedding_fwd_w<bits>(const W*, const i64*, W*, i64, i64, i64, u32*)`;
     // ids are range-checked on the device.
@@ -90,7 +90,7 @@ pub fn embedding_backward<T: FloatElem>(
     let (ia, ga) = (ids.address(OP, n_ids)?, dy.address(OP, n_ids * h)?);
     let table = gpu.zeros::<f32>(v * h)?;
     if n_ids * h > 0 {
-        let (da, sa) = (table.device_address(), gpu.status_address());
+        let (da, sa) = (table.device_address(), gpu.status_address_for(OP));
         let (n64, h64, v64) = (len_i64(OP, n_ids)?, len_i64(OP, h)?, len_i64(OP, v)?);
         // SAFETY: matches `embedding_bwd_<t>(const i64*, const T*, float*, i64, i64, i64, u32*)`.
         unsafe {

@@ -27,6 +27,7 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     FLOATS
         .iter()
         .map(|t| (&GRAD_NORM, format!("sum_squares_{t}")))
+        .chain([(&GRAD_NORM, "clip_factor".to_string())])
         .collect()
 }
 
@@ -44,6 +45,56 @@ unsafe impl DeviceRepr for Record {}
 /// Σ g² over every element of every buffer in `grads` (read as f32, summed in f64). Waits for
 /// the GPU; 0 for an empty list.
 pub fn sum_of_squares<G: FloatElem>(gpu: &Gpu, grads: &[&DeviceBuffer<G>]) -> Result<f64> {
+    match partial_sums(gpu, grads)? {
+        None => Ok(0.0),
+        Some(partial) => Ok(gpu.download(&partial)?.iter().sum()),
+    }
+}
+
+/// The clipping of `grads` to a global norm of `max_norm`, decided on the device: (the total
+/// norm, f64 [1]; the factor to multiply the gradients by, f32 [1], 1 when no clipping applies
+/// or the norm is not finite), the same numbers as the host's (module docs of nn/src/clip.rs).
+/// Does not wait for the GPU.
+pub fn clip_factor<G: FloatElem>(
+    gpu: &Gpu,
+    grads: &[&DeviceBuffer<G>],
+    max_norm: f64,
+) -> Result<(DeviceBuffer<f64>, DeviceBuffer<f32>)> {
+    const OP: &str = "clip_factor";
+    let partial = match partial_sums(gpu, grads)? {
+        Some(p) => p,
+        None => gpu.zeros::<f64>(1)?,
+    };
+    let (norm, factor) = (gpu.alloc::<f64>(1)?, gpu.alloc::<f32>(1)?);
+    let (pa, na, fa) = (
+        partial.device_address(),
+        norm.device_address(),
+        factor.device_address(),
+    );
+    let n = len_i64(OP, partial.len())?;
+    let one = crate::gpu::Launch {
+        grid: (1, 1, 1),
+        block: (1, 1, 1),
+        shared_bytes: 0,
+    };
+    // SAFETY: matches `clip_factor(const double*, i64, double, double*, float*)`; `partial` holds
+    // n doubles, `norm` and `factor` one element each.
+    unsafe {
+        gpu.launch(
+            &GRAD_NORM,
+            "clip_factor",
+            one,
+            &mut [arg(&pa), arg(&n), arg(&max_norm), arg(&na), arg(&fa)],
+        )?;
+    }
+    Ok((norm, factor))
+}
+
+/// One f64 sum of squares per chunk of `grads` on the device; None for no elements.
+fn partial_sums<G: FloatElem>(
+    gpu: &Gpu,
+    grads: &[&DeviceBuffer<G>],
+) -> Result<Option<DeviceBuffer<f64>>> {
     const OP: &str = "sum_of_squares";
     let mut records = Vec::with_capacity(grads.len());
     let mut lens = Vec::with_capacity(grads.len());
@@ -57,7 +108,7 @@ pub fn sum_of_squares<G: FloatElem>(gpu: &Gpu, grads: &[&DeviceBuffer<G>]) -> Re
     }
     let chunks = Chunks::new(OP, &lens, CHUNK)?;
     if chunks.total == 0 {
-        return Ok(0.0);
+        return Ok(None);
     }
     let partial = gpu.alloc::<f64>(chunks.total)?;
     let pa = partial.device_address();
@@ -73,7 +124,7 @@ pub fn sum_of_squares<G: FloatElem>(gpu: &Gpu, grads: &[&DeviceBuffer<G>]) -> Re
             &[arg(&pa)],
         )?;
     }
-    Ok(gpu.download(&partial)?.iter().sum())
+    Ok(Some(partial))
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 //! integer results equal the CPU's exactly; float sums into one element are added in an order that
 //! varies between runs (the CPU adds in index order), so they agree to rounding only.
 //!
-//! An id out of range is reported through the status word ([`crate::Gpu::check_status`]) and
-//! reads as zero / adds nothing; the tensor ops check ids on the host before launching.
+//! An id out of range is reported through the op's status slot ([`crate::Gpu::check_status`]
+//! names the op) and reads as zero / adds nothing; the ids are never downloaded to be checked.
 
 use super::len_i64;
 use crate::buffer::{DeviceBuffer, DeviceElem, ElemType};
@@ -150,7 +150,7 @@ fn gather_plan<T: DeviceElem>(
     let strides = without_dim(src.strides, plan.dim);
     let (walk, _) = Walk::new(op, plan.walk_shape, &[&strides])?;
     let [n64, inner, k, ds, dn] = plan.scalars(op, src.strides[plan.dim], shape[plan.dim])?;
-    let (oa, st) = (out.device_address(), gpu.status_address());
+    let (oa, st) = (out.device_address(), gpu.status_address_for(op));
     // SAFETY: matches `gather_w<bits>(Walk, const W*, const i64*, W*, i64, i64, i64, i64, i64,
     // u32*)` with W of T's width; `src` reaches every element of `shape`, the walk stays inside
     // it outside `dim` (checked) and ids are range-checked on the device.
@@ -201,7 +201,7 @@ fn scatter_plan<T: ScatterElem>(
         let (walk, _) = Walk::new(op, plan.walk_shape, &[src.strides, &out_strides])?;
         let dim_stride = shape[plan.dim + 1..].iter().product();
         let [n64, inner, k, ds, dn] = plan.scalars(op, dim_stride, shape[plan.dim])?;
-        let (aa, st) = (acc.device_address(), gpu.status_address());
+        let (aa, st) = (acc.device_address(), gpu.status_address_for(op));
         // SAFETY: matches `scatter_add_<t>(Walk, const T*, const i64*, A*, i64, i64, i64, i64,
         // i64, u32*)` with A = T::Acc; `src` reaches the whole walk (checked), the output walk
         // stays inside the contiguous `shape` outside `dim` and ids are range-checked on the

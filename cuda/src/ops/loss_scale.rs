@@ -53,6 +53,18 @@ pub fn unscale<G: FloatElem>(
     grads: &mut [Unscale<'_, G>],
     inv_scale: f32,
 ) -> Result<DeviceBuffer<u32>> {
+    unscale_by(gpu, grads, inv_scale, None)
+}
+
+/// [`unscale`] by the device scalar `factor` when given (instead of `inv_scale`; a factor of 1
+/// skips in-place gradients): the scaling of gradient clipping with a factor computed on the
+/// device (`grad_norm::clip_factor`), so the host never waits for the norm.
+pub fn unscale_by<G: FloatElem>(
+    gpu: &Gpu,
+    grads: &mut [Unscale<'_, G>],
+    inv_scale: f32,
+    factor: Option<&DeviceBuffer<f32>>,
+) -> Result<DeviceBuffer<u32>> {
     const OP: &str = "unscale";
     let found = gpu.zeros::<u32>(1)?;
     let mut records = Vec::with_capacity(grads.len());
@@ -93,8 +105,15 @@ pub fn unscale<G: FloatElem>(
     }
     let chunks = Chunks::new(OP, &lens, CHUNK)?;
     let fa = found.device_address();
-    // SAFETY: matches `unscale_<g>(const UnscaleTensor*, const i64*, int, float, u32*)`; every
-    // record's buffers hold n elements (checked).
+    let factor_address = match factor {
+        Some(f) => {
+            gpu.same_device(OP, f)?;
+            f.address_at(OP, 0, 1)?
+        }
+        None => 0,
+    };
+    // SAFETY: matches `unscale_<g>(const UnscaleTensor*, const i64*, int, float, const float*,
+    // u32*)`; every record's buffers hold n elements (checked); a null factor is allowed.
     unsafe {
         multi_tensor::launch(
             gpu,
@@ -102,7 +121,7 @@ pub fn unscale<G: FloatElem>(
             (&LOSS_SCALE, &format!("unscale_{}", G::TYPE)),
             &records,
             &chunks,
-            &[arg(&inv_scale), arg(&fa)],
+            &[arg(&inv_scale), arg(&factor_address), arg(&fa)],
         )?;
     }
     Ok(found)

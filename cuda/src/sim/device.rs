@@ -16,7 +16,7 @@
 use super::compile::{module, Entry};
 use super::launch::{self, Shape};
 use super::memory::{PoolCounters, SimAlloc};
-use crate::gpu::{DeviceInfo, PoolUsage};
+use crate::gpu::{DeviceInfo, PoolUsage, STATUS_BYTES, STATUS_SLOTS};
 use crate::nvrtc::KernelFile;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -166,12 +166,12 @@ impl SimDevice {
             )));
         };
         let pool = Arc::new(PoolCounters::default());
-        let status = SimAlloc::new(16, &pool).map_err(|e| Error::Driver {
+        let status = SimAlloc::new(STATUS_BYTES, &pool).map_err(|e| Error::Driver {
             call: "cuMemAllocAsync",
             message: e,
         })?;
-        // SAFETY: the status word's own 16 bytes.
-        unsafe { std::ptr::write_bytes(status.ptr(), 0, 16) };
+        // SAFETY: the status words' own bytes.
+        unsafe { std::ptr::write_bytes(status.ptr(), 0, STATUS_BYTES) };
         let device = SimDevice {
             ordinal,
             pool,
@@ -228,11 +228,11 @@ impl SimDevice {
         self.status.address()
     }
 
-    /// The four status words, cleared.
-    pub fn take_status(&self) -> [u32; 4] {
+    /// The status words (four per op slot), cleared.
+    pub fn take_status(&self) -> [[u32; 4]; STATUS_SLOTS] {
         self.ordered(|| {
-            let p = self.status.ptr() as *mut [u32; 4];
-            // SAFETY: the status word's own 16 bytes, 16-byte aligned.
+            let p = self.status.ptr() as *mut [[u32; 4]; STATUS_SLOTS];
+            // SAFETY: the status words' own bytes, 16-byte aligned.
             unsafe { std::mem::take(&mut *p) }
         })
     }

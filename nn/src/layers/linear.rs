@@ -109,6 +109,9 @@ impl Linear {
         if let Some(y) = self.forward_packed_bf16(x, false)? {
             return Ok(y);
         }
+        if let Some(y) = self.forward_half(x, false)? {
+            return Ok(y);
+        }
         self.apply(x, |x2| match &self.bias {
             Some(b) => x2.matmul_bias(&self.weight_t()?, &b.var()),
             None => x2.matmul(&self.weight_t()?),
@@ -121,10 +124,26 @@ impl Linear {
         if let Some(y) = self.forward_packed_bf16(x, true)? {
             return Ok(y);
         }
+        if let Some(y) = self.forward_half(x, true)? {
+            return Ok(y);
+        }
         self.apply(x, |x2| match &self.bias {
             Some(b) => x2.matmul_bias_gelu(&self.weight_t()?, &b.var()),
             None => x2.matmul(&self.weight_t()?)?.gelu(),
         })
+    }
+
+    /// [`half_copy_product`] over x's leading dims flattened (None when it does not apply).
+    fn forward_half(&self, x: &Var, gelu: bool) -> Result<Option<Var>> {
+        let w = self.weight.tensor();
+        if half_autocast(x).is_none() || w.dtype() != DType::F32 || w.device() == Device::Cpu {
+            return Ok(None);
+        }
+        self.apply(x, |x2| {
+            half_copy_product(x2, &self.weight, self.bias.as_ref(), gelu)?
+                .ok_or_else(|| tensor::Error::op("Linear", "no half-precision product applies"))
+        })
+        .map(Some)
     }
 
     /// `f(x2)` on x flattened to [rows, in], reshaped back to x's leading dims.
@@ -286,4 +305,41 @@ mod tests {
             "no f32 W^T copy under bf16"
         );
     }
+}
+
+/// The half dtype of an active f16/bf16 autocast when `x` is an f32 GPU tensor.
+fn half_autocast(x: &Var) -> Option<DType> {
+    let half = autograd::autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
+    (x.value().dtype() == DType::F32 && x.value().device() != Device::Cpu).then_some(half)
+}
+
+/// `x [rows, in] W^T + b` (then GELU) under f16/bf16 autocast on a GPU, on the parameters' kept
+/// half copies ([`Param::half`]: no weight cast per forward, the optimizer writes them): `x` cast
+/// once, the product in the half dtype (f32 accumulation), the result back in f32 as autocast
+/// gives it; with `gelu`, the f32 bias and GELU after the product, as `Var::matmul_bias_gelu`
+/// does on a GPU. None when that does not apply (no half autocast, a CPU or non-f32 operand).
+/// `Linear` and the tied MLM decoder use it.
+pub fn half_copy_product(
+    x: &Var,
+    weight: &Param,
+    bias: Option<&Param>,
+    gelu: bool,
+) -> Result<Option<Var>> {
+    let Some(half) = half_autocast(x) else {
+        return Ok(None);
+    };
+    let Some(w) = weight.half(half)? else {
+        return Ok(None);
+    };
+    let (xh, wt) = (x.to_dtype(half)?, w.t()?);
+    let y = match (bias, gelu) {
+        (Some(b), true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.bias_gelu(&b.var())?,
+        (Some(b), false) => match b.half(half)? {
+            Some(bh) => xh.matmul_bias(&wt, &bh)?.to_dtype(DType::F32)?,
+            None => xh.matmul(&wt)?.to_dtype(DType::F32)?.add(&b.var())?,
+        },
+        (None, true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.gelu()?,
+        (None, false) => xh.matmul(&wt)?.to_dtype(DType::F32)?,
+    };
+    Ok(Some(y))
 }

@@ -271,6 +271,42 @@ impl AdamW {
     /// nothing has been modified. A parameter left out of a call is not touched and its step count
     /// does not advance (as torch does for a parameter without a gradient).
     pub fn step(&mut self, lr: f64, params: &mut [ParamUpdate<'_>]) -> Result<()> {
+        self.step_with_half_copies(lr, params, &mut []).map(|_| ())
+    }
+
+    /// [`AdamW::step`], also writing `halves[i]` (when given: an f16 or bf16 tensor shaped like
+    /// parameter i, on its GPU) with the updated value rounded to that dtype, in the same kernel
+    /// pass: the half copies autocast reads (`Param::half`). Returns whether they were written
+    /// (on a GPU; the CPU step leaves them alone and returns false). `halves` is empty or has one
+    /// entry per parameter.
+    pub fn step_with_half_copies(
+        &mut self,
+        lr: f64,
+        params: &mut [ParamUpdate<'_>],
+        halves: &mut [Option<&mut Tensor>],
+    ) -> Result<bool> {
+        if !halves.is_empty() && halves.len() != params.len() {
+            bail!(
+                OP,
+                "{} half copies for {} parameters",
+                halves.len(),
+                params.len()
+            );
+        }
+        for (u, h) in params.iter().zip(halves.iter()) {
+            if let Some(h) = h {
+                if h.shape() != u.value.shape() || !matches!(h.dtype(), DType::F16 | DType::BF16) {
+                    bail!(
+                        OP,
+                        "parameter {:?}: its half copy is {} {:?}, expected f16/bf16 {:?}",
+                        u.name,
+                        h.dtype(),
+                        h.shape(),
+                        u.value.shape()
+                    );
+                }
+            }
+        }
         if !(lr.is_finite() && lr >= 0.0) {
             bail!(OP, "learning rate must be finite and >= 0, got {lr}");
         }
@@ -323,10 +359,12 @@ impl AdamW {
             }
         }
         if device == Device::Cpu {
-            return self.step_cpu(lr, params);
+            return self.step_cpu(lr, params).map(|()| false);
         }
         #[cfg(feature = "cuda")]
-        return self.step_cuda(lr, params, device);
+        return self
+            .step_cuda(lr, params, halves, device)
+            .map(|()| !halves.is_empty());
         #[cfg(not(feature = "cuda"))]
         Err(super::without_cuda(OP, device))
     }
@@ -363,7 +401,13 @@ impl AdamW {
     /// [`AdamW::step`] on a GPU, after its checks: one multi-tensor launch with the scalars the
     /// CPU step would use. Step counts advance only once the launch was issued.
     #[cfg(feature = "cuda")]
-    fn step_cuda(&mut self, lr: f64, params: &mut [ParamUpdate<'_>], device: Device) -> Result<()> {
+    fn step_cuda(
+        &mut self,
+        lr: f64,
+        params: &mut [ParamUpdate<'_>],
+        halves: &mut [Option<&mut Tensor>],
+        device: Device,
+    ) -> Result<()> {
         use tensor::cuda::optim::{adamw_step, AdamWTensors};
         for u in params.iter() {
             if !self.state.contains_key(u.name) {
@@ -381,7 +425,9 @@ impl AdamW {
             .collect();
         let mut steps = Vec::with_capacity(params.len());
         let mut entries = Vec::with_capacity(params.len());
+        let mut halves = halves.iter_mut();
         for u in params.iter_mut() {
+            let half_copy = halves.next().and_then(|h| h.as_deref_mut());
             let Some(st) = states.remove(u.name) else {
                 bail!(OP, "parameter {:?} has no state", u.name);
             };
@@ -397,6 +443,7 @@ impl AdamW {
                 grad: u.grad,
                 exp_avg,
                 exp_avg_sq,
+                half_copy,
                 scalars: c.device_scalars(variant),
             });
             steps.push(step);

@@ -26,19 +26,36 @@ pub fn step_params(
             chosen.push((name, p, g.clone()));
         }
     }
+    // The half copies autocast keeps (`Param::half`): the kernel writes them with the values.
+    let mut halves: Vec<Option<Tensor>> = chosen
+        .iter()
+        .map(|(_, p, _)| p.take_half().map(|h| h.value))
+        .collect();
     let mut values: Vec<Tensor> = chosen.iter().map(|(_, p, _)| p.take()).collect();
     let mut updates: Vec<ParamUpdate> = chosen
         .iter()
         .zip(values.iter_mut())
         .map(|((name, _, grad), value)| ParamUpdate { name, value, grad })
         .collect();
-    let result = opt.step(lr, &mut updates);
-    drop(updates);
+    let mut half_refs: Vec<Option<&mut Tensor>> = halves.iter_mut().map(|h| h.as_mut()).collect();
+    if half_refs.iter().all(Option::is_none) {
+        half_refs.clear();
+    }
+    let result = opt.step_with_half_copies(lr, &mut updates, &mut half_refs);
+    drop((updates, half_refs));
     // Put every value back, stepped or (on error, which AdamW reports before writing) untouched.
     for ((_, p, _), v) in chosen.iter().zip(values) {
         p.put(v);
     }
-    result
+    // Half copies the kernel wrote belong to the new values; others are stale and dropped.
+    if let Ok(true) = result {
+        for ((_, p, _), h) in chosen.iter().zip(halves) {
+            if let Some(h) = h {
+                p.put_half(h);
+            }
+        }
+    }
+    result.map(|_| ())
 }
 
 #[cfg(test)]

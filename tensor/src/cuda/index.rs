@@ -1,8 +1,9 @@
 //! CUDA dispatch of the index ops of `ops/index.rs` (`cuda::ops::embedding`, `cuda::ops::index`):
 //! `embedding` (row gather) and `embedding_backward` (row scatter-add, f32/f16/bf16),
 //! `index_select` and `gather` (any dtype) and `index_add` and `scatter_add` (every dtype, f16/bf16
-//! accumulated in f32), each reading its operands through their layouts. The ops check the ids'
-//! range on the host before calling these; ids are made contiguous here.
+//! accumulated in f32), each reading its operands through their layouts. Ids stay on the device:
+//! the kernels check their range and report a bad one, naming the op, through the status word
+//! (`Device::check_status`); ids are made contiguous here.
 
 use super::rows::contig;
 use super::{float_kernel, map_cuda_buf, operands, strided, tensor_of, wrap};

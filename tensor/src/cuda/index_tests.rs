@@ -145,24 +145,50 @@ fn index_ops_match_the_cpu() {
     }
 }
 
+/// A bad id is an error naming the op on both devices: at once on the CPU; on a GPU, which
+/// never downloads ids, at the next status check (`Device::check_status`), with no host sync
+/// before it.
 #[test]
 fn index_errors_match_the_cpu() {
-    let Some(dev) = gpu_or_skip("index_errors_match_the_cpu") else {
+    // Serial: it reads the GPU's status words, which other tests' bad ids would also set.
+    let Some((dev, _serial)) = crate::testing::serial_cuda_or_skip("index_errors_match_the_cpu")
+    else {
         return;
     };
     let x = values(&[3, 4], DType::F32, 1);
     let src = values(&[2, 4], DType::F32, 2);
+    type Op = fn(&[Tensor]) -> Result<Tensor>;
+    let ops: [(&str, Op); 5] = [
+        ("index_select", |t| t[0].index_select(0, &t[1])),
+        ("index_add", |t| t[0].index_add(0, &t[1], &t[2])),
+        ("gather", |t| t[0].gather(0, &t[3])),
+        ("scatter_add", |t| t[0].scatter_add(0, &t[3], &t[2])),
+        ("embedding", |t| Tensor::embedding(&t[0], &t[1])),
+    ];
+    dev.check_status().unwrap();
     for bad in [-1i64, 3] {
         let id = Tensor::from_vec(vec![0, bad], &[2]).unwrap();
         let idx = id.reshape(&[2, 1]).unwrap();
         let ins = [&x, &id, &src, &idx];
-        same_error("index_select", dev, &ins, |t| t[0].index_select(0, &t[1]));
-        same_error("index_add", dev, &ins, |t| t[0].index_add(0, &t[1], &t[2]));
-        same_error("gather", dev, &ins, |t| t[0].gather(0, &t[3]));
-        same_error("scatter_add", dev, &ins, |t| {
-            t[0].scatter_add(0, &t[3], &t[2])
-        });
-        same_error("embedding", dev, &ins, |t| Tensor::embedding(&t[0], &t[1]));
+        let on_cpu: Vec<Tensor> = ins.iter().map(|&t| t.clone()).collect();
+        let on_gpu = on_device(dev, &ins);
+        for (what, f) in ops {
+            let want = f(&on_cpu).unwrap_err().to_string();
+            assert!(
+                want.contains(what) && want.contains(&bad.to_string()),
+                "{want}"
+            );
+            let before = dev.counters().unwrap().unwrap();
+            f(&on_gpu).unwrap();
+            let during = dev.counters().unwrap().unwrap().since(&before);
+            assert_eq!(during.syncs, 0, "{what} synchronised with the host");
+            let got = dev.check_status().unwrap_err().to_string();
+            assert!(
+                got.contains(&format!("{what}: index {bad} is out of range")),
+                "{what}: {got}"
+            );
+            dev.check_status().unwrap();
+        }
     }
     // Operands on different devices name both.
     let (gx, id) = (

@@ -1,6 +1,7 @@
 //! CUDA dispatch of `cross_entropy` and `cross_entropy_backward` (`cuda::ops::cross_entropy`):
 //! `[N, C]` logits (f32/f16/bf16) against i64 targets on the same GPU, the per-row log-sum-exp
-//! (f32) saved for the backward. The ops' host-side target checks run before this.
+//! (f32) saved for the backward. Targets stay on the device: the kernels check them and report a
+//! bad one through the status word (`Device::check_status`).
 
 use super::rows::contig;
 use super::{float_kernel, operands, tensor_of, wrap};
@@ -26,16 +27,20 @@ pub(crate) fn cross_entropy(
     })
 }
 
-/// grad_loss * (softmax(row) - onehot(target)) / n_valid, zero rows where ignored.
+/// grad_loss * (softmax(row) - onehot(target)) / n_valid, zero rows where ignored; times the
+/// rank-0 f32 contiguous device tensor `grad_device` when given.
 pub(crate) fn cross_entropy_backward(
     logits: &Tensor,
     targets: &Tensor,
     lse: &Tensor,
     ignore_index: i64,
     grad_loss: f64,
+    grad_device: Option<&Tensor>,
 ) -> Result<Tensor> {
     const OP: &str = "cross_entropy_backward";
     operands(OP, [logits, targets, lse])?;
+    let grad = grad_device.map(|g| contig(OP, g)).transpose()?;
+    let grad = grad.as_ref().map(|g| g.typed::<f32>(OP)).transpose()?;
     let [sx, st, sl] = [logits, targets, lse].map(|t| contig(OP, t));
     let (sx, st, sl) = (sx?, st?, sl?);
     let (rows, c) = (logits.shape()[0], logits.shape()[1]);
@@ -43,7 +48,7 @@ pub(crate) fn cross_entropy_backward(
     float_kernel!(OP, logits.dtype(), T => {
         let (xc, tc) = (Contig::new(sx.typed::<T>(OP)?, 0), Contig::new(st.typed::<i64>(OP)?, 0));
         let lc = Contig::new(sl.typed::<f32>(OP)?, 0);
-        let g = k::cross_entropy_backward(gpu, xc, rows, c, tc, lc, ignore_index, grad_loss, None)?;
+        let g = k::cross_entropy_backward(gpu, xc, rows, c, tc, lc, ignore_index, grad_loss, grad)?;
         Ok(tensor_of(gpu, wrap(g), logits.shape()))
     })
 }

@@ -28,6 +28,8 @@ pub(crate) mod rows;
 #[cfg(test)]
 mod tests;
 pub(crate) mod topk;
+/// What a GPU did since its counters were reset (`Device::counters`).
+pub use cuda::Counters;
 use cuda::{DeviceBuffer, Gpu};
 use half::{bf16, f16};
 use std::ops::Range;

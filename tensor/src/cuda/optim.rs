@@ -27,6 +27,8 @@ pub struct AdamWTensors<'a> {
     pub grad: &'a Tensor,
     pub exp_avg: &'a mut Tensor,
     pub exp_avg_sq: &'a mut Tensor,
+    /// An f16/bf16 tensor of the parameter's shape the kernel writes the updated value to.
+    pub half_copy: Option<&'a mut Tensor>,
     pub scalars: AdamWScalars,
 }
 
@@ -69,6 +71,18 @@ pub fn adamw_step(params: &mut [AdamWTensors<'_>]) -> Result<()> {
         check(OP, ("gradient", i), p.grad, n)?;
         check(OP, ("exp_avg", i), p.exp_avg, n)?;
         check(OP, ("exp_avg_sq", i), p.exp_avg_sq, n)?;
+        if let Some(h) = &p.half_copy {
+            if h.elem_count() != n || h.device() != p.param.device() {
+                crate::bail!(
+                    OP,
+                    "half copy {i} is {:?} on {}, its parameter {:?} on {}",
+                    h.shape(),
+                    h.device(),
+                    p.param.shape(),
+                    p.param.device()
+                );
+            }
+        }
     }
     let grads: Vec<CudaStorage> = params
         .iter()
@@ -76,12 +90,22 @@ pub fn adamw_step(params: &mut [AdamWTensors<'_>]) -> Result<()> {
         .collect::<Result<_>>()?;
     let mut entries = Vec::with_capacity(params.len());
     for (p, g) in params.iter_mut().zip(&grads) {
+        let half_copy = match p.half_copy.as_deref_mut() {
+            None => None,
+            Some(h) if h.dtype() == crate::DType::BF16 => {
+                Some(adamw::HalfCopy::BF16(h.cuda_data_mut::<half::bf16>()?))
+            }
+            Some(h) if h.dtype() == crate::DType::F16 => {
+                Some(adamw::HalfCopy::F16(h.cuda_data_mut::<half::f16>()?))
+            }
+            Some(h) => crate::bail!(OP, "a half copy must be f16 or bf16, got {}", h.dtype()),
+        };
         entries.push(adamw::AdamWParam {
             param: p.param.cuda_data_mut::<f32>()?,
             grad: g.typed::<f32>(OP)?,
             exp_avg: p.exp_avg.cuda_data_mut::<f32>()?,
             exp_avg_sq: p.exp_avg_sq.cuda_data_mut::<f32>()?,
-            half_copy: None,
+            half_copy,
             scalars: p.scalars,
         });
     }
@@ -106,12 +130,39 @@ pub fn sum_of_squares(grads: &[&Tensor]) -> Result<f64> {
     Ok(grad_norm::sum_of_squares(&gpu, &bufs)?)
 }
 
-/// Multiplies every gradient by `factor` in place (one launch of the loss-scaling kernel);
-/// returns the GPU and its flag of a non-finite input, or `None` for an empty list.
+/// Clips the gradients in place to a global L2 norm of `max_norm` with no wait for the GPU: the
+/// norm and the factor (`nn::clip_grad_norm`'s numbers) are computed on the device, and the
+/// scaling reads the factor there. Returns the norm before clipping, a rank-0 f64 tensor on the
+/// GPU (read it on a logging step); None for an empty list.
+pub fn clip_on_device(grads: &mut [&mut Tensor], max_norm: f64) -> Result<Option<Tensor>> {
+    const OP: &str = "clip_grad_norm";
+    let refs: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
+    let Some(gpu) = gpu_of(OP, &refs)? else {
+        return Ok(None);
+    };
+    for (i, g) in refs.iter().enumerate() {
+        check(OP, ("gradient", i), g, g.elem_count())?;
+    }
+    let (norm, factor) = {
+        let c: Vec<CudaStorage> = refs.iter().map(|g| contig(OP, g)).collect::<Result<_>>()?;
+        let bufs: Vec<&DeviceBuffer<f32>> = c
+            .iter()
+            .map(|s| s.typed::<f32>(OP))
+            .collect::<Result<_>>()?;
+        grad_norm::clip_factor(&gpu, &bufs, max_norm)?
+    };
+    multiply(OP, grads, 1.0, Some(&factor))?;
+    Ok(Some(super::tensor_of(&gpu, super::wrap(norm), &[])))
+}
+
+/// Multiplies every gradient by `factor` (or by the device scalar `device_factor` when given)
+/// in place (one launch of the loss-scaling kernel); returns the GPU and its flag of a
+/// non-finite input, or `None` for an empty list.
 fn multiply(
     op: &'static str,
     grads: &mut [&mut Tensor],
     factor: f32,
+    device_factor: Option<&DeviceBuffer<f32>>,
 ) -> Result<Option<(Arc<Gpu>, DeviceBuffer<u32>)>> {
     let refs: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
     let Some(gpu) = gpu_of(op, &refs)? else {
@@ -124,20 +175,20 @@ fn multiply(
         .iter_mut()
         .map(|g| g.cuda_data_mut::<f32>().map(loss_scale::Unscale::InPlace))
         .collect::<Result<_>>()?;
-    let found = loss_scale::unscale::<f32>(&gpu, &mut bufs, factor)?;
+    let found = loss_scale::unscale_by::<f32>(&gpu, &mut bufs, factor, device_factor)?;
     Ok(Some((gpu, found)))
 }
 
 /// Multiplies every gradient by `factor` in place (f32 products, as the CPU's `x *= factor`);
 /// does not wait for the GPU.
 pub fn scale(grads: &mut [&mut Tensor], factor: f32) -> Result<()> {
-    multiply("clip_grad_norm", grads, factor).map(|_| ())
+    multiply("clip_grad_norm", grads, factor, None).map(|_| ())
 }
 
 /// Multiplies every gradient by `inv_scale` in place and returns true when any element was inf
 /// or NaN before scaling (`LossScaler::unscale`). Waits for the GPU (one 4-byte copy).
 pub fn unscale(grads: &mut [&mut Tensor], inv_scale: f32) -> Result<bool> {
-    match multiply("LossScaler", grads, inv_scale)? {
+    match multiply("LossScaler", grads, inv_scale, None)? {
         None => Ok(false),
         Some((gpu, found)) => Ok(gpu.download(&found)?[0] != 0),
     }

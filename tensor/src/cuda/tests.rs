@@ -349,7 +349,9 @@ fn layer_norm_matches_the_cpu() {
 
 #[test]
 fn cross_entropy_matches_the_cpu() {
-    let Some(dev) = gpu_or_skip("cross_entropy_matches_the_cpu") else {
+    // Serial: it reads the GPU's status words, which other tests' bad ids would also set.
+    let Some((dev, _serial)) = crate::testing::serial_cuda_or_skip("cross_entropy_matches_the_cpu")
+    else {
         return;
     };
     for dtype in FLOATS {
@@ -366,12 +368,33 @@ fn cross_entropy_matches_the_cpu() {
             let (_, lse) = Tensor::cross_entropy(&t[0], &t[1], -100)?;
             Tensor::cross_entropy_backward(&t[0], &t[1], &lse, -100, 0.75)
         });
+        // The loss gradient read from the logits' device (no download on a GPU).
+        parity("cross_entropy_backward_by", dev, dtype, &ins, |t| {
+            let (_, lse) = Tensor::cross_entropy(&t[0], &t[1], -100)?;
+            let g = Tensor::from_vec(vec![0.75f32], &[])?.to_device(t[0].device())?;
+            Tensor::cross_entropy_backward_by(&t[0], &t[1], &lse, -100, &g)
+        });
     }
+    // A bad target: an error at once on the CPU; on the GPU, at the status check, naming the op.
+    let logits = randn_as(&[2, 11], DType::F32, 25);
+    let bad = Tensor::from_vec(vec![3i64, 11], &[2]).unwrap();
+    let cpu = Tensor::cross_entropy(&logits, &bad, -100).unwrap_err();
+    assert!(cpu.to_string().contains("11"), "{cpu}");
+    dev.check_status().unwrap();
+    let (gl, gb) = (logits.to_device(dev).unwrap(), bad.to_device(dev).unwrap());
+    Tensor::cross_entropy(&gl, &gb, -100).unwrap();
+    let e = dev.check_status().unwrap_err().to_string();
+    assert!(
+        e.contains("cross_entropy: target 11 is out of range"),
+        "{e}"
+    );
 }
 
 #[test]
 fn embedding_matches_the_cpu() {
-    let Some(dev) = gpu_or_skip("embedding_matches_the_cpu") else {
+    // Serial: it reads the GPU's status words, which other tests' bad ids would also set.
+    let Some((dev, _serial)) = crate::testing::serial_cuda_or_skip("embedding_matches_the_cpu")
+    else {
         return;
     };
     let ids = Tensor::from_vec(vec![3i64, 0, 9, 3, 5, 3], &[2, 3]).unwrap();
@@ -391,9 +414,13 @@ fn embedding_matches_the_cpu() {
         .to_device(dev)
         .unwrap();
     let table = randn_as(&[10, 8], DType::F32, 25).to_device(dev).unwrap();
+    dev.check_status().unwrap();
     assert!(Tensor::embedding(&table, &g).is_ok());
-    let e = Tensor::embedding(&table, &bad).unwrap_err().to_string();
-    assert!(e.contains("embedding") && e.contains("10"), "{e}");
+    dev.check_status().unwrap();
+    // A bad id is found by the kernel and reported at the next status check, naming the op.
+    assert!(Tensor::embedding(&table, &bad).is_ok());
+    let e = dev.check_status().unwrap_err().to_string();
+    assert!(e.contains("embedding: index 10 is out of range"), "{e}");
 }
 
 #[test]

@@ -5,9 +5,12 @@
 //!
 //! Selection works for every dtype. Accumulation sums in the tensor's dtype (f16/bf16 in f32,
 //! rounded once at the end; integers wrap). Outputs are contiguous; the kernels are in
-//! `crate::cpu::index`, and in `crate::cuda::index` for tensors on a GPU. Every index is checked
-//! on the host before any work (ids on a GPU are downloaded for it): a negative or too large one
-//! is `Error::IndexOutOfRange` naming the op, whatever the device.
+//! `crate::cpu::index`, and in `crate::cuda::index` for tensors on a GPU. On the CPU every index
+//! is checked before any work: a negative or too large one is `Error::IndexOutOfRange` naming
+//! the op. On a GPU the ids are never downloaded (that would drain the queue at every op): the
+//! kernels check them, skip a bad one (a zero row, no update) and report it, naming the op,
+//! through the status word that [`Device::check_status`](crate::Device::check_status) reads once
+//! per training step.
 
 use crate::cpu::index::{self as kernel, Accumulate, Strided};
 use crate::{map_cpu_storage, CpuStorage, DType, Error, Result, Tensor, WithDType};
@@ -19,14 +22,9 @@ fn slice_of<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<&'a [T]
     Ok(&t.cpu_storage(op)?.as_slice::<T>(op)?[r])
 }
 
-/// The elements of a contiguous i64 index tensor on the host: borrowed on the CPU, downloaded
-/// from a GPU (for the range check, which the GPU kernels only repeat as a guard).
+/// The elements of a contiguous i64 index tensor on the CPU (GPU ids stay on the device).
 fn host_ids<'a>(op: &'static str, t: &'a Tensor) -> Result<Cow<'a, [i64]>> {
-    if t.device() == crate::Device::Cpu {
-        Ok(Cow::Borrowed(slice_of::<i64>(op, t)?))
-    } else {
-        Ok(Cow::Owned(t.to_vec::<i64>()?))
-    }
+    Ok(Cow::Borrowed(slice_of::<i64>(op, t)?))
 }
 
 /// A contiguous copy (or view) of an i64 index tensor.
@@ -178,15 +176,15 @@ fn scatter(
     with_accumulate_type!(op, src.dtype(), typed(op, base, dim, idx, index_shape, src))
 }
 
-/// The elements of a 1-D index tensor.
-fn one_d<'a>(op: &'static str, ids: &'a Tensor) -> Result<Cow<'a, [i64]>> {
+/// Errors unless the index tensor is 1-D.
+fn one_d(op: &'static str, ids: &Tensor) -> Result<()> {
     if ids.rank() != 1 {
         return Err(Error::op(
             op,
             format!("indices must be 1-D, got shape {:?}", ids.shape()),
         ));
     }
-    host_ids(op, ids)
+    Ok(())
 }
 
 /// `index` has the rank of `t` and is no larger in every dim but `except`.
@@ -216,13 +214,13 @@ impl Tensor {
             ));
         }
         let ids_c = index_tensor(OP, ids)?;
-        let flat = host_ids(OP, &ids_c)?;
-        check_range(OP, &flat, weight.shape()[0])?;
         let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[weight, ids]) {
             return crate::cuda::index::embedding(weight, &ids_c);
         }
+        let flat = host_ids(OP, &ids_c)?;
+        check_range(OP, &flat, weight.shape()[0])?;
         let mut shape = ids.shape().to_vec();
         shape.push(weight.shape()[1]);
         select(weight, 0, &flat, &shape)
@@ -242,13 +240,13 @@ impl Tensor {
             });
         }
         let ids_c = index_tensor(OP, ids)?;
-        let flat = host_ids(OP, &ids_c)?;
-        check_range(OP, &flat, num_embeddings)?;
         let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[ids, dy]) {
             return crate::cuda::index::embedding_backward(&ids_c, dy, num_embeddings);
         }
+        let flat = host_ids(OP, &ids_c)?;
+        check_range(OP, &flat, num_embeddings)?;
         let h = dy.shape()[ids.rank()];
         let dy2 = dy.reshape(&[flat.len(), h])?;
         add_slices(OP, None, &[num_embeddings, h], 0, &flat, &dy2)
@@ -261,15 +259,16 @@ impl Tensor {
         const OP: &str = "index_select";
         check_dim(OP, dim, self.rank())?;
         let ids_c = index_tensor(OP, indices)?;
-        let ids = one_d(OP, &ids_c)?;
-        check_range(OP, &ids, self.shape()[dim])?;
+        one_d(OP, &ids_c)?;
         let _p = crate::profiler::scope(OP);
         let mut shape = self.shape().to_vec();
-        shape[dim] = ids.len();
+        shape[dim] = ids_c.elem_count();
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, indices]) {
             return crate::cuda::index::index_select(self, dim, &ids_c, &shape);
         }
+        let ids = host_ids(OP, &ids_c)?;
+        check_range(OP, &ids, self.shape()[dim])?;
         select(self, dim, &ids, &shape)
     }
 
@@ -282,9 +281,9 @@ impl Tensor {
         check_dim(OP, dim, self.rank())?;
         check_dtype(OP, self.dtype(), src.dtype())?;
         let ids_c = index_tensor(OP, indices)?;
-        let ids = one_d(OP, &ids_c)?;
+        one_d(OP, &ids_c)?;
         let mut want = self.shape().to_vec();
-        want[dim] = ids.len();
+        want[dim] = ids_c.elem_count();
         if src.shape() != want {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -292,12 +291,13 @@ impl Tensor {
                 rhs: src.shape().to_vec(),
             });
         }
-        check_range(OP, &ids, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, indices, src]) {
             return crate::cuda::index::index_add(self, dim, &ids_c, src);
         }
+        let ids = host_ids(OP, &ids_c)?;
+        check_range(OP, &ids, self.shape()[dim])?;
         add_slices(OP, Some(self), self.shape(), dim, &ids, src)
     }
 
@@ -310,13 +310,13 @@ impl Tensor {
         check_dim(OP, dim, self.rank())?;
         check_fits(OP, index, self, Some(dim))?;
         let idx_c = index_tensor(OP, index)?;
-        let idx = host_ids(OP, &idx_c)?;
-        check_range(OP, &idx, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, index]) {
             return crate::cuda::index::gather(self, dim, &idx_c);
         }
+        let idx = host_ids(OP, &idx_c)?;
+        check_range(OP, &idx, self.shape()[dim])?;
         let out = map_cpu_storage!(self.cpu_storage(OP)?, b => {
             let src = Strided::new(b.as_slice(), self.layout());
             CpuStorage::from_vec(kernel::gather(src, dim, &idx, index.shape()))
@@ -335,13 +335,13 @@ impl Tensor {
         check_fits(OP, index, self, Some(dim))?;
         check_fits(OP, index, src, None)?;
         let idx_c = index_tensor(OP, index)?;
-        let idx = host_ids(OP, &idx_c)?;
-        check_range(OP, &idx, self.shape()[dim])?;
         let _p = crate::profiler::scope(OP);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, index, src]) {
             return crate::cuda::index::scatter_add(self, dim, &idx_c, src);
         }
+        let idx = host_ids(OP, &idx_c)?;
+        check_range(OP, &idx, self.shape()[dim])?;
         scatter(OP, self, dim, &idx, index.shape(), src)
     }
 }

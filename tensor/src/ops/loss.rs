@@ -19,20 +19,14 @@ fn lse_dtype(dtype: DType) -> DType {
     }
 }
 
-/// Checks logits [N, C] (float) and targets [N] (i64, each in 0..C or `ignore`); returns the
-/// targets and the number of rows that count.
-fn check_targets(
-    op: &'static str,
-    logits: &Tensor,
-    targets: &Tensor,
-    ignore: i64,
-) -> Result<(Vec<i64>, usize)> {
+/// Checks the shapes and dtypes of logits [N, C] (float) and targets [N] (i64).
+fn check_shapes(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<()> {
     check_float(op, logits)?;
     if logits.rank() != 2 {
         crate::bail!(op, "logits must be [N, C], got shape {:?}", logits.shape());
     }
     check_dtype(op, DType::I64, targets)?;
-    let (n, c) = (logits.shape()[0], logits.shape()[1]);
+    let n = logits.shape()[0];
     if targets.shape() != [n] {
         return Err(Error::ShapeMismatch {
             op,
@@ -40,6 +34,20 @@ fn check_targets(
             rhs: targets.shape().to_vec(),
         });
     }
+    Ok(())
+}
+
+/// Checks logits [N, C] and CPU targets [N] (each in 0..C or `ignore`); returns the targets and
+/// the number of rows that count. (On a GPU the kernels check the targets and report a bad one
+/// through the status word, `Device::check_status`: the targets are never downloaded.)
+fn check_targets(
+    op: &'static str,
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore: i64,
+) -> Result<(Vec<i64>, usize)> {
+    check_shapes(op, logits, targets)?;
+    let c = logits.shape()[1];
     let t = targets.to_vec::<i64>()?;
     let mut valid = 0;
     for &v in &t {
@@ -67,12 +75,13 @@ impl Tensor {
         ignore_index: i64,
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
-        let (t, _) = check_targets(OP, logits, targets, ignore_index)?;
+        check_shapes(OP, logits, targets)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[logits, targets]) {
             let _p = crate::profiler::scope(OP);
             return crate::cuda::loss::cross_entropy(logits, targets, ignore_index);
         }
+        let (t, _) = check_targets(OP, logits, targets, ignore_index)?;
         if is_half(logits.dtype()) {
             let l32 = logits.to_dtype(DType::F32)?;
             let (loss, lse) = Tensor::cross_entropy(&l32, targets, ignore_index)?;
@@ -121,8 +130,8 @@ impl Tensor {
         grad_loss: f64,
     ) -> Result<Tensor> {
         const OP: &str = "cross_entropy_backward";
-        let (t, valid) = check_targets(OP, logits, targets, ignore_index)?;
-        if lse.shape() != [t.len()] {
+        check_shapes(OP, logits, targets)?;
+        if lse.shape() != [targets.elem_count()] {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 lhs: logits.shape().to_vec(),
@@ -140,8 +149,10 @@ impl Tensor {
                 l,
                 ignore_index,
                 grad_loss,
+                None,
             );
         }
+        let (t, valid) = check_targets(OP, logits, targets, ignore_index)?;
         if is_half(logits.dtype()) {
             let l32 = logits.to_dtype(DType::F32)?;
             return Tensor::cross_entropy_backward(&l32, targets, lse, ignore_index, grad_loss)?
@@ -178,6 +189,50 @@ impl Tensor {
             dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         };
         Ok(Tensor::from_cpu(out, &[t.len(), c]))
+    }
+
+    /// [`Tensor::cross_entropy_backward`] scaled by the loss gradient `grad_loss` given as a
+    /// rank-0 tensor on the logits' device: on a GPU the kernel reads it there, so the backward
+    /// of a loss never waits for the device (the autograd node calls this).
+    pub fn cross_entropy_backward_by(
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        ignore_index: i64,
+        grad_loss: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "cross_entropy_backward";
+        if grad_loss.elem_count() != 1 {
+            crate::bail!(
+                OP,
+                "the loss gradient must be one value, got shape {:?}",
+                grad_loss.shape()
+            );
+        }
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[logits, grad_loss]) {
+            check_shapes(OP, logits, targets)?;
+            if lse.shape() != [targets.elem_count()] {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    lhs: logits.shape().to_vec(),
+                    rhs: lse.shape().to_vec(),
+                });
+            }
+            check_dtype(OP, lse_dtype(logits.dtype()), lse)?;
+            let _p = crate::profiler::scope(OP);
+            let g = grad_loss.to_dtype(DType::F32)?.contiguous()?;
+            return crate::cuda::loss::cross_entropy_backward(
+                logits,
+                targets,
+                lse,
+                ignore_index,
+                1.0,
+                Some(&g),
+            );
+        }
+        let g = grad_loss.to_dtype(DType::F64)?.to_vec::<f64>()?[0];
+        Tensor::cross_entropy_backward(logits, targets, lse, ignore_index, g)
     }
 }
 
