@@ -271,6 +271,7 @@ impl AdamW {
     /// nothing has been modified. A parameter left out of a call is not touched and its step count
     /// does not advance (as torch does for a parameter without a gradient).
     pub fn step(&mut self, lr: f64, params: &mut [ParamUpdate<'_>]) -> Result<()> {
+        let _phase = tensor::profiler::phase(tensor::profiler::Phase::Optimizer);
         if !(lr.is_finite() && lr >= 0.0) {
             bail!(OP, "learning rate must be finite and >= 0, got {lr}");
         }
