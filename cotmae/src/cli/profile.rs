@@ -80,3 +80,52 @@ pub fn run(a: ProfileCmdArgs) -> CliResult {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tensor::{DType, Device, Tensor};
+
+    #[test]
+    fn a_saved_trace_prints_and_compares_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("cotmae-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.json");
+        {
+            let _s = profiler::session(1 << 12);
+            let _m = profiler::module("bert");
+            let a = Tensor::ones(&[4, 4], DType::F32, Device::Cpu).unwrap();
+            a.matmul(&a).unwrap();
+            drop(_m);
+            profiler::write_chrome_trace(&path).unwrap();
+        }
+        run(ProfileCmdArgs {
+            trace: path.clone(),
+            other: Some(path.clone()),
+        })
+        .unwrap();
+        std::fs::write(&path, "{\"traceEvents\": []}").unwrap();
+        let e = run(ProfileCmdArgs {
+            trace: path.clone(),
+            other: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.json") && e.contains("no profiler events"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn profile_steps_must_be_a_window() {
+        let bad = ProfileArgs {
+            profile_steps: Some("8:5".into()),
+            ..ProfileArgs::default()
+        };
+        let e = bad.start().unwrap_err().to_string();
+        assert!(e.contains("--profile_steps") && e.contains("8:5"), "{e}");
+        assert_eq!(profiler::parse_steps("5:8").unwrap(), (5, 8));
+    }
+}

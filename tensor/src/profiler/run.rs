@@ -87,7 +87,7 @@ impl Drop for Step {
 /// Ends the run: profiling off, the trace written (atomically) if asked, and the tables, if
 /// anything was recorded (a run, or `COTMAE_PROFILE=1`).
 pub fn finish_run() -> Result<Option<String>> {
-    let o = options();
+    let o = RUN.lock().unwrap_or_else(|e| e.into_inner()).take();
     let recorded = !totals().is_empty();
     let table = recorded.then(report);
     disable();

@@ -168,6 +168,30 @@ fn a_trace_reads_back_into_the_same_tables() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn the_step_window_profiles_only_its_steps() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    reset();
+    start_run(RunOptions {
+        steps: Some((2, 4)),
+        trace: None,
+    });
+    for n in 1..=5 {
+        let _step = step(n);
+        let t = x(&[n as usize]);
+        let _ = t.add(&t).unwrap();
+    }
+    let table = finish_run().unwrap().expect("steps 2 and 3 were profiled");
+    assert!(!enabled());
+    let adds: Vec<String> = mine()
+        .into_iter()
+        .filter(|r| r.name == "add")
+        .map(|r| r.shapes)
+        .collect();
+    assert_eq!(adds, ["[2][2]->[2]", "[3][3]->[3]"]);
+    assert!(table.contains("add"), "{table}");
+}
+
 /// On a GPU (the simulator in CI) an op's device time comes from its CUDA events: a kernel
 /// slice on the GPU's stream track, inside the host slice's span on the GPU clock, linked to
 /// it by a flow id, and the trace shows it on the GPU process with a flow arrow.
