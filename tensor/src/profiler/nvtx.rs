@@ -6,9 +6,12 @@
 use std::ffi::{c_char, c_int, CString};
 use std::sync::OnceLock;
 
+type PushFn = unsafe extern "C" fn(*const c_char) -> c_int;
+type PopFn = unsafe extern "C" fn() -> c_int;
+
 struct Nvtx {
-    push: unsafe extern "C" fn(*const c_char) -> c_int,
-    pop: unsafe extern "C" fn() -> c_int,
+    push: PushFn,
+    pop: PopFn,
 }
 
 fn library() -> Option<&'static Nvtx> {
@@ -28,8 +31,8 @@ fn library() -> Option<&'static Nvtx> {
                 return None;
             }
             Some(Nvtx {
-                push: std::mem::transmute::<*mut libc::c_void, _>(push),
-                pop: std::mem::transmute::<*mut libc::c_void, _>(pop),
+                push: std::mem::transmute::<*mut libc::c_void, PushFn>(push),
+                pop: std::mem::transmute::<*mut libc::c_void, PopFn>(pop),
             })
         }
     })
