@@ -93,6 +93,7 @@ impl Var {
             return Ok(leaves);
         }
         grads.insert(self.id(), grad);
+        let _phase = tensor::profiler::phase(tensor::profiler::Phase::Backward);
         for v in topological_order(self).iter().rev() {
             // Each node's gradient is complete once every later node has been visited.
             let Some(g) = grads.remove(&v.id()) else {
@@ -102,7 +103,10 @@ impl Var {
                 leaves.0.insert(v.id(), g);
                 continue;
             };
-            let input_grads = (op.backward)(&g)?;
+            let input_grads = {
+                let _module = tensor::profiler::enter_module(op.module.clone());
+                (op.backward)(&g)?
+            };
             for (input, ig) in op.inputs.iter().zip(input_grads) {
                 let Some(ig) = ig else { continue };
                 if !input.requires_grad() {

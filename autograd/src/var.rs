@@ -13,6 +13,9 @@ pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send 
 
 pub(crate) struct OpNode {
     pub name: &'static str,
+    /// The module path open when the op ran forward (profiling on), so its backward ops are
+    /// attributed to the same module.
+    pub module: Option<Arc<str>>,
     pub inputs: Vec<Var>,
     pub backward: BackwardFn,
 }
@@ -91,6 +94,7 @@ impl Var {
             requires_grad,
             op: Some(OpNode {
                 name,
+                module: tensor::profiler::current_module(),
                 inputs,
                 backward,
             }),

@@ -76,6 +76,7 @@ impl BertSelfAttention {
                 x.shape()
             );
         };
+        let _m = tensor::profiler::module("self");
         let (n, d) = (self.num_heads, h / self.num_heads);
         let heads = |y: Var| y.reshape(&[b, l, n, d])?.transpose(1, 2);
         let q = heads(self.query.forward(x)?)?;
@@ -118,6 +119,7 @@ impl BertAttention {
     }
 
     pub fn forward(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
+        let _m = tensor::profiler::module("attention");
         let context = self.self_attention.forward(x, mask, ctx)?;
         self.output.forward(&context, x, ctx)
     }

@@ -45,6 +45,7 @@ impl BertEmbeddings {
         ctx: &mut Ctx,
     ) -> Result<Var> {
         const OP: &str = "BertEmbeddings";
+        let _m = tensor::profiler::module("embeddings");
         if input_ids.rank() != 2 || input_ids.dtype() != DType::I64 {
             bail!(
                 OP,

@@ -40,8 +40,10 @@ impl BertEncoder {
         ctx: &mut Ctx,
         mut keep: Option<&mut Vec<Var>>,
     ) -> Result<Var> {
+        let _m = tensor::profiler::module("encoder");
         let mut h = x.clone();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let _l = tensor::profiler::module(format_args!("layer.{i}"));
             h = layer.forward(&h, mask, ctx)?;
             if let Some(k) = keep.as_deref_mut() {
                 k.push(h.clone());

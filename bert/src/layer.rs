@@ -23,6 +23,7 @@ impl BertIntermediate {
     }
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
+        let _m = tensor::profiler::module("intermediate");
         self.dense.forward_gelu(x)
     }
 }
@@ -51,6 +52,7 @@ impl BertOutput {
     }
 
     pub fn forward(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
+        let _m = tensor::profiler::module("output");
         let y = self.dropout.forward(&self.dense.forward(x)?, ctx)?;
         self.layer_norm.forward(&y.add(residual)?)
     }

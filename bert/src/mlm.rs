@@ -83,6 +83,12 @@ impl BertLMPredictionHead {
 
     /// Vocabulary logits for hidden states [.., H] -> [.., V].
     pub fn forward(&self, h: &Var) -> Result<Var> {
+        let _m = tensor::profiler::module("cls.predictions");
+        self.logits(h)
+    }
+
+    /// [`forward`](Self::forward) inside the module's profiler scope.
+    fn logits(&self, h: &Var) -> Result<Var> {
         let shape = h.shape().to_vec();
         let hsize = *shape.last().unwrap_or(&0);
         let rows = h.value().elem_count() / hsize.max(1);
@@ -103,6 +109,7 @@ impl BertLMPredictionHead {
     /// on the host, so they may be a CPU tensor while the hidden states are on a GPU.
     pub fn masked_lm(&self, hidden: &Var, labels: &Tensor) -> Result<MlmLoss> {
         const OP: &str = "masked_lm";
+        let _m = tensor::profiler::module("cls.predictions");
         let &[b, l, h] = hidden.shape() else {
             bail!(
                 OP,
@@ -151,7 +158,7 @@ impl BertLMPredictionHead {
         let index = Tensor::from_vec(positions.iter().map(|&p| p as i64).collect(), &[n])?
             .to_device(device)?;
         let rows = hidden.reshape(&[b * l, h])?.index_select(0, &index)?;
-        let logits = self.forward(&rows)?;
+        let logits = self.logits(&rows)?;
         let targets = Tensor::from_vec(targets, &[n])?.to_device(device)?;
         let loss = logits.cross_entropy(&targets, IGNORE_INDEX)?;
         Ok(MlmLoss {
@@ -231,9 +238,11 @@ impl BertForMaskedLM {
         labels: &Tensor,
         ctx: &mut Ctx,
     ) -> Result<MaskedLmOutput> {
-        let out = self
-            .bert
-            .forward(input_ids, attention_mask, token_type_ids, ctx)?;
+        let out = {
+            let _m = tensor::profiler::module("bert");
+            self.bert
+                .forward(input_ids, attention_mask, token_type_ids, ctx)?
+        };
         let mlm = self
             .cls
             .predictions
@@ -254,9 +263,11 @@ impl BertForMaskedLM {
         token_type_ids: Option<&Tensor>,
         ctx: &mut Ctx,
     ) -> Result<Var> {
-        let out = self
-            .bert
-            .forward(input_ids, attention_mask, token_type_ids, ctx)?;
+        let out = {
+            let _m = tensor::profiler::module("bert");
+            self.bert
+                .forward(input_ids, attention_mask, token_type_ids, ctx)?
+        };
         self.cls.predictions.forward(&out.last_hidden_state)
     }
 }

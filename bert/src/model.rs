@@ -30,6 +30,7 @@ impl BertPooler {
 
     /// [B, L, H] -> [B, H].
     pub fn forward(&self, hidden: &Var) -> Result<Var> {
+        let _m = tensor::profiler::module("pooler");
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         self.dense.forward(&first)?.tanh()
     }

@@ -21,8 +21,11 @@
 //! masked). The backward pass of a product computes two products of the same size (gradients
 //! of both operands), so a training step is 3x its forward FLOPs.
 //!
-//! [`pretrain_step_flops`] is the one place this is counted; `cotmae ablation` uses it for
-//! `match_compute` and the report's FLOPs column.
+//! [`pretrain_step_flops`] is the one place a step is counted; `cotmae ablation` uses it for
+//! `match_compute` and the report's FLOPs column. The per-product formulas are the profiler's
+//! ([`tensor::profiler::flops`]), so a profile's FLOP column and this count agree.
+
+use tensor::profiler::flops;
 
 /// The shapes one pretraining step's products depend on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,20 +47,12 @@ pub struct StepShape {
 
 /// Forward FLOPs of one transformer layer over `rows x seq_len` tokens (module doc).
 pub fn layer_forward_flops(s: &StepShape) -> f64 {
-    let (r, l, h, i) = (
-        s.rows as f64,
-        s.seq_len as f64,
-        s.hidden as f64,
-        s.intermediate as f64,
-    );
-    let t = r * l;
-    3.0 * 2.0 * t * h * h + 2.0 * 2.0 * r * l * l * h + 2.0 * t * h * h + 2.0 * 2.0 * t * h * i
+    flops::transformer_layer_forward(s.rows, s.seq_len, s.hidden, s.intermediate) as f64
 }
 
 /// Forward FLOPs of the MLM head over `masked` tokens.
 pub fn mlm_head_forward_flops(s: &StepShape, masked: f64) -> f64 {
-    let (h, v) = (s.hidden as f64, s.vocab as f64);
-    2.0 * masked * h * h + 2.0 * masked * h * v
+    flops::mlm_head_forward(masked as usize, s.hidden, s.vocab) as f64
 }
 
 /// FLOPs of one training step (forward and backward; module doc).
@@ -72,7 +67,7 @@ pub fn pretrain_step_flops(s: &StepShape) -> f64 {
             forward += mlm_head_forward_flops(s, (ratio * maskable).round());
         }
     }
-    3.0 * forward
+    flops::training_step(forward as u64) as f64
 }
 
 #[cfg(test)]

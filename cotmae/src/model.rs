@@ -145,10 +145,14 @@ impl BertForCotMAE {
             );
         }
         let cls = hidden.narrow(1, 0, 1)?;
-        let emb = self.lm.bert.embeddings.forward(ids, None, ctx)?;
+        let emb = {
+            let _m = tensor::profiler::module("bert");
+            self.lm.bert.embeddings.forward(ids, None, ctx)?
+        };
         let mut x = Var::cat(&[&cls, &emb.narrow(1, 1, len - 1)?], 1)?;
         let mask = bert::extended_attention_mask(&batch.decoder_attention_mask, x.value().dtype())?;
-        for layer in &self.c_head {
+        for (i, layer) in self.c_head.iter().enumerate() {
+            let _m = tensor::profiler::module(format_args!("c_head.{i}"));
             x = layer.forward(&x, Some(&mask), ctx)?;
         }
         Ok(self

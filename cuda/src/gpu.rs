@@ -1115,6 +1115,31 @@ impl GpuTimer {
         }
     }
 
+    /// Milliseconds from `reference`'s start event to this timer's start and to its end (waits
+    /// for the end event): where on the device's clock the work ran, for the profiler's GPU
+    /// track. Both timers must come from the same GPU.
+    pub fn offsets_ms(&self, reference: &GpuTimer) -> Result<(f32, f32)> {
+        match (reference, self) {
+            (GpuTimer::Cuda { start: r, .. }, GpuTimer::Cuda { start, end, .. }) => {
+                let at = |e: &CudaEvent| {
+                    r.elapsed_ms(e)
+                        .map_err(|e| Error::driver("cuEventElapsedTime", e))
+                };
+                Ok((at(start)?, at(end)?))
+            }
+            (GpuTimer::Sim { start: r, .. }, GpuTimer::Sim { start, .. }) => {
+                let ms =
+                    |t: std::time::Instant| t.saturating_duration_since(*r).as_secs_f32() * 1e3;
+                Ok((ms(*start), ms(*start) + self.elapsed_ms()?))
+            }
+            _ => Err(Error::Driver {
+                call: "cuEventElapsedTime",
+                message: "CUDA_ERROR_INVALID_CONTEXT (a simulated and a real device's events)"
+                    .into(),
+            }),
+        }
+    }
+
     /// Milliseconds between the two events (waits for the end event).
     pub fn elapsed_ms(&self) -> Result<f32> {
         match self {

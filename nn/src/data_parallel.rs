@@ -71,6 +71,7 @@ pub fn all_reduce_mean<C: Communicator + ?Sized>(
     comm: &C,
     tensors: &mut [&mut Tensor],
 ) -> Result<()> {
+    let _phase = tensor::profiler::phase(tensor::profiler::Phase::Communication);
     let labels: Vec<String> = (0..tensors.len()).map(|i| format!("tensor {i}")).collect();
     mean_over_ranks(comm, &labels, tensors, BUCKET_CAP_BYTES)
 }
@@ -84,6 +85,7 @@ pub fn all_reduce_grads<C: Communicator + ?Sized>(
     params: &[(String, Param)],
     grads: &mut Gradients,
 ) -> Result<()> {
+    let _phase = tensor::profiler::phase(tensor::profiler::Phase::Communication);
     grads_over_ranks(comm, params, grads, BUCKET_CAP_BYTES)
 }
 

@@ -75,6 +75,7 @@ pub fn unscale_and_clip(
     grads: &mut [&mut Tensor],
     max_grad_norm: f64,
 ) -> Result<(f64, StepDecision)> {
+    let _phase = tensor::profiler::phase(tensor::profiler::Phase::Optimizer);
     let found_inf = scaler.unscale(grads)?;
     let norm = if max_grad_norm > 0.0 {
         clip_grad_norm(grads, max_grad_norm)?

@@ -155,6 +155,7 @@ impl Pooling {
 /// Pools `hidden` [B, L, H] to [B, H]. Mean pooling divides the masked sum by the number of real
 /// tokens (clamped to 1e-9, as sentence-transformers does).
 pub fn pool(hidden: &Var, attention_mask: &Tensor, pooling: Pooling) -> Result<Var> {
+    let _m = tensor::profiler::module("pooler");
     match pooling {
         Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
         Pooling::Mean => {

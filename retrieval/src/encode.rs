@@ -169,13 +169,15 @@ pub fn encode_texts(
     let mut out = vec![0f32; texts.len() * dim];
     let mut ctx = Ctx::eval();
     let device = model.device();
-    for chunk in order.chunks(opts.batch_size) {
+    for (step, chunk) in order.chunks(opts.batch_size).enumerate() {
+        let _profiled = tensor::profiler::step(step as u64 + 1);
         let batch_texts: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
         let batch = TokenBatch::new(&batch_texts, opts.max_len, PadTo::Longest, opts.special)?
             .to_device(device)?;
-        let reps = no_grad(|| {
-            opts.precision
-                .autocast(|| model.encode_pooled(&batch, opts.pooling, &mut ctx))
+        let reps = tensor::profiler::in_phase(tensor::profiler::Phase::Forward, || {
+            no_grad(|| {
+                (opts.precision).autocast(|| model.encode_pooled(&batch, opts.pooling, &mut ctx))
+            })
         })?
         .into_value();
         let reps = if opts.normalize {

@@ -40,6 +40,7 @@ use nn::{
     LrSchedule, Module, Precision, StepDecision,
 };
 use serde::{Deserialize, Serialize};
+use tensor::profiler::{self, Phase};
 use tensor::{DType, Device, Rng, Tensor};
 
 use crate::dense::{DenseModel, PadTo, SpecialIds};
@@ -361,13 +362,16 @@ impl Run {
 
     /// Forward, backward, unscaling and clipping, AdamW, schedule (module docs).
     fn step(&mut self, batch: &TrainBatch, max_grad_norm: f64) -> Result<StepStats> {
+        let _profiled = profiler::step(self.state.global_step + 1);
+        let _data = profiler::phase(Phase::Data);
         let (query, passages) = (
             batch.query.to_device(self.device)?,
             batch.passages.to_device(self.device)?,
         );
-        let out = self
-            .precision
-            .autocast(|| self.model.forward(&query, &passages, &mut self.ctx))?;
+        drop(_data);
+        let out = profiler::in_phase(Phase::Forward, || {
+            (self.precision).autocast(|| self.model.forward(&query, &passages, &mut self.ctx))
+        })?;
         let loss = out.loss.value().to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let scale = self.scaler.scale();
         let mut grads = if scale != 1.0 {
@@ -414,6 +418,7 @@ impl Run {
     }
 
     fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
+        let _phase = profiler::phase(Phase::Checkpoint);
         self.state.dropout_seed = self.ctx.rng.seed;
         self.state.dropout_offset = self.ctx.rng.offset;
         let name = format!("{CHECKPOINT_PREFIX}{}", self.state.global_step);

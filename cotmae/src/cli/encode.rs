@@ -43,6 +43,8 @@ pub struct EncodeArgs {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub profile: super::profile::ProfileArgs,
 }
 
 pub fn run(a: EncodeArgs) -> CliResult {
@@ -60,10 +62,9 @@ pub fn run(a: EncodeArgs) -> CliResult {
         device,
         precision,
     };
+    a.profile.start()?;
     let r = with_threads(a.threads, || encode(&cfg))??;
-    if !tensor::profiler::totals().is_empty() {
-        eprintln!("{}", tensor::profiler::report()); // COTMAE_PROFILE=1
-    }
+    a.profile.finish()?;
     eprintln!(
         "encode: {} texts -> [{}, {}] in {} (max_len {}, {} truncated, pooling {}, normalize {}{})",
         r.count,

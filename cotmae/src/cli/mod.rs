@@ -15,6 +15,7 @@ pub mod evaluate;
 pub mod pipeline;
 pub mod prepare;
 pub mod pretrain;
+pub mod profile;
 pub mod search;
 pub mod tokenize_corpus;
 pub mod tokenize_queries;
@@ -67,6 +68,9 @@ pub enum Command {
     /// The paper's comparisons on any corpus: arms x seeds from a TOML spec, paired
     /// statistics, report.md / report.json / SVG figures.
     Ablation(Box<ablation::AblationArgs>),
+    /// The profiler's tables from a trace written by --profile_trace, or two traces side by
+    /// side with per-op ratios.
+    Profile(profile::ProfileCmdArgs),
 }
 
 /// Runs the parsed command line.
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::BuildTrainHn(a) => build_train_hn::run(a),
         Command::Search(a) => search::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Profile(a) => profile::run(a),
     }
 }
 

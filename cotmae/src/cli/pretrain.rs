@@ -4,7 +4,9 @@ use super::CliResult;
 pub use crate::trainer::PretrainArgs;
 
 pub fn run(args: PretrainArgs) -> CliResult {
+    args.profile.start()?;
     let summary = crate::trainer::pretrain(&args)?;
+    args.profile.finish()?;
     eprintln!(
         "pretrain: {} steps, train_loss {:.4}, {:.1} s; the encoder is in {}",
         summary.global_step,

@@ -90,6 +90,8 @@ pub struct TrainRetrieverArgs {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub profile: super::profile::ProfileArgs,
 }
 
 pub fn run(a: TrainRetrieverArgs) -> CliResult {
@@ -149,10 +151,9 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         device,
         precision,
     };
+    a.profile.start()?;
     let report = with_threads(a.threads, || train(&cfg))??;
-    if !tensor::profiler::totals().is_empty() {
-        eprintln!("{}", tensor::profiler::report()); // COTMAE_PROFILE=1
-    }
+    a.profile.finish()?;
     eprintln!(
         "train-retriever: {} examples, {} of {} steps (warmup {}); model saved to {}",
         report.num_examples,

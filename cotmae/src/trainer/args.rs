@@ -172,6 +172,10 @@ pub struct PretrainArgs {
     pub data: DataTrainingArguments,
     #[command(flatten)]
     pub training: TrainingArguments,
+    /// `--profile`, `--profile_steps`, `--profile_trace` (not saved with the run).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub profile: crate::cli::profile::ProfileArgs,
 }
 
 /// Fields that may differ between a checkpoint's run and the run resuming it without changing

@@ -198,6 +198,7 @@ pub fn write_run_files(dir: &Path, ck: &Checkpoint) -> Result<()> {
 
 /// Writes `output_dir/checkpoint-<global_step>` atomically (module doc); returns its path.
 pub fn save_checkpoint(output_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
+    let _phase = tensor::profiler::phase(tensor::profiler::Phase::Checkpoint);
     let name = format!("{CHECKPOINT_PREFIX}{}", ck.state.global_step);
     let dir = output_dir.join(&name);
     let tmp = output_dir.join(format!("{name}.tmp-{}", std::process::id()));

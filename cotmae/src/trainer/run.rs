@@ -426,10 +426,6 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     )?;
     log.finish();
     eprintln!("saved the model to {}", out.display());
-    // COTMAE_PROFILE=1: time per op over the run.
-    if !tensor::profiler::totals().is_empty() {
-        eprintln!("{}", tensor::profiler::report());
-    }
     Ok(TrainSummary {
         global_step: state.global_step,
         train_loss,

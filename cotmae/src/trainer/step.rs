@@ -19,6 +19,7 @@
 use autograd::Gradients;
 use nn::StepDecision;
 use nn::{step_params, unscale_and_clip, AdamW, Ctx, LossScaler, LrSchedule, Param, Precision};
+use tensor::profiler::{self, Phase};
 use tensor::{DType, Device, Tensor};
 
 use super::loader::{LoadedBatch, LoaderState};
@@ -78,6 +79,7 @@ pub fn train_step(
     o: &mut Optimization,
     step: u64,
 ) -> Result<StepStats> {
+    let _profiled = profiler::step(step);
     let ga = o.accumulation.max(1);
     let mut summed: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut sums = LossSums {
@@ -90,9 +92,11 @@ pub fn train_step(
     // multiplication by scale/ga gives the same number (and 1/ga alone when not scaling).
     let factor = o.scaler.scale() as f64 / ga as f64;
     for _ in 0..ga {
-        let item = next_batch()?;
-        let batch = item.batch.to_device(o.device)?;
-        let out = o.precision.autocast(|| model.forward(&batch, ctx))?;
+        let item = profiler::in_phase(Phase::Data, &mut *next_batch)?;
+        let batch = profiler::in_phase(Phase::Data, || item.batch.to_device(o.device))?;
+        let out = profiler::in_phase(Phase::Forward, || {
+            o.precision.autocast(|| model.forward(&batch, ctx))
+        })?;
         let head = match &out.head_mlm_loss {
             Some(h) => h.value().clone(),
             None => Tensor::zeros(&[], DType::F32, o.device)?,

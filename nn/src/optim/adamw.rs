@@ -285,6 +285,7 @@ impl AdamW {
         params: &mut [ParamUpdate<'_>],
         halves: &mut [Option<&mut Tensor>],
     ) -> Result<bool> {
+        let _phase = tensor::profiler::phase(tensor::profiler::Phase::Optimizer);
         if !halves.is_empty() && halves.len() != params.len() {
             bail!(
                 OP,

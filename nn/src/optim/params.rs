@@ -17,6 +17,7 @@ pub fn step_params(
     params: &[(String, Param)],
     grads: &Gradients,
 ) -> Result<()> {
+    let _phase = tensor::profiler::phase(tensor::profiler::Phase::Optimizer);
     let mut chosen: Vec<(&str, &Param, Tensor)> = Vec::new();
     for (name, p) in params {
         if chosen.iter().any(|(_, q, _)| q.same(p)) {

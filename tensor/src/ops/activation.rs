@@ -14,13 +14,13 @@ impl Tensor {
         check_float(OP, self)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[self], self.shape());
             return crate::cuda::rows::gelu(self);
         }
         if is_half(self.dtype()) {
             return self.to_dtype(DType::F32)?.gelu()?.to_dtype(self.dtype());
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[self], self.shape());
         let x = self.contiguous()?;
         fn run<T: GeluFloat>(s: &CpuStorage, x: &Tensor) -> Result<CpuStorage> {
             let xs = contiguous_slice::<T>(OP, s, x.layout())?;

@@ -127,6 +127,18 @@ impl AttentionShape {
     pub fn out(&self) -> [usize; 4] {
         [self.batch, self.heads, self.q_len, self.head_dim]
     }
+
+    /// FLOPs of the forward's two products (see `profiler::flops`).
+    pub fn flops_forward(&self) -> u64 {
+        let s = self;
+        crate::profiler::flops::attention_forward(s.batch, s.heads, s.q_len, s.k_len, s.head_dim)
+    }
+
+    /// FLOPs of the backward's five products.
+    pub fn flops_backward(&self) -> u64 {
+        let s = self;
+        crate::profiler::flops::attention_backward(s.batch, s.heads, s.q_len, s.k_len, s.head_dim)
+    }
 }
 
 impl Tensor {
@@ -156,7 +168,9 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "flash_attention";
         let s = AttentionShape::of(OP, q, k, v, mask)?;
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP)
+            .io(&[q, k, v], &s.out())
+            .flops(s.flops_forward());
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[q, k, v]) || mask.is_some_and(|m| m.device() != q.device()) {
             return crate::cuda::attention::flash_attention(OP, s, q, k, v, mask, scale, dropout);
@@ -200,7 +214,12 @@ impl Tensor {
             lse_dtype(q.dtype(), q.device() == crate::Device::Cpu),
             lse,
         )?;
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP)
+            .io(
+                &[q, k, v, out, d_out],
+                &[3 * s.out().iter().product::<usize>()],
+            )
+            .flops(s.flops_backward());
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[q, k, v, out, lse, d_out])
             || mask.is_some_and(|m| m.device() != q.device())

@@ -156,7 +156,7 @@ impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let name = op.name();
         let (shape, la, lb) = self.broadcast_pair(rhs, name)?;
-        let _p = crate::profiler::scope(name);
+        let _p = crate::profiler::scope(name).io(&[self, rhs], &shape);
         let out = match (self.storage(), rhs.storage()) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 let (a, b, lr) = ((a, &la), (b, &lb), rhs.layout());
@@ -207,7 +207,7 @@ impl Tensor {
     fn compare_op(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         let name = op.name();
         let (shape, la, lb) = self.broadcast_pair(rhs, name)?;
-        let _p = crate::profiler::scope(name);
+        let _p = crate::profiler::scope(name).io(&[self, rhs], &shape);
         let out = match (self.storage(), rhs.storage()) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 map_cpu_storage!(a, x => compare_cpu(op, (x.as_slice(), &la), (b, &lb))?)

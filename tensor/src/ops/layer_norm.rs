@@ -56,7 +56,7 @@ impl Tensor {
         check_params(OP, self, &[weight, bias])?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, weight, bias]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[self, weight, bias], self.shape());
             return crate::cuda::layer_norm::layer_norm(self, weight, bias, eps);
         }
         if is_half(self.dtype()) {
@@ -64,7 +64,7 @@ impl Tensor {
             let (y, mean, rstd) = f(self)?.layer_norm(&f(weight)?, &f(bias)?, eps)?;
             return Ok((y.to_dtype(self.dtype())?, mean, rstd));
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[self, weight, bias], self.shape());
         let (x, w, b) = (self.contiguous()?, weight.contiguous()?, bias.contiguous()?);
         let stat_shape = &x.shape()[..x.rank() - 1];
         let rows: usize = stat_shape.iter().product();

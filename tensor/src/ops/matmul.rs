@@ -55,17 +55,23 @@ impl Tensor {
         let with = |tail: [usize; 2]| [batch.as_slice(), &tail].concat();
         let lhs_l = self.layout().broadcast_to(OP, &with([m, k]))?;
         let rhs_l = rhs.layout().broadcast_to(OP, &with([k, n]))?;
+        let bsz: usize = batch.iter().product();
+        let prof = || {
+            crate::profiler::scope(OP)
+                .io(&[self, rhs], &with([m, n]))
+                .flops(crate::profiler::flops::matmul(bsz, m, k, n))
+        };
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, rhs]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = prof();
             let (x, y) = ((self, &lhs_l), (rhs, &rhs_l));
             return crate::cuda::matmul::matmul(x, y, &batch, (m, k, n));
         }
         if dtype == DType::BF16 {
-            let _p = crate::profiler::scope(OP);
+            let _p = prof();
             return self.matmul_bf16_out(rhs, None);
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = prof();
         fn run<T: GemmElem>(
             x: &CpuStorage,
             xl: &Layout,
@@ -91,7 +97,7 @@ impl Tensor {
     /// saves the separate pass over the output that `matmul(..).add(bias)` makes.
     pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul_bias";
-        let (m, _, n) = check_operands(OP, self, rhs)?;
+        let (m, k, n) = check_operands(OP, self, rhs)?;
         if self.rank() != 2 || rhs.rank() != 2 || bias.shape() != [n] {
             crate::bail!(
                 OP,
@@ -109,16 +115,21 @@ impl Tensor {
                 got: bias.dtype(),
             });
         }
+        let prof = || {
+            crate::profiler::scope(OP)
+                .io(&[self, rhs, bias], &[m, n])
+                .flops(crate::profiler::flops::matmul(1, m, k, n))
+        };
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, rhs, bias]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = prof();
             return crate::cuda::matmul::matmul_bias(self, rhs, bias);
         }
         if dtype == DType::BF16 {
-            let _p = crate::profiler::scope(OP);
+            let _p = prof();
             return self.matmul_bf16_out(rhs, Some(bias));
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = prof();
         let bias = bias.contiguous()?;
         let bias_range = bias.layout().contiguous_range().unwrap_or(0..n);
         fn run<T: GemmElem>(

@@ -9,6 +9,7 @@
 
 use crate::cpu::bf16_gemm::{self, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided};
 use crate::ops::matmul::check_operands;
+use crate::profiler::Scope;
 use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
@@ -204,11 +205,30 @@ fn product<O: OutElem + Default + Clone>(
     Ok((out, with([m, n])))
 }
 
+/// The profiler scope of a bf16 product `lhs [.., m, k] @ rhs [.., k, n]` (batch from the
+/// broadcast leading dimensions), its FLOPs and bytes from the shapes.
+fn profile(op: &'static str, lhs: &Tensor, rhs: &Tensor, bias: Option<&Tensor>) -> Scope {
+    if !crate::profiler::enabled() || lhs.rank() < 2 || rhs.rank() < 2 {
+        return crate::profiler::scope(op);
+    }
+    let (a, b) = (lhs.shape(), rhs.shape());
+    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+    let lead = |s: &[usize]| s[..s.len() - 2].iter().product::<usize>();
+    let batch = lead(a).max(lead(b));
+    let mut out = if a.len() >= b.len() { a } else { b }.to_vec();
+    let last = out.len() - 1;
+    (out[last - 1], out[last]) = (m, n);
+    let inputs: Vec<&Tensor> = [lhs, rhs].into_iter().chain(bias).collect();
+    crate::profiler::scope(op)
+        .io(&inputs, &out)
+        .flops(crate::profiler::flops::matmul(batch, m, k, n))
+}
+
 impl Tensor {
     /// `matmul` with the operands rounded to bf16 and the sums in f32; returns f32 (module doc).
     pub fn matmul_bf16(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul_bf16";
-        let _p = crate::profiler::scope(OP);
+        let _p = profile(OP, self, rhs, None);
         let (out, shape) = product::<f32>(OP, self, rhs, None, false)?;
         Tensor::from_vec(out, &shape)
     }
@@ -225,7 +245,7 @@ impl Tensor {
                 rhs.shape()
             );
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = profile(OP, self, rhs, Some(bias));
         let b = bias_f32(OP, bias, rhs.shape()[1])?;
         let (out, shape) = product::<f32>(OP, self, rhs, Some(&b), gelu)?;
         Tensor::from_vec(out, &shape)
@@ -248,8 +268,11 @@ impl Tensor {
                 self.shape()
             );
         }
-        let _p = crate::profiler::scope(OP);
         let m = self.shape()[0];
+        let _p = crate::profiler::scope(OP)
+            .io(&[self], &[m, n])
+            .extra_bytes((k * n * 2) as u64)
+            .flops(crate::profiler::flops::matmul(1, m, k, n));
         let b = bias.map(|b| bias_f32(OP, b, n)).transpose()?;
         let l = self.layout();
         let (offset, rs, cs) = (l.offset(), l.strides()[0], l.strides()[1]);

@@ -146,7 +146,7 @@ fn forward(
     }
     #[cfg(feature = "cuda")]
     if crate::cuda::any_on_cuda(&[x]) || mask.is_some_and(|m| crate::cuda::any_on_cuda(&[m])) {
-        let _p = crate::profiler::scope(op);
+        let _p = crate::profiler::scope(op).io(&[x], x.shape());
         return crate::cuda::rows::softmax_last(op, x, mask, scale, log);
     }
     if is_half(x.dtype()) {
@@ -154,7 +154,7 @@ fn forward(
         return forward(op, &x.to_dtype(DType::F32)?, m32.as_ref(), scale, log)?
             .to_dtype(x.dtype());
     }
-    let _p = crate::profiler::scope(op);
+    let _p = crate::profiler::scope(op).io(&[x], x.shape());
     let x = x.contiguous()?;
     let mask = mask.map(|m| prepare_mask(op, m, x.shape())).transpose()?;
     let n = x.shape()[x.rank() - 1];
