@@ -609,9 +609,9 @@ fn flash_attention_matches_the_cpu() {
 /// the CPU's dropout mask of the `[B, H, Sq, Sk]` probabilities bit for bit, in all three
 /// kernels: with Q = 0 every probability of a row is 1 / Sk, and K = V = I (Sk = D), so
 /// out[i][j] = keep_ij / ((1 - p) Sk) is nonzero iff (i, j) is kept; with dO = I (Sq = D),
-/// dV[j][i] = Pd_ij likewise; with dO = 1, dQ[i][j] = scale P (keep_ij / (1 - p) - delta_i) is
-/// >= 0 iff kept. Sk = 64 takes the kernels' four-decisions-per-Philox-call path, Sk = 62 the
-/// per-element one.
+/// dV[j][i] = Pd_ij likewise; with dO = 1, dQ[i][j] = scale P (keep_ij / (1 - p) - delta_i)
+/// is not negative iff kept. Sk = 64 takes the kernels' four-decisions-per-Philox-call path,
+/// Sk = 62 the per-element one.
 #[test]
 fn flash_attention_dropout_draws_equal_the_cpus() {
     use crate::ops::attention::AttentionDropout;
