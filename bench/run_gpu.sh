@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of the CUDA issue, ours and the references in one run on one device:
 #   1. gpu_bandwidth: every memory-bound kernel's bandwidth against a device-to-device copy
-#      (f32 and bf16; goal >= 0.80 of the copy);
+#      (f32 and bf16; goal >= 0.80 of the copy), then the flash attention kernels' TFLOP/s at
+#      BERT-base's shape (bf16: tensor cores, and again on the CUDA-core reference kernels);
 #   2. a BERT-base MLM training step and 3. a CoT-MAE training step, bf16 mixed precision,
 #      batch 64 x 128 (32 documents), ours (cotmae_step --device cuda) against PyTorch
 #      (bench/gpu_step_torch.py: transformers under bf16 autocast) on the same batch file,
@@ -36,6 +37,8 @@ echo "## memory-bound kernels vs a device copy"
 for dtype in f32 bf16; do
   "$bin/gpu_bandwidth" --dtype "$dtype"
 done
+echo "## bf16 attention on the CUDA-core (reference) flash kernels, to compare with the line above"
+COTMAE_ATTENTION=flash-cuda-cores "$bin/gpu_bandwidth" --dtype bf16 --attention-only
 echo "## training steps, batch 64 x 128, $precision"
 "$bin/cotmae_step" batch "$out/batch.safetensors" --docs 32
 ours=() ref=()

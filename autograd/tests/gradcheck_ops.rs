@@ -216,6 +216,25 @@ fn dropout_backward_uses_the_forward_mask() {
 }
 
 #[test]
+fn dropout_add_is_dropout_then_add_with_both_gradients() {
+    let (x, r) = (rand(&[4, 8], 25), rand(&[4, 8], 26));
+    check(
+        |v| v[0].dropout_add(&v[1], 0.3, true, &mut Rng::new(98)),
+        [x.clone(), r.clone()],
+    );
+    // The same values and generator consumption as the two ops.
+    let (mut r1, mut r2) = (Rng::new(97), Rng::new(97));
+    let (vx, vr) = (Var::param(x.clone()), Var::param(r.clone()));
+    let fused = vx.dropout_add(&vr, 0.3, true, &mut r1).unwrap();
+    let composed = vx.dropout(0.3, true, &mut r2).unwrap().add(&vr).unwrap();
+    assert_eq!(
+        fused.value().to_vec::<f64>().unwrap(),
+        composed.value().to_vec::<f64>().unwrap()
+    );
+    assert_eq!(r1, r2);
+}
+
+#[test]
 fn gradients_reach_only_leaves_that_require_them() {
     let a = Var::param(rand(&[3], 23));
     let c = Var::constant(rand(&[3], 24));

@@ -53,8 +53,10 @@ impl BertOutput {
 
     pub fn forward(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
         let _m = tensor::profiler::module("output");
-        let y = self.dropout.forward(&self.dense.forward(x)?, ctx)?;
-        self.layer_norm.forward(&y.add(residual)?)
+        let y = self
+            .dropout
+            .forward_add(&self.dense.forward(x)?, residual, ctx)?;
+        self.layer_norm.forward(&y)
     }
 }
 

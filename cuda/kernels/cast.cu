@@ -10,13 +10,37 @@
 // Layout: `cast_<src>_<dst>(walk, x, out, n, contiguous)`: when `contiguous` is set the input is
 // read as a flat array (the walk is ignored), otherwise through the walk (one operand). The output
 // is contiguous row-major. (Same-dtype entries exist; elementwise.cu's copy_w* copies by width.)
+// Contiguous input with both pointers 16-byte aligned moves in packs of 16 / sizeof(src) elements:
+// one 16-byte load, and the converted pack stored whole (16-byte stores, or one smaller aligned
+// store when the destination type is narrower); the last n % pack elements go one by one.
 //
 // Launch: 1-D grid-stride loop, 256 threads per block, any grid size.
 
 #include "common.cuh"
 
+// N elements of T stored together, aligned to their size (at most 16 bytes).
+template <typename T, int N>
+struct __align__((N * sizeof(T)) < 16 ? (N * sizeof(T)) : 16) CastPack {
+    T v[N];
+};
+
 template <typename S, typename D>
 __device__ void cast_kernel(Walk w, const S* x, D* out, i64 n, int contiguous) {
+    constexpr int PACK = 16 / (int)sizeof(S);
+    if (contiguous && ((u64)(size_t)x & 15u) == 0 && ((u64)(size_t)out & 15u) == 0) {
+        const i64 packs = n / PACK;
+        const CastPack<S, PACK>* xp = reinterpret_cast<const CastPack<S, PACK>*>(x);
+        CastPack<D, PACK>* op = reinterpret_cast<CastPack<D, PACK>*>(out);
+        for (i64 i = global_thread(); i < packs; i += global_threads()) {
+            const CastPack<S, PACK> a = xp[i];
+            CastPack<D, PACK> b;
+#pragma unroll
+            for (int c = 0; c < PACK; ++c) b.v[c] = from_f64<D>(to_f64(a.v[c]));
+            op[i] = b;
+        }
+        for (i64 i = packs * PACK + global_thread(); i < n; i += global_threads()) out[i] = from_f64<D>(to_f64(x[i]));
+        return;
+    }
     for (i64 i = global_thread(); i < n; i += global_threads()) {
         i64 off[1];
         if (contiguous) {

@@ -11,6 +11,7 @@
 //   three), which maps a logical element index to each operand's element offset (strided kernels);
 // - warp and block reductions (block size a multiple of 32, at most 1024 threads);
 // - Philox4x32-10, the counter-based generator of tensor/src/rng.rs (same constants, same word order);
+// - `mma_bf16_m16n8k16`: one warp's bf16 tensor-core product (inline PTX; emulated by the simulator);
 // - `chunk_owner`: the tensor a block works on in a multi-tensor launch (adamw.cu, loss_scale.cu);
 // - `report_error`: how a kernel flags bad input (an index out of range) to the host through the
 //   device status word that the Gpu owns (read back by Gpu::check_status).
@@ -161,9 +162,16 @@ struct Walk {
     i32 pad;
 };
 
-// Element offsets of logical index `i` for the first N operands.
+// Element offsets of logical index `i` for the first N operands. A walk of rank <= 1 (what
+// Walk::new merges contiguous operands, and any operands that step uniformly, into) takes no
+// division.
 template <int N>
 __device__ __forceinline__ void walk_offsets(const Walk& w, i64 i, i64 (&off)[N]) {
+    if (w.rank <= 1) {
+#pragma unroll
+        for (int k = 0; k < N; ++k) off[k] = w.rank == 1 ? i * w.stride[k][0] : 0;
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < N; ++k) off[k] = 0;
     for (int d = w.rank - 1; d >= 0; --d) {
@@ -245,6 +253,34 @@ __device__ __forceinline__ uint4 philox_block(u64 seed, u64 block) {
 
 // A 32-bit word to a float in [0, 1) with 24 random bits (rng::word_to_unit).
 __device__ __forceinline__ float word_to_unit(u32 w) { return (float)(w >> 8) * (1.0f / 16777216.0f); }
+
+// ---- tensor cores ---------------------------------------------------------------------------
+
+// Two bf16 in one 32-bit register (`lo` in the low half), the element pair of an mma fragment.
+__device__ __forceinline__ u32 pack_bf16x2(bf16 lo, bf16 hi) { return (u32)lo.bits | ((u32)hi.bits << 16); }
+
+// d += A B on one warp's tile: A 16x16 bf16 (row-major), B 16x8 bf16 (column-major), d 16x8 f32,
+// each held in the fragments of PTX's mma.m16n8k16 (g = lane / 4, t = lane % 4):
+//   a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]
+//   d[0], d[1] = D[g][2t, 2t+1], d[2], d[3] = D[g+8][2t, 2t+1]
+// (pairs packed by pack_bf16x2). All 32 lanes of the warp must call it together. Needs sm_80 or
+// newer; the simulator emulates the instruction (runtime.h, cotmae_sim_mma_m16n8k16_bf16).
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+#ifndef COTMAE_SIM
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // the Rust side only launches tensor-core kernels on sm_80+
+#endif
+#else
+    cotmae_sim_mma_m16n8k16_bf16(d, a, b, d);
+#endif
+}
 
 // ---- multi-tensor launches ------------------------------------------------------------------
 

@@ -12,6 +12,9 @@
 //   mask: below = 0), p compared in f32;
 // - dropout_fwd_<t>: keep[i] = uniform_i >= p; y = keep ? x * scale : 0 (an exact 0 whatever x
 //   holds), scale = 1 / (1 - p) rounded to f32 by the host (0 for p = 1);
+//   With a residual (a non-null pointer), y = (keep ? x * scale : 0) + residual, the dropped
+//   value rounded to t before the add, as the CPU's dropout followed by add rounds (the residual
+//   branch of BERT's output layers in one pass);
 // - dropout_apply_<t>: y = keep ? x * scale : 0 for a given mask (dropout's backward);
 // - uniform_<t>: lo + (hi - lo) u in f64, rounded once to t; normal_<t>: mean + std z in f64.
 //
@@ -35,8 +38,10 @@ extern "C" __global__ void philox_mask(u8* out, i64 n, u64 seed, u64 offset, flo
     }
 }
 
+// `residual` may be null (plain dropout).
 template <typename T>
-__device__ void dropout_fwd(const T* x, T* y, u8* keep, i64 n, u64 seed, u64 offset, float p, float scale) {
+__device__ void dropout_fwd(const T* x, const T* residual, T* y, u8* keep, i64 n, u64 seed, u64 offset, float p,
+                            float scale) {
     const i64 blocks = (n + 3) / 4;
     for (i64 q = global_thread(); q < blocks; q += global_threads()) {
         const uint4 w = philox_block(seed, offset + (u64)q);
@@ -47,7 +52,8 @@ __device__ void dropout_fwd(const T* x, T* y, u8* keep, i64 n, u64 seed, u64 off
             if (i < n) {
                 const bool k = !(word_to_unit(words[j]) < p);
                 keep[i] = k ? 1 : 0;
-                y[i] = from_f32<T>(k ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+                const T d = from_f32<T>(k ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+                y[i] = residual ? from_f32<T>(__fadd_rn(to_f32(d), to_f32(residual[i]))) : d;
             }
         }
     }
@@ -94,9 +100,10 @@ __device__ void normal_fill(T* out, i64 n, u64 seed, u64 offset, double mean, do
 }
 
 #define DROPOUT_ENTRIES(T, NAME)                                                                    \
-    extern "C" __global__ void dropout_fwd_##NAME(const T* x, T* y, u8* keep, i64 n, u64 seed,     \
-                                                  u64 offset, float p, float scale) {              \
-        dropout_fwd<T>(x, y, keep, n, seed, offset, p, scale);                                     \
+    extern "C" __global__ void dropout_fwd_##NAME(const T* x, const T* residual, T* y, u8* keep,    \
+                                                  i64 n, u64 seed, u64 offset, float p,            \
+                                                  float scale) {                                   \
+        dropout_fwd<T>(x, residual, y, keep, n, seed, offset, p, scale);                           \
     }                                                                                              \
     extern "C" __global__ void dropout_apply_##NAME(const T* x, const u8* keep, T* y, i64 n,       \
                                                     float scale) {                                 \

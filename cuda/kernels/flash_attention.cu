@@ -40,8 +40,8 @@
 // peak: ~0.3 ms for the forward of BERT-base attention (B 64, H 12, S 128, D 64; 3.2 GFLOP) and
 // ~2.5x that for the backward. That is slower than cuBLAS's tensor-core GEMMs plus the fused
 // masked softmax at S = 128; what this kernel saves is the [B, H, Sq, Sk] memory and its traffic
-// (the probs tensor and the dropout mask are never stored). A tensor-core (mma.sync) version of the
-// same tiling is the next step.
+// (the probs tensor and the dropout mask are never stored). These kernels are the reference path;
+// the bf16 tensor-core kernels (flash_tc_*, at the end of this file) are the fast one.
 
 #include "common.cuh"
 
@@ -418,3 +418,439 @@ __device__ void flash_bwd_dkdv(const T* q, const T* k, const T* v, const T* mask
 FLASH_ENTRIES(float, f32)
 FLASH_ENTRIES(f16, f16)
 FLASH_ENTRIES(bf16, bf16)
+
+// ==== bf16 tensor-core kernels ==================================================================
+//
+// The same three passes for bf16 operands with every product on the tensor cores
+// (mma_bf16_m16n8k16: bf16 inputs, f32 accumulation; FlashAttention-2's tiling). The f32-math
+// kernels above stay as the reference path (cuda/src/ops/flash_attention.rs FlashPath).
+// - flash_tc_fwd_bf16: S = Q Kᵀ per 16x8 tile, the online softmax on S's fragments (each lane
+//   holds rows g and g+8, columns 2t, 2t+1 of each 8-key tile; row max and sum over the 4 lanes
+//   of a group by shuffles), then O += P V with P's fragments reused as the A operand (rounded to
+//   bf16, as FlashAttention-2 does); l sums the unrounded f32 probabilities.
+// - flash_tc_bwd_dq_bf16: S = Q Kᵀ and dP = dO Vᵀ, dS = P (dP keep - delta), dQ += dS K.
+// - flash_tc_bwd_dkdv_bf16: the transposed products per key tile, Sᵀ = K Qᵀ and dPᵀ = V dOᵀ,
+//   then dV += Pdᵀ dO and dK += dSᵀ Q.
+// Dropout: when Sk % 4 == 0 (every row of the [B, H, Sq, Sk] draw starts on a Philox block),
+// each Philox call gives the 4 keep decisions of one block (4 consecutive keys of one row) and
+// lanes trade words by shuffles, so a lane makes one call per 4 decisions it needs; otherwise
+// each decision takes its own call (keep_factor). Either way the draws equal the CPU's.
+//
+// Layout in shared memory (bf16 bits): tiles of rows [TC_TILE][ld] with ld = Dp + 8 (Dp = D
+// rounded up to 16, zero-padded; the 8 extra halves shift rows across banks), and transposed
+// tiles [Dp][TC_TILE + 8] for the operands read as B with the key (or query) index as k.
+// Launch: TC_THREADS (128) = 4 warps; each warp owns 16 rows of the block's TC_TILE = 64 (queries
+// for fwd and dQ: grid (ceil(Sq / 64), H, B); keys for dK/dV: grid (ceil(Sk / 64), H, B)) and
+// streams tiles of 64 keys (queries). D <= FA_MAX_HEAD_DIM; shared memory per block (D = 128):
+// 52 KiB fwd, 86 KiB dQ, 104.5 KiB dK/dV (D = 64: 27, 45, 54.5 KiB; opt-in above 48 KiB).
+//
+// Expected H100/H200 performance (unmeasured): the products reach the bf16 tensor cores; loads
+// from global memory are 16-byte vectors when an operand's rows are contiguous and 16-byte
+// aligned. At B 64, H 12, S 128, D 64 the forward is 3.2 GFLOP, i.e. tens of microseconds at
+// 30-50% of the ~990 TFLOP/s dense bf16 peak.
+
+#define TC_THREADS 128
+#define TC_TILE 64
+#define TC_NT_KEYS (TC_TILE / 8)            // 8-wide n-tiles of a 64-key (query) tile
+#define TC_NT_DIMS (FA_MAX_HEAD_DIM / 8)    // 8-wide n-tiles of the largest head dim
+#define TC_LDT (TC_TILE + 8)
+
+static_assert(TC_THREADS / 32 * 16 == TC_TILE, "each warp owns 16 rows of the tile");
+
+__device__ __forceinline__ u16* tc_smem_u16(void* p) { return static_cast<u16*>(p); }
+
+// Rows [row0, row0 + TC_TILE) of a strided [S, D] bf16 operand into shared memory, zero past the
+// operand's `rows` or past D (up to Dp): row-major at dst[r * ld + d] when `dst` is given, and
+// transposed at dst_t[d * TC_LDT + r] when `dst_t` is. Contiguous 16-byte-aligned rows move as uint4.
+__device__ void tc_load_tile(u16* dst, int ld, u16* dst_t, const bf16* src, i64 row_stride,
+                             i64 d_stride, i64 row0, i64 rows, int D, int Dp) {
+    const bool vec = d_stride == 1 && D % 8 == 0 && row_stride % 8 == 0 &&
+                     ((u64)(size_t)src & 15u) == 0;
+    if (vec) {
+        const int chunks = Dp / 8;
+        for (int e = threadIdx.x; e < TC_TILE * chunks; e += blockDim.x) {
+            const int r = e / chunks, d0 = (e - r * chunks) * 8;
+            uint4 w = {0u, 0u, 0u, 0u};
+            if (row0 + r < rows && d0 < D) w = *reinterpret_cast<const uint4*>(src + (row0 + r) * row_stride + d0);
+            if (dst) *reinterpret_cast<uint4*>(dst + r * ld + d0) = w;
+            if (dst_t) {
+                const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                for (int c = 0; c < 8; ++c) dst_t[(d0 + c) * TC_LDT + r] = (u16)(words[c >> 1] >> (16 * (c & 1)));
+            }
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < TC_TILE * Dp; e += blockDim.x) {
+        const int r = e / Dp, d = e - r * Dp;
+        const u16 x = row0 + r < rows && d < D ? src[(row0 + r) * row_stride + d * d_stride].bits : (u16)0;
+        if (dst) dst[r * ld + d] = x;
+        if (dst_t) dst_t[d * TC_LDT + r] = x;
+    }
+}
+
+// The A fragment of rows [r0, r0 + 16), columns [k0, k0 + 16) of a row-major shared tile.
+__device__ __forceinline__ void tc_frag_a(u32 (&a)[4], const u16* x, int ld, int r0, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u16* p = x + (r0 + g) * ld + k0 + 2 * t;
+    a[0] = *reinterpret_cast<const u32*>(p);
+    a[1] = *reinterpret_cast<const u32*>(p + 8 * ld);
+    a[2] = *reinterpret_cast<const u32*>(p + 8);
+    a[3] = *reinterpret_cast<const u32*>(p + 8 * ld + 8);
+}
+
+// The B fragment of B[k][n] = y[n][k] for n in [n0, n0 + 8), k in [k0, k0 + 16): y row-major
+// with the n index as its row (a K tile for Q Kᵀ, a transposed V tile for P V, ...).
+__device__ __forceinline__ void tc_frag_b(u32 (&b)[2], const u16* y, int ld, int n0, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u16* p = y + (n0 + g) * ld + k0 + 2 * t;
+    b[0] = *reinterpret_cast<const u32*>(p);
+    b[1] = *reinterpret_cast<const u32*>(p + 8);
+}
+
+// The A fragment of k-step kk from accumulator fragments c[2kk], c[2kk + 1] (16 rows x 16
+// columns of a product): the C layout of two adjacent 8-column tiles is A's layout, rounded to bf16.
+__device__ __forceinline__ void tc_frag_a_from_c(u32 (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+    a[0] = pack_bf16x2(from_f32<bf16>(c0[0]), from_f32<bf16>(c0[1]));
+    a[1] = pack_bf16x2(from_f32<bf16>(c0[2]), from_f32<bf16>(c0[3]));
+    a[2] = pack_bf16x2(from_f32<bf16>(c1[0]), from_f32<bf16>(c1[1]));
+    a[3] = pack_bf16x2(from_f32<bf16>(c1[2]), from_f32<bf16>(c1[3]));
+}
+
+// acc[nt] += X[r0.., :] Y[n-tile nt, :]ᵀ over the padded head dim: the scores of a warp's 16 rows
+// against a 64-row tile (x, y row-major with ld).
+__device__ __forceinline__ void tc_scores(float (&acc)[TC_NT_KEYS][4], const u16* x, const u16* y, int ld,
+                                          int r0, int Dp) {
+#pragma unroll
+    for (int nt = 0; nt < TC_NT_KEYS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+    for (int k0 = 0; k0 < Dp; k0 += 16) {
+        u32 a[4];
+        tc_frag_a(a, x, ld, r0, k0);
+#pragma unroll
+        for (int nt = 0; nt < TC_NT_KEYS; ++nt) {
+            u32 b[2];
+            tc_frag_b(b, y, ld, nt * 8, k0);
+            mma_bf16_m16n8k16(acc[nt], a, b);
+        }
+    }
+}
+
+// out[nt] += P yt over the 64-wide k dimension: P in C fragments (16 x 64), yt a transposed tile
+// [Dp][TC_LDT] (B[k][n] = yt[n][k]); only the n-tiles below Dp.
+__device__ __forceinline__ void tc_accumulate(float (&out)[TC_NT_DIMS][4], const float (&pc)[TC_NT_KEYS][4],
+                                              const u16* yt, int Dp) {
+#pragma unroll
+    for (int kk = 0; kk < TC_NT_KEYS / 2; ++kk) {
+        u32 a[4];
+        tc_frag_a_from_c(a, pc[2 * kk], pc[2 * kk + 1]);
+#pragma unroll
+        for (int nt = 0; nt < TC_NT_DIMS; ++nt) {
+            if (nt * 8 >= Dp) break;
+            u32 b[2];
+            tc_frag_b(b, yt, TC_LDT, nt * 8, kk * 16);
+            mma_bf16_m16n8k16(out[nt], a, b);
+        }
+    }
+}
+
+__device__ __forceinline__ u32 uint4_word(uint4 w, int i) {
+    return i == 0 ? w.x : (i == 1 ? w.y : (i == 2 ? w.z : w.w));
+}
+
+// Dropout factors of a lane's C fragment of n-tile `nt` of a 64x64 tile where the fragment's
+// rows are queries (fwd, dQ): kf[e] for element e (rows i_row[e >> 1], key k_col0 + (e & 1)).
+// Fast path (Sk % 4 == 0): the lane pair (t even, t odd) covers keys c4..c4+3 of rows r0 and r1;
+// the even lane draws row r0's block, the odd lane row r1's, and each hands the other the two
+// words it needs.
+__device__ __forceinline__ void tc_keep_rows(float (&kf)[4], const FlashParams& p, i64 bh, const i64 (&i_row)[2],
+                                             i64 j0) {
+    if (p.drop_p <= 0.0f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) kf[e] = 1.0f;
+        return;
+    }
+    if (p.k_len % 4 == 0) {
+        const int t = threadIdx.x & 3;
+        const i64 c4 = j0 & ~(i64)3, i = i_row[t & 1];
+        const uint4 w = philox_block(p.seed, p.offset + (u64)((bh * p.q_len + i) * p.k_len + c4) / 4);
+        const int mine = (t & 1) * 2;  // the words of this lane's keys in its block
+        const u32 give0 = uint4_word(w, 2 - mine), give1 = uint4_word(w, 3 - mine);
+        const u32 got0 = __shfl_xor_sync(FULL_MASK, give0, 1), got1 = __shfl_xor_sync(FULL_MASK, give1, 1);
+        const u32 own0 = uint4_word(w, mine), own1 = uint4_word(w, mine + 1);
+        // Row r0's words: own for the even lane, received for the odd one; row r1's the reverse.
+        const u32 words[4] = {(t & 1) ? got0 : own0, (t & 1) ? got1 : own1, (t & 1) ? own0 : got0,
+                              (t & 1) ? own1 : got1};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) kf[e] = word_to_unit(words[e]) < p.drop_p ? 0.0f : p.drop_scale;
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) kf[e] = keep_factor(p, bh, i_row[e >> 1], j0 + (e & 1));
+}
+
+// The same for the transposed tiles of dK/dV, where the fragment's rows are keys j_row[0..2]
+// (rows g, g+8) and its columns queries i0, i0 + 1. Fast path: the 4 lanes with the same t and
+// g = 4m..4m+3 need 4 blocks (queries i0, i0+1 x key groups of rows g and g+8); lane m' draws one
+// and three xor shuffles hand each lane its word of the other three.
+__device__ __forceinline__ void tc_keep_cols(float (&kf)[4], const FlashParams& p, i64 bh, const i64 (&j_row)[2],
+                                             i64 i0) {
+    if (p.drop_p <= 0.0f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) kf[e] = 1.0f;
+        return;
+    }
+    if (p.k_len % 4 == 0) {
+        const int r = ((threadIdx.x & 31) >> 2) & 3;  // g % 4: this lane's key within its group of 4
+        // Block r: query i0 + (r & 1), the key group of row (r >> 1) (g or g+8).
+        const i64 i = i0 + (r & 1), c4 = j_row[r >> 1] & ~(i64)3;
+        const uint4 w = philox_block(p.seed, p.offset + (u64)((bh * p.q_len + i) * p.k_len + c4) / 4);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            // Sender r' gives word r' ^ s of its block; this lane gets word r of block r ^ s.
+            const u32 give = uint4_word(w, r ^ s);
+            const u32 got = s == 0 ? give : __shfl_xor_sync(FULL_MASK, give, 4 * s);
+            const int blk = r ^ s;  // element (row blk >> 1, query blk & 1)
+            kf[2 * (blk >> 1) + (blk & 1)] = word_to_unit(got) < p.drop_p ? 0.0f : p.drop_scale;
+        }
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) kf[e] = keep_factor(p, bh, i0 + (e & 1), j_row[e >> 1]);
+}
+
+struct TcGeometry {
+    int D, Dp, ld;
+};
+__device__ __forceinline__ TcGeometry tc_geometry(const FlashParams& p) {
+    TcGeometry g;
+    g.D = (int)p.head_dim;
+    g.Dp = (g.D + 15) & ~15;
+    g.ld = g.Dp + 8;
+    return g;
+}
+
+// Writes a warp's 16 x Dp accumulator rows (times `mul`) to dst[row][d] (contiguous [S, D]) for
+// rows < n.
+__device__ __forceinline__ void tc_store_rows(bf16* dst, const float (&acc)[TC_NT_DIMS][4], const float (&mul)[2],
+                                              i64 row0, i64 n, int D) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < TC_NT_DIMS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const i64 row = row0 + g + 8 * (e >> 1);
+            const int d = nt * 8 + 2 * t + (e & 1);
+            if (row < n && d < D) dst[row * D + d] = from_f32<bf16>(acc[nt][e] * mul[e >> 1]);
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    flash_tc_fwd_bf16(const bf16* q, const bf16* k, const bf16* v, const bf16* mask, bf16* out, float* lse,
+                      FlashParams p) {
+    DYNAMIC_SHARED(uint4, tc_smem);
+    const TcGeometry G = tc_geometry(p);
+    u16* q_s = tc_smem_u16(tc_smem);          // [64][ld]
+    u16* k_s = q_s + TC_TILE * G.ld;        // [64][ld]
+    u16* vt_s = k_s + TC_TILE * G.ld;       // [Dp][TC_LDT]
+    const i64 b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
+    const i64 q0 = (i64)blockIdx.x * TC_TILE;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16;
+    const bf16* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
+    const bf16* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+    tc_load_tile(q_s, G.ld, nullptr, q + b * p.q_stride[0] + h * p.q_stride[1], p.q_stride[2], p.q_stride[3], q0,
+                 p.q_len, G.D, G.Dp);
+    const i64 i_row[2] = {q0 + r0 + g, q0 + r0 + g + 8};
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f}, o[TC_NT_DIMS][4];
+#pragma unroll
+    for (int nt = 0; nt < TC_NT_DIMS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[nt][e] = 0.0f;
+
+    for (i64 k0 = 0; k0 < p.k_len; k0 += TC_TILE) {
+        __syncthreads();  // the previous tiles are no longer read
+        tc_load_tile(k_s, G.ld, nullptr, kb, p.k_stride[2], p.k_stride[3], k0, p.k_len, G.D, G.Dp);
+        // V only transposed: the B operand of P V has the keys along k.
+        tc_load_tile(nullptr, G.ld, vt_s, vb, p.v_stride[2], p.v_stride[3], k0, p.k_len, G.D, G.Dp);
+        __syncthreads();
+        float s[TC_NT_KEYS][4];
+        tc_scores(s, q_s, k_s, G.ld, r0, G.Dp);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float mx = neg_inf();
+#pragma unroll
+            for (int nt = 0; nt < TC_NT_KEYS; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float z = logit(p, mask, b, h, i_row[rr], k0 + nt * 8 + 2 * t + e, s[nt][2 * rr + e]);
+                    s[nt][2 * rr + e] = z;
+                    mx = fmaxf(mx, z);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+            const float m_new = fmaxf(m[rr], mx);
+            const float base = m_new == neg_inf() ? 0.0f : m_new;  // a row all -inf so far
+            const float alpha = expf(m[rr] - base);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < TC_NT_KEYS; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float pe = expf(s[nt][2 * rr + e] - base);
+                    s[nt][2 * rr + e] = pe;
+                    sum += pe;
+                }
+            sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+            sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+            l[rr] = fmaf(l[rr], alpha, sum);
+            m[rr] = m_new;
+#pragma unroll
+            for (int nt = 0; nt < TC_NT_DIMS; ++nt) {
+                o[nt][2 * rr] *= alpha;
+                o[nt][2 * rr + 1] *= alpha;
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < TC_NT_KEYS; ++nt) {
+            float kf[4];
+            tc_keep_rows(kf, p, bh, i_row, k0 + nt * 8 + 2 * t);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] *= kf[e];
+        }
+        tc_accumulate(o, s, vt_s, G.Dp);
+    }
+    const float inv[2] = {l[0] > 0.0f ? 1.0f / l[0] : 0.0f, l[1] > 0.0f ? 1.0f / l[1] : 0.0f};
+    tc_store_rows(out + bh * p.q_len * G.D, o, inv, q0 + r0, p.q_len, G.D);
+    if (t == 0)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr)
+            if (i_row[rr] < p.q_len) lse[bh * p.q_len + i_row[rr]] = l[rr] > 0.0f ? m[rr] + logf(l[rr]) : pos_inf();
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    flash_tc_bwd_dq_bf16(const bf16* q, const bf16* k, const bf16* v, const bf16* mask, const bf16* d_out,
+                         const float* lse, const float* delta, bf16* dq, FlashParams p) {
+    DYNAMIC_SHARED(uint4, tc_smem);
+    const TcGeometry G = tc_geometry(p);
+    u16* q_s = tc_smem_u16(tc_smem);          // [64][ld]
+    u16* g_s = q_s + TC_TILE * G.ld;        // dO, [64][ld]
+    u16* k_s = g_s + TC_TILE * G.ld;        // [64][ld]
+    u16* v_s = k_s + TC_TILE * G.ld;        // [64][ld]
+    u16* kt_s = v_s + TC_TILE * G.ld;       // K transposed, [Dp][TC_LDT]
+    const i64 b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
+    const i64 q0 = (i64)blockIdx.x * TC_TILE;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16;
+    const bf16* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
+    const bf16* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+    tc_load_tile(q_s, G.ld, nullptr, q + b * p.q_stride[0] + h * p.q_stride[1], p.q_stride[2], p.q_stride[3], q0,
+                 p.q_len, G.D, G.Dp);
+    tc_load_tile(g_s, G.ld, nullptr, d_out + b * p.do_stride[0] + h * p.do_stride[1], p.do_stride[2],
+                 p.do_stride[3], q0, p.q_len, G.D, G.Dp);
+    const i64 i_row[2] = {q0 + r0 + g, q0 + r0 + g + 8};
+    float row_lse[2], row_delta[2], acc[TC_NT_DIMS][4];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        row_lse[rr] = i_row[rr] < p.q_len ? lse[bh * p.q_len + i_row[rr]] : pos_inf();
+        row_delta[rr] = i_row[rr] < p.q_len ? delta[bh * p.q_len + i_row[rr]] : 0.0f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < TC_NT_DIMS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+
+    for (i64 k0 = 0; k0 < p.k_len; k0 += TC_TILE) {
+        __syncthreads();
+        tc_load_tile(k_s, G.ld, kt_s, kb, p.k_stride[2], p.k_stride[3], k0, p.k_len, G.D, G.Dp);
+        tc_load_tile(v_s, G.ld, nullptr, vb, p.v_stride[2], p.v_stride[3], k0, p.k_len, G.D, G.Dp);
+        __syncthreads();
+        float s[TC_NT_KEYS][4], dp[TC_NT_KEYS][4];
+        tc_scores(s, q_s, k_s, G.ld, r0, G.Dp);
+        tc_scores(dp, g_s, v_s, G.ld, r0, G.Dp);
+#pragma unroll
+        for (int nt = 0; nt < TC_NT_KEYS; ++nt) {
+            const i64 j0 = k0 + nt * 8 + 2 * t;
+            float kf[4];
+            tc_keep_rows(kf, p, bh, i_row, j0);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int rr = e >> 1;
+                const float z = logit(p, mask, b, h, i_row[rr], j0 + (e & 1), s[nt][e]);
+                const float prob = expf(z - row_lse[rr]);
+                s[nt][e] = prob > 0.0f ? prob * (dp[nt][e] * kf[e] - row_delta[rr]) : 0.0f;  // dS
+            }
+        }
+        tc_accumulate(acc, s, kt_s, G.Dp);
+    }
+    const float mul[2] = {p.scale, p.scale};
+    tc_store_rows(dq + bh * p.q_len * G.D, acc, mul, q0 + r0, p.q_len, G.D);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    flash_tc_bwd_dkdv_bf16(const bf16* q, const bf16* k, const bf16* v, const bf16* mask, const bf16* d_out,
+                           const float* lse, const float* delta, bf16* dk, bf16* dv, FlashParams p) {
+    DYNAMIC_SHARED(uint4, tc_smem);
+    const TcGeometry G = tc_geometry(p);
+    u16* k_s = tc_smem_u16(tc_smem);          // [64][ld]
+    u16* v_s = k_s + TC_TILE * G.ld;        // [64][ld]
+    u16* q_s = v_s + TC_TILE * G.ld;        // [64][ld]
+    u16* g_s = q_s + TC_TILE * G.ld;        // dO, [64][ld]
+    u16* qt_s = g_s + TC_TILE * G.ld;       // Q transposed, [Dp][TC_LDT]
+    u16* gt_s = qt_s + G.Dp * TC_LDT;       // dO transposed, [Dp][TC_LDT]
+    float* lse_s = reinterpret_cast<float*>(gt_s + G.Dp * TC_LDT);  // [64]
+    float* delta_s = lse_s + TC_TILE;                                // [64]
+    const i64 b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
+    const i64 k0 = (i64)blockIdx.x * TC_TILE;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16;
+    const bf16* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+    const bf16* gb = d_out + b * p.do_stride[0] + h * p.do_stride[1];
+    tc_load_tile(k_s, G.ld, nullptr, k + b * p.k_stride[0] + h * p.k_stride[1], p.k_stride[2], p.k_stride[3], k0,
+                 p.k_len, G.D, G.Dp);
+    tc_load_tile(v_s, G.ld, nullptr, v + b * p.v_stride[0] + h * p.v_stride[1], p.v_stride[2], p.v_stride[3], k0,
+                 p.k_len, G.D, G.Dp);
+    const i64 j_row[2] = {k0 + r0 + g, k0 + r0 + g + 8};
+    float dk_acc[TC_NT_DIMS][4], dv_acc[TC_NT_DIMS][4];
+#pragma unroll
+    for (int nt = 0; nt < TC_NT_DIMS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk_acc[nt][e] = dv_acc[nt][e] = 0.0f;
+
+    for (i64 i0 = 0; i0 < p.q_len; i0 += TC_TILE) {
+        __syncthreads();
+        tc_load_tile(q_s, G.ld, qt_s, qb, p.q_stride[2], p.q_stride[3], i0, p.q_len, G.D, G.Dp);
+        tc_load_tile(g_s, G.ld, gt_s, gb, p.do_stride[2], p.do_stride[3], i0, p.q_len, G.D, G.Dp);
+        if (threadIdx.x < TC_TILE) {
+            const i64 i = i0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < p.q_len ? lse[bh * p.q_len + i] : pos_inf();
+            delta_s[threadIdx.x] = i < p.q_len ? delta[bh * p.q_len + i] : 0.0f;
+        }
+        __syncthreads();
+        // Sᵀ (keys x queries) and dPᵀ, then Pdᵀ (into st) and dSᵀ (into dpt).
+        float st[TC_NT_KEYS][4], dpt[TC_NT_KEYS][4];
+        tc_scores(st, k_s, q_s, G.ld, r0, G.Dp);
+        tc_scores(dpt, v_s, g_s, G.ld, r0, G.Dp);
+#pragma unroll
+        for (int nt = 0; nt < TC_NT_KEYS; ++nt) {
+            const int c = nt * 8 + 2 * t;  // this lane's first query within the tile
+            float kf[4];
+            tc_keep_cols(kf, p, bh, j_row, i0 + c);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int ci = c + (e & 1);
+                const float z = logit(p, mask, b, h, i0 + ci, j_row[e >> 1], st[nt][e]);
+                const float prob = expf(z - lse_s[ci]);
+                const bool live = prob > 0.0f;
+                st[nt][e] = live ? prob * kf[e] : 0.0f;
+                dpt[nt][e] = live ? prob * (dpt[nt][e] * kf[e] - delta_s[ci]) : 0.0f;
+            }
+        }
+        tc_accumulate(dv_acc, st, gt_s, G.Dp);
+        tc_accumulate(dk_acc, dpt, qt_s, G.Dp);
+    }
+    const float one[2] = {1.0f, 1.0f}, mul[2] = {p.scale, p.scale};
+    tc_store_rows(dk + bh * p.k_len * G.D, dk_acc, mul, k0 + r0, p.k_len, G.D);
+    tc_store_rows(dv + bh * p.k_len * G.D, dv_acc, one, k0 + r0, p.k_len, G.D);
+}

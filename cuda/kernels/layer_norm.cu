@@ -10,6 +10,10 @@
 // - layer_norm_bwd_dx_<t>_<w>: with g = dy·w and x̂ = (x - mean)·rstd,
 //   dx = rstd·g - rstd·mean(g) - x̂·rstd·mean(g·x̂), in the CPU's operation order;
 // - layer_norm_bwd_dwdb_<t>_<w> (+ _partials_<w>): dw = Σ_rows dy·x̂, db = Σ_rows dy.
+// - layer_norm_bwd_fused_<t>_<w>: the backward in one pass over x and dy (n <= LN_FUSED_COLS *
+//   1024): a block owns a run of rows, keeps its threads' columns of x, dy and w in registers for
+//   a row, writes dx and adds dy·x̂ and dy into per-thread column sums, then writes its f32
+//   partials [blocks, n]; `_partials_<w>` adds the blocks' partials in order.
 //
 // Layout: x, y, dy, dx contiguous [rows, n]; w, b, dw, db [n]; mean, rstd [rows] f32.
 //
@@ -17,12 +21,14 @@
 // dw/db: grid (ceil(n / 32), splits), block (32, 8): each block sums a chunk of rows for 32
 // columns (coalesced) and writes f32 partials [splits, n]; when splits == 1 it writes dw/db
 // directly, otherwise `_partials` (1-D grid-stride, one thread per column) adds the splits in
-// order. Deterministic.
+// order. Deterministic. Fused: grid (blocks), block a multiple of 32 with ceil(n / blockDim) <=
+// LN_FUSED_COLS columns per thread (column k = threadIdx.x + c * blockDim.x); then `_partials`.
 
 #include "common.cuh"
 
 #define COL_TILE 32
 #define COL_ROWS 8
+#define LN_FUSED_COLS 8
 
 template <typename T, typename W>
 __device__ void layer_norm_fwd(const T* x, const W* w, const W* b, i64 n, float eps, T* y, float* mean,
@@ -112,6 +118,57 @@ __device__ void layer_norm_bwd_dwdb(const T* x, const float* mean, const float* 
     }
 }
 
+template <typename T, typename W>
+__device__ void layer_norm_bwd_fused(const T* x, const W* w, const float* mean, const float* rstd, const T* dy,
+                                     i64 rows, i64 n, i64 rows_per_block, T* dx, float* partial_w,
+                                     float* partial_b) {
+    __shared__ float smem[32];
+    const i64 r0 = (i64)blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+    const float inv_n = 1.0f / (float)n;
+    float wv[LN_FUSED_COLS], aw[LN_FUSED_COLS], ab[LN_FUSED_COLS];
+#pragma unroll
+    for (int c = 0; c < LN_FUSED_COLS; ++c) {
+        const i64 k = threadIdx.x + (i64)c * blockDim.x;
+        wv[c] = k < n ? to_f32(w[k]) : 0.0f;
+        aw[c] = ab[c] = 0.0f;
+    }
+    for (i64 row = r0; row < r1; ++row) {
+        const T* xr = x + row * n;
+        const T* gr = dy + row * n;
+        const float mu = mean[row], rs = rstd[row];
+        float xv[LN_FUSED_COLS], gv[LN_FUSED_COLS], sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+        for (int c = 0; c < LN_FUSED_COLS; ++c) {
+            const i64 k = threadIdx.x + (i64)c * blockDim.x;
+            xv[c] = k < n ? to_f32(xr[k]) - mu : 0.0f;  // x - mean
+            gv[c] = k < n ? to_f32(gr[k]) : 0.0f;
+            const float g = gv[c] * wv[c];
+            sg += g;
+            sgx = fmaf(g, xv[c], sgx);
+        }
+        sg = block_reduce(sg, SumOp(), 0.0f, smem);
+        sgx = block_reduce(sgx, SumOp(), 0.0f, smem);
+        const float k1 = -(rs * rs * rs * sgx * inv_n);
+        const float k2 = -(rs * sg * inv_n);
+#pragma unroll
+        for (int c = 0; c < LN_FUSED_COLS; ++c) {
+            const i64 k = threadIdx.x + (i64)c * blockDim.x;
+            if (k >= n) continue;
+            dx[row * n + k] = from_f32<T>(fmaf(gv[c] * wv[c], rs, fmaf(xv[c], k1, k2)));
+            aw[c] = fmaf(gv[c], xv[c] * rs, aw[c]);
+            ab[c] += gv[c];
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < LN_FUSED_COLS; ++c) {
+        const i64 k = threadIdx.x + (i64)c * blockDim.x;
+        if (k < n) {
+            partial_w[(i64)blockIdx.x * n + k] = aw[c];
+            partial_b[(i64)blockIdx.x * n + k] = ab[c];
+        }
+    }
+}
+
 template <typename W>
 __device__ void layer_norm_bwd_dwdb_partials(const float* partial_w, const float* partial_b, i64 n, int splits,
                                              W* dw, W* db) {
@@ -141,6 +198,12 @@ __device__ void layer_norm_bwd_dwdb_partials(const float* partial_w, const float
         const T* x, const float* mean, const float* rstd, const T* dy, i64 rows, i64 n, int splits, \
         float* partial_w, float* partial_b, W* dw, W* db) {                                        \
         layer_norm_bwd_dwdb<T, W>(x, mean, rstd, dy, rows, n, splits, partial_w, partial_b, dw, db); \
+    }                                                                                              \
+    extern "C" __global__ void layer_norm_bwd_fused_##TN##_##WN(                                    \
+        const T* x, const W* w, const float* mean, const float* rstd, const T* dy, i64 rows, i64 n, \
+        i64 rows_per_block, T* dx, float* partial_w, float* partial_b) {                           \
+        layer_norm_bwd_fused<T, W>(x, w, mean, rstd, dy, rows, n, rows_per_block, dx, partial_w,   \
+                                   partial_b);                                                     \
     }
 
 #define LN_PARTIALS(W, WN)                                                                          \

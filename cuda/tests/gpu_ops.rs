@@ -421,15 +421,25 @@ mod cast {
         } else {
             src
         };
-        let x = src.to_dtype(S::DTYPE).unwrap().t().unwrap();
-        let gx = up::<S>(gpu, &x);
-        let got = cuda::ops::cast::cast::<S, D>(gpu, x.shape(), gx.strided()).unwrap();
-        let want = x.to_dtype(D::DTYPE).unwrap();
-        assert_same(
-            &down(gpu, &got, x.shape()),
-            &want,
-            &format!("cast {} -> {}", S::DTYPE, D::DTYPE),
-        );
+        let typed = src.to_dtype(S::DTYPE).unwrap();
+        // Transposed (the walk); contiguous (16-byte packs, then a tail of 61 % pack elements);
+        // contiguous at an odd offset (not 16-byte aligned: one element at a time).
+        let flat = typed.reshape(&[64]).unwrap();
+        let views = [
+            ("transposed", typed.t().unwrap()),
+            ("contiguous", flat.narrow(0, 0, 61).unwrap()),
+            ("offset", flat.narrow(0, 1, 61).unwrap()),
+        ];
+        for (how, x) in views {
+            let gx = up::<S>(gpu, &x);
+            let got = cuda::ops::cast::cast::<S, D>(gpu, x.shape(), gx.strided()).unwrap();
+            let want = x.to_dtype(D::DTYPE).unwrap();
+            assert_same(
+                &down(gpu, &got, x.shape()),
+                &want,
+                &format!("cast {} -> {} ({how})", S::DTYPE, D::DTYPE),
+            );
+        }
     }
 
     macro_rules! from {
@@ -711,7 +721,10 @@ mod layer_norm {
 
     fn check<T: FloatElem + WithDType, W: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
         let (dt, wt) = (T::DTYPE, W::DTYPE);
-        for (i, &(rows, n)) in [(37usize, 768usize), (5, 5), (300, 33)].iter().enumerate() {
+        // The fused one-pass backward (n <= 8192; rows split over blocks, a partial last block,
+        // one row) and, past 8192 columns, the two-kernel backward.
+        let shapes = [(37usize, 768usize), (5, 5), (300, 33), (1, 1000), (3, 8200)];
+        for (i, &(rows, n)) in shapes.iter().enumerate() {
             let s = seed + 10 * i as u64;
             let x = randn(&[rows, n], 2.0, dt, s).add_scalar(0.5).unwrap();
             let w = randn(&[n], 1.0, wt, s + 1);
@@ -1762,5 +1775,122 @@ mod blas {
             return;
         };
         for_each_float!(attention_check, &gpu, s);
+    }
+}
+
+// ---- flash attention: the tensor-core kernels against the CUDA-core reference -----------------
+
+mod flash_paths {
+    use super::*;
+    use cuda::ops::attention::{AttentionDims, Heads};
+    use cuda::ops::dropout::Draw;
+    use cuda::ops::flash_attention::{
+        flash_attention_backward_on, flash_attention_on, FlashDropout, FlashInputs, FlashPath,
+    };
+
+    /// A `[B, S, H·D]` projection seen as `[B, H, S, D]` (not contiguous).
+    fn heads<'a>(buf: &'a DeviceBuffer<bf16>, (h, s, d): (usize, usize, usize)) -> Heads<'a, bf16> {
+        Heads {
+            buf,
+            offset: 0,
+            strides: [s * h * d, d, h * d, 1],
+        }
+    }
+
+    /// (out, lse, dq, dk, dv) of one path, downloaded as f32 tensors.
+    fn run(
+        gpu: &Gpu,
+        inp: &FlashInputs<'_, bf16>,
+        d_out: Heads<'_, bf16>,
+        path: FlashPath,
+    ) -> Vec<Tensor> {
+        let AttentionDims {
+            batch: b,
+            heads: h,
+            q_len: sq,
+            k_len: sk,
+            head_dim: d,
+        } = inp.dims;
+        let f = flash_attention_on(gpu, inp, path).unwrap();
+        let (out, lse) = (Contig::new(&f.out, 0), Contig::new(&f.lse, 0));
+        let g = flash_attention_backward_on(gpu, inp, out, lse, d_out, path).unwrap();
+        let as_f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        vec![
+            as_f32(down(gpu, &f.out, &[b, h, sq, d])),
+            down(gpu, &f.lse, &[b, h, sq]),
+            as_f32(down(gpu, &g.dq, &[b, h, sq, d])),
+            as_f32(down(gpu, &g.dk, &[b, h, sk, d])),
+            as_f32(down(gpu, &g.dv, &[b, h, sk, d])),
+        ]
+    }
+
+    /// bf16 attention on the tensor cores equals the f32-math reference kernels within bf16's
+    /// tolerance: two query and key tiles with partial ones, a head dim that pads to 16 and one
+    /// that does not need to, a key-padding mask, dropout on both Philox paths (Sk % 4 == 0
+    /// draws four decisions per call, Sk = 67 one), q/k/v/dO as strided views.
+    #[test]
+    fn tensor_core_flash_attention_matches_the_reference_kernels() {
+        let Some((gpu, _serial, seed)) = gpu_and_seed() else {
+            return;
+        };
+        for (i, &(b, h, sq, sk, d)) in [(2, 2, 70, 68, 48), (1, 3, 33, 67, 40), (1, 1, 5, 130, 64)]
+            .iter()
+            .enumerate()
+        {
+            let s = seed + 10 * i as u64;
+            let make = |len: usize, k: u64| {
+                let t = randn(&[b, len, h * d], 1.0, DType::BF16, s + k);
+                up::<bf16>(&gpu, &t).buf
+            };
+            let (q, k, v, g) = (make(sq, 1), make(sk, 2), make(sk, 3), make(sq, 4));
+            // The last third of the keys of the last batch element padded (BERT's additive mask).
+            let pad: Vec<f32> = (0..b * sk)
+                .map(|j| if j >= b * sk - sk / 3 { -1e4 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(pad, &[b, 1, 1, sk])
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let gm = up::<bf16>(&gpu, &mask);
+            let mask_strides = [sk, 0, 0, 1];
+            let dims = AttentionDims {
+                batch: b,
+                heads: h,
+                q_len: sq,
+                k_len: sk,
+                head_dim: d,
+            };
+            for dropout in [None, Some(0.25)] {
+                let inp = FlashInputs {
+                    dims,
+                    q: heads(&q, (h, sq, d)),
+                    k: heads(&k, (h, sk, d)),
+                    v: heads(&v, (h, sk, d)),
+                    mask: Some(Strided::new(&gm.buf, 0, &mask_strides)),
+                    scale: (d as f32).powf(-0.5),
+                    dropout: dropout.map(|p| FlashDropout {
+                        p,
+                        draw: Draw {
+                            seed: s ^ 0x5eed,
+                            offset: 7,
+                        },
+                    }),
+                };
+                let d_out = heads(&g, (h, sq, d));
+                let want = run(&gpu, &inp, d_out, FlashPath::CudaCores);
+                let got = run(&gpu, &inp, d_out, FlashPath::TensorCores);
+                for (name, (g, w)) in ["out", "lse", "dq", "dk", "dv"]
+                    .iter()
+                    .zip(got.iter().zip(&want))
+                {
+                    assert_close(
+                        g,
+                        w,
+                        1e-2,
+                        &format!("{name} (B {b} H {h} Sq {sq} Sk {sk} D {d}, dropout {dropout:?})"),
+                    );
+                }
+            }
+        }
     }
 }

@@ -8,9 +8,17 @@
 //! host runs ahead of the GPU, so launch overhead is hidden at these sizes. The copy baseline is
 //! `cuMemcpyDtoDAsync` of a buffer of the same size, reading and writing it once (2 x bytes).
 //!
+//! Then attention, which is compute-bound: the flash kernels' forward and backward at BERT-base's
+//! shape (B 64, H 12, S 128, D 64, a padding mask, dropout 0.1), as achieved TFLOP/s with
+//! FlashAttention-2's count (forward 4·B·H·S²·D, backward 10·B·H·S²·D: five products, S
+//! recomputed). bf16 runs the tensor-core kernels on sm_80+, f32/f16 the CUDA-core ones; with
+//! `COTMAE_ATTENTION=flash-cuda-cores` bf16 runs the CUDA-core (reference) kernels too.
+//!
 //! usage: gpu_bandwidth [--device N] [--mib 256] [--iters 20] [--dtype f32|bf16|f16]
+//!        [--attention-only]
 //! Prints one JSON line per op: {"op", "shape", "ms", "gbps", "copy_gbps", "ratio"}; the ratio
-//! is op bandwidth / copy bandwidth (goal >= 0.8).
+//! is op bandwidth / copy bandwidth (goal >= 0.8); attention lines hold {"op", "shape", "ms",
+//! "tflops", "path"}.
 
 use bench::report_json;
 use std::process::ExitCode;
@@ -25,6 +33,7 @@ struct Opts {
     mib: usize,
     iters: usize,
     dtype: DType,
+    attention_only: bool,
 }
 
 fn parse() -> std::result::Result<Opts, String> {
@@ -33,6 +42,7 @@ fn parse() -> std::result::Result<Opts, String> {
         mib: 256,
         iters: 20,
         dtype: DType::F32,
+        attention_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -55,8 +65,10 @@ fn parse() -> std::result::Result<Opts, String> {
                     }
                 }
             }
+            "--attention-only" => o.attention_only = true,
             "-h" | "--help" => return Err(
-                "usage: gpu_bandwidth [--device N] [--mib 256] [--iters 20] [--dtype f32|bf16|f16]"
+                "usage: gpu_bandwidth [--device N] [--mib 256] [--iters 20] [--dtype f32|bf16|f16] \
+                 [--attention-only]"
                     .into(),
             ),
             other => return Err(format!("unknown flag {other}")),
@@ -97,9 +109,59 @@ struct Case<'a> {
     run: Box<dyn FnMut() -> Result<()> + 'a>,
 }
 
+/// The flash kernels at BERT-base's attention shape: forward, and backward alone (timed on the
+/// forward's saved outputs), as TFLOP/s.
+fn attention(o: &Opts, gpu: &cuda::Gpu) -> Result<()> {
+    use tensor::ops::attention::AttentionDropout;
+    let (b, h, s, d) = (64, 12, 128, 64);
+    let dev = Device::Cuda(o.device);
+    let [q, k, v, g] = [11, 12, 13, 14].map(|seed| rand(&[b, h, s, d], o.dtype, dev, seed));
+    let (q, k, v, g) = (q?, k?, v?, g?);
+    // The last quarter of each sequence padded, as BERT's additive mask.
+    let pad: Vec<f32> = (0..b * s)
+        .map(|j| if j % s >= 3 * s / 4 { -1e4 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(pad, &[b, 1, 1, s])?
+        .to_dtype(o.dtype)?
+        .to_device(dev)?;
+    let scale = (d as f64).powf(-0.5);
+    let mut rng = Rng::new(21);
+    let drop = AttentionDropout::draw(0.1, b * h * s * s, &mut rng)?;
+    let (out, lse) = Tensor::flash_attention(&q, &k, &v, Some(&mask), scale, Some(drop))?;
+    let forced = std::env::var("COTMAE_ATTENTION").is_ok_and(|v| v == "flash-cuda-cores");
+    let path = if o.dtype == DType::BF16 && !forced && gpu.compute_capability() >= (8, 0) {
+        "tensor-cores"
+    } else {
+        "cuda-cores"
+    };
+    let flops = (b * h * s * s * d) as f64;
+    let shape = format!("B {b} H {h} S {s} D {d} {}", o.dtype);
+    let fwd = gpu_ms(gpu, o.iters, || {
+        Tensor::flash_attention(&q, &k, &v, Some(&mask), scale, Some(drop)).map(drop_all)
+    })?;
+    let bwd = gpu_ms(gpu, o.iters, || {
+        Tensor::flash_attention_backward(&q, &k, &v, Some(&mask), &out, &lse, &g, scale, Some(drop))
+            .map(drop_all)
+    })?;
+    for (op, ms, f) in [
+        ("flash_attention", fwd, 4.0 * flops),
+        ("flash_attention_backward", bwd, 10.0 * flops),
+    ] {
+        report_json(serde_json::json!({
+            "op": op, "shape": shape, "ms": ms, "tflops": f / ms / 1e9, "path": path
+        }));
+    }
+    Ok(())
+}
+
+fn drop_all<T>(_: T) {}
+
 fn run(o: &Opts) -> Result<()> {
     let dev = Device::Cuda(o.device);
     let gpu = cuda::gpu(o.device)?;
+    if o.attention_only {
+        return attention(o, &gpu);
+    }
     let es = o.dtype.size_in_bytes();
     // Elements per tensor, rounded to whole rows of both row lengths.
     let row = HIDDEN * ATTN_ROW;
@@ -176,6 +238,13 @@ fn run(o: &Opts) -> Result<()> {
             bytes: bytes + n * 4,
             run: Box::new(|| x.to_dtype(DType::F32).map(drop)),
         });
+    } else {
+        // Autocast's direction: an f32 tensor to bf16 (16-byte packs when contiguous).
+        cases.push(Case {
+            op: "cast_to_bf16",
+            bytes: bytes + n * 2,
+            run: Box::new(|| x.to_dtype(DType::BF16).map(drop)),
+        });
     }
 
     // The baseline: a device-to-device copy of a buffer of `bytes`.
@@ -208,7 +277,7 @@ fn run(o: &Opts) -> Result<()> {
         }));
     }
     eprintln!("worst ratio to copy bandwidth: {worst:.2} (goal >= 0.80)");
-    Ok(())
+    attention(o, &gpu)
 }
 
 fn main() -> ExitCode {

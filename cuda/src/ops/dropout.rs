@@ -54,17 +54,49 @@ pub fn dropout<T: FloatElem>(
     p: f64,
     draw: Draw,
 ) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
-    const OP: &str = "dropout";
-    check_p(OP, p)?;
-    gpu.same_device(OP, x.buf)?;
-    let xa = x.address(OP, n)?;
+    dropout_fwd("dropout", gpu, x, None, n, p, draw)
+}
+
+/// `dropout(x) + residual` in one pass (BERT's output layers), the same keep mask as
+/// [`dropout`] and the dropped value rounded to T before the add, as the two ops would round.
+pub fn dropout_add<T: FloatElem>(
+    gpu: &Gpu,
+    x: Contig<'_, T>,
+    residual: Contig<'_, T>,
+    n: usize,
+    p: f64,
+    draw: Draw,
+) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
+    dropout_fwd("dropout_add", gpu, x, Some(residual), n, p, draw)
+}
+
+fn dropout_fwd<T: FloatElem>(
+    op: &'static str,
+    gpu: &Gpu,
+    x: Contig<'_, T>,
+    residual: Option<Contig<'_, T>>,
+    n: usize,
+    p: f64,
+    draw: Draw,
+) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
+    check_p(op, p)?;
+    gpu.same_device(op, x.buf)?;
+    let xa = x.address(op, n)?;
+    let ra = match residual {
+        Some(r) => {
+            gpu.same_device(op, r.buf)?;
+            r.address(op, n)?
+        }
+        None => 0u64,
+    };
     let (out, keep) = (gpu.alloc::<T>(n)?, gpu.alloc::<u8>(n)?);
     if n == 0 {
         return Ok((out, keep));
     }
-    let (oa, ka, n64) = (out.device_address(), keep.device_address(), len_i64(OP, n)?);
+    let (oa, ka, n64) = (out.device_address(), keep.device_address(), len_i64(op, n)?);
     let (p32, scale) = (p as f32, keep_scale(p));
-    // SAFETY: matches `dropout_fwd_<t>(const T*, T*, u8*, i64, u64, u64, float, float)`.
+    // SAFETY: matches `dropout_fwd_<t>(const T*, const T* (residual or null), T*, u8*, i64, u64,
+    // u64, float, float)`; x and the residual hold n elements.
     unsafe {
         gpu.launch(
             &DROPOUT,
@@ -72,6 +104,7 @@ pub fn dropout<T: FloatElem>(
             Launch::grid_stride(n.div_ceil(4)),
             &mut [
                 arg(&xa),
+                arg(&ra),
                 arg(&oa),
                 arg(&ka),
                 arg(&n64),

@@ -10,6 +10,10 @@
 //! broadcast to `[B, H, Sq, Sk]`). Outputs are contiguous: out, dQ `[B, H, Sq, D]`, dK, dV
 //! `[B, H, Sk, D]`, lse `[B, H, Sq]` f32.
 //!
+//! Two kernel sets ([`FlashPath`]): f32 math on the CUDA cores for every float type (the reference
+//! path), and, for bf16 on compute capability 8.0 or newer, the same algorithm with its products
+//! on the tensor cores (`flash_tc_*`, mma.sync m16n8k16, f32 accumulation; the default there).
+//!
 //! Limits: head_dim 1..=[`MAX_HEAD_DIM`], k_len <= [`MAX_KEYS`] ([`fits`]); callers take the
 //! fused masked-softmax path (`ops::attention`) otherwise.
 
@@ -21,6 +25,7 @@ use crate::error::bail;
 use crate::gpu::{arg, Gpu, Launch};
 use crate::nvrtc::{kernels::FLASH_ATTENTION, KernelFile};
 use crate::strided::{Contig, Strided};
+use crate::ElemType;
 use crate::Result;
 use cudarc::driver::DeviceRepr;
 use std::ffi::c_void;
@@ -43,6 +48,38 @@ const WARPS: usize = 4;
 const KEYS_PER_WARP: usize = BLOCK_K / WARPS;
 /// Grid y and z (heads, batch) limit.
 const GRID_YZ: usize = 65_535;
+/// Threads per block of the tensor-core kernels (four warps of 16 rows).
+const TC_THREADS: u32 = 128;
+/// Rows per block (queries for fwd and dQ, keys for dK/dV) and per streamed tile.
+const TC_TILE: usize = 64;
+/// Padded row length of a transposed tile (halves).
+const TC_LDT: usize = TC_TILE + 8;
+
+/// Which kernel set computes attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashPath {
+    /// f32 math on the CUDA cores, any float type: the reference.
+    CudaCores,
+    /// bf16 products on the tensor cores (bf16 only, compute capability 8.0 or newer).
+    TensorCores,
+}
+
+impl FlashPath {
+    /// The tensor cores for bf16 on sm_80 or newer, the CUDA cores otherwise, or always the
+    /// CUDA cores with `COTMAE_ATTENTION=flash-cuda-cores` in the environment (read once; to
+    /// time or check the reference path through the whole stack).
+    pub fn default_for<T: FloatElem>(gpu: &Gpu) -> FlashPath {
+        static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let forced = *FORCED.get_or_init(|| {
+            std::env::var("COTMAE_ATTENTION").is_ok_and(|v| v == "flash-cuda-cores")
+        });
+        if !forced && T::TYPE == ElemType::BF16 && gpu.compute_capability() >= (8, 0) {
+            FlashPath::TensorCores
+        } else {
+            FlashPath::CudaCores
+        }
+    }
+}
 
 pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     super::FLOATS
@@ -51,6 +88,9 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
             ["flash_fwd", "flash_delta", "flash_bwd_dq", "flash_bwd_dkdv"]
                 .map(|k| format!("{k}_{t}"))
         })
+        .chain(
+            ["flash_tc_fwd", "flash_tc_bwd_dq", "flash_tc_bwd_dkdv"].map(|k| format!("{k}_bf16")),
+        )
         .map(|n| (&FLASH_ATTENTION, n))
         .collect()
 }
@@ -64,6 +104,8 @@ pub(crate) fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
         format!("#define FA_KEYS_PER_WARP {KEYS_PER_WARP}"),
         format!("#define FA_QUERY_TILE {QUERY_TILE}"),
         format!("#define FA_MAX_HEAD_DIM {MAX_HEAD_DIM}"),
+        format!("#define TC_THREADS {TC_THREADS}"),
+        format!("#define TC_TILE {TC_TILE}"),
     ]
     .into_iter()
     .map(|s| (&FLASH_ATTENTION, s))
@@ -224,6 +266,19 @@ fn shared_bytes(kernel: Kernel, d: usize) -> u32 {
     (floats * std::mem::size_of::<f32>()) as u32
 }
 
+/// The tensor-core kernels' shared memory: row tiles [64][Dp + 8] and transposed tiles
+/// [Dp][72] of bf16 (Dp = d rounded up to 16), and dK/dV's lse and delta [64] f32.
+fn tc_shared_bytes(kernel: Kernel, d: usize) -> u32 {
+    let dp = d.div_ceil(16) * 16;
+    let (row_tiles, transposed, floats) = match kernel {
+        Kernel::Forward => (2, 1, 0),
+        Kernel::Dq => (4, 1, 0),
+        Kernel::DkDv => (4, 2, 2 * TC_TILE),
+    };
+    let halves = row_tiles * TC_TILE * (dp + 8) + transposed * dp * TC_LDT;
+    (halves * 2 + floats * 4) as u32
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Forward,
@@ -231,17 +286,58 @@ enum Kernel {
     DkDv,
 }
 
+impl Kernel {
+    /// The kernel's name without the type suffix.
+    fn name(self, path: FlashPath) -> &'static str {
+        match (path, self) {
+            (FlashPath::CudaCores, Kernel::Forward) => "flash_fwd",
+            (FlashPath::CudaCores, Kernel::Dq) => "flash_bwd_dq",
+            (FlashPath::CudaCores, Kernel::DkDv) => "flash_bwd_dkdv",
+            (FlashPath::TensorCores, Kernel::Forward) => "flash_tc_fwd",
+            (FlashPath::TensorCores, Kernel::Dq) => "flash_tc_bwd_dq",
+            (FlashPath::TensorCores, Kernel::DkDv) => "flash_tc_bwd_dkdv",
+        }
+    }
+}
+
 /// Grid (tiles, heads, batch) with 128-thread blocks and the kernel's shared memory.
-fn tiled(kernel: Kernel, dims: &AttentionDims) -> Launch {
+fn tiled(kernel: Kernel, path: FlashPath, dims: &AttentionDims) -> Launch {
+    let (block_q, block_k, shared) = match path {
+        FlashPath::CudaCores => (BLOCK_Q, BLOCK_K, shared_bytes(kernel, dims.head_dim)),
+        FlashPath::TensorCores => (TC_TILE, TC_TILE, tc_shared_bytes(kernel, dims.head_dim)),
+    };
     let tiles = match kernel {
-        Kernel::Forward | Kernel::Dq => dims.q_len.div_ceil(BLOCK_Q),
-        Kernel::DkDv => dims.k_len.div_ceil(BLOCK_K),
+        Kernel::Forward | Kernel::Dq => dims.q_len.div_ceil(block_q),
+        Kernel::DkDv => dims.k_len.div_ceil(block_k),
     };
     Launch {
         grid: (tiles as u32, dims.heads as u32, dims.batch as u32),
         block: (THREADS, 1, 1),
-        shared_bytes: shared_bytes(kernel, dims.head_dim),
+        shared_bytes: shared,
     }
+}
+
+/// Checks that `path` can run element type `T` on `gpu`.
+fn check_path<T: FloatElem>(op: &'static str, gpu: &Gpu, path: FlashPath) -> Result<()> {
+    if path == FlashPath::TensorCores {
+        if T::TYPE != ElemType::BF16 {
+            bail!(
+                op,
+                "the tensor-core flash kernels take bf16, not {}",
+                T::TYPE
+            );
+        }
+        let cc = gpu.compute_capability();
+        if cc < (8, 0) {
+            bail!(
+                op,
+                "the tensor-core flash kernels need compute capability 8.0 or newer, the device has {}.{}",
+                cc.0,
+                cc.1
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Launches `kernel`_<t> of the flash file.
@@ -264,9 +360,19 @@ unsafe fn launch<T: FloatElem>(
     }
 }
 
-/// Forward: the attention output and the per-row log-sum-exp.
+/// Forward: the attention output and the per-row log-sum-exp, on [`FlashPath::default_for`].
 pub fn flash_attention<T: FloatElem>(gpu: &Gpu, inp: &FlashInputs<'_, T>) -> Result<FlashOut<T>> {
+    flash_attention_on(gpu, inp, FlashPath::default_for::<T>(gpu))
+}
+
+/// [`flash_attention`] on the kernel set `path`.
+pub fn flash_attention_on<T: FloatElem>(
+    gpu: &Gpu,
+    inp: &FlashInputs<'_, T>,
+    path: FlashPath,
+) -> Result<FlashOut<T>> {
     const OP: &str = "flash_attention";
+    check_path::<T>(OP, gpu, path)?;
     let ([qa, ka, va, ma], params) = prepare(OP, gpu, inp)?;
     let d = inp.dims;
     let rows = d.batch * d.heads * d.q_len;
@@ -281,8 +387,8 @@ pub fn flash_attention<T: FloatElem>(gpu: &Gpu, inp: &FlashInputs<'_, T>) -> Res
     unsafe {
         launch::<T>(
             gpu,
-            "flash_fwd",
-            tiled(Kernel::Forward, &d),
+            Kernel::Forward.name(path),
+            tiled(Kernel::Forward, path, &d),
             &mut [
                 arg(&qa),
                 arg(&ka),
@@ -298,7 +404,8 @@ pub fn flash_attention<T: FloatElem>(gpu: &Gpu, inp: &FlashInputs<'_, T>) -> Res
 }
 
 /// Backward: dQ, dK, dV from the forward's inputs, its `out` and `lse` (contiguous, as
-/// [`flash_attention`] returns them) and the output gradient `d_out` (any `[B, H, Sq, D]` view).
+/// [`flash_attention`] returns them) and the output gradient `d_out` (any `[B, H, Sq, D]` view),
+/// on [`FlashPath::default_for`].
 pub fn flash_attention_backward<T: FloatElem>(
     gpu: &Gpu,
     inp: &FlashInputs<'_, T>,
@@ -306,7 +413,21 @@ pub fn flash_attention_backward<T: FloatElem>(
     lse: Contig<'_, f32>,
     d_out: Heads<'_, T>,
 ) -> Result<AttentionGrads<T>> {
+    let path = FlashPath::default_for::<T>(gpu);
+    flash_attention_backward_on(gpu, inp, out, lse, d_out, path)
+}
+
+/// [`flash_attention_backward`] on the kernel set `path`.
+pub fn flash_attention_backward_on<T: FloatElem>(
+    gpu: &Gpu,
+    inp: &FlashInputs<'_, T>,
+    out: Contig<'_, T>,
+    lse: Contig<'_, f32>,
+    d_out: Heads<'_, T>,
+    path: FlashPath,
+) -> Result<AttentionGrads<T>> {
     const OP: &str = "flash_attention_backward";
+    check_path::<T>(OP, gpu, path)?;
     let ([qa, ka, va, ma], mut params) = prepare(OP, gpu, inp)?;
     let d = inp.dims;
     let rows = d.batch * d.heads * d.q_len;
@@ -357,8 +478,8 @@ pub fn flash_attention_backward<T: FloatElem>(
         )?;
         launch::<T>(
             gpu,
-            "flash_bwd_dq",
-            tiled(Kernel::Dq, &d),
+            Kernel::Dq.name(path),
+            tiled(Kernel::Dq, path, &d),
             &mut [
                 arg(&qa),
                 arg(&ka),
@@ -373,8 +494,8 @@ pub fn flash_attention_backward<T: FloatElem>(
         )?;
         launch::<T>(
             gpu,
-            "flash_bwd_dkdv",
-            tiled(Kernel::DkDv, &d),
+            Kernel::DkDv.name(path),
+            tiled(Kernel::DkDv, path, &d),
             &mut [
                 arg(&qa),
                 arg(&ka),
@@ -417,13 +538,28 @@ mod tests {
         };
         assert!(fits(&dims(7, 512, 128)) && fits(&dims(1, 1, 1)));
         assert!(!fits(&dims(7, 513, 64)) && !fits(&dims(7, 8, 129)) && !fits(&dims(7, 8, 0)));
-        let l = tiled(Kernel::Forward, &dims(33, 7, 64));
+        let l = tiled(Kernel::Forward, FlashPath::CudaCores, &dims(33, 7, 64));
         assert_eq!((l.grid, l.block), ((3, 5, 3), (THREADS, 1, 1)));
-        assert_eq!(tiled(Kernel::DkDv, &dims(33, 65, 64)).grid, (3, 5, 3));
+        assert_eq!(
+            tiled(Kernel::DkDv, FlashPath::CudaCores, &dims(33, 65, 64)).grid,
+            (3, 5, 3)
+        );
+        let tc = tiled(Kernel::Forward, FlashPath::TensorCores, &dims(129, 7, 64));
+        assert_eq!((tc.grid, tc.block), ((3, 5, 3), (TC_THREADS, 1, 1)));
+        assert_eq!(
+            tiled(Kernel::DkDv, FlashPath::TensorCores, &dims(33, 65, 64)).grid,
+            (2, 5, 3)
+        );
         // The largest tiles need the opt-in above 48 KiB; all stay within sm_80's 163 KiB.
         for k in [Kernel::Forward, Kernel::Dq, Kernel::DkDv] {
             assert!(shared_bytes(k, MAX_HEAD_DIM) <= 163 * 1024);
+            assert!(tc_shared_bytes(k, MAX_HEAD_DIM) <= 163 * 1024);
         }
+        // D = 40 pads to 48: two row tiles [64][56] and V transposed [48][72], in halves.
+        assert_eq!(
+            tc_shared_bytes(Kernel::Forward, 40),
+            ((2 * 64 * 56 + 48 * 72) * 2) as u32
+        );
         assert_eq!(shared_bytes(Kernel::Forward, 64), (16 * 64 + 64 * 65) * 4);
         assert!(shared_bytes(Kernel::DkDv, MAX_HEAD_DIM) > 48 * 1024);
     }

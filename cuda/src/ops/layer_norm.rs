@@ -12,18 +12,28 @@ use crate::Result;
 /// layer_norm.cu's column tile of the dw/db kernel.
 const COL_TILE: usize = 32;
 const COL_ROWS: u32 = 8;
+/// Columns per thread of the fused backward; rows longer than this times 1024 take the two-kernel
+/// path.
+const FUSED_COLS: usize = 8;
+const MAX_FUSED_N: usize = FUSED_COLS * 1024;
 
 pub(crate) fn mirrored_constants() -> Vec<(&'static KernelFile, String)> {
     vec![
         (&LAYER_NORM, format!("#define COL_TILE {COL_TILE}")),
         (&LAYER_NORM, format!("#define COL_ROWS {COL_ROWS}")),
+        (&LAYER_NORM, format!("#define LN_FUSED_COLS {FUSED_COLS}")),
     ]
 }
 
 pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     let mut v = Vec::new();
     for (t, w) in MIXED {
-        for k in ["layer_norm_fwd", "layer_norm_bwd_dx", "layer_norm_bwd_dwdb"] {
+        for k in [
+            "layer_norm_fwd",
+            "layer_norm_bwd_dx",
+            "layer_norm_bwd_dwdb",
+            "layer_norm_bwd_fused",
+        ] {
             v.push(format!("{k}_{t}_{w}"));
         }
     }
@@ -155,9 +165,63 @@ pub fn layer_norm_backward<T: FloatElem, W: FloatElem>(
     let (rows64, n64) = (len_i64(OP, rows)?, len_i64(OP, n)?);
     let da = grads.dx.device_address();
     let (t, w) = (T::TYPE, W::TYPE);
+    let target = 4 * gpu.info().multiprocessors.max(1) as usize;
+    if n <= MAX_FUSED_N {
+        // One pass: dx and per-block dw/db partials, then the in-order sum of the partials.
+        let rows_per_block = rows.div_ceil(target.min(rows));
+        let blocks = rows.div_ceil(rows_per_block);
+        let threads = (n.div_ceil(FUSED_COLS).div_ceil(32) * 32).clamp(32, 1024) as u32;
+        let partial = gpu.alloc::<f32>(2 * blocks * n)?;
+        let (pw, pb) = (
+            partial.device_address(),
+            partial.device_address() + (blocks * n * 4) as u64,
+        );
+        let (dwa, dba) = (grads.dweight.device_address(), grads.dbias.device_address());
+        let (rpb64, blocks32) = (rows_per_block as i64, blocks as i32);
+        // SAFETY: `layer_norm_bwd_fused_<t>_<w>(x, w, mean, rstd, dy, rows, n, rows_per_block, dx,
+        // partial_w, partial_b)` and `layer_norm_bwd_dwdb_partials_<w>(pw, pb, n, splits, dw,
+        // db)`; every extent was checked, the partial buffer holds 2 * blocks * n floats.
+        unsafe {
+            gpu.launch(
+                &LAYER_NORM,
+                &format!("layer_norm_bwd_fused_{t}_{w}"),
+                Launch {
+                    grid: (blocks as u32, 1, 1),
+                    block: (threads, 1, 1),
+                    shared_bytes: 0,
+                },
+                &mut [
+                    arg(&xa),
+                    arg(&wa),
+                    arg(&ma),
+                    arg(&ra),
+                    arg(&ga),
+                    arg(&rows64),
+                    arg(&n64),
+                    arg(&rpb64),
+                    arg(&da),
+                    arg(&pw),
+                    arg(&pb),
+                ],
+            )?;
+            gpu.launch(
+                &LAYER_NORM,
+                &format!("layer_norm_bwd_dwdb_partials_{w}"),
+                Launch::grid_stride(n),
+                &mut [
+                    arg(&pw),
+                    arg(&pb),
+                    arg(&n64),
+                    arg(&blocks32),
+                    arg(&dwa),
+                    arg(&dba),
+                ],
+            )?;
+        }
+        return Ok(grads);
+    }
     // Split the rows of the dw/db sums so that about 4 blocks per multiprocessor run.
     let tiles = n.div_ceil(COL_TILE);
-    let target = 4 * gpu.info().multiprocessors.max(1) as usize;
     let splits = target
         .div_ceil(tiles)
         .min(rows.div_ceil(64))

@@ -87,6 +87,8 @@ const cotmae_sim_thread* cotmae_sim_self(void) __attribute__((const));
 int cotmae_sim_syncthreads(int pred);
 // Warp barrier among the lanes of `mask`: each deposits `value`; returns the 32 lanes' values.
 const uint64_t* cotmae_sim_warp_exchange(unsigned int mask, uint64_t value);
+// The same with four words per lane: each deposits values[0..4]; returns [32][4] words.
+const uint64_t* cotmae_sim_warp_exchange4(unsigned int mask, const uint64_t* values);
 // Ends the launch with an error naming the kernel.
 [[noreturn]] void cotmae_sim_fail(const char* what);
 // The launch's dynamic shared memory.
@@ -104,6 +106,12 @@ void* cotmae_sim_dynamic_shared(void);
 inline void __syncthreads() { cotmae_sim_syncthreads(0); }
 inline int __syncthreads_or(int pred) { return cotmae_sim_syncthreads(pred != 0); }
 inline void __syncwarp(unsigned int mask = 0xffffffffu) { cotmae_sim_warp_exchange(mask, 0); }
+
+inline float cotmae_sim_bit_cast_u32_f32(uint32_t v) {
+    float f;
+    memcpy(&f, &v, sizeof f);
+    return f;
+}
 
 namespace cotmae_sim {
 
@@ -165,6 +173,49 @@ inline unsigned int __ballot_sync(unsigned int mask, int pred) {
 }
 inline int __any_sync(unsigned int mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned int mask, int pred) { return __ballot_sync(mask, pred) == mask; }
+
+// ---- tensor cores: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 --------------------------
+// D = A B + C for one warp: A 16x16 (row-major), B 16x8 (column-major), C and D 16x8 f32, each
+// spread over the 32 lanes as the PTX ISA's "Matrix Fragments for mma.m16n8k16 with floating point
+// type" lays them out (g = lane / 4, t = lane % 4; the lower-numbered element in the low half of
+// each 32-bit register):
+//   A: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9],
+//      a[3] = A[g+8][2t+8, 2t+9];
+//   B: b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g];
+//   C, D: c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1].
+// A warp collective: all 32 lanes must arrive (the instruction is .sync.aligned), and each lane's
+// A and B registers are exchanged at that barrier; C stays with its lane. Each element of D is the
+// sum of the 16 exact bf16 products and C, summed in double and rounded once to f32 (the hardware
+// adds with f32-or-better precision in an unspecified order, so it may differ in the last bits).
+inline float cotmae_sim_bf16_lo(uint32_t w) { return cotmae_sim_bit_cast_u32_f32(w << 16); }
+inline float cotmae_sim_bf16_hi(uint32_t w) { return cotmae_sim_bit_cast_u32_f32(w & 0xffff0000u); }
+
+// Where the fragment layouts put A[row][k] and B[k][col]: the lane, the register, the half.
+inline float cotmae_sim_mma_a(const uint64_t* all, int row, int k) {
+    const int lane = 4 * (row & 7) + ((k & 7) >> 1), reg = (row >> 3) + 2 * (k >> 3);
+    const uint32_t w = (uint32_t)(all[4 * lane + (reg >> 1)] >> (32 * (reg & 1)));
+    return (k & 1) ? cotmae_sim_bf16_hi(w) : cotmae_sim_bf16_lo(w);
+}
+inline float cotmae_sim_mma_b(const uint64_t* all, int k, int col) {
+    const int lane = 4 * col + ((k & 7) >> 1), reg = k >> 3;
+    const uint32_t w = (uint32_t)(all[4 * lane + 2] >> (32 * reg));
+    return (k & 1) ? cotmae_sim_bf16_hi(w) : cotmae_sim_bf16_lo(w);
+}
+
+inline void cotmae_sim_mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+    // Words per lane: [a0 | a1 << 32, a2 | a3 << 32, b0 | b1 << 32, unused].
+    const uint64_t mine[4] = {a[0] | (uint64_t)a[1] << 32, a[2] | (uint64_t)a[3] << 32,
+                              b[0] | (uint64_t)b[1] << 32, 0};
+    const uint64_t* all = cotmae_sim_warp_exchange4(0xffffffffu, mine);
+    const int lane = (int)cotmae_sim_self()->lane, g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        double s = (double)c[e];
+        for (int k = 0; k < 16; ++k)
+            s += (double)cotmae_sim_mma_a(all, row, k) * (double)cotmae_sim_mma_b(all, k, col);
+        d[e] = (float)s;
+    }
+}
 
 // ---- atomics (one block runs at a time, but the read-modify-write is still indivisible) ---------
 
@@ -378,6 +429,7 @@ struct Fiber {
 
 struct Warp {
     uint64_t values[2][32];
+    uint64_t wide[2][32][4];  // cotmae_sim_warp_exchange4's words
     unsigned int arrived;  // lanes waiting at the current warp barrier
     unsigned int mask;     // that barrier's mask
     unsigned int gen;
@@ -640,19 +692,29 @@ extern "C" int cotmae_sim_syncthreads(int pred) {
     return f->pred;
 }
 
-extern "C" const uint64_t* cotmae_sim_warp_exchange(unsigned int mask, uint64_t value) {
+namespace {
+
+// The calling lane's warp, after checking `mask` for a warp barrier.
+Warp& warp_of_caller(unsigned int mask) {
     Launch* L = tl_launch;
     Fiber* f = L->current;
     const size_t w = (size_t)(f - L->fibers.data()) / 32;
-    const unsigned int lane = f->self.lane;
     Warp& warp = L->warps[w];
-    if (!((mask >> lane) & 1u)) fail("a warp operation's mask leaves out the calling lane");
+    if (!((mask >> f->self.lane) & 1u)) fail("a warp operation's mask leaves out the calling lane");
     if (warp.arrived && warp.mask != mask)
         fail("lanes of one warp wait at warp operations with different masks");
     check_warp_lanes(L, w, mask);
+    return warp;
+}
+
+// The calling lane arrives at the warp barrier of `mask` (its values already deposited) and
+// resumes once every lane of the mask has; returns the generation whose values it reads.
+unsigned int arrive_at_warp_barrier(Warp& warp, unsigned int mask) {
+    Launch* L = tl_launch;
+    Fiber* f = L->current;
+    const size_t w = (size_t)(f - L->fibers.data()) / 32;
     warp.mask = mask;
-    warp.values[warp.gen & 1][lane] = value;
-    warp.arrived |= 1u << lane;
+    warp.arrived |= 1u << f->self.lane;
     f->gen = warp.gen;
     f->state = AT_WARP_BARRIER;
     if ((warp.arrived & mask) == mask) {
@@ -665,7 +727,21 @@ extern "C" const uint64_t* cotmae_sim_warp_exchange(unsigned int mask, uint64_t 
         ++warp.gen;
     }
     yield_to_scheduler(f);
-    return warp.values[f->gen & 1];
+    return f->gen;
+}
+
+}  // namespace
+
+extern "C" const uint64_t* cotmae_sim_warp_exchange4(unsigned int mask, const uint64_t* values) {
+    Warp& warp = warp_of_caller(mask);
+    memcpy(warp.wide[warp.gen & 1][tl_launch->current->self.lane], values, 4 * sizeof(uint64_t));
+    return &warp.wide[arrive_at_warp_barrier(warp, mask) & 1][0][0];
+}
+
+extern "C" const uint64_t* cotmae_sim_warp_exchange(unsigned int mask, uint64_t value) {
+    Warp& warp = warp_of_caller(mask);
+    warp.values[warp.gen & 1][tl_launch->current->self.lane] = value;
+    return warp.values[arrive_at_warp_barrier(warp, mask) & 1];
 }
 
 extern "C" void cotmae_sim_fail(const char* what) { fail(what); }

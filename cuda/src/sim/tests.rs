@@ -1,13 +1,14 @@
 //! The simulator's own tests: kernels written to break (a missing barrier, an out-of-bounds
 //! write, a use after free, launches over the limits, a deadlock, a shuffle with an exited lane)
 //! and kernels that must agree with a host computation (shuffles, votes, block reductions, the
-//! f16 conversions of common.cuh against the `half` crate), compiled through the same path as
+//! f16 conversions of common.cuh against the `half` crate, the emulated bf16 tensor-core mma
+//! against a host matrix product), compiled through the same path as
 //! `kernels/*.cu` and run on simulated devices (whatever `COTMAE_CUDA_SIM` says).
 
 use crate::gpu::{arg, Launch};
 use crate::nvrtc::KernelFile;
 use crate::{DeviceBuffer, Gpu};
-use half::f16;
+use half::{bf16, f16};
 use std::sync::Arc;
 
 static SELFTEST: KernelFile = KernelFile {
@@ -75,6 +76,31 @@ extern "C" __global__ void deadlock(int* out) {
 extern "C" __global__ void shuffle_with_exited_lanes(int* out) {
     if (threadIdx.x >= 16) return;
     out[threadIdx.x] = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
+}
+
+// One m16n8k16 tile per warp: D = A B + C with A [16][16] and B [16][8] bf16 bits, row-major
+// (B's element (k, n) at k * 8 + n), C and D [16][8] f32, each warp w at offset w of each array.
+// Each lane gathers its fragments as the PTX ISA lays them out (mma_bf16_m16n8k16 in common.cuh).
+extern "C" __global__ void mma_tiles(const u16* a, const u16* b, const float* c, float* d, int exit_half) {
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (exit_half && lane >= 16) return;
+    const u16* A = a + w * 256;
+    const u16* B = b + w * 128;
+    auto pair = [](u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); };
+    const u32 af[4] = {pair(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
+                       pair(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
+                       pair(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
+                       pair(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
+    const u32 bf[2] = {pair(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
+                       pair(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+    const float* C = c + w * 128;
+    float acc[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+    mma_bf16_m16n8k16(acc, af, bf);
+    float* D = d + w * 128;
+    D[g * 8 + 2 * t] = acc[0];
+    D[g * 8 + 2 * t + 1] = acc[1];
+    D[(g + 8) * 8 + 2 * t] = acc[2];
+    D[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
 
 extern "C" __global__ void f16_round_trip(const float* x, u16* bits, float* back, i64 n) {
@@ -415,4 +441,65 @@ fn the_f16_twins_of_the_ptx_conversions_round_as_the_half_crate() {
             h.to_bits()
         );
     }
+}
+
+#[test]
+fn the_emulated_bf16_mma_is_the_matrix_product_in_the_ptx_fragment_layout() {
+    let gpu = device(6);
+    let warps = 3;
+    let mut s = 0x0bad_cafe_1234_5678u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+    };
+    let a: Vec<bf16> = (0..warps * 256).map(|_| bf16::from_f64(next())).collect();
+    let b: Vec<bf16> = (0..warps * 128).map(|_| bf16::from_f64(next())).collect();
+    let c: Vec<f32> = (0..warps * 128).map(|_| next() as f32).collect();
+    let (ab, bb, cb) = (
+        gpu.upload(&a).unwrap(),
+        gpu.upload(&b).unwrap(),
+        gpu.upload(&c).unwrap(),
+    );
+    let d = gpu.alloc::<f32>(warps * 128).unwrap();
+    let addrs = [
+        &ab.device_address(),
+        &bb.device_address(),
+        &cb.device_address(),
+    ];
+    let da = d.device_address();
+    let run = |exit_half: i32| {
+        launch(
+            &gpu,
+            "mma_tiles",
+            one_d(1, 32 * warps as u32, 0),
+            &mut [
+                arg(addrs[0]),
+                arg(addrs[1]),
+                arg(addrs[2]),
+                arg(&da),
+                arg(&exit_half),
+            ],
+        )
+    };
+    run(0).unwrap();
+    let got = gpu.download(&d).unwrap();
+    for w in 0..warps {
+        for m in 0..16 {
+            for n in 0..8 {
+                let want = (0..16).fold(c[w * 128 + m * 8 + n] as f64, |acc, k| {
+                    acc + a[w * 256 + m * 16 + k].to_f64() * b[w * 128 + k * 8 + n].to_f64()
+                });
+                let g = got[w * 128 + m * 8 + n] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "warp {w}, D[{m}][{n}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+    // The instruction is .sync.aligned: a warp missing lanes is an error, not a partial product.
+    let e = run(1).unwrap_err().to_string();
+    assert!(e.contains("exited") && e.contains("mma_tiles"), "{e}");
 }

@@ -18,4 +18,9 @@ impl Dropout {
     pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         x.dropout(self.p, ctx.train, &mut ctx.rng)
     }
+
+    /// `forward(x) + residual`, fused (`Var::dropout_add`: the same draws and bits).
+    pub fn forward_add(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
+        x.dropout_add(residual, self.p, ctx.train, &mut ctx.rng)
+    }
 }

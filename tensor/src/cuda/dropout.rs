@@ -19,6 +19,24 @@ pub(crate) fn dropout(x: &Tensor, p: f64, (seed, offset): (u64, u64)) -> Result<
     })
 }
 
+/// (dropout(x) + residual, keep mask u8) in one kernel, the draw at (`seed`, `offset`).
+pub(crate) fn dropout_add(
+    op: &'static str,
+    x: &Tensor,
+    residual: &Tensor,
+    p: f64,
+    (seed, offset): (u64, u64),
+) -> Result<(Tensor, Tensor)> {
+    operands(op, [x, residual])?;
+    let (sx, sr) = (contig(op, x)?, contig(op, residual)?);
+    let (n, draw) = (x.elem_count(), Draw { seed, offset });
+    float_kernel!(op, x.dtype(), T => {
+        let (xc, rc) = (Contig::new(sx.typed::<T>(op)?, 0), Contig::new(sr.typed::<T>(op)?, 0));
+        let (out, keep) = k::dropout_add(&sx.gpu, xc, rc, n, p, draw)?;
+        Ok((tensor_of(&sx.gpu, wrap(out), x.shape()), tensor_of(&sx.gpu, wrap(keep), x.shape())))
+    })
+}
+
 /// `x * keep / (1 - p)`.
 pub(crate) fn dropout_apply(op: &'static str, x: &Tensor, keep: &Tensor, p: f64) -> Result<Tensor> {
     operands(op, [x, keep])?;

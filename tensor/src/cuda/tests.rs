@@ -473,6 +473,38 @@ fn dropout_matches_the_cpu() {
     }
 }
 
+/// The fused dropout + residual add: the same bits as the CPU's dropout followed by add (a
+/// transposed input and residual, so the kernel's operands are made contiguous first), the same
+/// keep mask, and the same generator consumption as `dropout`.
+#[test]
+fn dropout_add_matches_the_cpu_bit_for_bit() {
+    let Some(dev) = gpu_or_skip("dropout_add_matches_the_cpu_bit_for_bit") else {
+        return;
+    };
+    for dtype in FLOATS {
+        let x = randn_as(&[37, 5], dtype, 31).t().unwrap();
+        let r = randn_as(&[37, 5], dtype, 32).t().unwrap();
+        let run = |dev: Device| {
+            let mut rng = crate::Rng::new(33);
+            let [x, r] = [&x, &r].map(|t| t.to_device(dev).unwrap());
+            let (out, keep) = x.dropout_add(&r, 0.3, &mut rng).unwrap();
+            let cpu = |t: Tensor| t.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+            (cpu(out), cpu(keep), rng)
+        };
+        let (want, want_keep, want_rng) = run(Device::Cpu);
+        let (got, got_keep, got_rng) = run(dev);
+        assert_eq!(got, want, "dropout_add {dtype}");
+        assert_eq!(got_keep, want_keep, "dropout_add mask {dtype}");
+        assert_eq!(got_rng, want_rng, "dropout_add rng {dtype}");
+        // And the CPU's fused op is dropout then add, drawn the same way.
+        let mut rng = crate::Rng::new(33);
+        let (y, keep) = x.dropout(0.3, &mut rng).unwrap();
+        assert_eq!(y.add(&r).unwrap().to_vec_f64().unwrap(), want);
+        assert_eq!(keep.to_vec_f64().unwrap(), want_keep);
+        assert_eq!(rng, want_rng);
+    }
+}
+
 #[test]
 fn topk_matches_the_cpu() {
     let Some(dev) = gpu_or_skip("topk_matches_the_cpu") else {
@@ -594,6 +626,66 @@ fn flash_attention_matches_the_cpu() {
                         )?;
                         [grads.0, grads.1, grads.2][part].to_dtype(dtype)
                     });
+                }
+            }
+        }
+    }
+}
+
+/// The keep decisions of the flash kernels (tensor cores for bf16, CUDA cores otherwise) equal
+/// the CPU's dropout mask of the `[B, H, Sq, Sk]` probabilities bit for bit, in all three
+/// kernels: with Q = 0 every probability of a row is 1 / Sk, and K = V = I (Sk = D), so
+/// out[i][j] = keep_ij / ((1 - p) Sk) is nonzero iff (i, j) is kept; with dO = I (Sq = D),
+/// dV[j][i] = Pd_ij likewise; with dO = 1, dQ[i][j] = scale P (keep_ij / (1 - p) - delta_i)
+/// is not negative iff kept. Sk = 64 takes the kernels' four-decisions-per-Philox-call path,
+/// Sk = 62 the per-element one.
+#[test]
+fn flash_attention_dropout_draws_equal_the_cpus() {
+    use crate::ops::attention::AttentionDropout;
+    let Some(dev) = gpu_or_skip("flash_attention_dropout_draws_equal_the_cpus") else {
+        return;
+    };
+    let (b, h, p) = (2, 3, 0.3);
+    for n in [64usize, 62] {
+        for dtype in FLOATS {
+            let eye: Vec<f64> = (0..n * n)
+                .map(|e| if e / n == e % n { 1.0 } else { 0.0 })
+                .collect();
+            let eye = Tensor::from_vec(eye, &[1, 1, n, n])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+                .broadcast_to(&[b, h, n, n])
+                .unwrap();
+            let zeros = Tensor::zeros(&[b, h, n, n], dtype, Device::Cpu).unwrap();
+            let ones = Tensor::ones(&[b, h, n, n], dtype, Device::Cpu).unwrap();
+            let [q, k, g_eye, g_ones] =
+                [&zeros, &eye, &eye, &ones].map(|t| t.to_device(dev).unwrap());
+            let v = k.clone();
+            let mut rng = crate::Rng {
+                seed: 11,
+                offset: 5,
+            };
+            let draw = AttentionDropout::draw(p, b * h * n * n, &mut rng).unwrap();
+            let keep = crate::rng::uniform_mask(draw.seed, draw.offset, b * h * n * n, p as f32, 0);
+            let scale = 0.125;
+            let (out, lse) = Tensor::flash_attention(&q, &k, &v, None, scale, Some(draw)).unwrap();
+            let grads = |g: &Tensor| {
+                Tensor::flash_attention_backward(&q, &k, &v, None, &out, &lse, g, scale, Some(draw))
+                    .unwrap()
+            };
+            let f64s = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+            let (o, dv, dq) = (f64s(&out), f64s(&grads(&g_eye).2), f64s(&grads(&g_ones).0));
+            for bh in 0..b * h {
+                for i in 0..n {
+                    for j in 0..n {
+                        let kept = keep[(bh * n + i) * n + j] != 0;
+                        let at = |t: &[f64], r: usize, c: usize| t[(bh * n + r) * n + c];
+                        let what = format!("{dtype}, Sk {n}, (bh {bh}, i {i}, j {j}), kept {kept}");
+                        assert_eq!(at(&o, i, j) != 0.0, kept, "out: {what}");
+                        assert_eq!(at(&dv, j, i) != 0.0, kept, "dV: {what}");
+                        assert_eq!(at(&dq, i, j) >= 0.0, kept, "dQ: {what}");
+                    }
                 }
             }
         }

@@ -109,6 +109,43 @@ impl Tensor {
         Ok((apply_mask(OP, self, &keep, p)?, keep))
     }
 
+    /// `dropout(self) + residual` for tensors of one shape and dtype: returns `(out, keep_mask)`,
+    /// drawing from `rng` exactly as `dropout` does. On the CPU it is those two ops; on CUDA one
+    /// kernel that rounds the dropped value to the dtype before the add, so both give the same
+    /// bits (BERT's `LayerNorm(dropout(dense) + residual)` branch). The gradient is
+    /// `dropout_backward` for `self` and the output gradient itself for `residual`.
+    pub fn dropout_add(
+        &self,
+        residual: &Tensor,
+        p: f64,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "dropout_add";
+        check_p(OP, p)?;
+        if self.shape() != residual.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().to_vec(),
+                rhs: residual.shape().to_vec(),
+            });
+        }
+        if self.dtype() != residual.dtype() {
+            return Err(Error::DTypeMismatch {
+                op: OP,
+                expected: self.dtype(),
+                got: residual.dtype(),
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if p > 0.0 && self.dtype().is_float() && crate::cuda::any_on_cuda(&[self, residual]) {
+            let _p = crate::profiler::scope(OP);
+            let (seed, offset) = (rng.seed, rng.reserve(self.elem_count(), 4));
+            return crate::cuda::dropout::dropout_add(OP, self, residual, p, (seed, offset));
+        }
+        let (y, keep) = self.dropout(p, rng)?;
+        Ok((y.add(residual)?, keep))
+    }
+
     /// The gradient of `dropout`: `dy * keep / (1 - p)`.
     pub fn dropout_backward(dy: &Tensor, keep_mask: &Tensor, p: f64) -> Result<Tensor> {
         const OP: &str = "dropout_backward";
