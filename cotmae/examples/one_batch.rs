@@ -215,7 +215,10 @@ fn main() -> Result<()> {
             println!("|update| {:>10.6}  {name}", l2(&moved)?);
         }
     }
-    println!("\n(AdamW's first step moves every weight by about lr = 1e-4, whatever its gradient's size)");
+    println!(
+        "\n(AdamW's first step moves each weight by about lr = 1e-4 whatever its gradient's size, \
+         so a [64, 64] matrix by about sqrt(4096) * 1e-4 = 0.0064)"
+    );
     Ok(())
 }
 
