@@ -38,13 +38,18 @@ fn first_difference(expected: &str, got: &str) -> Option<String> {
         return Some(format!("{} lines expected, {} printed", e.len(), g.len()));
     }
     for (n, (el, gl)) in e.iter().zip(&g).enumerate() {
-        let (et, gt): (Vec<&str>, Vec<&str>) =
-            (el.split_whitespace().collect(), gl.split_whitespace().collect());
+        let (et, gt): (Vec<&str>, Vec<&str>) = (
+            el.split_whitespace().collect(),
+            gl.split_whitespace().collect(),
+        );
         let same = et.len() == gt.len()
-            && et.iter().zip(&gt).all(|(a, b)| match (number(a), number(b)) {
-                (Some(x), Some(y)) => close(x, y),
-                _ => a == b,
-            });
+            && et
+                .iter()
+                .zip(&gt)
+                .all(|(a, b)| match (number(a), number(b)) {
+                    (Some(x), Some(y)) => close(x, y),
+                    _ => a == b,
+                });
         if !same {
             return Some(format!("line {}:\n  book:    {el}\n  example: {gl}", n + 1));
         }
@@ -57,7 +62,9 @@ fn the_book_shows_what_the_example_prints() {
     let Some(bin) = example_binary() else {
         // `cargo test --test book_example` alone does not build examples; the full `cargo test`
         // (what CI runs) does.
-        eprintln!("skipped: examples/one_batch is not built (run the whole `cargo test -p cotmae`)");
+        eprintln!(
+            "skipped: examples/one_batch is not built (run the whole `cargo test -p cotmae`)"
+        );
         return;
     };
     let out = Command::new(&bin).output().expect("running the example");

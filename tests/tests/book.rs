@@ -10,8 +10,18 @@ use std::path::{Path, PathBuf};
 
 /// The repository's top-level folders a named path may start with.
 const ROOTS: [&str; 12] = [
-    "tensor/", "autograd/", "nn/", "bert/", "cotmae/", "retrieval/", "cuda/", "bench/",
-    "scripts/", "docs/", "tests/", ".ci/",
+    "tensor/",
+    "autograd/",
+    "nn/",
+    "bert/",
+    "cotmae/",
+    "retrieval/",
+    "cuda/",
+    "bench/",
+    "scripts/",
+    "docs/",
+    "tests/",
+    ".ci/",
 ];
 
 fn repo() -> PathBuf {
@@ -26,7 +36,11 @@ fn chapters() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "md"))
         .collect();
     out.sort();
-    assert!(out.len() >= 5, "the book has chapters under {}", dir.display());
+    assert!(
+        out.len() >= 5,
+        "the book has chapters under {}",
+        dir.display()
+    );
     out
 }
 
