@@ -258,7 +258,13 @@ fn build_and_load(
     let kept = dir.join(format!("{stem}-{hash:032x}.cc"));
     let kept_str = kept.to_string_lossy().into_owned();
     if debug {
-        std::fs::write(&kept, source).map_err(|e| format!("{}: {e}", kept.display()))?;
+        // Without its `#line` directives, the debugger's line numbers are this file's own.
+        let text: String = source
+            .lines()
+            .filter(|l| !l.starts_with("#line "))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        std::fs::write(&kept, text).map_err(|e| format!("{}: {e}", kept.display()))?;
         args.extend([kept_str.as_str(), "-o", &tmp_str]);
     } else {
         args.extend(["-x", "c++", "-", "-o", &tmp_str]);
