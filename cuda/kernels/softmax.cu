@@ -24,6 +24,7 @@ __device__ __forceinline__ float shifted(const T* xr, const T* mr, int mask_last
     return mr ? fmaf(v, scale, to_f32(mr[k * mask_last])) : v * scale;
 }
 
+// ANCHOR: softmax_fwd
 template <typename T>
 __device__ void softmax_fwd(const T* x, const T* mask, Walk mrows, int mask_last, i64 n, float scale,
                             int log, T* y) {
@@ -58,6 +59,7 @@ __device__ void softmax_fwd(const T* x, const T* mask, Walk mrows, int mask_last
             yr[k] = from_f32<T>(expf(shifted(xr, mr, mask_last, k, scale) - mx) * inv);
     }
 }
+// ANCHOR_END: softmax_fwd
 
 template <typename T>
 __device__ void softmax_bwd(const T* y, const T* dy, i64 n, float scale, int log, T* dx) {

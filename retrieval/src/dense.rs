@@ -188,6 +188,7 @@ pub struct DenseOutput {
     pub loss: Var,
 }
 
+// ANCHOR: contrastive_loss
 /// The contrastive loss over `q_reps` [Q, H] and `p_reps` [Q * n, H] (passages grouped per query,
 /// positive first): returns (scores [Q, Q * n], loss).
 pub fn contrastive_loss(q_reps: &Var, p_reps: &Var) -> Result<(Var, Var)> {
@@ -204,6 +205,7 @@ pub fn contrastive_loss(q_reps: &Var, p_reps: &Var) -> Result<(Var, Var)> {
     let loss = scores.cross_entropy(&target, -100)?;
     Ok((scores, loss))
 }
+// ANCHOR_END: contrastive_loss
 
 /// The shared-encoder dense retriever.
 pub struct DenseModel {

@@ -111,6 +111,7 @@ impl Layout {
         resolve_dim(op, dim, self.rank())
     }
 
+    // ANCHOR: transpose
     pub fn transpose(&self, op: &'static str, a: usize, b: usize) -> Result<Layout> {
         let r = self.rank();
         for d in [a, b] {
@@ -127,6 +128,7 @@ impl Layout {
         l.strides.swap(a, b);
         Ok(l)
     }
+    // ANCHOR_END: transpose
 
     pub fn permute(&self, op: &'static str, perm: &[usize]) -> Result<Layout> {
         let r = self.rank();
@@ -317,6 +319,7 @@ impl Layout {
         })
     }
 
+    // ANCHOR: for_each_block
     /// Calls `f(block_start, len, stride)` for every run of the last dim, in row-major order:
     /// the run's elements are at `block_start + i * stride` for `i < len`. A contiguous layout
     /// is a single run. This is the loop every strided CPU kernel is built on.
@@ -352,6 +355,7 @@ impl Layout {
             }
         }
     }
+    // ANCHOR_END: for_each_block
 
     /// The storage offset of every element, in row-major order.
     pub fn offsets(&self) -> Vec<usize> {

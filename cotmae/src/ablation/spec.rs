@@ -1,6 +1,6 @@
 //! The ablation spec: a TOML file naming the data, the starting model, the flags every stage
-//! shares and the arms (what each changes). See the README section "The paper's ablations on
-//! one machine" for a full example.
+//! shares and the arms (what each changes). See docs/ablations.md for a full
+//! example.
 //!
 //! Reading it is strict: an unknown key anywhere, an unknown flag of a stage, a flag the
 //! harness sets itself (paths, `seed`, ...), a missing file or an arm name that is not a plain

@@ -14,6 +14,10 @@
 //! - Flags: `-O2 -fPIC -shared -ffp-contract=off` (no fused multiply-adds beyond the explicit
 //!   `fmaf`, so `__fmul_rn` and friends round once each), `-fno-strict-aliasing`, and
 //!   `-D_FORTIFY_SOURCE=0` (the fault handler's `siglongjmp` leaves a fiber's stack).
+//! - Debugging: with `COTMAE_CUDA_SIM_DEBUG=1` the libraries are built with `-O0 -g3` from a
+//!   source file kept beside them in the cache (`<stem>-<hash>.cc`), so gdb can break in a
+//!   kernel by name or line and step through it, printing `threadIdx` (the book's chapter "A
+//!   kernel on the CUDA simulator").
 //! - Cache: each library is stored under a name holding a content hash of (runtime.h, the source,
 //!   the flags, the compiler's version), in `$COTMAE_CUDA_SIM_CACHE`, else
 //!   `$XDG_CACHE_HOME/cotmae/cuda-sim`, else `~/.cache/cotmae/cuda-sim`, else the temp dir; it is
@@ -42,6 +46,13 @@ const FLAGS: &[&str] = &[
     "-D_FORTIFY_SOURCE=0",
     "-Wno-unknown-pragmas",
 ];
+
+/// Set to 1: build with debug information, unoptimised, from a kept source file (module docs).
+pub const DEBUG_ENV: &str = "COTMAE_CUDA_SIM_DEBUG";
+
+fn debug_build() -> bool {
+    std::env::var(DEBUG_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
 
 /// What the preprocessor leaves in place of `__global__` in the name scan.
 const KERNEL_MARKER: &str = "COTMAE_SIM_KERNEL";
@@ -213,7 +224,12 @@ fn build_and_load(
     global: bool,
 ) -> std::result::Result<Library, String> {
     let version = compiler_version().map_err(|e| e.to_string())?;
-    let flags: Vec<&str> = FLAGS.iter().chain(extra).copied().collect();
+    let debug = debug_build();
+    let mut flags: Vec<&str> = FLAGS.iter().chain(extra).copied().collect();
+    if debug {
+        flags.retain(|f| *f != "-O2");
+        flags.extend(["-O0", "-g3"]);
+    }
     let hash = content_hash(&[
         source.as_bytes(),
         flags.join(" ").as_bytes(),
@@ -238,7 +254,21 @@ fn build_and_load(
     ));
     let tmp_str = tmp.to_string_lossy().into_owned();
     let mut args = flags.clone();
-    args.extend(["-x", "c++", "-", "-o", &tmp_str]);
+    // A debug build compiles a file on disk, so the debugger can show its lines.
+    let kept = dir.join(format!("{stem}-{hash:032x}.cc"));
+    let kept_str = kept.to_string_lossy().into_owned();
+    if debug {
+        // Without its `#line` directives, the debugger's line numbers are this file's own.
+        let text: String = source
+            .lines()
+            .filter(|l| !l.starts_with("#line "))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        std::fs::write(&kept, text).map_err(|e| format!("{}: {e}", kept.display()))?;
+        args.extend([kept_str.as_str(), "-o", &tmp_str]);
+    } else {
+        args.extend(["-x", "c++", "-", "-o", &tmp_str]);
+    }
     let built = run_compiler(&args, source);
     if let Err(e) = built {
         let _ = std::fs::remove_file(&tmp);

@@ -133,6 +133,7 @@ fn grad_sums<T: VecFloat>(x: &[T], dy: &[T], w: &[T], mu: T) -> (T, T) {
     (tg + merge_lanes(sg, add), tgx + merge_lanes(sgx, add))
 }
 
+// ANCHOR: ln_backward_rows
 multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn backward_rows<'a, T: VecFloat>(
@@ -172,3 +173,4 @@ multiversion! {
         out.finish()
     }
 }
+// ANCHOR_END: ln_backward_rows

@@ -46,6 +46,7 @@ struct RowOp<'a, T> {
     log: bool,
 }
 
+// ANCHOR: softmax_rows
 multiversion! {
     fn softmax_rows<'a, T: VecFloat>(
         x: &[T],
@@ -96,6 +97,7 @@ multiversion! {
         out.finish()
     }
 }
+// ANCHOR_END: softmax_rows
 
 /// Backward of `softmax_last` / `log_softmax_last` over rows of `n`, from the forward output `y`
 /// (softmax, or log-softmax when `log`) and the output gradient `dy`:
@@ -108,6 +110,7 @@ pub fn softmax_backward<T: VecFloat>(y: &[T], dy: &[T], n: usize, scale: T, log:
     })
 }
 
+// ANCHOR: softmax_backward_rows
 multiversion! {
     fn backward_rows<'a, T: VecFloat>(
         y: &[T],
@@ -130,6 +133,7 @@ multiversion! {
         out.finish()
     }
 }
+// ANCHOR_END: softmax_backward_rows
 
 #[cfg(test)]
 mod tests {

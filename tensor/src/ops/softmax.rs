@@ -132,6 +132,7 @@ fn prepare_mask(op: &'static str, mask: &Tensor, shape: &[usize]) -> Result<Prep
     })
 }
 
+// ANCHOR: dispatch
 fn forward(
     op: &'static str,
     x: &Tensor,
@@ -188,6 +189,7 @@ fn forward(
     };
     Ok(Tensor::from_cpu(out, x.shape()))
 }
+// ANCHOR_END: dispatch
 
 fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) -> Result<Tensor> {
     check_rows(op, y)?;
