@@ -59,24 +59,30 @@ fn includes(md: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// `(line number, text)` of every line of `md` outside fenced code blocks.
+fn prose_lines(md: &str) -> Vec<(usize, &str)> {
+    let mut in_code = false;
+    let mut out = Vec::new();
+    for (n, line) in md.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code {
+            out.push((n + 1, line));
+        }
+    }
+    out
+}
+
 /// `(line number, target)` of every Markdown link or image `](target)` in `md`, outside code
 /// blocks.
 fn links(md: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    let mut in_code = false;
-    for (n, line) in md.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for (n, line) in prose_lines(md) {
         let mut rest = line;
         while let Some(i) = rest.find("](") {
             let after = &rest[i + 2..];
             let end = after.find(')').expect("an unclosed link");
-            out.push((n + 1, after[..end].to_string()));
+            out.push((n, after[..end].to_string()));
             rest = &after[end..];
         }
     }
@@ -86,23 +92,13 @@ fn links(md: &str) -> Vec<(usize, String)> {
 /// `(line number, path)` of every backticked repository path in `md`, outside code blocks.
 fn named_paths(md: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    let mut in_code = false;
-    for (n, line) in md.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for (n, line) in prose_lines(md) {
         for (i, span) in line.split('`').enumerate() {
-            let is_code = i % 2 == 1;
             let looks_like_path = ROOTS.iter().any(|r| span.starts_with(r))
                 && !span.contains(char::is_whitespace)
                 && !span.contains(['*', '<', '{']);
-            if is_code && looks_like_path {
-                let path = span.split(':').next().unwrap();
-                out.push((n + 1, path.to_string()));
+            if i % 2 == 1 && looks_like_path {
+                out.push((n, span.split(':').next().unwrap().to_string()));
             }
         }
     }
