@@ -28,3 +28,24 @@ pub fn report(op: &str, shape: &str, ms: f64) {
 pub fn report_json(line: serde_json::Value) {
     println!("{line}");
 }
+
+/// An MLM batch for BERT-base benchmarks: `[batch, seq]` token ids in [1000, 30000), all
+/// attended, and labels on 30% of the positions (-100 elsewhere), drawn from `rng`.
+pub fn mlm_batch(
+    rng: &mut tensor::Rng,
+    batch: usize,
+    seq: usize,
+) -> tensor::Result<(tensor::Tensor, tensor::Tensor, tensor::Tensor)> {
+    use tensor::Tensor;
+    let n = batch * seq;
+    let ids: Vec<i64> = (0..n).map(|_| 1000 + rng.below(29_000) as i64).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .map(|&id| if rng.below(10) < 3 { id } else { -100 })
+        .collect();
+    Ok((
+        Tensor::from_vec(ids, &[batch, seq])?,
+        Tensor::from_vec(vec![1i64; n], &[batch, seq])?,
+        Tensor::from_vec(labels, &[batch, seq])?,
+    ))
+}

@@ -12,7 +12,7 @@ use bench::{report, time_ms};
 use bert::{BertConfig, BertForMaskedLM, BertModel};
 use nn::{step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module};
 use std::time::{Duration, Instant};
-use tensor::{DType, Result, Rng, Tensor};
+use tensor::{DType, Result, Rng};
 
 const BATCH: usize = 8;
 const SEQ: usize = 128;
@@ -29,27 +29,12 @@ fn peak_rss_mib() -> f64 {
     kb / 1024.0
 }
 
-/// Token ids in [1000, 30000), all attended, and labels on 30% of the positions.
-fn batch(rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
-    let n = BATCH * SEQ;
-    let ids: Vec<i64> = (0..n).map(|_| 1000 + rng.below(29_000) as i64).collect();
-    let labels: Vec<i64> = ids
-        .iter()
-        .map(|&id| if rng.below(10) < 3 { id } else { -100 })
-        .collect();
-    Ok((
-        Tensor::from_vec(ids, &[BATCH, SEQ])?,
-        Tensor::from_vec(vec![1i64; n], &[BATCH, SEQ])?,
-        Tensor::from_vec(labels, &[BATCH, SEQ])?,
-    ))
-}
-
 fn timings() -> Result<()> {
     let min = Duration::from_secs(3);
     let shape = format!("[{BATCH},{SEQ}]");
     let rng = &mut Rng::new(0);
     let model = BertForMaskedLM::new(&BertConfig::default(), rng)?;
-    let (ids, mask, labels) = batch(rng)?;
+    let (ids, mask, labels) = bench::mlm_batch(rng, BATCH, SEQ)?;
 
     // f32, then the same under bf16 autocast (rows suffixed `_bf16`, as bench/bert_torch.py's).
     for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {

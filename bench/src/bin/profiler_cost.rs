@@ -11,7 +11,7 @@ use bert::{BertConfig, BertForMaskedLM};
 use nn::{step_params, AdamW, AdamWConfig, AdamWVariant, Ctx, Module};
 use std::time::Instant;
 use tensor::profiler::{self, Phase};
-use tensor::{Rng, Tensor};
+use tensor::Rng;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -31,15 +31,7 @@ fn main() -> Result<()> {
     let trace = args.next();
     let rng = &mut Rng::new(0);
     let model = BertForMaskedLM::new(&BertConfig::default(), rng)?;
-    let n = BATCH * SEQ;
-    let ids: Vec<i64> = (0..n).map(|_| 1000 + rng.below(29_000) as i64).collect();
-    let labels: Vec<i64> = ids
-        .iter()
-        .map(|&id| if rng.below(10) < 3 { id } else { -100 })
-        .collect();
-    let ids = Tensor::from_vec(ids, &[BATCH, SEQ])?;
-    let mask = Tensor::from_vec(vec![1i64; n], &[BATCH, SEQ])?;
-    let labels = Tensor::from_vec(labels, &[BATCH, SEQ])?;
+    let (ids, mask, labels) = bench::mlm_batch(rng, BATCH, SEQ)?;
     let params = model.named_params();
     let mut opt = AdamW::new(AdamWConfig {
         lr: 1e-4,

@@ -37,6 +37,18 @@ fn check_shapes(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(
     Ok(())
 }
 
+/// Errors unless `lse` holds one log-sum-exp per target row, in the dtype the forward gives.
+fn check_lse(op: &'static str, logits: &Tensor, targets: &Tensor, lse: &Tensor) -> Result<()> {
+    if lse.shape() != [targets.elem_count()] {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: logits.shape().to_vec(),
+            rhs: lse.shape().to_vec(),
+        });
+    }
+    check_dtype(op, lse_dtype(logits.dtype()), lse)
+}
+
 /// Checks logits [N, C] and CPU targets [N] (each in 0..C or `ignore`); returns the targets and
 /// the number of rows that count. (On a GPU the kernels check the targets and report a bad one
 /// through the status word, `Device::check_status`: the targets are never downloaded.)
@@ -131,14 +143,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "cross_entropy_backward";
         check_shapes(OP, logits, targets)?;
-        if lse.shape() != [targets.elem_count()] {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                lhs: logits.shape().to_vec(),
-                rhs: lse.shape().to_vec(),
-            });
-        }
-        check_dtype(OP, lse_dtype(logits.dtype()), lse)?;
+        check_lse(OP, logits, targets, lse)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[logits, targets, lse]) {
             let _p = crate::profiler::scope(OP);
@@ -212,14 +217,7 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[logits, grad_loss]) {
             check_shapes(OP, logits, targets)?;
-            if lse.shape() != [targets.elem_count()] {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    lhs: logits.shape().to_vec(),
-                    rhs: lse.shape().to_vec(),
-                });
-            }
-            check_dtype(OP, lse_dtype(logits.dtype()), lse)?;
+            check_lse(OP, logits, targets, lse)?;
             let _p = crate::profiler::scope(OP);
             let g = grad_loss.to_dtype(DType::F32)?.contiguous()?;
             return crate::cuda::loss::cross_entropy_backward(
