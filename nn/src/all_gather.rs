@@ -88,7 +88,8 @@ mod tests {
                             let y = all_gather(&comm, &xs[0])?;
                             y.mul(&y)?.sum(&[0], false)?.tanh()
                         };
-                        let r = gradcheck(f, &[mine.clone()], GradcheckOptions::default());
+                        let r =
+                            gradcheck(f, std::slice::from_ref(&mine), GradcheckOptions::default());
                         comm.all_gather_host(vec![0]).unwrap();
                         results.push(r.map_err(|e| e.to_string()));
                     } else {

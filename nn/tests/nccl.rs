@@ -37,9 +37,12 @@ fn on_ranks<C: Send, R: Send>(comms: Vec<C>, f: impl Fn(C) -> R + Sync) -> Vec<R
     })
 }
 
+/// The communicators of a group, one per rank.
+type Group = Vec<Box<dyn Communicator>>;
+
 /// Two ranks on cuda:0 and cuda:1 through NCCL, and two CPU ranks.
-fn two_rank_groups() -> (Vec<Box<dyn Communicator>>, Vec<Box<dyn Communicator>>) {
-    fn boxed<C: Communicator + 'static>(comms: Vec<C>) -> Vec<Box<dyn Communicator>> {
+fn two_rank_groups() -> (Group, Group) {
+    fn boxed<C: Communicator + 'static>(comms: Vec<C>) -> Group {
         comms
             .into_iter()
             .map(|c| Box::new(c) as Box<dyn Communicator>)
