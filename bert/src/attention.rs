@@ -82,7 +82,12 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(x)?)?;
         let k = heads(self.key.forward(x)?)?;
         let v = heads(self.value.forward(x)?)?;
-        // The [B, 1, 1, L] mask broadcasts over heads and queries inside the fused op.
+        // The [B, 1, 1, L] mask broadcasts over heads and queries inside the fused op; dropout
+        // draws over the [B, heads, L, L] probabilities.
+        let mut rng = match ctx.train && self.dropout.p != 0.0 {
+            true => Some(ctx.dropout_rng(b * n * l * l)?),
+            false => None,
+        };
         let context = Var::scaled_dot_product_attention(
             &q,
             &k,
@@ -90,7 +95,7 @@ impl BertSelfAttention {
             mask,
             (d as f64).powf(-0.5),
             self.dropout.p,
-            ctx.train.then_some(&mut ctx.rng),
+            rng.as_mut(),
         )?;
         context.transpose(1, 2)?.reshape(&[b, l, h])
     }

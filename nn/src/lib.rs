@@ -1,7 +1,8 @@
 //! `nn`: Module, layers, AdamW, schedules, safetensors checkpoints (issue: HF-compatible BERT).
 //!
 //! Modules: [`Param`] (a shared trainable tensor), [`Module`] (parameters listed with HF's dotted
-//! names in state_dict order), [`Ctx`] (train/eval and the dropout RNG), and the layers
+//! names in state_dict order), [`Ctx`] (train/eval, the dropout RNG, and [`BatchRows`]: dropout
+//! keyed by batch row for a batch computed in parts), and the layers
 //! [`Linear`], [`Embedding`], [`LayerNorm`], [`Dropout`].
 //!
 //! Optimisation, in the order a training step uses it (all on plain `tensor::Tensor`s, f32):
@@ -14,8 +15,10 @@
 //!
 //! Data parallelism: [`comm`] (the [`Communicator`] trait: one process, CPU threads, or NCCL
 //! across GPUs with the `cuda` feature) and [`data_parallel`] (averaging gradients across
-//! replicas, in buckets, and the recipe for a data-parallel training step).
+//! replicas, in buckets, and the recipe for a data-parallel training step); [`all_gather()`] is the
+//! differentiable all-gather of rows across replicas (cross-device negatives).
 
+pub mod all_gather;
 pub mod clip;
 pub mod comm;
 pub mod data_parallel;
@@ -25,8 +28,10 @@ pub mod module;
 pub mod optim;
 mod param;
 pub mod precision;
+pub mod rows;
 pub mod schedule;
 
+pub use all_gather::all_gather;
 pub use clip::{clip_grad_norm, clip_grad_norm_deferred, total_norm};
 pub use comm::{Communicator, SingleProcess, ThreadGroup};
 pub use data_parallel::{all_reduce_grads, shard_range};
@@ -36,4 +41,5 @@ pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
 pub use param::Param;
 pub use precision::{unscale_and_clip, Precision};
+pub use rows::BatchRows;
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};

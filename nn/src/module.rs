@@ -1,8 +1,10 @@
 //! `Module`: anything with parameters. It lists them with HF's dotted names, in the order HF's
 //! `state_dict()` gives, so checkpoints map onto modules by name with no translation table.
-//! `Ctx` carries what a forward pass needs besides its inputs: train/eval mode and the dropout RNG.
+//! `Ctx` carries what a forward pass needs besides its inputs: train/eval mode, the dropout RNG,
+//! and which rows of a batch the pass computes (dropout draws keyed by row, `rows.rs`).
 //! [`to_device`] moves a module's parameters to a device.
 
+use crate::rows::BatchRows;
 use crate::Param;
 use tensor::{Device, Result, Rng};
 
@@ -72,17 +74,27 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// Forward-pass context: whether dropout is active, and the generator it draws from.
+/// Forward-pass context: whether dropout is active, the generator it draws from, and the part of
+/// the batch this pass computes.
 pub struct Ctx {
     pub train: bool,
     pub rng: Rng,
+    /// `Some(rows)`: the batch this pass sees is these rows of a larger one, and dropout draws
+    /// that batch's masks for them ([`BatchRows`]); `None`: the batch is whole.
+    pub rows: Option<BatchRows>,
 }
 
 impl Ctx {
     pub fn train(seed: u64) -> Ctx {
+        Ctx::training(Rng::new(seed))
+    }
+
+    /// Train mode drawing from `rng`, over whole batches.
+    pub fn training(rng: Rng) -> Ctx {
         Ctx {
             train: true,
-            rng: Rng::new(seed),
+            rng,
+            rows: None,
         }
     }
 
@@ -90,6 +102,21 @@ impl Ctx {
         Ctx {
             train: false,
             rng: Rng::new(0),
+            rows: None,
+        }
+    }
+
+    /// The generator for a dropout draw of `n` elements over this pass's batch (batch-first),
+    /// moving `self.rng` past it: `self.rng` itself for a whole batch, the row-keyed position
+    /// for a part ([`BatchRows::uniform_draw`]).
+    pub fn dropout_rng(&mut self, n: usize) -> Result<Rng> {
+        match self.rows {
+            None => {
+                let at = self.rng;
+                self.rng.reserve(n, 4);
+                Ok(at)
+            }
+            Some(rows) => rows.uniform_draw(&mut self.rng, n),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The NCCL communicator (feature `cuda`): a world of one on cuda:0 flattens and returns its
 //! tensors (the smoke test), and with two GPUs the bucketed mean of f32/f16/bf16 tensors (one a
 //! transposed view) agrees with the CPU `ThreadGroup`'s and is the same bits on both ranks, while a
-//! rank passing another shape is named on both ranks instead of hanging. Tests skip with a printed
+//! rank passing another shape is named on both ranks instead of hanging; the differentiable
+//! all-gather through NCCL equals the CPU group's. Tests skip with a printed
 //! reason when CUDA, NCCL or a second GPU is missing.
 #![cfg(feature = "cuda")]
 
@@ -34,6 +35,23 @@ fn on_ranks<C: Send, R: Send>(comms: Vec<C>, f: impl Fn(C) -> R + Sync) -> Vec<R
         let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// The communicators of a group, one per rank.
+type Group = Vec<Box<dyn Communicator>>;
+
+/// Two ranks on cuda:0 and cuda:1 through NCCL, and two CPU ranks.
+fn two_rank_groups() -> (Group, Group) {
+    fn boxed<C: Communicator + 'static>(comms: Vec<C>) -> Group {
+        comms
+            .into_iter()
+            .map(|c| Box::new(c) as Box<dyn Communicator>)
+            .collect()
+    }
+    (
+        boxed(Nccl::group(&[0, 1]).unwrap()),
+        boxed(ThreadGroup::with_timeout(2, Duration::from_secs(60)).unwrap()),
+    )
 }
 
 #[test]
@@ -83,16 +101,7 @@ fn two_gpus_agree_with_the_cpu_group_and_with_each_other() {
                 .collect::<Vec<_>>()
         })
     };
-    let nccl: Vec<Box<dyn Communicator>> = Nccl::group(&[0, 1])
-        .unwrap()
-        .into_iter()
-        .map(|c| Box::new(c) as Box<dyn Communicator>)
-        .collect();
-    let cpu: Vec<Box<dyn Communicator>> = ThreadGroup::new(2)
-        .unwrap()
-        .into_iter()
-        .map(|c| Box::new(c) as Box<dyn Communicator>)
-        .collect();
+    let (nccl, cpu) = two_rank_groups();
     let on_gpus = mean_with(nccl, Device::Cuda);
     let on_cpu = mean_with(cpu, |_| Device::Cpu);
     for (i, want) in on_cpu[0].iter().enumerate() {
@@ -128,4 +137,47 @@ fn a_shape_mismatch_across_gpus_names_the_rank() {
             "{e}"
         );
     }
+}
+
+/// The differentiable all-gather (`nn::all_gather`) through NCCL: the gathered rows and the
+/// gradient each rank keeps (its own rows of the incoming gradient) are those of the CPU group,
+/// for an f32 tensor and a bf16 transposed view.
+#[test]
+fn the_all_gather_op_on_two_gpus_equals_the_cpu_groups() {
+    if !gpus_or_skip("the_all_gather_op_on_two_gpus_equals_the_cpu_groups", 2) {
+        return;
+    }
+    let gather_with = |comms: Vec<Box<dyn Communicator>>, device: fn(usize) -> Device| {
+        on_ranks(comms, |comm| {
+            let rank = comm.rank() as u64;
+            let inputs = [
+                randn(&[2, 3], 1.0, DType::F32, 50 + rank),
+                randn(&[3, 2], 1.0, DType::BF16, 60 + rank).t().unwrap(),
+            ];
+            let mut out = Vec::new();
+            for x in &inputs {
+                let x = autograd::Var::param(x.to_device(device(comm.rank())).unwrap());
+                let y = nn::all_gather(comm.as_ref(), &x).unwrap();
+                let w = randn(&[4, 3], 1.0, x.value().dtype(), 7)
+                    .to_device(x.value().device())
+                    .unwrap();
+                let loss = y
+                    .mul(&autograd::Var::constant(w))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let g = loss.backward().unwrap().remove(&x).unwrap();
+                assert_eq!(y.value().device(), x.value().device());
+                out.push((y.value().to_vec_f64().unwrap(), g.to_vec_f64().unwrap()));
+            }
+            out
+        })
+    };
+    let (gpu, cpu) = two_rank_groups();
+    let on_gpu = gather_with(gpu, Device::Cuda);
+    let on_cpu = gather_with(cpu, |_| Device::Cpu);
+    assert_eq!(on_gpu, on_cpu);
+    // Both ranks hold the same gathered rows; each keeps its own gradient rows.
+    assert_eq!(on_gpu[0][0].0, on_gpu[1][0].0);
+    assert_ne!(on_gpu[0][0].1, on_gpu[1][0].1);
 }

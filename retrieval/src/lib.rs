@@ -29,6 +29,7 @@ pub mod tokenize;
 pub mod topk;
 pub mod train;
 pub mod train_data;
+pub mod train_step;
 
 pub use build_train::{build_train, BuildTrainOptions, BuildTrainReport, NegativeSource};
 pub use dense::{
@@ -46,6 +47,7 @@ pub use tokenize::{tokenize_corpus, tokenize_queries, TokenizeReport};
 pub use topk::{rank_order, Hit, TopK};
 pub use train::{latest_checkpoint, train, TrainConfig, TrainReport};
 pub use train_data::{sample_passages, TrainDataset};
+pub use train_step::{loss_and_grads, GradCacheChunks, MicroBatchGrads, StepOptions};
 
 /// A progress bar of `len` steps with `template`, hidden unless `verbose` and stderr is a
 /// terminal.

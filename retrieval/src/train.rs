@@ -2,8 +2,9 @@
 //! one process, with the HF Trainer's optimisation.
 //!
 //! One step: a batch of `per_device_train_batch_size` examples in this epoch's order
-//! ([`epoch_order`]) -> [`TrainDataset::batch`] -> `DenseModel::forward` (dropout on) -> backward
-//! -> global-norm clipping to `max_grad_norm` -> AdamW (HF variant, weight decay except biases and
+//! ([`epoch_order`]) -> [`TrainDataset::batch`] -> the loss and its gradients
+//! ([`loss_and_grads`], `train_step.rs`: the encoder with dropout on, the contrastive loss,
+//! backward; with `negatives_x_device` across ranks, with `grad_cache` chunk by chunk) -> global-norm clipping to `max_grad_norm` -> AdamW (HF variant, weight decay except biases and
 //! LayerNorm weights) at the schedule's lr -> the schedule advances (linear warmup over
 //! `warmup_steps`, or `ceil(warmup_ratio * total)`, then linear decay to 0).
 //!
@@ -37,7 +38,7 @@ use autograd::Var;
 use nn::loss_scale::LossScalerState;
 use nn::{
     step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx, LossScaler,
-    LrSchedule, Module, Precision, StepDecision,
+    LrSchedule, Module, Precision, SingleProcess, StepDecision,
 };
 use serde::{Deserialize, Serialize};
 use tensor::profiler::{self, Phase};
@@ -48,6 +49,7 @@ use crate::formats::JsonlWriter;
 use crate::train_data::{
     epoch_order, stream_seed, BatchConfig, TrainBatch, TrainDataset, DROPOUT_STREAM,
 };
+use crate::train_step::{loss_and_grads, GradCacheChunks, MicroBatchGrads, StepOptions};
 use crate::{Error, Result};
 
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -98,6 +100,12 @@ pub struct TrainConfig {
     pub device: Device,
     /// f32, or mixed precision (CUDA only; see the module docs).
     pub precision: Precision,
+    /// Tevatron's `--negatives_x_device`: every query scores every rank's passages
+    /// (`train_step.rs`); no effect with one rank.
+    pub negatives_x_device: bool,
+    /// Tevatron's `--grad_cache` with its chunk sizes (`train_step.rs`): the same loss and
+    /// gradients, encoder memory bounded by a chunk.
+    pub grad_cache: Option<GradCacheChunks>,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +136,8 @@ impl Default for TrainConfig {
             verbose: false,
             device: Device::Cpu,
             precision: Precision::F32,
+            negatives_x_device: false,
+            grad_cache: None,
         }
     }
 }
@@ -276,6 +286,8 @@ struct Run {
     device: Device,
     precision: Precision,
     scaler: LossScaler,
+    /// How a micro-batch's loss and gradients are computed.
+    options: StepOptions,
 }
 
 impl Run {
@@ -335,13 +347,10 @@ impl Run {
                 }
             }
         };
-        let ctx = Ctx {
-            train: true,
-            rng: Rng {
-                seed: state.dropout_seed,
-                offset: state.dropout_offset,
-            },
-        };
+        let ctx = Ctx::training(Rng {
+            seed: state.dropout_seed,
+            offset: state.dropout_offset,
+        });
         nn::module::to_device(&model.encoder, cfg.device)?;
         let mut scaler = cfg.precision.loss_scaler()?;
         if let (Some(saved), Precision::F16) = (&state.loss_scaler, cfg.precision) {
@@ -357,6 +366,11 @@ impl Run {
             device: cfg.device,
             precision: cfg.precision,
             scaler,
+            options: StepOptions {
+                negatives_x_device: cfg.negatives_x_device,
+                grad_cache: cfg.grad_cache,
+                precision: cfg.precision,
+            },
         })
     }
 
@@ -369,17 +383,17 @@ impl Run {
             batch.passages.to_device(self.device)?,
         );
         drop(_data);
-        let out = profiler::in_phase(Phase::Forward, || {
-            (self.precision).autocast(|| self.model.forward(&query, &passages, &mut self.ctx))
+        let MicroBatchGrads { loss, mut grads } = profiler::in_phase(Phase::Forward, || {
+            loss_and_grads(
+                &self.model,
+                &query,
+                &passages,
+                &mut self.ctx,
+                &self.options,
+                &SingleProcess,
+                self.scaler.scale() as f64,
+            )
         })?;
-        let loss = out.loss.value().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let scale = self.scaler.scale();
-        let mut grads = if scale != 1.0 {
-            out.loss.mul_scalar(scale as f64)?.backward()?
-        } else {
-            out.loss.backward()?
-        };
-        drop(out);
         // Take the gradients out to clip them in place, then hand them back to the optimizer.
         let mut taken: Vec<(Var, Tensor)> = Vec::new();
         for (_, p) in &self.params {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use retrieval::{latest_checkpoint, train, PadTo, TrainConfig};
+use retrieval::{latest_checkpoint, train, GradCacheChunks, PadTo, TrainConfig};
 
 use super::{with_threads, CliResult};
 use crate::device::DeviceArgs;
@@ -75,9 +75,25 @@ pub struct TrainRetrieverArgs {
     /// A checkpoint-N directory to continue from, or `latest` (the newest in output_dir).
     #[arg(long)]
     pub resume_from_checkpoint: Option<String>,
-    /// Gather representations across processes. One process here: a no-op (with a warning).
+    /// Cross-device negatives (Tevatron): all-gather the query and passage vectors of every
+    /// rank, so each query scores every rank's passages; the loss is over the global batch
+    /// (scaled by the world size for backward, so that the averaged gradients are the global
+    /// batch's). With one process every passage is already in the batch: no effect (a warning).
     #[arg(long)]
     pub negatives_x_device: bool,
+    /// Gradient cache (Tevatron / GradCache): encode the batch in chunks without a graph, take
+    /// the loss and its gradient with respect to the vectors, then re-encode chunk by chunk with
+    /// the graph and back-propagate those gradients. The same loss and gradients as the whole
+    /// batch (dropout draws the same masks), with the encoder's memory of one chunk, so a
+    /// contrastive batch far larger than the device's memory fits.
+    #[arg(long)]
+    pub grad_cache: bool,
+    /// Queries per encoder chunk with --grad_cache.
+    #[arg(long, default_value_t = 4)]
+    pub gc_q_chunk_size: usize,
+    /// Passages per encoder chunk with --grad_cache.
+    #[arg(long, default_value_t = 32)]
+    pub gc_p_chunk_size: usize,
     /// `--device`, `--fp16` (dynamic loss scaling) / `--bf16`.
     #[command(flatten)]
     pub compute: DeviceArgs,
@@ -96,11 +112,15 @@ pub struct TrainRetrieverArgs {
 
 pub fn run(a: TrainRetrieverArgs) -> CliResult {
     let (device, precision) = a.compute.open()?;
+    // One process, world size 1: cross-device negatives gather nothing more.
     if a.negatives_x_device {
         eprintln!(
             "warning: --negatives_x_device has no effect with one process (world size 1): \
              every passage of the batch is already a negative for every query"
         );
+    }
+    if a.grad_cache && (a.gc_q_chunk_size == 0 || a.gc_p_chunk_size == 0) {
+        return Err("--gc_q_chunk_size and --gc_p_chunk_size must be at least 1".into());
     }
     if a.dataloader_num_workers > 0 {
         eprintln!("note: --dataloader_num_workers is ignored; batches are built in-process");
@@ -150,6 +170,11 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         verbose: true,
         device,
         precision,
+        negatives_x_device: a.negatives_x_device,
+        grad_cache: a.grad_cache.then_some(GradCacheChunks {
+            gc_q_chunk_size: a.gc_q_chunk_size,
+            gc_p_chunk_size: a.gc_p_chunk_size,
+        }),
     };
     a.profile.start()?;
     let report = with_threads(a.threads, || train(&cfg))??;

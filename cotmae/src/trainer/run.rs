@@ -254,10 +254,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         collator,
         resumed_at.map(|_| state.loader),
     )?;
-    let mut ctx = Ctx {
-        train: true,
-        rng: state.dropout_rng.into(),
-    };
+    let mut ctx = Ctx::training(state.dropout_rng.into());
     let mut log = MetricsLog::open(&out, &state.logging_dir, resumed_at, max_steps)?;
     let training_args = args.to_json();
     let params = unique_params(&model);

@@ -8,12 +8,16 @@
 //! - `Nccl` (feature `cuda`): one GPU per replica, threads of one process, NCCL all-reduce on each
 //!   GPU's stream.
 //!
+//! Two kinds of collective: the all-reduce of gradient buckets (`all_reduce_sum_flat`, and the
+//! bucketed mean built on it) and the all-gather of one tensor's rows (`all_gather`, under the
+//! differentiable [`all_gather`](crate::all_gather) that cross-device negatives use).
+//!
 //! Every collective must be called by every rank, in the same order, with tensors of the same
 //! shapes and dtypes; a rank that does not (a different shape, a thread that failed, a timeout) is
 //! reported by name on every rank instead of hanging.
 
 mod rendezvous;
-mod thread_group;
+pub(crate) mod thread_group;
 
 #[cfg(feature = "cuda")]
 mod nccl;
@@ -44,6 +48,12 @@ pub trait Communicator: Send {
     /// bits. Every rank passes tensors of the same shapes and dtype.
     fn all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<Tensor>;
 
+    /// Every rank's `t` concatenated along dim 0 in rank order: `[world_size * d0, ...]` for a
+    /// `t` of shape `[d0, ...]`, contiguous, on `t`'s device, the same bits on every rank. Every
+    /// rank passes a tensor of the same shape and dtype; a rank that does not is named in the
+    /// error every rank returns.
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor>;
+
     /// Replaces each tensor by its mean over the ranks (bucketed; see
     /// [`crate::data_parallel::all_reduce_mean`]).
     fn all_reduce_mean(&self, tensors: &mut [&mut Tensor]) -> Result<()> {
@@ -71,6 +81,44 @@ impl Communicator for SingleProcess {
     fn all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<Tensor> {
         flatten_on_host("SingleProcess::all_reduce_sum_flat", tensors)
     }
+
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        gathered_shape("SingleProcess::all_gather", t.shape(), 1)?;
+        t.contiguous()
+    }
+}
+
+/// The shape of `world` tensors of `shape` concatenated along dim 0; errors (attributed to `op`)
+/// for a scalar, which has no dim 0.
+pub(crate) fn gathered_shape(
+    op: &'static str,
+    shape: &[usize],
+    world: usize,
+) -> Result<Vec<usize>> {
+    let Some((&rows, rest)) = shape.split_first() else {
+        bail!(
+            op,
+            "cannot gather a scalar along dim 0 (give it a shape of [1])"
+        );
+    };
+    Ok([&[rows * world][..], rest].concat())
+}
+
+/// Errors (attributed to `op`) naming the first rank whose `(dtype, shape)`, given per rank in
+/// rank order, differs from rank 0's.
+pub(crate) fn check_same_tensors<'a>(
+    op: &'static str,
+    all: impl IntoIterator<Item = (tensor::DType, &'a [usize])>,
+) -> Result<()> {
+    let all: Vec<_> = all.into_iter().collect();
+    if let Some(r) = all.iter().position(|t| *t != all[0]) {
+        let ((d, s), (d0, s0)) = (all[r], all[0]);
+        bail!(
+            op,
+            "rank {r} passes a {d} tensor of shape {s:?}, rank 0 a {d0} one of {s0:?}"
+        );
+    }
+    Ok(())
 }
 
 /// Errors (attributed to `op`) naming the first rank whose bucket, `(dtype, elements)` per rank in
@@ -125,5 +173,12 @@ mod tests {
         c.all_reduce_mean(&mut [&mut a2, &mut b2]).unwrap();
         assert!(a2.same_storage(&a) && b2.same_storage(&b));
         assert!(c.all_reduce_sum_flat(&[]).is_err());
+        let g = c.all_gather(&b).unwrap();
+        assert_eq!(
+            (g.shape(), g.to_vec::<f32>().unwrap()),
+            (b.shape(), b.to_vec::<f32>().unwrap())
+        );
+        let e = c.all_gather(&Tensor::scalar(1f32)).unwrap_err().to_string();
+        assert!(e.contains("cannot gather a scalar"), "{e}");
     }
 }

@@ -7,17 +7,21 @@
 //! and length (or why it has none) and all ranks fail together, naming the rank, unless they
 //! agree; after it, every rank reports whether it issued the collective, so a rank never waits
 //! for one that a peer did not issue. Nothing waits for the GPU: the sum is ordered on the stream
-//! like any other op. Dropping a communicator waits for its GPU's stream (the last all-reduce
+//! like any other op. An all-gather is fenced the same way, the ranks agreeing on the tensor's
+//! dtype and shape first. Dropping a communicator waits for its GPU's stream (the last all-reduce
 //! completes) unless a collective failed, then releases NCCL.
 
 use super::rendezvous::{members, Member};
-use super::{check_same_buckets, Communicator, DEFAULT_TIMEOUT};
+use super::{
+    check_same_buckets, check_same_tensors, gathered_shape, Communicator, DEFAULT_TIMEOUT,
+};
 use std::cell::Cell;
 use std::time::Duration;
 use tensor::cuda::nccl::{Bucket, NcclComm, Reduce};
 use tensor::{Device, Result, Tensor};
 
 const OP: &str = "Nccl::all_reduce";
+const GATHER: &str = "Nccl::all_gather";
 
 /// One GPU replica's communicator; make a group with [`Nccl::group`] and move each member into
 /// its own thread.
@@ -70,6 +74,28 @@ impl Nccl {
             .agree(OP, "all_reduce (issued)", status, |_| Ok(()))?;
         issued
     }
+
+    fn gather(&self, t: &Tensor) -> Result<Tensor> {
+        let shape = gathered_shape(GATHER, t.shape(), self.world_size());
+        let mine = match (&shape, t.device() == self.device()) {
+            (Ok(_), true) => Ok((t.dtype(), t.shape().to_vec())),
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(_), false) => Err(format!(
+                "the tensor is on {}, and this rank drives {}",
+                t.device(),
+                self.device()
+            )),
+        };
+        self.member
+            .agree(GATHER, "all_gather (shapes)", mine, |all| {
+                check_same_tensors(GATHER, all.iter().map(|(d, s)| (*d, s.as_slice())))
+            })?;
+        let issued = tensor::cuda::nccl::all_gather(&self.comm, t);
+        let status = issued.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        self.member
+            .agree(GATHER, "all_gather (issued)", status, |_| Ok(()))?;
+        issued?.reshape(&shape?)
+    }
 }
 
 impl Communicator for Nccl {
@@ -87,6 +113,10 @@ impl Communicator for Nccl {
 
     fn all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<Tensor> {
         self.reduce(tensors).inspect_err(|_| self.failed.set(true))
+    }
+
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        self.gather(t).inspect_err(|_| self.failed.set(true))
     }
 }
 

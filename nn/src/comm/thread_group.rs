@@ -6,13 +6,19 @@
 //! shared and every rank concatenates them. So each element is summed once, in rank order, and
 //! every rank receives the same bits whatever the thread timing. Sums are taken in f64 and rounded
 //! once to the bucket's dtype (f32, f64, f16 or bf16).
+//!
+//! An all-gather shares each rank's tensor (any dtype) in one exchange; every rank concatenates
+//! them in rank order, so the result holds every rank's values exactly.
 
 use super::rendezvous::{members, Member};
-use super::{check_same_buckets, Communicator, DEFAULT_TIMEOUT};
+use super::{
+    check_same_buckets, check_same_tensors, gathered_shape, Communicator, DEFAULT_TIMEOUT,
+};
 use std::time::Duration;
 use tensor::{bail, DType, Device, Result, Tensor};
 
 const OP: &str = "ThreadGroup::all_reduce";
+const GATHER: &str = "ThreadGroup::all_gather";
 
 /// One CPU replica's communicator; make a group with [`ThreadGroup::new`] and move each member
 /// into its own thread.
@@ -101,18 +107,60 @@ impl Communicator for ThreadGroup {
         let sum: Vec<f64> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         Tensor::from_vec(sum, &[n])?.to_dtype(dtype)
     }
+
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let world = self.world_size();
+        let mine = match (t.device(), gathered_shape(GATHER, t.shape(), world)) {
+            (Device::Cpu, Ok(_)) => t.contiguous().map_err(|e| e.to_string()),
+            (Device::Cpu, Err(e)) => Err(e.to_string()),
+            (d, _) => Err(format!(
+                "the tensor is on {d}; ThreadGroup gathers CPU tensors (Nccl gathers GPU ones)"
+            )),
+        };
+        self.member.agree(GATHER, "all_gather", mine, |all| {
+            check_same_tensors(GATHER, all.iter().map(|t| (t.dtype(), t.shape())))?;
+            Tensor::cat(&all, 0)
+        })
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(ThreadGroup) -> R + Sync) -> Vec<R> {
+    /// Runs `f(comm)` on one thread per rank of a new group of `world`; results in rank order.
+    pub(crate) fn on_ranks<R: Send>(world: usize, f: impl Fn(ThreadGroup) -> R + Sync) -> Vec<R> {
         let comms = ThreadGroup::with_timeout(world, Duration::from_secs(20)).unwrap();
         std::thread::scope(|s| {
             let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         })
+    }
+
+    #[test]
+    fn all_gather_concatenates_every_rank_in_order_or_names_the_odd_rank() {
+        let out = on_ranks(3, |comm| {
+            let r = comm.rank() as i64;
+            let t = Tensor::from_vec(vec![r, 10 * r, 100 * r, -r], &[2, 2]).unwrap();
+            comm.all_gather(&t).unwrap()
+        });
+        for g in &out {
+            assert_eq!(g.shape(), &[6, 2]);
+            let want = [0, 0, 0, 0, 1, 10, 100, -1, 2, 20, 200, -2];
+            assert_eq!(g.to_vec::<i64>().unwrap(), want);
+        }
+        let errs = on_ranks(2, |comm| {
+            let t = Tensor::zeros(&[2, 3 + comm.rank()], DType::F32, Device::Cpu).unwrap();
+            comm.all_gather(&t).unwrap_err().to_string()
+        });
+        for e in &errs {
+            assert!(
+                e.contains(
+                    "rank 1 passes a f32 tensor of shape [2, 4], rank 0 a f32 one of [2, 3]"
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `Dropout`: active only when the context is in train mode; draws its mask from the context's
-//! Philox generator, so a seed fixes every mask of a run.
+//! Philox generator, so a seed fixes every mask of a run (keyed by batch row when the context
+//! computes part of a batch: `Ctx::dropout_rng`).
 
 use crate::module::Ctx;
 use autograd::Var;
@@ -16,7 +17,11 @@ impl Dropout {
     }
 
     pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
-        x.dropout(self.p, ctx.train, &mut ctx.rng)
+        if !ctx.train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let mut rng = ctx.dropout_rng(x.value().elem_count())?;
+        x.dropout(self.p, true, &mut rng)
     }
 
     /// `forward(x) + residual`, fused (`Var::dropout_add`: the same draws and bits).

@@ -4,6 +4,9 @@
 //! bucket comes back as a 1-D tensor of the total length, which callers slice back into the
 //! tensors' shapes (views, no copy).
 //!
+//! [`all_gather`] is the other collective: one tensor per rank, every rank's copied into its slot
+//! of one buffer of `world` slots, which `ncclAllGather` fills in place on every rank.
+//!
 //! This is the hook through which `nn`'s communicators reach NCCL without depending on the `cuda`
 //! crate: they see tensors only, as every other op does.
 
@@ -25,6 +28,17 @@ impl Bucket {
     /// Copies `tensors` (any layout; all of one float dtype and on `comm`'s GPU) one after the
     /// other into a fresh buffer.
     pub fn flatten(comm: &NcclComm, tensors: &[&Tensor]) -> Result<Bucket> {
+        Bucket::flatten_into_slot(comm, tensors, 1, 0)
+    }
+
+    /// Copies `tensors` one after the other into slot `slot` of a fresh buffer of `slots` slots,
+    /// each as long as the tensors together.
+    fn flatten_into_slot(
+        comm: &NcclComm,
+        tensors: &[&Tensor],
+        slots: usize,
+        slot: usize,
+    ) -> Result<Bucket> {
         let gpu = comm.gpu();
         let device = Device::Cuda(gpu.ordinal());
         let Some(first) = tensors.first() else {
@@ -50,8 +64,8 @@ impl Bucket {
         }
         let len: usize = tensors.iter().map(|t| t.elem_count()).sum();
         let buf = float_kernel!(OP, dtype, T => {
-            let mut out = gpu.alloc::<T>(len)?;
-            let mut offset = 0;
+            let mut out = gpu.alloc::<T>(len * slots)?;
+            let mut offset = len * slot;
             for t in tensors {
                 let [s] = operands(OP, [*t])?;
                 let src = strided(s.typed::<T>(OP)?, t.layout());
@@ -61,7 +75,11 @@ impl Bucket {
             }
             wrap(out)
         });
-        Ok(Bucket { buf, len, dtype })
+        Ok(Bucket {
+            buf,
+            len: len * slots,
+            dtype,
+        })
     }
 
     /// Number of elements (the sum of the tensors' element counts).
@@ -89,4 +107,24 @@ impl Bucket {
         }
         Ok(tensor_of(comm.gpu(), self.buf, &[self.len]))
     }
+}
+
+/// Every rank's `t` (contiguous or not; f32, f16 or bf16 on `comm`'s GPU), flattened, in rank
+/// order: a 1-D tensor of `world_size * t.elem_count()` elements, the same on every rank. The
+/// collective is issued on the GPU's stream; nothing waits. Every rank must call this with a
+/// tensor of the same element count and dtype.
+pub fn all_gather(comm: &NcclComm, t: &Tensor) -> Result<Tensor> {
+    let (world, n) = (comm.world_size(), t.elem_count());
+    let mut slots = Bucket::flatten_into_slot(comm, &[t], world, comm.rank())?;
+    match &mut slots.buf {
+        CudaBuf::F32(b) => comm.all_gather(b, 0, n)?,
+        CudaBuf::F16(b) => comm.all_gather(b, 0, n)?,
+        CudaBuf::BF16(b) => comm.all_gather(b, 0, n)?,
+        _ => bail!(
+            "nccl all_gather",
+            "dtype {} cannot be gathered",
+            slots.dtype
+        ),
+    }
+    Ok(tensor_of(comm.gpu(), slots.buf, &[world * n]))
 }
