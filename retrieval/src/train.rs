@@ -42,7 +42,7 @@ use nn::{
 };
 use serde::{Deserialize, Serialize};
 use tensor::profiler::{self, Phase};
-use tensor::{DType, Device, Rng, Tensor};
+use tensor::{Device, Rng, Tensor};
 
 use crate::dense::{DenseModel, PadTo, SpecialIds};
 use crate::formats::JsonlWriter;

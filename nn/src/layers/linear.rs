@@ -168,6 +168,43 @@ impl Module for Linear {
     }
 }
 
+/// The half dtype of an active f16/bf16 autocast when `x` is an f32 GPU tensor.
+fn half_autocast(x: &Var) -> Option<DType> {
+    let half = autograd::autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
+    (x.value().dtype() == DType::F32 && x.value().device() != Device::Cpu).then_some(half)
+}
+
+/// `x [rows, in] W^T + b` (then GELU) under f16/bf16 autocast on a GPU, on the parameters' kept
+/// half copies ([`Param::half`]: no weight cast per forward, the optimizer writes them): `x` cast
+/// once, the product in the half dtype (f32 accumulation), the result back in f32 as autocast
+/// gives it; with `gelu`, the f32 bias and GELU after the product, as `Var::matmul_bias_gelu`
+/// does on a GPU. None when that does not apply (no half autocast, a CPU or non-f32 operand).
+/// `Linear` and the tied MLM decoder use it.
+pub fn half_copy_product(
+    x: &Var,
+    weight: &Param,
+    bias: Option<&Param>,
+    gelu: bool,
+) -> Result<Option<Var>> {
+    let Some(half) = half_autocast(x) else {
+        return Ok(None);
+    };
+    let Some(w) = weight.half(half)? else {
+        return Ok(None);
+    };
+    let (xh, wt) = (x.to_dtype(half)?, w.t()?);
+    let y = match (bias, gelu) {
+        (Some(b), true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.bias_gelu(&b.var())?,
+        (Some(b), false) => match b.half(half)? {
+            Some(bh) => xh.matmul_bias(&wt, &bh)?.to_dtype(DType::F32)?,
+            None => xh.matmul(&wt)?.to_dtype(DType::F32)?.add(&b.var())?,
+        },
+        (None, true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.gelu()?,
+        (None, false) => xh.matmul(&wt)?.to_dtype(DType::F32)?,
+    };
+    Ok(Some(y))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,41 +342,4 @@ mod tests {
             "no f32 W^T copy under bf16"
         );
     }
-}
-
-/// The half dtype of an active f16/bf16 autocast when `x` is an f32 GPU tensor.
-fn half_autocast(x: &Var) -> Option<DType> {
-    let half = autograd::autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
-    (x.value().dtype() == DType::F32 && x.value().device() != Device::Cpu).then_some(half)
-}
-
-/// `x [rows, in] W^T + b` (then GELU) under f16/bf16 autocast on a GPU, on the parameters' kept
-/// half copies ([`Param::half`]: no weight cast per forward, the optimizer writes them): `x` cast
-/// once, the product in the half dtype (f32 accumulation), the result back in f32 as autocast
-/// gives it; with `gelu`, the f32 bias and GELU after the product, as `Var::matmul_bias_gelu`
-/// does on a GPU. None when that does not apply (no half autocast, a CPU or non-f32 operand).
-/// `Linear` and the tied MLM decoder use it.
-pub fn half_copy_product(
-    x: &Var,
-    weight: &Param,
-    bias: Option<&Param>,
-    gelu: bool,
-) -> Result<Option<Var>> {
-    let Some(half) = half_autocast(x) else {
-        return Ok(None);
-    };
-    let Some(w) = weight.half(half)? else {
-        return Ok(None);
-    };
-    let (xh, wt) = (x.to_dtype(half)?, w.t()?);
-    let y = match (bias, gelu) {
-        (Some(b), true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.bias_gelu(&b.var())?,
-        (Some(b), false) => match b.half(half)? {
-            Some(bh) => xh.matmul_bias(&wt, &bh)?.to_dtype(DType::F32)?,
-            None => xh.matmul(&wt)?.to_dtype(DType::F32)?.add(&b.var())?,
-        },
-        (None, true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.gelu()?,
-        (None, false) => xh.matmul(&wt)?.to_dtype(DType::F32)?,
-    };
-    Ok(Some(y))
 }
