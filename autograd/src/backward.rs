@@ -74,6 +74,8 @@ impl Var {
                 ),
             ));
         }
+        // The seed gradient is the backward pass's first op (profiled in its phase).
+        let _phase = tensor::profiler::phase(tensor::profiler::Phase::Backward);
         let seed = Tensor::ones(self.shape(), self.value().dtype(), self.value().device())?;
         self.backward_with(seed)
     }
