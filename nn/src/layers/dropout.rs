@@ -26,6 +26,10 @@ impl Dropout {
 
     /// `forward(x) + residual`, fused (`Var::dropout_add`: the same draws and bits).
     pub fn forward_add(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
-        x.dropout_add(residual, self.p, ctx.train, &mut ctx.rng)
+        if !ctx.train || self.p == 0.0 {
+            return x.add(residual);
+        }
+        let mut rng = ctx.dropout_rng(x.value().elem_count())?;
+        x.dropout_add(residual, self.p, true, &mut rng)
     }
 }
