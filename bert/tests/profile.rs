@@ -141,10 +141,9 @@ fn a_training_step_lands_in_its_modules_and_phases() {
     for r in &bwd {
         assert_eq!(r.phase, Phase::Backward, "{} at {}", r.name, r.start_ns);
     }
-    assert!(bwd
-        .iter()
-        .any(|r| &*r.module == "bert.encoder.layer.1.attention.self"
-            && r.name == "softmax_backward"));
+    assert!(bwd.iter().any(
+        |r| &*r.module == "bert.encoder.layer.1.attention.self" && r.name == "softmax_backward"
+    ));
     // Optimizer: every op after the backward is AdamW's, in `optimizer`.
     let after: Vec<&&Record> = ops.iter().filter(|r| r.start_ns >= opt_start).collect();
     assert!(!after.is_empty());
