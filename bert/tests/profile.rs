@@ -163,22 +163,8 @@ fn a_training_step_lands_in_its_modules_and_phases() {
     );
 }
 
-/// Every slice either encloses or is disjoint from the ones after it (a tree per thread).
 fn assert_nested(recs: &[Record]) {
-    let mut v: Vec<&Record> = recs.iter().collect();
-    v.sort_by_key(|r| (r.start_ns, std::cmp::Reverse(r.dur_ns)));
-    let mut open: Vec<u64> = Vec::new();
-    for r in v {
-        while open.last().is_some_and(|&end| end <= r.start_ns) {
-            open.pop();
-        }
-        if let Some(&end) = open.last() {
-            assert!(
-                r.start_ns + r.dur_ns <= end,
-                "{} overlaps its parent",
-                r.name
-            );
-        }
-        open.push(r.start_ns + r.dur_ns);
+    if let Some(r) = profiler::first_overlap(recs) {
+        panic!("{} overlaps its parent", r.name);
     }
 }

@@ -204,19 +204,7 @@ pub fn layer_norm_backward<T: FloatElem, W: FloatElem>(
                     arg(&pb),
                 ],
             )?;
-            gpu.launch(
-                &LAYER_NORM,
-                &format!("layer_norm_bwd_dwdb_partials_{w}"),
-                Launch::grid_stride(n),
-                &mut [
-                    arg(&pw),
-                    arg(&pb),
-                    arg(&n64),
-                    arg(&blocks32),
-                    arg(&dwa),
-                    arg(&dba),
-                ],
-            )?;
+            sum_partials(gpu, w, n, [pw, pb], blocks32, [dwa, dba])?;
         }
         return Ok(grads);
     }
@@ -273,20 +261,40 @@ pub fn layer_norm_backward<T: FloatElem, W: FloatElem>(
             ],
         )?;
         if splits > 1 {
-            gpu.launch(
-                &LAYER_NORM,
-                &format!("layer_norm_bwd_dwdb_partials_{w}"),
-                Launch::grid_stride(n),
-                &mut [
-                    arg(&pw),
-                    arg(&pb),
-                    arg(&n64),
-                    arg(&splits32),
-                    arg(&dwa),
-                    arg(&dba),
-                ],
-            )?;
+            sum_partials(gpu, w, n, [pw, pb], splits32, [dwa, dba])?;
         }
     }
     Ok(grads)
+}
+
+/// Adds the `splits` f32 partial sums of dw and db (`[splits, n]` each, at `partials`) in order
+/// into `out` = (dw, db) (`layer_norm_bwd_dwdb_partials_<w>`).
+///
+/// # Safety
+/// `partials` address `splits * n` f32 each and `out` `n` elements of dtype `w` each, on `gpu`.
+unsafe fn sum_partials(
+    gpu: &Gpu,
+    w: impl std::fmt::Display,
+    n: usize,
+    partials: [u64; 2],
+    splits: i32,
+    out: [u64; 2],
+) -> Result<()> {
+    let n64 = len_i64("layer_norm_backward", n)?;
+    // SAFETY: the caller's contract; the argument list matches the kernel's.
+    unsafe {
+        gpu.launch(
+            &LAYER_NORM,
+            &format!("layer_norm_bwd_dwdb_partials_{w}"),
+            Launch::grid_stride(n),
+            &mut [
+                arg(&partials[0]),
+                arg(&partials[1]),
+                arg(&n64),
+                arg(&splits),
+                arg(&out[0]),
+                arg(&out[1]),
+            ],
+        )
+    }
 }

@@ -227,3 +227,21 @@ pub(super) fn clear() {
         s.kernels.clear();
     })
 }
+
+/// The first slice of `records` that overlaps the slice enclosing it, if any: slices on one
+/// thread must form a tree (each encloses the later ones or ends before them).
+pub fn first_overlap(records: &[Record]) -> Option<&Record> {
+    let mut v: Vec<&Record> = records.iter().collect();
+    v.sort_by_key(|r| (r.start_ns, std::cmp::Reverse(r.dur_ns)));
+    let mut open: Vec<u64> = Vec::new(); // end times of the enclosing slices
+    for r in v {
+        while open.last().is_some_and(|&end| end <= r.start_ns) {
+            open.pop();
+        }
+        if open.last().is_some_and(|&end| r.start_ns + r.dur_ns > end) {
+            return Some(r);
+        }
+        open.push(r.start_ns + r.dur_ns);
+    }
+    None
+}

@@ -56,23 +56,9 @@ fn ops_land_in_their_module_and_phase_with_flops_from_shapes() {
     assert_eq!(modules, ["bert.encoder.layer.0", "bert"]);
 }
 
-/// Every slice on a thread either encloses or is disjoint from the next ones (a proper tree).
 fn assert_nested(recs: &[Record]) {
-    let mut v: Vec<&Record> = recs.iter().collect();
-    v.sort_by_key(|r| (r.start_ns, std::cmp::Reverse(r.dur_ns)));
-    let mut open: Vec<u64> = Vec::new(); // end times of the enclosing slices
-    for r in v {
-        while open.last().is_some_and(|&end| end <= r.start_ns) {
-            open.pop();
-        }
-        if let Some(&end) = open.last() {
-            assert!(
-                r.start_ns + r.dur_ns <= end,
-                "{} overlaps its parent",
-                r.name
-            );
-        }
-        open.push(r.start_ns + r.dur_ns);
+    if let Some(r) = first_overlap(recs) {
+        panic!("{} overlaps its parent", r.name);
     }
 }
 
