@@ -444,11 +444,10 @@ fn token_store_and_jsonl_train_alike() {
 
 /// `--bf16 --device cpu` (products in the CPU's bf16 GEMM, f32 master weights and AdamW) logs a
 /// loss curve that tracks f32's step by step: 20 steps at a learning rate high enough that the
-/// losses fall by more than the tolerance, each of the three losses within 2% of f32's at every
-/// step (bf16's 2^-9 rounding of every product, compounded through 20 updates), and not equal to
-/// f32's (the products did run in bf16).
+/// losses fall by more than 5 tolerances, each of the three losses within 0.2% of f32's at every
+/// step (bf16's 2^-9 rounding of every product operand, compounded through 20 updates; measured
+/// 7e-5 at worst on 2026-12-05), and not equal to f32's (the products did run in bf16).
 #[test]
-#[ignore = "not yet run once (its build did not finish before the session's deadline): run with --ignored, then drop this"]
 fn cpu_bf16_run_tracks_the_f32_losses() {
     let fx = fixture("bf16", 60);
     let flags = [
@@ -457,7 +456,7 @@ fn cpu_bf16_run_tracks_the_f32_losses() {
         "--per_device_train_batch_size",
         "8",
         "--learning_rate",
-        "2e-3",
+        "1e-2",
         "--logging_steps",
         "1",
         "--save_steps",
@@ -475,7 +474,7 @@ fn cpu_bf16_run_tracks_the_f32_losses() {
     let f32_run = run("f32", &[]);
     let bf16_run = run("bf16", &["--device", "cpu", "--bf16"]);
     assert_eq!((f32_run.len(), bf16_run.len()), (20, 20));
-    const TOL: f64 = 2e-2;
+    const TOL: f64 = 2e-3;
     let (first, last) = (f32_run[0][0], f32_run[19][0]);
     assert!(
         last < first * (1.0 - 5.0 * TOL),
