@@ -5,6 +5,8 @@
 //! - [`SingleProcess`]: world size 1, every collective is the identity;
 //! - [`ThreadGroup`]: replicas on the CPU, threads of one process, summing through shared memory
 //!   in a fixed order (deterministic; for tests and multi-replica CPU runs);
+//! - [`TcpGroup`]: replicas on the CPU in separate processes (or machines), exchanging through
+//!   the TCP store rank 0 serves ([`store`]); the same sums as `ThreadGroup`, bit for bit;
 //! - `Nccl` (feature `cuda`): one GPU per replica, threads of one process, NCCL all-reduce on each
 //!   GPU's stream.
 //!
@@ -12,7 +14,11 @@
 //! shapes and dtypes; a rank that does not (a different shape, a thread that failed, a timeout) is
 //! reported by name on every rank instead of hanging.
 
+pub mod env;
+pub mod host;
 mod rendezvous;
+pub mod store;
+mod tcp_group;
 mod thread_group;
 
 #[cfg(feature = "cuda")]
@@ -20,6 +26,8 @@ mod nccl;
 
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
+pub use env::DistEnv;
+pub use tcp_group::TcpGroup;
 pub use thread_group::ThreadGroup;
 
 use tensor::{bail, Result, Tensor};
