@@ -29,15 +29,33 @@
 //! gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (no
 //! AdamW update, no schedule step; it still counts as a step, as in the HF Trainer). The scaler's
 //! state is saved in `trainer_state.json`.
+//!
+//! Gradient accumulation and data parallel ([`train_on`] with a communicator of `world` ranks):
+//! one optimizer step takes a global batch of `per_device_train_batch_size x world x
+//! gradient_accumulation_steps` examples of the epoch's order, cut into `accumulation`
+//! consecutive global micro-batches of `per_device x world`; rank `r` takes examples
+//! `r*m/world .. (r+1)*m/world` of each (`m` its size; the epoch's last batch may be short or
+//! uneven). The contrastive loss of a rank's micro-batch scores its queries against its own
+//! passages (in-batch negatives are per rank, as Tevatron's without `--negatives_x_device`), is
+//! weighted by `world * local queries / micro-batch queries / micro-batches` and backpropagated;
+//! the summed gradients are averaged over ranks (`nn::all_reduce_grads`), then clipped, unscaled
+//! and applied identically on every rank. So N ranks of batch `b` train exactly as one rank of
+//! batch `b` with N accumulation steps. Rank 0 alone logs and writes checkpoints, after a
+//! collective in which every rank agrees (before the rename). Dropout: rank `r` draws under its
+//! own key and continues from rank 0's position after each step (what a checkpoint records).
+//! `trainer_state.json` records the world size; resuming under another one warns and continues
+//! from the first batch boundary at or after the example reached.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use autograd::Var;
+use autograd::{Gradients, Var};
+use nn::comm::host::{all_ok, from_rank0, rank_rng, sum_f64};
 use nn::loss_scale::LossScalerState;
 use nn::{
-    step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx, LossScaler,
-    LrSchedule, Module, Precision, StepDecision,
+    all_reduce_grads, step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig,
+    AdamWVariant, Communicator, Ctx, LossScaler, LrSchedule, Module, Precision, SingleProcess,
+    StepDecision,
 };
 use serde::{Deserialize, Serialize};
 use tensor::{DType, Device, Rng, Tensor};
@@ -65,6 +83,8 @@ pub struct TrainConfig {
     /// A JSON-lines file of training examples or a directory of them.
     pub train_dir: PathBuf,
     pub per_device_train_batch_size: usize,
+    /// Micro-batches per optimizer step (module docs).
+    pub gradient_accumulation_steps: usize,
     pub train_n_passages: usize,
     pub q_max_len: usize,
     pub p_max_len: usize,
@@ -76,6 +96,8 @@ pub struct TrainConfig {
     /// Warmup length in steps; overrides `warmup_ratio` when positive.
     pub warmup_steps: u64,
     pub weight_decay: f64,
+    /// AdamW's epsilon (HF's `adam_epsilon`).
+    pub adam_epsilon: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     pub max_grad_norm: f64,
     /// 0: no logging.
@@ -107,6 +129,7 @@ impl Default for TrainConfig {
             output_dir: PathBuf::new(),
             train_dir: PathBuf::new(),
             per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
             train_n_passages: 16,
             q_max_len: 32,
             p_max_len: 128,
@@ -116,6 +139,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.1,
             warmup_steps: 0,
             weight_decay: 0.0,
+            adam_epsilon: 1e-8,
             max_grad_norm: 1.0,
             logging_steps: 500,
             save_steps: 500,
@@ -152,6 +176,22 @@ struct DataKey {
     per_device_train_batch_size: usize,
     train_n_passages: usize,
     num_examples: usize,
+    #[serde(default = "one")]
+    gradient_accumulation_steps: usize,
+    /// Data-parallel ranks (may change on resume, with a warning).
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl DataKey {
+    /// Examples per optimizer step.
+    fn global_batch(&self) -> usize {
+        self.per_device_train_batch_size * self.world_size * self.gradient_accumulation_steps
+    }
 }
 
 /// `trainer_state.json`.
@@ -220,6 +260,9 @@ fn check_config(c: &TrainConfig) -> Result<()> {
     if c.per_device_train_batch_size == 0 {
         return bad("per_device_train_batch_size must be at least 1");
     }
+    if c.gradient_accumulation_steps == 0 {
+        return bad("gradient_accumulation_steps must be at least 1");
+    }
     if c.train_n_passages == 0 {
         return bad("train_n_passages must be at least 1");
     }
@@ -244,9 +287,10 @@ fn check_config(c: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// How long the run is: `(total steps, epochs, steps per epoch)` for `n` examples.
-fn plan(cfg: &TrainConfig, n: usize) -> (u64, u64, u64) {
-    let steps_per_epoch = n.div_ceil(cfg.per_device_train_batch_size) as u64;
+/// How long the run is: `(total steps, epochs, steps per epoch)` for `n` examples in global
+/// batches of `global`.
+fn plan(cfg: &TrainConfig, n: usize, global: usize) -> (u64, u64, u64) {
+    let steps_per_epoch = n.div_ceil(global) as u64;
     match cfg.max_steps {
         Some(m) if m > 0 => (m, m.div_ceil(steps_per_epoch), steps_per_epoch),
         _ => (
@@ -264,8 +308,14 @@ struct StepStats {
     lr: f64,
 }
 
+/// Rank `rank`'s examples of a global micro-batch of `m` over `world` ranks (possibly empty).
+fn shard(m: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    m * rank / world..m * (rank + 1) / world
+}
+
 /// The training run's mutable parts, saved in a checkpoint.
-struct Run {
+struct Run<'c> {
+    comm: &'c dyn Communicator,
     model: DenseModel,
     tokenizer: bert::Tokenizer,
     params: Vec<(String, nn::Param)>,
@@ -277,10 +327,15 @@ struct Run {
     scaler: LossScaler,
 }
 
-impl Run {
+impl<'c> Run<'c> {
     /// The model, tokenizer, optimizer and state at the start: fresh from
     /// `model_name_or_path`, or as saved in `resume_from_checkpoint`.
-    fn start(cfg: &TrainConfig, data: DataKey, total: u64) -> Result<Run> {
+    fn start(
+        cfg: &TrainConfig,
+        data: DataKey,
+        total: u64,
+        comm: &'c dyn Communicator,
+    ) -> Result<Run<'c>> {
         let resume = cfg.resume_from_checkpoint.as_deref();
         let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
         let (model, report) = DenseModel::from_pretrained(model_dir)?;
@@ -296,6 +351,7 @@ impl Run {
         let mut opt = AdamW::new(AdamWConfig {
             lr: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
+            eps: cfg.adam_epsilon,
             variant: AdamWVariant::Hf,
             ..AdamWConfig::default()
         })?;
@@ -314,7 +370,26 @@ impl Run {
                 loss_scaler: None,
             },
             Some(ckpt) => {
-                let saved = read_state(ckpt)?;
+                let mut saved = read_state(ckpt)?;
+                let old = saved.data.clone();
+                if old.world_size != data.world_size {
+                    // Continue at the first batch boundary at or after the example reached.
+                    let done = saved.step_in_epoch as usize * old.global_batch();
+                    saved.step_in_epoch = done.div_ceil(data.global_batch()) as u64;
+                    if comm.rank() == 0 {
+                        eprintln!(
+                            "warning: {} was written by {} ranks, this run has {}: the global \
+                             batch is now {} examples, the epoch continues at example {} (was \
+                             {done}) and dropout draws differ",
+                            ckpt.display(),
+                            old.world_size,
+                            data.world_size,
+                            data.global_batch(),
+                            saved.step_in_epoch as usize * data.global_batch()
+                        );
+                    }
+                    saved.data.world_size = data.world_size;
+                }
                 if saved.data != data {
                     return Err(Error::format(
                         &ckpt.join(TRAINER_STATE_FILE),
@@ -336,10 +411,13 @@ impl Run {
         };
         let ctx = Ctx {
             train: true,
-            rng: Rng {
-                seed: state.dropout_seed,
-                offset: state.dropout_offset,
-            },
+            rng: rank_rng(
+                Rng {
+                    seed: state.dropout_seed,
+                    offset: state.dropout_offset,
+                },
+                comm.rank(),
+            ),
         };
         nn::module::to_device(&model.encoder, cfg.device)?;
         let mut scaler = cfg.precision.loss_scaler()?;
@@ -347,6 +425,7 @@ impl Run {
             scaler.load_state_dict(saved)?;
         }
         Ok(Run {
+            comm,
             params: model.encoder.named_params(),
             model,
             tokenizer,
@@ -359,8 +438,9 @@ impl Run {
         })
     }
 
-    /// Forward, backward, unscaling and clipping, AdamW, schedule (module docs).
-    fn step(&mut self, batch: &TrainBatch, max_grad_norm: f64) -> Result<StepStats> {
+    /// The loss and the gradients of this rank's micro-batch, the loss multiplied by `weight`
+    /// (and by the loss scale) before backward; returns the unweighted loss.
+    fn micro_batch(&mut self, batch: &TrainBatch, weight: f64) -> Result<(f64, Gradients)> {
         let (query, passages) = (
             batch.query.to_device(self.device)?,
             batch.passages.to_device(self.device)?,
@@ -369,13 +449,47 @@ impl Run {
             .precision
             .autocast(|| self.model.forward(&query, &passages, &mut self.ctx))?;
         let loss = out.loss.value().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let scale = self.scaler.scale();
-        let mut grads = if scale != 1.0 {
-            out.loss.mul_scalar(scale as f64)?.backward()?
+        let factor = self.scaler.scale() as f64 * weight;
+        let grads = if factor != 1.0 {
+            out.loss.mul_scalar(factor)?.backward()?
         } else {
             out.loss.backward()?
         };
-        drop(out);
+        Ok((loss, grads))
+    }
+
+    /// This rank's micro-batches of one global batch (`micro[k]`: its shard of global
+    /// micro-batch `k` and that micro-batch's size), their gradients summed and averaged over
+    /// the ranks, unscaling and clipping, AdamW, schedule (module docs).
+    fn step(
+        &mut self,
+        micro: &[(Option<TrainBatch>, usize)],
+        max_grad_norm: f64,
+    ) -> Result<StepStats> {
+        let world = self.comm.world_size();
+        let non_empty = micro.iter().filter(|(_, m)| *m > 0).count().max(1);
+        let mut local_loss = 0f64;
+        let mut grads = Gradients::default();
+        for (batch, m) in micro {
+            let Some(batch) = batch else { continue };
+            let q = batch.query.input_ids.shape()[0];
+            // With one rank and one micro-batch the weight is exactly 1.
+            let weight = (world * q) as f64 / (*m * non_empty) as f64;
+            let (loss, g) = self.micro_batch(batch, weight)?;
+            local_loss += loss * weight / world as f64;
+            for (_, p) in &self.params {
+                let v = p.var();
+                if let Some(g) = g.get(&v) {
+                    let sum = match grads.remove(&v) {
+                        None => g.clone(),
+                        Some(acc) => acc.add(g)?,
+                    };
+                    grads.insert(&v, sum);
+                }
+            }
+        }
+        let loss = sum_f64(self.comm, &[local_loss])?[0];
+        all_reduce_grads(self.comm, &self.params, &mut grads)?;
         // Take the gradients out to clip them in place, then hand them back to the optimizer.
         let mut taken: Vec<(Var, Tensor)> = Vec::new();
         for (_, p) in &self.params {
@@ -413,11 +527,37 @@ impl Run {
         })
     }
 
-    fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
-        self.state.dropout_seed = self.ctx.rng.seed;
+    /// Every rank continues from rank 0's dropout position (module docs).
+    fn sync_dropout(&mut self) -> Result<()> {
+        self.ctx.rng.offset = from_rank0(self.comm, vec![self.ctx.rng.offset])?[0];
         self.state.dropout_offset = self.ctx.rng.offset;
+        Ok(())
+    }
+
+    /// Rank 0 writes the checkpoint; every rank agrees before it is renamed into place.
+    fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<Option<PathBuf>> {
+        let what = format!("saving {CHECKPOINT_PREFIX}{}", self.state.global_step);
+        if self.comm.rank() != 0 {
+            all_ok(self.comm, &what, Ok(()))?;
+            return Ok(None);
+        }
+        let written = self.write_checkpoint(cfg);
+        let status = written
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| tensor::Error::op("train-retriever", e.to_string()));
+        if let Err(e) = all_ok(self.comm, &what, status) {
+            if let Ok(tmp) = &written {
+                let _ = std::fs::remove_dir_all(tmp);
+            }
+            return Err(written.err().unwrap_or(e.into()));
+        }
+        self.rename_checkpoint(cfg, written?).map(Some)
+    }
+
+    /// The checkpoint's files, in a temporary directory (returned).
+    fn write_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
         let name = format!("{CHECKPOINT_PREFIX}{}", self.state.global_step);
-        let dir = cfg.output_dir.join(&name);
         let tmp = cfg
             .output_dir
             .join(format!(".tmp-{name}-{}", std::process::id()));
@@ -433,6 +573,14 @@ impl Run {
         std::fs::File::create(&state_path)
             .and_then(|mut f| f.write_all(state.as_bytes()).and_then(|_| f.sync_all()))
             .map_err(|e| Error::io(&state_path, e))?;
+        Ok(tmp)
+    }
+
+    /// Renames the temporary directory `tmp` to `checkpoint-N` and rotates old checkpoints.
+    fn rename_checkpoint(&mut self, cfg: &TrainConfig, tmp: PathBuf) -> Result<PathBuf> {
+        let dir = cfg
+            .output_dir
+            .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
@@ -467,9 +615,13 @@ fn open_log(path: &Path, history: &[LogEntry]) -> Result<std::fs::File> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Fine-tunes (or resumes fine-tuning) as the module docs describe.
+/// Fine-tunes (or resumes fine-tuning) in this process alone, as the module docs describe.
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
-    check_config(cfg)?;
+    train_on(cfg, &SingleProcess)
+}
+
+/// Rank 0's check and creation of the output directory.
+fn prepare_output_dir(cfg: &TrainConfig) -> Result<()> {
     let out = &cfg.output_dir;
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
@@ -479,7 +631,27 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))
+}
+
+/// Fine-tunes as rank `comm.rank()` of `comm.world_size()` data-parallel replicas (module docs);
+/// every rank calls it with the same configuration. Rank 0's report holds the log; the other
+/// ranks' report the same steps with an empty log.
+pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainReport> {
+    check_config(cfg)?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let out = &cfg.output_dir;
+    let prepared = match rank {
+        0 => prepare_output_dir(cfg),
+        _ => Ok(()),
+    };
+    let status = prepared
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| tensor::Error::op("train-retriever", e.to_string()));
+    if let Err(e) = all_ok(comm, "preparing the output directory", status) {
+        return Err(prepared.err().unwrap_or(e.into()));
+    }
 
     let data = TrainDataset::open(&cfg.train_dir)?;
     if data.is_empty() {
@@ -489,17 +661,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         )));
     }
     let n = data.len();
-    let (total, epochs, steps_per_epoch) = plan(cfg, n);
-    if total == 0 {
-        return Err(Error::Config("nothing to train: 0 steps".into()));
-    }
     let key = DataKey {
         seed: cfg.seed,
         per_device_train_batch_size: cfg.per_device_train_batch_size,
         train_n_passages: cfg.train_n_passages,
         num_examples: n,
+        gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+        world_size: world,
     };
-    let mut run = Run::start(cfg, key, total)?;
+    let (global, micro) = (key.global_batch(), cfg.per_device_train_batch_size * world);
+    let (total, epochs, steps_per_epoch) = plan(cfg, n, global);
+    if total == 0 {
+        return Err(Error::Config("nothing to train: 0 steps".into()));
+    }
+    let mut run = Run::start(cfg, key, total, comm)?;
     let mc = &run.model.encoder.config;
     if cfg.q_max_len.max(cfg.p_max_len) > mc.max_position_embeddings {
         return Err(Error::Config(format!(
@@ -517,10 +692,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         pad_to: cfg.pad_to,
     };
     let log_path = out.join(LOG_FILE);
-    let mut log_file = open_log(&log_path, &run.state.log_history)?;
+    let mut log_file = match rank {
+        0 => Some(open_log(&log_path, &run.state.log_history)?),
+        _ => None,
+    };
     let bar = crate::progress_bar(
         total,
-        cfg.verbose,
+        cfg.verbose && rank == 0,
         "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}",
     );
     bar.set_position(run.state.global_step);
@@ -529,13 +707,24 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
 
     'epochs: while run.state.epoch < epochs {
         let order = epoch_order(n, cfg.seed, run.state.epoch);
-        let batches: Vec<&[usize]> = order.chunks(cfg.per_device_train_batch_size).collect();
+        let batches: Vec<&[usize]> = order.chunks(global).collect();
         while let Some(&indices) = batches.get(run.state.step_in_epoch as usize) {
             if run.state.global_step >= total {
                 break 'epochs;
             }
-            let batch = data.batch(indices, run.state.epoch, &bcfg)?;
-            let stats = run.step(&batch, cfg.max_grad_norm)?;
+            let mut shards = Vec::with_capacity(cfg.gradient_accumulation_steps);
+            for k in 0..cfg.gradient_accumulation_steps {
+                let m =
+                    &indices[(k * micro).min(indices.len())..((k + 1) * micro).min(indices.len())];
+                let mine = &m[shard(m.len(), rank, world)];
+                let batch = match mine.is_empty() {
+                    true => None,
+                    false => Some(data.batch(mine, run.state.epoch, &bcfg)?),
+                };
+                shards.push((batch, m.len()));
+            }
+            let stats = run.step(&shards, cfg.max_grad_norm)?;
+            run.sync_dropout()?;
             (window_loss, window_steps) = (window_loss + stats.loss, window_steps + 1);
             bar.inc(1);
             let step = run.state.global_step;
@@ -550,28 +739,39 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
                 };
                 (window_loss, window_steps) = (0.0, 0);
                 let line = serde_json::to_string(&entry).expect("a LogEntry serialises") + "\n";
-                log_file
-                    .write_all(line.as_bytes())
-                    .and_then(|_| log_file.flush())
-                    .map_err(|e| Error::io(&log_path, e))?;
+                if let Some(f) = log_file.as_mut() {
+                    f.write_all(line.as_bytes())
+                        .and_then(|_| f.flush())
+                        .map_err(|e| Error::io(&log_path, e))?;
+                }
                 bar.set_message(format!(
                     "loss {:.4} lr {:.3e}",
                     entry.loss, entry.learning_rate
                 ));
-                if cfg.verbose && bar.is_hidden() {
+                if cfg.verbose && bar.is_hidden() && rank == 0 {
                     eprint!("{line}");
                 }
                 run.state.log_history.push(entry);
             }
             if cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps) {
-                written.push(run.save_checkpoint(cfg)?);
+                written.extend(run.save_checkpoint(cfg)?);
             }
         }
         run.state.epoch += 1;
         run.state.step_in_epoch = 0;
     }
     bar.finish_and_clear();
-    run.model.save_pretrained(out, Some(&run.tokenizer))?;
+    let saved = match rank {
+        0 => run
+            .model
+            .save_pretrained(out, Some(&run.tokenizer))
+            .map_err(|e| tensor::Error::op("train-retriever", e.to_string())),
+        _ => Ok(()),
+    };
+    all_ok(comm, "writing the final model", saved)?;
+    if rank != 0 {
+        run.state.log_history.clear();
+    }
     Ok(TrainReport {
         global_step: run.state.global_step,
         total_steps: total,

@@ -4,7 +4,16 @@ use super::CliResult;
 pub use crate::trainer::PretrainArgs;
 
 pub fn run(args: PretrainArgs) -> CliResult {
-    let summary = crate::trainer::pretrain(&args)?;
+    let gpu = !args.training.compute.parse()?.0.is_cpu();
+    let ran = crate::launch::run_as_role(&args.training.launch, gpu, |comm, _| {
+        crate::trainer::pretrain_on(&args, comm)
+    })?;
+    let Some(summary) = ran else {
+        return Ok(()); // the launcher: every rank finished
+    };
+    if nn::comm::DistEnv::from_env()?.is_some_and(|e| e.rank != 0) {
+        return Ok(()); // rank 0 reports the run
+    }
     eprintln!(
         "pretrain: {} steps, train_loss {:.4}, {:.1} s; the encoder is in {}",
         summary.global_step,

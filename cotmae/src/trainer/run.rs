@@ -11,12 +11,28 @@
 //!
 //! The final `output_dir` holds the encoder as an HF `BertForMaskedLM` directory, the head as
 //! `c_head.safetensors`, `training_args.json` and `trainer_state.json`.
+//!
+//! Data parallel ([`pretrain_on`] with a communicator of `world` ranks, one replica each): the
+//! sampler cuts the document order into global micro-batches of `world x
+//! per_device_train_batch_size` documents, which every rank collates whole (the same crops and
+//! masks whatever the world size) and shards ([`super::step`]); the global batch of an optimizer
+//! step is `per_device x world x gradient_accumulation_steps`. Rank 0 alone prepares
+//! `output_dir`, logs and writes checkpoints; every rank joins a collective before a checkpoint
+//! is renamed into place, so a checkpoint exists only when every rank finished its step. Dropout:
+//! rank `r` draws from the run's dropout stream under its own key (rank 0's is the one-process
+//! key), and every rank continues from rank 0's position after each step, so a checkpoint (which
+//! records rank 0's) resumes every rank exactly. Dropout masks therefore depend on the world
+//! size; everything else does not. `trainer_state.json` records the world size; resuming with
+//! another one continues (the data position is in documents) with a warning.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bert::{BertConfig, BertForMaskedLM, Tokenizer};
-use nn::{warmup_steps, AdamW, Ctx, LrSchedule, Precision, ScheduleKind};
+use nn::comm::host::{all_ok, from_rank0, rank_rng};
+use nn::{
+    warmup_steps, AdamW, Communicator, Ctx, LrSchedule, Precision, ScheduleKind, SingleProcess,
+};
 use tensor::Rng;
 
 use super::args::PretrainArgs;
@@ -65,7 +81,28 @@ fn prepare_output_dir(args: &PretrainArgs) -> Result<Option<PathBuf>> {
             eprintln!("removed {}: an incomplete checkpoint", stale.display());
         }
     }
-    let resume = match t.resume_from_checkpoint.as_deref() {
+    let resume = resolve_resume(args)?;
+    if resume.is_none() && non_empty(out)? {
+        if !t.overwrite_output_dir {
+            return Err(Error::Config(format!(
+                "output directory {} already exists and is not empty; use --overwrite_output_dir \
+                 to write into it, or --resume_from_checkpoint latest to continue its run",
+                out.display()
+            )));
+        }
+        for (_, dir) in list_checkpoints(out)? {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    Ok(resume)
+}
+
+/// The checkpoint `--resume_from_checkpoint` names (`latest`: the highest in `output_dir`).
+fn resolve_resume(args: &PretrainArgs) -> Result<Option<PathBuf>> {
+    let t = &args.training;
+    let out = &t.output_dir;
+    Ok(match t.resume_from_checkpoint.as_deref() {
         None => None,
         Some("latest") => Some(latest_checkpoint(out)?.ok_or_else(|| {
             Error::Config(format!(
@@ -85,21 +122,7 @@ fn prepare_output_dir(args: &PretrainArgs) -> Result<Option<PathBuf>> {
             }
             Some(p)
         }
-    };
-    if resume.is_none() && non_empty(out)? {
-        if !t.overwrite_output_dir {
-            return Err(Error::Config(format!(
-                "output directory {} already exists and is not empty; use --overwrite_output_dir \
-                 to write into it, or --resume_from_checkpoint latest to continue its run",
-                out.display()
-            )));
-        }
-        for (_, dir) in list_checkpoints(out)? {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    Ok(resume)
+    })
 }
 
 /// A fresh model: pretrained encoder or random one from a config, plus a new head; the random
@@ -186,16 +209,41 @@ fn warn_differences(args: &PretrainArgs, checkpoint: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cotmae pretrain` (module doc).
+/// Runs `cotmae pretrain` in this process alone (module doc).
 pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
+    pretrain_on(args, &SingleProcess)
+}
+
+/// Runs `cotmae pretrain` as rank `comm.rank()` of `comm.world_size()` data-parallel replicas
+/// (module doc); every rank calls it with the same arguments. The summary's `train_loss` is the
+/// global one on every rank.
+pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<TrainSummary> {
     args.validate()?;
+    let (rank, world) = (comm.rank(), comm.world_size());
     let t = &args.training;
     let (device, precision) = t.compute.open()?;
     let out = t.output_dir.clone();
-    let resume = prepare_output_dir(args)?;
+    // Rank 0 prepares the output directory; the others look for the checkpoint once it is done.
+    let prepared = if rank == 0 {
+        prepare_output_dir(args)
+    } else {
+        Ok(None)
+    };
+    let status = prepared.as_ref().map(|_| ()).map_err(to_tensor);
+    if let Err(e) = all_ok(comm, "preparing the output directory", status) {
+        return Err(prepared.err().unwrap_or(e.into()));
+    }
+    let resume = match rank {
+        0 => prepared?,
+        _ => resolve_resume(args)?,
+    };
     let tokenizer = Tokenizer::from_dir(args.model.tokenizer_dir()?)?;
     let data = TrainData::open(&args.data.train_path)?;
-    let sampler = RandomSampler::new(t.seed, data.num_docs(), t.per_device_train_batch_size);
+    let sampler = RandomSampler::new(
+        t.seed,
+        data.num_docs(),
+        t.per_device_train_batch_size * world,
+    );
     let max_steps = resolve_max_steps(args, &sampler);
 
     let mut collator = CotMaeCollator::new(&tokenizer, args.data.collator_config()?, t.seed)?;
@@ -213,6 +261,15 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
             let mut state = TrainerState::load(dir)?;
             if let Some(ld) = &t.logging_dir {
                 state.logging_dir = ld.clone();
+            }
+            if state.world_size != world as u64 && rank == 0 {
+                eprintln!(
+                    "warning: the checkpoint was written by {} ranks, this run has {world}: the \
+                     global batch is now {} documents per micro-batch, and dropout draws \
+                     differ; the run continues from the same document",
+                    state.world_size,
+                    t.per_device_train_batch_size * world
+                );
             }
             (model, state)
         }
@@ -238,7 +295,11 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     };
     check_model_fits(model.config(), &tokenizer, args.data.max_seq_length)?;
     nn::module::to_device(&model, device)?;
-    let mut state = TrainerState { max_steps, ..state };
+    let mut state = TrainerState {
+        max_steps,
+        world_size: world as u64,
+        ..state
+    };
     let mut sched = schedule(args, max_steps);
     sched.step = state.global_step - state.skipped_steps.min(state.global_step);
     let mut scaler = precision.loss_scaler()?;
@@ -256,27 +317,47 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     )?;
     let mut ctx = Ctx {
         train: true,
-        rng: state.dropout_rng.into(),
+        rng: rank_rng(state.dropout_rng.into(), rank),
     };
-    let mut log = MetricsLog::open(&out, &state.logging_dir, resumed_at, max_steps)?;
+    let mut log = match rank {
+        0 => Some(MetricsLog::open(
+            &out,
+            &state.logging_dir,
+            resumed_at,
+            max_steps,
+        )?),
+        _ => None,
+    };
+    let println = |log: &mut Option<MetricsLog>, line: &str| {
+        if let Some(log) = log {
+            log.println(line)
+        }
+    };
     let training_args = args.to_json();
     let params = unique_params(&model);
     let batch = t.per_device_train_batch_size;
     let ga = t.gradient_accumulation_steps;
-    log.println(&format!(
+    let tensorboard = log
+        .as_ref()
+        .map_or(PathBuf::new(), |l| l.tensorboard_file().to_path_buf());
+    println(
+        &mut log,
+        &format!(
         "***** Running training *****\n  Num examples = {}\n  Num parameters = {}\n  Batch size \
-         (documents) = {batch}, gradient accumulation steps = {ga}, total = {}\n  Total \
+         (documents) = {batch} per rank x {world} ranks, gradient accumulation steps = {ga}, \
+         total = {}\n  Total \
          optimization steps = {max_steps} (warmup {}), starting after step {}\n  Device: {device}, \
          precision: {}\n  Output: {}, TensorBoard: {}",
         data.describe(),
         nn::Module::num_params(&model),
-        batch * ga,
+        batch * world * ga,
         sched.warmup_steps,
         state.global_step,
         precision.flag().map_or("f32", |f| &f[2..]),
         out.display(),
-        log.tensorboard_file().display(),
-    ));
+        tensorboard.display(),
+    ),
+    );
 
     let mut o = Optimization {
         opt,
@@ -301,27 +382,36 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                 next,
                 &mut o,
                 state.global_step + 1,
+                comm,
             )?;
             state.global_step += 1;
             if s.skipped {
                 state.skipped_steps += 1;
-                log.println(&format!(
-                    "step {}: fp16 gradients overflowed; step skipped, loss scale now {}",
-                    state.global_step,
-                    o.scaler.scale()
-                ));
+                println(
+                    &mut log,
+                    &format!(
+                        "step {}: fp16 gradients overflowed; step skipped, loss scale now {}",
+                        state.global_step,
+                        o.scaler.scale()
+                    ),
+                );
             }
             if precision == Precision::F16 {
                 state.loss_scaler = Some(o.scaler.state_dict());
             }
             state.loader = s.loader;
-            state.dropout_rng = ctx.rng.into();
+            // Every rank continues from rank 0's dropout position (module doc).
+            let offset = from_rank0(comm, vec![ctx.rng.offset])?[0];
+            ctx.rng.offset = offset;
+            state.dropout_rng.offset = offset;
             state.since_log.add(&s.sums);
             state.total.add(&s.sums);
             run_sums.add(&s.sums);
-            log.progress(state.global_step);
             let step = state.global_step;
-            if step.is_multiple_of(t.logging_steps) {
+            if let Some(log) = log.as_mut() {
+                log.progress(step);
+            }
+            if let (Some(log), true) = (log.as_mut(), step.is_multiple_of(t.logging_steps)) {
                 let secs = interval.elapsed().as_secs_f64().max(1e-9);
                 let (loss, enc, head) = state.since_log.means();
                 let mut values = vec![("loss", loss), ("encoder_mlm_loss", enc)];
@@ -342,23 +432,31 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                 interval = Instant::now();
             }
             if step.is_multiple_of(t.save_steps) {
-                let ck = Checkpoint {
-                    model: &model,
-                    tokenizer: &tokenizer,
-                    optimizer: &o.opt,
-                    state: &state,
-                    training_args: &training_args,
-                };
-                let dir = save_checkpoint(&out, &ck)?;
-                log.println(&format!("saved {}", dir.display()));
-                for old in rotate(&out, t.save_total_limit)? {
-                    log.println(&format!("removed {} (save_total_limit)", old.display()));
+                let what = format!("saving checkpoint-{step}");
+                if let Some(log) = log.as_mut() {
+                    let ck = Checkpoint {
+                        model: &model,
+                        tokenizer: &tokenizer,
+                        optimizer: &o.opt,
+                        state: &state,
+                        training_args: &training_args,
+                    };
+                    let dir = save_checkpoint(&out, &ck, &mut |written| {
+                        Ok(all_ok(comm, &what, written.map_err(|e| to_tensor(&e)))?)
+                    })?;
+                    log.println(&format!("saved {}", dir.display()));
+                    for old in rotate(&out, t.save_total_limit)? {
+                        log.println(&format!("removed {} (save_total_limit)", old.display()));
+                    }
+                } else {
+                    all_ok(comm, &what, Ok(()))?;
                 }
             }
             if t.debug_hang_after_step == Some(step) {
-                log.println(&format!(
-                    "debug_hang_after_step: step {step} is done; waiting to be killed"
-                ));
+                println(
+                    &mut log,
+                    &format!("debug_hang_after_step: step {step} is done; waiting to be killed"),
+                );
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
@@ -376,7 +474,19 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         state: &state,
         training_args: &training_args,
     };
-    write_run_files(&out, &ck)?;
+    let written = match rank {
+        0 => write_run_files(&out, &ck).map_err(|e| to_tensor(&e)),
+        _ => Ok(()),
+    };
+    all_ok(comm, "writing the final model", written)?;
+    let Some(mut log) = log else {
+        return Ok(TrainSummary {
+            global_step: state.global_step,
+            train_loss,
+            train_runtime: runtime,
+            output_dir: out,
+        });
+    };
     log.log(
         state.global_step,
         &[
@@ -404,4 +514,9 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         train_runtime: runtime,
         output_dir: out,
     })
+}
+
+/// A trainer error as a communicator error (for [`all_ok`]), keeping its message.
+fn to_tensor(e: &Error) -> tensor::Error {
+    tensor::Error::op("pretrain", e.to_string())
 }

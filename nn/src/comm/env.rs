@@ -55,15 +55,17 @@ impl DistEnv {
         };
         let (rank, world, local_rank, local_world, launcher) = if let Some(rank) = get("RANK")? {
             let world = get("WORLD_SIZE")?.ok_or_else(|| {
-                Error::op(OP, "RANK is set but WORLD_SIZE is not (set both, as torchrun does)")
+                Error::op(
+                    OP,
+                    "RANK is set but WORLD_SIZE is not (set both, as torchrun does)",
+                )
             })?;
             let local = get("LOCAL_RANK")?.unwrap_or(rank);
             let local_world = get("LOCAL_WORLD_SIZE")?.unwrap_or(world);
             (rank, world, local, local_world, "RANK")
         } else if let Some(rank) = get("SLURM_PROCID")? {
-            let world = get("SLURM_NTASKS")?.ok_or_else(|| {
-                Error::op(OP, "SLURM_PROCID is set but SLURM_NTASKS is not")
-            })?;
+            let world = get("SLURM_NTASKS")?
+                .ok_or_else(|| Error::op(OP, "SLURM_PROCID is set but SLURM_NTASKS is not"))?;
             let local = get("SLURM_LOCALID")?.unwrap_or(0);
             // "4" or "4(x2)": tasks per node, the same on every node.
             let per_node = var("SLURM_NTASKS_PER_NODE")
@@ -186,7 +188,13 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            (s.rank, s.world_size, s.local_rank, s.local_world_size, s.master_port),
+            (
+                s.rank,
+                s.world_size,
+                s.local_rank,
+                s.local_world_size,
+                s.master_port
+            ),
             (5, 8, 1, 4, DEFAULT_MASTER_PORT)
         );
         let e = |p: &[(&str, &str)]| env(p).unwrap_err().to_string();

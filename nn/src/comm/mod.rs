@@ -24,9 +24,9 @@ mod thread_group;
 #[cfg(feature = "cuda")]
 mod nccl;
 
+pub use env::DistEnv;
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
-pub use env::DistEnv;
 pub use tcp_group::TcpGroup;
 pub use thread_group::ThreadGroup;
 

@@ -104,14 +104,14 @@ fn serve_client(stream: TcpStream, shared: &Shared) {
     };
     let (mut r, mut w) = (BufReader::new(stream), BufWriter::new(write_half));
     let mut rank = None;
-    loop {
-        let Ok(frame) = read_frame(&mut r) else {
-            break;
-        };
+    while let Ok(frame) = read_frame(&mut r) {
         let Some((&op, rest)) = frame.split_first() else {
             break;
         };
-        let (key, value) = match rest.get(..4).map(|l| u32::from_le_bytes(l.try_into().unwrap())) {
+        let (key, value) = match rest
+            .get(..4)
+            .map(|l| u32::from_le_bytes(l.try_into().unwrap()))
+        {
             Some(n) if rest.len() >= 4 + n as usize => {
                 let (k, v) = rest[4..].split_at(n as usize);
                 (String::from_utf8_lossy(k).into_owned(), v)
@@ -130,7 +130,10 @@ fn serve_client(stream: TcpStream, shared: &Shared) {
             }
             GET => {
                 let timeout = Duration::from_millis(u64::from_le_bytes(
-                    value.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+                    value
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 8]),
                 ));
                 wait_for(shared, &key, timeout)
             }
@@ -208,9 +211,7 @@ impl StoreClient {
                 .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok());
             match tried {
                 Some(s) => break s,
-                None if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
                 None => {
                     return Err(Error::op(
                         OP,
@@ -223,7 +224,9 @@ impl StoreClient {
             }
         };
         let _ = stream.set_nodelay(true);
-        let writer = stream.try_clone().map_err(|e| io("a store connection", e))?;
+        let writer = stream
+            .try_clone()
+            .map_err(|e| io("a store connection", e))?;
         let mut client = StoreClient {
             addr: addr.to_string(),
             reader: BufReader::new(stream),
@@ -260,7 +263,12 @@ impl StoreClient {
 
     /// The value of `key`, waiting for it to be set (module doc).
     pub fn get(&mut self, key: &str) -> Result<Vec<u8>> {
-        let ms = self.timeout.as_millis().min(u64::MAX as u128) as u64;
+        self.get_within(key, self.timeout)
+    }
+
+    /// As [`StoreClient::get`], waiting at most `timeout`.
+    pub fn get_within(&mut self, key: &str, timeout: Duration) -> Result<Vec<u8>> {
+        let ms = timeout.as_millis().min(u64::MAX as u128) as u64;
         self.request(GET, key, &ms.to_le_bytes())
     }
 
@@ -311,7 +319,10 @@ mod tests {
 
     #[test]
     fn no_server_is_a_clear_error() {
-        let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let free = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let e = StoreClient::connect(&free.to_string(), 1, Duration::from_millis(300))
             .err()
             .unwrap()

@@ -10,6 +10,9 @@
 //!
 //! Every byte passes through rank 0's store, so this suits tests and small CPU runs; GPUs use
 //! NCCL. A rank that dies is named by the store to the ranks waiting for it (never a hang).
+//! Leaving: a rank's drop publishes `left/<r>`; rank 0's drop waits (up to [`LEAVE_WAIT`]) until
+//! every other rank has left, so its process, which serves the store, outlives their last
+//! requests.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -20,6 +23,9 @@ use super::{check_same_buckets, Communicator};
 use tensor::{DType, Error, Result, Tensor};
 
 const OP: &str = "TcpGroup";
+
+/// How long rank 0 waits at its drop for the other ranks to leave.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(60);
 
 /// One rank's communicator over the store.
 pub struct TcpGroup {
@@ -65,6 +71,22 @@ impl TcpGroup {
             store.delete(&format!("c/{}/{}", k - 1, self.rank))?;
         }
         Ok(all)
+    }
+}
+
+impl Drop for TcpGroup {
+    fn drop(&mut self) {
+        let store = self.store.get_mut();
+        if self.rank != 0 {
+            let _ = store.set(&format!("left/{}", self.rank), &[]);
+            return;
+        }
+        for r in 1..self.world {
+            // A rank that vanished or failed is reported by the store at once: nothing to wait.
+            if store.get_within(&format!("left/{r}"), LEAVE_WAIT).is_err() {
+                break;
+            }
+        }
     }
 }
 
