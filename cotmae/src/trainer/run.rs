@@ -371,6 +371,8 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
     let started = Instant::now();
     let steps_before = state.global_step;
     let mut run_sums = LossSums::default();
+    // Data parallel: bytes all-reduced and seconds in the all-reduce over this run's steps.
+    let (mut comm_bytes, mut comm_secs) = (0u64, 0f64);
     let head_logged = model.args.use_decoder_head && model.args.enable_head_mlm;
     with_batches(loader, t.dataloader_num_workers, |next| -> Result<()> {
         let mut interval = Instant::now();
@@ -407,6 +409,7 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
             state.since_log.add(&s.sums);
             state.total.add(&s.sums);
             run_sums.add(&s.sums);
+            (comm_bytes, comm_secs) = (comm_bytes + s.comm_bytes, comm_secs + s.comm_secs);
             let step = state.global_step;
             if let Some(log) = log.as_mut() {
                 log.progress(step);
@@ -467,6 +470,20 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
 
     let runtime = started.elapsed().as_secs_f64().max(1e-9);
     let (train_loss, _, _) = state.total.means();
+    let steps = (state.global_step - steps_before).max(1);
+    if world > 1 {
+        println(
+            &mut log,
+            &format!(
+                "data parallel: {world} ranks; per step {} bytes of gradients all-reduced, \
+                 {:.1} ms in the all-reduce (waiting for the other ranks included; {:.1}% of the \
+                 step time); none of it overlaps the backward pass (the all-reduce follows it)",
+                comm_bytes / steps,
+                1e3 * comm_secs / steps as f64,
+                100.0 * comm_secs / runtime
+            ),
+        );
+    }
     let ck = Checkpoint {
         model: &model,
         tokenizer: &tokenizer,

@@ -67,6 +67,10 @@ pub struct StepStats {
     pub loader: LoaderState,
     /// fp16: the gradients overflowed and the update was skipped.
     pub skipped: bool,
+    /// Data parallel: bytes this rank all-reduced (gradients) and seconds it spent in the
+    /// all-reduce, waiting for the other ranks included (0 with one rank).
+    pub comm_bytes: u64,
+    pub comm_secs: f64,
 }
 
 /// Each parameter once (tied weights are one `Param`), in state-dict order.
@@ -216,7 +220,17 @@ pub fn train_step(
             grads.insert(&p.var(), g);
         }
     }
+    let started = std::time::Instant::now();
+    let comm_bytes = match world {
+        1 => 0,
+        _ => params
+            .iter()
+            .filter_map(|(_, p)| grads.get(&p.var()))
+            .map(|g| (g.elem_count() * g.dtype().size_in_bytes()) as u64)
+            .sum(),
+    };
     all_reduce_grads(comm, params, &mut grads)?;
+    let comm_secs = started.elapsed().as_secs_f64() * (world > 1) as u8 as f64;
     let mut with_grad: Vec<(usize, Tensor)> = params
         .iter()
         .enumerate()
@@ -232,6 +246,8 @@ pub fn train_step(
             lr,
             loader,
             skipped: true,
+            comm_bytes,
+            comm_secs,
         });
     }
     if !grad_norm.is_finite() {
@@ -252,5 +268,7 @@ pub fn train_step(
         lr,
         loader,
         skipped: false,
+        comm_bytes,
+        comm_secs,
     })
 }
