@@ -5,10 +5,8 @@
 //! - kill -9 of every rank, then `--resume_from_checkpoint latest`: the logged losses are
 //!   bit-identical to the uninterrupted run's.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -76,20 +74,6 @@ fn rank_process(fx: &Fixture, out: &Path, args: &[String], rank: usize, port: u1
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// The lines of `child`'s stderr, as they come.
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Waits for `child` to exit within `limit`; its status and stderr.

@@ -15,10 +15,8 @@
 //! the same as with the full vocabulary, only renumbered), so the MLM head over the vocabulary
 //! stays cheap and the tests run in seconds.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use bert::BertForMaskedLM;
@@ -73,15 +71,7 @@ fn killed_and_resumed_run_is_bit_identical() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(600)) {

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::mpsc;
 
 use bert::Tokenizer;
 use clap::Parser;
@@ -181,3 +184,17 @@ pub fn step_bits(v: &Value) -> Vec<(String, u64)> {
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cotmae");
+
+/// The lines of `child`'s stderr, as they come.
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -87,16 +87,7 @@ pub fn rank_rng(shared: Rng, rank: usize) -> Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::comm::ThreadGroup;
-    use std::time::Duration;
-
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(ThreadGroup) -> R + Sync) -> Vec<R> {
-        let comms = ThreadGroup::with_timeout(world, Duration::from_secs(20)).unwrap();
-        std::thread::scope(|s| {
-            let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
+    use crate::comm::thread_group::tests::on_ranks;
 
     #[test]
     fn sums_in_rank_order_and_rank0_words() {

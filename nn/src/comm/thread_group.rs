@@ -104,10 +104,11 @@ impl Communicator for ThreadGroup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(ThreadGroup) -> R + Sync) -> Vec<R> {
+    /// Runs `f` on one thread per rank of a new group of `world`.
+    pub(crate) fn on_ranks<R: Send>(world: usize, f: impl Fn(ThreadGroup) -> R + Sync) -> Vec<R> {
         let comms = ThreadGroup::with_timeout(world, Duration::from_secs(20)).unwrap();
         std::thread::scope(|s| {
             let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
