@@ -598,8 +598,23 @@ impl<'c> Run<'c> {
 fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))?;
+    // Numbers a resumed run adds to or shifts: out of range, they would overflow later.
+    let g = state.global_step;
+    for (field, v, max) in [
+        ("schedule.step", state.schedule.step, g),
+        ("epoch", state.epoch, 1 << 31),
+        ("dropout_offset", state.dropout_offset, 1 << 62),
+    ] {
+        if v > max {
+            return Err(Error::format(
+                &path,
+                format!("{field}: {v} is larger than {max}"),
+            ));
+        }
+    }
+    Ok(state)
 }
 
 /// `train_log.jsonl` holding `history` (rewritten atomically), opened for appending.
@@ -780,4 +795,55 @@ pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainRepor
         log: run.state.log_history,
         checkpoints: written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state at global step 10 with the given schedule step, epoch and dropout offset.
+    fn state(step: u64, epoch: u64, offset: u64) -> TrainerState {
+        TrainerState {
+            global_step: 10,
+            epoch,
+            step_in_epoch: 0,
+            schedule: LrSchedule {
+                step,
+                ..LrSchedule::linear(1e-3, 1, 20)
+            },
+            dropout_seed: 1,
+            dropout_offset: offset,
+            data: DataKey {
+                seed: 1,
+                per_device_train_batch_size: 2,
+                train_n_passages: 2,
+                num_examples: 4,
+            },
+            log_history: Vec::new(),
+            loss_scaler: None,
+        }
+    }
+
+    /// trainer_state.json numbers that a resume would overflow on are errors naming the field.
+    #[test]
+    fn hostile_state_numbers_are_errors_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("retrieval-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(TRAINER_STATE_FILE);
+        for (s, field) in [
+            (state(u64::MAX, 1, 5), "schedule.step"),
+            (state(10, 1 << 40, 5), "epoch"),
+            (state(10, 1, u64::MAX), "dropout_offset"),
+        ] {
+            std::fs::write(&path, serde_json::to_string(&s).unwrap()).unwrap();
+            let msg = read_state(&dir).unwrap_err().to_string();
+            assert!(
+                msg.contains(field) && msg.contains(TRAINER_STATE_FILE),
+                "{msg}"
+            );
+        }
+        std::fs::write(&path, serde_json::to_string(&state(10, 1, 5)).unwrap()).unwrap();
+        assert_eq!(read_state(&dir).unwrap().epoch, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -283,6 +283,14 @@ fn parse_entry(name: &str, v: &Value, data_len: usize) -> std::result::Result<En
         .iter()
         .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    // Views compute strides and element counts as products of dims, which overflow for dims such
+    // as [0, 2^40, 2^40] even though the tensor holds no data: refuse those too.
+    let nonzero: Vec<usize> = shape.iter().copied().filter(|&d| d != 0).collect();
+    if crate::memory::checked_bytes(&nonzero, dtype.size_in_bytes())
+        .is_none_or(|b| b > isize::MAX as u64)
+    {
+        return Err(bad(format!("shape {shape:?} overflows")));
+    }
     if end - begin != expected {
         return Err(bad(format!(
             "data_offsets [{begin}, {end}] hold {} bytes but shape {shape:?} of {dtype_name} needs {expected}",

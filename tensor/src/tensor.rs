@@ -142,6 +142,10 @@ impl Tensor {
             Ok(match Buf::<T>::mapped(map.clone(), offset, n) {
                 Some(b) => T::wrap(b),
                 None => {
+                    // Unaligned data is copied: check the copy fits (a sparse file can claim
+                    // more bytes than the machine has).
+                    crate::memory::check_fits("copying the unaligned tensor", Some(bytes as u64))
+                        .map_err(|m| Error::op("from_mmap", m))?;
                     let v: Vec<T> = bytemuck::pod_collect_to_vec(&map[offset..offset + bytes]);
                     CpuStorage::from_vec(v)
                 }

@@ -170,9 +170,75 @@ impl TrainerState {
                 format!("format {:?}, expected {FORMAT:?}", state.format),
             ));
         }
+        state
+            .check_numbers()
+            .map_err(|(field, msg)| Error::format(&path, format!("{field}: {msg}")))?;
         Ok(state)
     }
+
+    /// Checks the numbers a resume computes with, so a corrupt or hand-edited file is an error
+    /// naming the field instead of an overflow later: the step counters, the epoch, and the random
+    /// generators' positions and the fp16 loss scaler.
+    fn check_numbers(&self) -> std::result::Result<(), (&'static str, String)> {
+        let g = self.global_step;
+        let counts = [
+            ("skipped_steps", self.skipped_steps, g),
+            ("since_log.steps", self.since_log.steps, g),
+            ("total.steps", self.total.steps, g),
+            (
+                "since_log.sequences",
+                self.since_log.sequences,
+                MAX_SEQUENCES,
+            ),
+            ("total.sequences", self.total.sequences, MAX_SEQUENCES),
+            ("loader.epoch", self.loader.epoch, MAX_EPOCH),
+        ];
+        for (field, v, max) in counts {
+            if v > max {
+                return Err((field, format!("{v} is larger than {max}")));
+            }
+        }
+        let offsets = [
+            ("dropout_rng.offset", self.dropout_rng.offset),
+            ("loader.collator.offset", self.loader.collator.offset),
+        ];
+        for (field, v) in offsets {
+            if v > MAX_RNG_OFFSET {
+                return Err((
+                    field,
+                    format!("{v} is beyond every random stream (at most {MAX_RNG_OFFSET})"),
+                ));
+            }
+        }
+        if let Some(s) = &self.loss_scaler {
+            if s.growth_tracker >= s.growth_interval {
+                return Err((
+                    "loss_scaler._growth_tracker",
+                    format!(
+                        "{} is not below growth_interval {}",
+                        s.growth_tracker, s.growth_interval
+                    ),
+                ));
+            }
+            let mut scaler = nn::loss_scale::LossScaler::new(Default::default())
+                .map_err(|e| ("loss_scaler", e.to_string()))?;
+            scaler
+                .load_state_dict(s)
+                .map_err(|e| ("loss_scaler", e.to_string()))?;
+        }
+        Ok(())
+    }
 }
+
+/// The largest epoch a state may record: the sampler's stream for epoch `e` starts at
+/// `SAMPLER + e * 2^32`, which must stay below 2^64.
+const MAX_EPOCH: u64 = 1 << 24;
+/// The largest generator position a state may record: the streams start below 2^58
+/// (`super::streams`), and a run draws far fewer than 2^62 blocks, so counters never wrap.
+const MAX_RNG_OFFSET: u64 = 1 << 62;
+/// A bound on sequences counted by one run (2^48, far beyond any corpus times epochs), so sums
+/// of them cannot overflow.
+const MAX_SEQUENCES: u64 = 1 << 48;
 
 #[cfg(test)]
 mod tests {
@@ -188,7 +254,7 @@ mod tests {
                 index: 17,
                 collator: CollatorState {
                     seed: 5,
-                    offset: u64::MAX - 3,
+                    offset: (2 << 56) + 12_345_678_901,
                 },
             },
             Rng {

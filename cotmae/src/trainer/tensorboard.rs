@@ -19,6 +19,9 @@
 //! `value` (1) messages of `tag` (1, string) and `simple_value` (2, float). The first event of a
 //! file is `file_version: "brain.Event:2"`.
 //!
+//! [`read_records`] reads a file back (tests, and anyone checking a log), validating each
+//! record's length and CRCs before trusting them.
+//!
 //! A resumed run appends to the same directory in a new file whose name sorts after every
 //! existing one (TensorBoard reads a directory's files in name order), and starts it with a
 //! `SessionLog { status: START }` at the first step it will log: TensorBoard then discards what
@@ -184,6 +187,47 @@ pub fn hostname() -> String {
     }
 }
 
+/// The payloads of the records in `bytes`, an events file read back from `path` (named in
+/// errors). Each record's length is trusted only after its CRC matches and it fits in what is
+/// left of the file, so a corrupt or truncated file is an error naming the record and its byte
+/// offset, never an allocation of the size it claims.
+pub fn read_records(path: &Path, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while !bytes.is_empty() {
+        let bad =
+            |m: String| Error::format(path, format!("record {} at byte {at}: {m}", out.len()));
+        let (head, rest) = bytes.split_first_chunk::<12>().ok_or_else(|| {
+            bad(format!(
+                "{} bytes left, a record header needs 12",
+                bytes.len()
+            ))
+        })?;
+        let (len_bytes, crc) = head.split_at(8);
+        if u32::from_le_bytes(crc.try_into().unwrap()) != masked_crc32c(len_bytes) {
+            return Err(bad("the length's CRC does not match (corrupt file)".into()));
+        }
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap());
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l.checked_add(4).is_some_and(|n| n <= rest.len()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "length {len} runs past the end of the file (truncated?)"
+                ))
+            })?;
+        let (payload, rest) = rest.split_at(len);
+        let (crc, rest) = rest.split_at(4);
+        if u32::from_le_bytes(crc.try_into().unwrap()) != masked_crc32c(payload) {
+            return Err(bad("the payload's CRC does not match (corrupt file)".into()));
+        }
+        out.push(payload.to_vec());
+        at += 16 + len;
+        bytes = rest;
+    }
+    Ok(out)
+}
+
 /// The timestamp field of an events file name, `events.out.tfevents.<secs>.<host>...`.
 fn name_timestamp(name: &str) -> Option<u64> {
     name.strip_prefix("events.out.tfevents.")?
@@ -210,7 +254,8 @@ impl EventWriter {
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             if let Some(t) = entry.file_name().to_str().and_then(name_timestamp) {
-                secs = secs.max(t + 1);
+                // Saturating: a file named with a timestamp of u64::MAX must not overflow.
+                secs = secs.max(t.saturating_add(1));
             }
         }
         let path = dir.join(format!(
@@ -314,23 +359,6 @@ mod tests {
         out
     }
 
-    /// Splits a file into payloads, checking both CRCs of every record.
-    fn records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let len_bytes = &bytes[..8];
-            let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-            let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-            assert_eq!(crc, masked_crc32c(len_bytes), "length CRC");
-            let payload = &bytes[12..12 + len];
-            let crc = u32::from_le_bytes(bytes[12 + len..16 + len].try_into().unwrap());
-            assert_eq!(crc, masked_crc32c(payload), "payload CRC");
-            out.push(payload.to_vec());
-            bytes = &bytes[16 + len..];
-        }
-        out
-    }
-
     #[test]
     fn scalar_event_fields() {
         let e = fields(&scalar_event(1.5, 300, "train/loss", 2.25));
@@ -354,6 +382,18 @@ mod tests {
     }
 
     #[test]
+    fn existing_file_named_with_the_largest_timestamp_does_not_overflow() {
+        let dir = std::env::temp_dir().join(format!("cotmae-tb-max-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("events.out.tfevents.{}.h", u64::MAX)), b"").unwrap();
+        let w = EventWriter::create(&dir, None).unwrap();
+        let name = w.path().file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.contains(&u64::MAX.to_string()), "{name}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn writer_files_sort_after_existing_ones() {
         let dir = std::env::temp_dir().join(format!("cotmae-tb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -371,7 +411,7 @@ mod tests {
             "{second:?} {first:?}"
         );
 
-        let recs = records(&std::fs::read(&first).unwrap());
+        let recs = read_records(&first, &std::fs::read(&first).unwrap()).unwrap();
         assert_eq!(recs.len(), 3);
         let version = fields(&recs[0]);
         assert_eq!(
@@ -380,7 +420,7 @@ mod tests {
         );
         let steps: Vec<u64> = recs[1..].iter().map(|r| fields(r)[1].3).collect();
         assert_eq!(steps, [1, 2]);
-        let recs = records(&std::fs::read(&second).unwrap());
+        let recs = read_records(&second, &std::fs::read(&second).unwrap()).unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!(fields(&recs[1])[2].0, 7, "session log");
         std::fs::remove_dir_all(&dir).unwrap();
