@@ -818,6 +818,8 @@ mod tests {
                 per_device_train_batch_size: 2,
                 train_n_passages: 2,
                 num_examples: 4,
+                gradient_accumulation_steps: 1,
+                world_size: 1,
             },
             log_history: Vec::new(),
             loss_scaler: None,
