@@ -2,53 +2,14 @@
 //! is an HF directory that loads back, the log follows the schedule, checkpoints rotate, and a
 //! run resumed from a checkpoint ends bit for bit where the uninterrupted run ends.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nn::Module;
 use retrieval::train::{LogEntry, LOG_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE};
-use retrieval::{latest_checkpoint, train, DenseModel, JsonlWriter, TrainConfig, TrainExample};
-use tensor::Rng;
+use retrieval::{latest_checkpoint, train, DenseModel, TrainConfig};
 
 mod common;
-use common::{tiny_model_dir, Scratch};
-
-const TOPICS: u32 = 10;
-const WORDS_PER_TOPIC: u32 = 4;
-const FIRST_WORD: u32 = 5;
-
-/// `n` random words of topic `t`.
-fn words(rng: &mut Rng, t: u32, n: usize) -> Vec<u32> {
-    (0..n)
-        .map(|_| FIRST_WORD + t * WORDS_PER_TOPIC + rng.below(WORDS_PER_TOPIC as u64) as u32)
-        .collect()
-}
-
-/// A random tiny BERT and `n` training examples: a query and its positives share a topic,
-/// negatives come from other topics.
-fn setup(dir: &Path, n: usize, dropout: f64) -> (PathBuf, PathBuf) {
-    let model_dir = tiny_model_dir(&dir.join("init"), dropout);
-    let mut rng = Rng::new(9);
-    let train = dir.join("train.jsonl");
-    let mut w = JsonlWriter::create(&train).unwrap();
-    for i in 0..n {
-        let t = i as u32 % TOPICS;
-        let other = |rng: &mut Rng| (t + 1 + rng.below(TOPICS as u64 - 1) as u32) % TOPICS;
-        let negatives = (0..4)
-            .map(|_| {
-                let o = other(&mut rng);
-                words(&mut rng, o, 10)
-            })
-            .collect();
-        w.write(&TrainExample {
-            query: words(&mut rng, t, 4),
-            positives: vec![words(&mut rng, t, 10), words(&mut rng, t, 7)],
-            negatives,
-        })
-        .unwrap();
-    }
-    w.finish().unwrap();
-    (model_dir, train)
-}
+use common::{setup, Scratch};
 
 fn config(model: &Path, train: &Path, out: &Path) -> TrainConfig {
     TrainConfig {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collator::{CollatorConfig, DataType};
 use crate::device::DeviceArgs;
+use crate::launch::LaunchArgs;
 use crate::model::CotMaeModelArgs;
 use crate::{Error, Result};
 
@@ -161,6 +162,11 @@ pub struct TrainingArguments {
     /// stops working and waits to be killed, so a test can kill it at a known point.
     #[arg(long, hide = true)]
     pub debug_hang_after_step: Option<u64>,
+    /// `--nproc_per_node`, `--nnodes`, ... (see [`crate::launch`]); not part of a run's
+    /// arguments (a resumed run may change them).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub launch: LaunchArgs,
 }
 
 /// Everything `cotmae pretrain` takes.

@@ -187,6 +187,25 @@ pub struct Checkpoint<'a> {
     pub training_args: &'a serde_json::Value,
 }
 
+impl<'a> Checkpoint<'a> {
+    /// The run's parts, in the fields' order.
+    pub fn of(
+        model: &'a BertForCotMAE,
+        tokenizer: &'a Tokenizer,
+        optimizer: &'a AdamW,
+        state: &'a TrainerState,
+        training_args: &'a serde_json::Value,
+    ) -> Checkpoint<'a> {
+        Checkpoint {
+            model,
+            tokenizer,
+            optimizer,
+            state,
+            training_args,
+        }
+    }
+}
+
 /// Writes the run's files (model, `trainer_state.json`, `training_args.json`) into `dir`.
 pub fn write_run_files(dir: &Path, ck: &Checkpoint) -> Result<()> {
     save_model(dir, ck.model, ck.tokenizer)?;
@@ -197,7 +216,14 @@ pub fn write_run_files(dir: &Path, ck: &Checkpoint) -> Result<()> {
 }
 
 /// Writes `output_dir/checkpoint-<global_step>` atomically (module doc); returns its path.
-pub fn save_checkpoint(output_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
+/// `agree` is called with the outcome of writing the files, before the rename: a data-parallel
+/// run makes every rank agree there (a collective), so that a checkpoint is renamed into place
+/// only when every rank finished the step; its error cancels the checkpoint.
+pub fn save_checkpoint(
+    output_dir: &Path,
+    ck: &Checkpoint,
+    agree: &mut dyn FnMut(Result<()>) -> Result<()>,
+) -> Result<PathBuf> {
     let _phase = tensor::profiler::phase(tensor::profiler::Phase::Checkpoint);
     let name = format!("{CHECKPOINT_PREFIX}{}", ck.state.global_step);
     let dir = output_dir.join(&name);
@@ -208,7 +234,7 @@ pub fn save_checkpoint(output_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
         ck.optimizer.save_state(tmp.join(OPTIMIZER_FILE))?;
         write_run_files(&tmp, ck)
     })();
-    if let Err(e) = written {
+    if let Err(e) = agree(written) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -327,7 +353,7 @@ mod tests {
                 state: &st,
                 training_args: &args,
             };
-            save_checkpoint(&out.0, &ck).unwrap();
+            save_checkpoint(&out.0, &ck, &mut |w| w).unwrap();
         }
         // Same step again: replaced in place.
         let st = state(6);
@@ -338,7 +364,7 @@ mod tests {
             state: &st,
             training_args: &args,
         };
-        let dir6 = save_checkpoint(&out.0, &ck).unwrap();
+        let dir6 = save_checkpoint(&out.0, &ck, &mut |w| w).unwrap();
         // Leftovers of a killed run, and a directory that is not a checkpoint.
         std::fs::create_dir_all(out.0.join("checkpoint-8.tmp-999")).unwrap();
         std::fs::create_dir_all(out.0.join("checkpoint-9")).unwrap();
