@@ -5,6 +5,10 @@
 #
 #   bench/run_dp.sh [N] [DEVICE]      # N ranks (default 2), DEVICE cpu (default) or cuda
 #
+# With DEVICE=cuda rank r runs on cuda:r and the gradients go through NCCL (ncclCommInitRank, the
+# id published through the TCP store; NCCL found as libnccl.so.2 or libnccl.so): run it on a
+# machine with N GPUs and a `--features cuda` build. CPU ranks exchange through the store.
+#
 # The corpus is made here from the sentences of the tokenizer fixture (every line a document,
 # repeated), so the script needs nothing but a build: `cargo build --release [--features cuda]`.
 # Model: BERT-small-ish (4 layers, hidden 256) from a config written here; override with
