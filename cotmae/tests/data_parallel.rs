@@ -217,3 +217,63 @@ fn two_gpu_ranks_joined_by_nccl_init_rank_equal_one_gpu_with_the_global_batch() 
         }
     }
 }
+
+/// An epoch whose last global micro-batch has fewer documents than there are ranks: some rank
+/// computes nothing in that step (its generator then catches up with the others'), and the run
+/// still equals one rank with the global batch, into the next epoch, dropout on.
+#[test]
+fn a_rank_with_no_documents_in_the_epochs_last_batch_keeps_the_run_equal() {
+    use cotmae::collator::SpanSource;
+    // An odd number of documents (prepare keeps one record per document here).
+    let fx = fixture("dp-idle", 31);
+    let n = cotmae::trainer::TrainData::open(&fx.data)
+        .unwrap()
+        .num_docs();
+    // World size and per-rank batch such that the last batch of an epoch has 1..world documents.
+    let (world, batch) = [2usize, 3]
+        .iter()
+        .flat_map(|&w| (1..=6).rev().map(move |b| (w, b)))
+        .find(|&(w, b)| (1..w).contains(&(n % (w * b))))
+        .expect("a layout with a short last batch");
+    let steps = n.div_ceil(world * batch) + 1;
+    let flags = |out: &Path, per_rank: usize| {
+        let (per_rank, steps) = (per_rank.to_string(), steps.to_string());
+        parse(&fx.args(
+            out,
+            &[
+                "--max_steps",
+                &steps,
+                "--per_device_train_batch_size",
+                &per_rank,
+                "--learning_rate",
+                "5e-3",
+                "--adam_epsilon",
+                "1e-3",
+                "--logging_steps",
+                "1",
+                "--save_steps",
+                "1000",
+                "--seed",
+                "3",
+            ],
+        ))
+    };
+    let one = fx.dir.0.join("one");
+    on_ranks(1, &flags(&one, world * batch));
+    let out = fx.dir.0.join(format!("ranks-{world}"));
+    on_ranks(world, &flags(&out, batch));
+    let (got, want) = (log_with(&out, "loss"), log_with(&one, "loss"));
+    assert_eq!((got.len(), want.len()), (steps, steps));
+    // The run went through the short batch into the next epoch.
+    assert!(got[steps - 1]["epoch"].as_f64().unwrap() > 1.0);
+    for (g, w) in got.iter().zip(&want) {
+        for k in ["loss", "encoder_mlm_loss", "head_mlm_loss", "grad_norm"] {
+            let (a, b) = (g[k].as_f64().unwrap(), w[k].as_f64().unwrap());
+            assert!(
+                close(a, b),
+                "{world} ranks, step {}: {k} {a} vs {b}",
+                g["step"]
+            );
+        }
+    }
+}
