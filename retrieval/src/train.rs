@@ -97,6 +97,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// f32, or mixed precision (CUDA only; see the module docs).
     pub precision: Precision,
+    /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
+    pub allow_random_init: bool,
 }
 
 impl Default for TrainConfig {
@@ -127,6 +129,7 @@ impl Default for TrainConfig {
             verbose: false,
             device: Device::Cpu,
             precision: Precision::F32,
+            allow_random_init: false,
         }
     }
 }
@@ -206,13 +209,62 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any.
+/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any, and the newer
+/// `checkpoint-N` directories passed over because they hold none (empty or incomplete).
+pub fn find_latest_checkpoint(
+    output_dir: impl AsRef<Path>,
+) -> Result<(Option<PathBuf>, Vec<PathBuf>)> {
+    let mut skipped = Vec::new();
+    for (_, p) in checkpoints(output_dir.as_ref())?.into_iter().rev() {
+        if p.join(TRAINER_STATE_FILE).is_file() {
+            return Ok((Some(p), skipped));
+        }
+        skipped.push(p);
+    }
+    Ok((None, skipped))
+}
+
+/// [`find_latest_checkpoint`], saying on stderr which newer directories it passed over and why.
 pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(output_dir.as_ref())?
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .find(|p| p.join(TRAINER_STATE_FILE).is_file()))
+    let (chosen, skipped) = find_latest_checkpoint(output_dir)?;
+    warn_skipped_checkpoints(&skipped, chosen.as_deref(), TRAINER_STATE_FILE);
+    Ok(chosen)
+}
+
+/// One warning per `checkpoint-N` passed over for lacking `state_file`, naming the one chosen
+/// (both trainers' `--resume_from_checkpoint latest`).
+pub fn warn_skipped_checkpoints(skipped: &[PathBuf], chosen: Option<&Path>, state_file: &str) {
+    let chosen = chosen.map_or("none".to_string(), |p| p.display().to_string());
+    for s in skipped {
+        eprintln!(
+            "warning: skipping {}: no {state_file} (an empty or incomplete checkpoint); the \
+             latest complete checkpoint is {chosen}",
+            s.display()
+        );
+    }
+}
+
+/// Removes the `.tmp-checkpoint-*` directories a killed run left behind; returns them.
+pub fn remove_stale_checkpoints(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(output_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(output_dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(output_dir, e))?;
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&format!(".tmp-{CHECKPOINT_PREFIX}")));
+        if stale && entry.path().is_dir() {
+            let p = entry.path();
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
 }
 
 fn check_config(c: &TrainConfig) -> Result<()> {
@@ -283,7 +335,7 @@ impl Run {
     fn start(cfg: &TrainConfig, data: DataKey, total: u64) -> Result<Run> {
         let resume = cfg.resume_from_checkpoint.as_deref();
         let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
-        let (model, report) = DenseModel::from_pretrained(model_dir)?;
+        let (model, report) = DenseModel::from_pretrained(model_dir, cfg.allow_random_init)?;
         if cfg.verbose && !report.is_clean() {
             eprintln!("loading {}: {report}", model_dir.display());
         }
@@ -471,6 +523,9 @@ fn open_log(path: &Path, history: &[LogEntry]) -> Result<std::fs::File> {
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     check_config(cfg)?;
     let out = &cfg.output_dir;
+    for stale in remove_stale_checkpoints(out)? {
+        eprintln!("removed {}: an incomplete checkpoint", stale.display());
+    }
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
         return Err(Error::Config(format!(

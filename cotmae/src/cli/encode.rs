@@ -43,6 +43,11 @@ pub struct EncodeArgs {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Load a checkpoint that lacks some of the encoder's weights, initialising those randomly
+    /// (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing weight is an
+    /// error naming the checkpoint file and the tensors.
+    #[arg(long = "allow_random_init", alias = "allow-random-init")]
+    pub allow_random_init: bool,
 }
 
 pub fn run(a: EncodeArgs) -> CliResult {
@@ -59,6 +64,7 @@ pub fn run(a: EncodeArgs) -> CliResult {
         verbose: true,
         device,
         precision,
+        allow_random_init: a.allow_random_init,
     };
     let r = with_threads(a.threads, || encode(&cfg))??;
     if !tensor::profiler::totals().is_empty() {

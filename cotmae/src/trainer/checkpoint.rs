@@ -67,9 +67,24 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The checkpoint with the most steps, if any.
+/// The checkpoint with the most steps, if any. Newer `checkpoint-N` directories without a
+/// trainer state (empty or incomplete) are passed over with a warning naming them and the one
+/// chosen.
 pub fn latest_checkpoint(output_dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(list_checkpoints(output_dir)?.pop().map(|(_, p)| p))
+    let chosen = list_checkpoints(output_dir)?.pop();
+    if output_dir.is_dir() {
+        let newest = chosen.as_ref().map(|(s, _)| *s);
+        let mut skipped: Vec<(u64, PathBuf)> = entries(output_dir)?
+            .into_iter()
+            .filter_map(|(name, path)| Some((checkpoint_step(&name)?, path)))
+            .filter(|(s, p)| newest.is_none_or(|n| *s > n) && !p.join(STATE_FILE).is_file())
+            .collect();
+        skipped.sort_by(|a, b| b.cmp(a));
+        let skipped: Vec<PathBuf> = skipped.into_iter().map(|(_, p)| p).collect();
+        let chosen = chosen.as_ref().map(|(_, p)| p.as_path());
+        retrieval::train::warn_skipped_checkpoints(&skipped, chosen, STATE_FILE);
+    }
+    Ok(chosen.map(|(_, p)| p))
 }
 
 /// Removes the `checkpoint-*.tmp-*` directories a killed run left behind; returns them.

@@ -70,6 +70,22 @@ fn read_jsonl(path: &Path) -> Result<Vec<Vec<SpanSet>>> {
         }
         docs.push(parsed.spans);
     }
+    let has_tokens = |s: &SpanSet| {
+        !(s.anchor.is_empty()
+            && s.random_sampled.is_empty()
+            && s.nearby.is_empty()
+            && s.overlap.is_empty())
+    };
+    if !docs.is_empty() && !docs.iter().flatten().any(has_tokens) {
+        return Err(Error::format(
+            path,
+            format!(
+                "every span of the {} document(s) is empty: there is nothing to mask or \
+                 predict (the loss would be 0); was the text tokenized with another vocabulary?",
+                docs.len()
+            ),
+        ));
+    }
     Ok(docs)
 }
 
