@@ -287,6 +287,7 @@ pub fn prepare(
     std::fs::create_dir_all(save_to).map_err(|e| Error::io(save_to, e))?;
 
     let data_path = save_to.join(DATA_FILE);
+    tensor::fs::check_replaceable(&data_path).map_err(|e| Error::io(&data_path, e))?;
     let data_tmp = save_to.join(format!("{DATA_FILE}.tmp"));
     let mut data = BufWriter::new(File::create(&data_tmp).map_err(|e| Error::io(&data_tmp, e))?);
     let mut store = TokenStoreWriter::create(save_to)?;

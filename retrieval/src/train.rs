@@ -106,6 +106,8 @@ pub struct TrainConfig {
     /// Tevatron's `--grad_cache` with its chunk sizes (`train_step.rs`): the same loss and
     /// gradients, encoder memory bounded by a chunk.
     pub grad_cache: Option<GradCacheChunks>,
+    /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
+    pub allow_random_init: bool,
 }
 
 impl Default for TrainConfig {
@@ -138,6 +140,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             negatives_x_device: false,
             grad_cache: None,
+            allow_random_init: false,
         }
     }
 }
@@ -217,13 +220,20 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any.
+/// The newest `checkpoint-N` of `output_dir` that can be resumed from, if any, and the newer
+/// ones passed over (empty, incomplete or corrupt), each with why ([`crate::resume`]).
+pub fn find_latest_checkpoint(
+    output_dir: impl AsRef<Path>,
+) -> Result<(Option<PathBuf>, Vec<(PathBuf, String)>)> {
+    let all = checkpoints(output_dir.as_ref())?;
+    Ok(crate::resume::newest_resumable(all, TRAINER_STATE_FILE))
+}
+
+/// [`find_latest_checkpoint`], saying on stderr which newer directories it passed over and why.
 pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(output_dir.as_ref())?
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .find(|p| p.join(TRAINER_STATE_FILE).is_file()))
+    let (chosen, skipped) = find_latest_checkpoint(output_dir)?;
+    crate::resume::warn_skipped(&skipped, chosen.as_deref());
+    Ok(chosen)
 }
 
 fn check_config(c: &TrainConfig) -> Result<()> {
@@ -296,7 +306,7 @@ impl Run {
     fn start(cfg: &TrainConfig, data: DataKey, total: u64) -> Result<Run> {
         let resume = cfg.resume_from_checkpoint.as_deref();
         let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
-        let (model, report) = DenseModel::from_pretrained(model_dir)?;
+        let (model, report) = DenseModel::from_pretrained(model_dir, cfg.allow_random_init)?;
         if cfg.verbose && !report.is_clean() {
             eprintln!("loading {}: {report}", model_dir.display());
         }
@@ -505,6 +515,12 @@ fn open_log(path: &Path, history: &[LogEntry]) -> Result<std::fs::File> {
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     check_config(cfg)?;
     let out = &cfg.output_dir;
+    let tmp_prefix = format!(".tmp-{CHECKPOINT_PREFIX}");
+    let stale = crate::resume::remove_stale(out, |n| n.starts_with(&tmp_prefix))
+        .map_err(|(p, e)| Error::io(&p, e))?;
+    for dir in stale {
+        eprintln!("removed {}: an incomplete checkpoint", dir.display());
+    }
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
         return Err(Error::Config(format!(

@@ -39,6 +39,12 @@ pub struct ModelArguments {
     /// Tokenizer directory (vocab.txt, tokenizer_config.json); default: model_name_or_path.
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
+    /// Load a model_name_or_path that lacks some weights (encoder or MLM head), initialising
+    /// those randomly (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing
+    /// weight is an error naming the checkpoint file and the tensors.
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_random_init: bool,
     /// Build the decoder head (c_head).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
           action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -180,9 +186,10 @@ pub struct PretrainArgs {
 
 /// Fields that may differ between a checkpoint's run and the run resuming it without changing
 /// the computation.
-pub const RESUME_NEUTRAL: [&str; 12] = [
+pub const RESUME_NEUTRAL: [&str; 13] = [
     "model_name_or_path",
     "config_name",
+    "allow_random_init",
     "output_dir",
     "overwrite_output_dir",
     "do_train",
