@@ -24,6 +24,56 @@ fn tiny() -> PathBuf {
     tensor::testing::fixtures_dir().join("bert/tiny")
 }
 
+/// One training example of `train-retriever`'s JSON lines.
+const TRAIN_LINE: &str = "{\"query\": [5, 6], \"positives\": [[7, 8]], \"negatives\": [[9, 10]]}\n";
+
+/// The arguments of a tiny `train-retriever` run of `model` on `train` into `out`, then `extra`
+/// (the batch shape and length of the run).
+fn retriever_args(model: &Path, out: &Path, train: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "train-retriever",
+        "--model_name_or_path",
+        s(model),
+        "--output_dir",
+        s(out),
+        "--train_dir",
+        s(train),
+        "--q_max_len",
+        "8",
+        "--p_max_len",
+        "8",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+/// The arguments of a tiny `pretrain` run of the tiny model on `data` into `out`, then `extra`.
+fn pretrain_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let tiny = tiny();
+    let mut a: Vec<String> = [
+        "pretrain",
+        "--model_name_or_path",
+        s(&tiny),
+        "--train_path",
+        s(data),
+        "--output_dir",
+        s(out),
+        "--max_seq_length",
+        "16",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+/// [`cli`] with owned arguments.
+fn cli_owned(args: Vec<String>) -> Result<(), String> {
+    run_args(&args).map_err(|e| e.to_string())
+}
+
 /// The tiny fixture's tensors, `edit`ed, saved as a model directory `dir` with its vocabulary.
 fn model_with(dir: &Path, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> PathBuf {
     let (mlm, _) = BertForMaskedLM::from_pretrained(tiny()).unwrap();
@@ -101,30 +151,14 @@ fn missing_and_non_finite_weights_stop_every_loading_subcommand() {
     let e = encode(&partial, &input, &d.0.join("emb2"), &[]).unwrap_err();
     assert!(e.contains("encoder.layer.0.output.LayerNorm.weight"), "{e}");
     let train = d.0.join("train.jsonl");
-    std::fs::write(
+    std::fs::write(&train, TRAIN_LINE).unwrap();
+    let tr = d.0.join("tr");
+    let e = cli_owned(retriever_args(
+        &partial,
+        &tr,
         &train,
-        "{\"query\": [5, 6], \"positives\": [[7, 8]], \"negatives\": [[9, 10]]}\n",
-    )
-    .unwrap();
-    let e = cli(&[
-        "train-retriever",
-        "--model_name_or_path",
-        s(&partial),
-        "--output_dir",
-        s(&d.0.join("tr")),
-        "--train_dir",
-        s(&train),
-        "--per_device_train_batch_size",
-        "1",
-        "--train_n_passages",
-        "2",
-        "--q_max_len",
-        "8",
-        "--p_max_len",
-        "8",
-        "--max_steps",
-        "1",
-    ])
+        &["--max_steps", "1", "--train_n_passages", "2"],
+    ))
     .unwrap_err();
     assert!(
         e.contains("partial/model.safetensors")
@@ -157,7 +191,7 @@ fn missing_and_non_finite_weights_stop_every_loading_subcommand() {
 
 fn write_set(dir: &Path, ids: &[&str], rows: Vec<f32>) {
     let n = ids.len();
-    let d = if n == 0 { 2 } else { rows.len() / n };
+    let d = rows.len().checked_div(n).unwrap_or(2);
     let t = Tensor::from_vec(rows, &[n, d]).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     tensor::safetensors::save(
@@ -392,19 +426,47 @@ fn pretrain_on_empty_spans_is_an_error_not_a_zero_loss() {
     let data = d.0.join("data.jsonl");
     let empty = r#"{"spans": [{"anchor": [], "random_sampled": [], "nearby": [], "overlap": []}]}"#;
     std::fs::write(&data, format!("{empty}\n{empty}\n")).unwrap();
-    let e = cli(&[
-        "pretrain",
-        "--train_path",
-        s(&data),
-        "--model_name_or_path",
-        s(&tiny()),
-        "--output_dir",
-        s(&d.0.join("out")),
+    let out = d.0.join("out");
+    let e = cli_owned(pretrain_args(&data, &out, &["--max_steps", "1"])).unwrap_err();
+    assert!(e.contains("data.jsonl") && e.contains("every span"), "{e}");
+}
+
+/// Class 4 (found ourselves): batch sizes no run could reach are errors naming the flag, not an
+/// abort on a failed allocation in the first step (`--gradient_accumulation_steps 1e11` of
+/// `pretrain`, `--train_n_passages 1e11` of `train-retriever` aborted).
+#[test]
+fn unreachable_batch_sizes_are_errors_not_aborts() {
+    let d = TempDir::new("bad-input-batch");
+    let data = d.0.join("data.jsonl");
+    let doc =
+        r#"{"spans": [{"anchor": [5, 6], "random_sampled": [7], "nearby": [8], "overlap": [9]}]}"#;
+    std::fs::write(&data, format!("{doc}\n")).unwrap();
+    let args = [
         "--max_steps",
         "1",
-    ])
-    .unwrap_err();
-    assert!(e.contains("data.jsonl") && e.contains("every span"), "{e}");
+        "--gradient_accumulation_steps",
+        "100000000000",
+    ];
+    let e = cli_owned(pretrain_args(&data, &d.0.join("out"), &args)).unwrap_err();
+    assert!(
+        e.contains("--gradient_accumulation_steps 100000000000 is above the limit"),
+        "{e}"
+    );
+    let train = d.0.join("train.jsonl");
+    std::fs::write(&train, TRAIN_LINE).unwrap();
+    for (batch, n) in [("1", "100000000000"), ("100000000000", "2")] {
+        let out = d.0.join(format!("tr{batch}"));
+        let extra = [
+            "--per_device_train_batch_size",
+            batch,
+            "--train_n_passages",
+            n,
+            "--max_steps",
+            "1",
+        ];
+        let e = cli_owned(retriever_args(&tiny(), &out, &train, &extra)).unwrap_err();
+        assert!(e.contains("above the limit"), "{e}");
+    }
 }
 
 /// Class 3: outputs that are a symlink, a FIFO, a device or a directory are refused untouched.
@@ -536,6 +598,28 @@ fn ids_are_checked_in_json_lines_and_tsv_corpora() {
         "{e}"
     );
     assert!(!save_to.exists());
+    // An empty or blank input is an error, not 0 records written (found ourselves).
+    std::fs::write(&queries, "\n\n").unwrap();
+    for (cmd, flag, to) in [
+        ("tokenize-queries", "--query_file", d.0.join("q0.json")),
+        ("tokenize-corpus", "--file", d.0.join("enc-empty")),
+    ] {
+        let e = cli(&[
+            cmd,
+            "--tokenizer_name",
+            s(&model),
+            flag,
+            s(&queries),
+            "--save_to",
+            s(&to),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("queries.tsv") && e.contains("no record"),
+            "{cmd}: {e}"
+        );
+        assert!(!to.exists(), "{cmd}");
+    }
 }
 
 /// Class 2, mined negatives (found ourselves): a positive ranked among a query's hard negatives
@@ -557,7 +641,7 @@ fn build_train_hn_removes_positives_from_the_negatives() {
 }
 
 /// Runs the `cotmae` binary; returns its success and its stderr.
-fn run_bin(args: &[&str]) -> (bool, String) {
+fn run_bin(args: &[String]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cotmae"))
         .args(args)
         .output()
@@ -575,60 +659,21 @@ fn run_bin(args: &[&str]) -> (bool, String) {
 fn resumes_name_the_checkpoints_skipped_and_the_one_used_in_both_trainers() {
     let d = TempDir::new("bad-input-resume");
     let train = d.0.join("train.jsonl");
-    std::fs::write(
-        &train,
-        "{\"query\": [5, 6], \"positives\": [[7, 8]], \"negatives\": [[9, 10]]}\n".repeat(4),
-    )
-    .unwrap();
+    std::fs::write(&train, TRAIN_LINE.repeat(4)).unwrap();
     let spans = d.0.join("spans.jsonl");
     let doc = r#"{"spans": [{"anchor": [5, 6, 7], "random_sampled": [8, 9], "nearby": [10], "overlap": [11, 12]}]}"#;
     std::fs::write(&spans, format!("{doc}\n").repeat(4)).unwrap();
-    let tiny = tiny();
     let retriever = |out: &Path, steps: &str, extra: &[&str]| {
-        let mut a = vec![
-            "train-retriever",
-            "--model_name_or_path",
-            s(&tiny),
-            "--output_dir",
-            s(out),
-            "--train_dir",
-            s(&train),
-            "--per_device_train_batch_size",
-            "2",
-            "--train_n_passages",
-            "2",
-            "--q_max_len",
-            "8",
-            "--p_max_len",
-            "8",
-            "--max_steps",
-            steps,
-            "--save_steps",
-            "1",
-        ];
+        let mut a = vec!["--per_device_train_batch_size", "2", "--max_steps", steps];
+        a.extend(["--save_steps", "1", "--train_n_passages", "2"]);
         a.extend(extra);
-        run_bin(&a)
+        run_bin(&retriever_args(&tiny(), out, &train, &a))
     };
     let pretrain = |out: &Path, steps: &str, extra: &[&str]| {
-        let mut a = vec![
-            "pretrain",
-            "--model_name_or_path",
-            s(&tiny),
-            "--train_path",
-            s(&spans),
-            "--output_dir",
-            s(out),
-            "--max_seq_length",
-            "16",
-            "--per_device_train_batch_size",
-            "2",
-            "--max_steps",
-            steps,
-            "--save_steps",
-            "1",
-        ];
+        let mut a = vec!["--per_device_train_batch_size", "2", "--max_steps", steps];
+        a.extend(["--save_steps", "1"]);
         a.extend(extra);
-        run_bin(&a)
+        run_bin(&pretrain_args(&spans, out, &a))
     };
     type Trainer<'a> = &'a dyn Fn(&Path, &str, &[&str]) -> (bool, String);
     let trainers: [(&str, Trainer, &str); 2] = [

@@ -47,12 +47,15 @@ pub fn checkpoint_problem(dir: &Path, state_file: &str) -> Option<String> {
     None
 }
 
+/// Checkpoint directories passed over, each with why ([`checkpoint_problem`]), newest first.
+pub type Skipped = Vec<(PathBuf, String)>;
+
 /// The newest of `candidates` (`(N, checkpoint-N)`, in any order) that can be resumed from,
 /// and the newer ones passed over, each with why ([`checkpoint_problem`]), newest first.
 pub fn newest_resumable(
     mut candidates: Vec<(u64, PathBuf)>,
     state_file: &str,
-) -> (Option<PathBuf>, Vec<(PathBuf, String)>) {
+) -> (Option<PathBuf>, Skipped) {
     candidates.sort();
     let mut skipped = Vec::new();
     for (_, dir) in candidates.into_iter().rev() {

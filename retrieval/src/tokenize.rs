@@ -80,7 +80,8 @@ fn encode_file(
 }
 
 /// Counts the records of `file`, checking every id first ([`crate::ids`]): an id listed twice is
-/// an error naming both lines, before anything is written.
+/// an error naming both lines, and a file without a record is an error, before anything is
+/// written.
 fn count_records(file: &Path) -> Result<usize> {
     let mut seen = UniqueIds::default();
     let mut total = 0usize;
@@ -93,6 +94,12 @@ fn count_records(file: &Path) -> Result<usize> {
         }
         Ok(())
     })?;
+    if total == 0 {
+        return Err(crate::Error::format(
+            file,
+            "no record to tokenize (the file is empty or blank)",
+        ));
+    }
     Ok(total)
 }
 

@@ -224,7 +224,7 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// ones passed over (empty, incomplete or corrupt), each with why ([`crate::resume`]).
 pub fn find_latest_checkpoint(
     output_dir: impl AsRef<Path>,
-) -> Result<(Option<PathBuf>, Vec<(PathBuf, String)>)> {
+) -> Result<(Option<PathBuf>, crate::resume::Skipped)> {
     let all = checkpoints(output_dir.as_ref())?;
     Ok(crate::resume::newest_resumable(all, TRAINER_STATE_FILE))
 }
@@ -236,6 +236,10 @@ pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>
     Ok(chosen)
 }
 
+/// The most passages one step may hold (`per_device_train_batch_size x train_n_passages`):
+/// 2^24, far beyond any real run.
+pub const MAX_STEP_PASSAGES: usize = 1 << 24;
+
 fn check_config(c: &TrainConfig) -> Result<()> {
     let bad = |what: &str| Err(Error::Config(format!("train-retriever: {what}")));
     if c.per_device_train_batch_size == 0 {
@@ -243,6 +247,19 @@ fn check_config(c: &TrainConfig) -> Result<()> {
     }
     if c.train_n_passages == 0 {
         return bad("train_n_passages must be at least 1");
+    }
+    // A step's passages are held together: a count no run could reach is an error here, not
+    // an allocation failure (abort) in the first step.
+    let passages = c
+        .per_device_train_batch_size
+        .checked_mul(c.train_n_passages)
+        .filter(|&n| n <= MAX_STEP_PASSAGES);
+    if passages.is_none() {
+        return bad(&format!(
+            "per_device_train_batch_size {} x train_n_passages {} is above the limit of \
+             {MAX_STEP_PASSAGES} passages a step",
+            c.per_device_train_batch_size, c.train_n_passages
+        ));
     }
     if c.q_max_len < 2 || c.p_max_len < 2 {
         return bad("q_max_len and p_max_len must leave room for [CLS] and [SEP] (>= 2)");

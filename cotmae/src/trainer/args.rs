@@ -184,6 +184,10 @@ pub struct PretrainArgs {
     pub profile: crate::cli::profile::ProfileArgs,
 }
 
+/// The largest `--per_device_train_batch_size` and `--gradient_accumulation_steps` accepted
+/// (2^20: far beyond any real run, small enough that a step's bookkeeping always fits).
+pub const MAX_BATCH_COUNT: usize = 1 << 20;
+
 /// Fields that may differ between a checkpoint's run and the run resuming it without changing
 /// the computation.
 pub const RESUME_NEUTRAL: [&str; 13] = [
@@ -296,6 +300,16 @@ impl PretrainArgs {
             ("save_steps", t.save_steps),
         ] {
             check(v > 0, || format!("--{name} must be > 0"))?;
+        }
+        // A step's micro-batches are held in memory together: a count no run could reach is an
+        // error here, not an allocation failure (abort) in the first step.
+        for (name, v) in [
+            ("per_device_train_batch_size", t.per_device_train_batch_size),
+            ("gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ] {
+            check(v <= MAX_BATCH_COUNT, || {
+                format!("--{name} {v} is above the limit of {MAX_BATCH_COUNT}")
+            })?;
         }
         check(t.save_total_limit != Some(0), || {
             "--save_total_limit must be > 0 (leave it out to keep every checkpoint)".into()
