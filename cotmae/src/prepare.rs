@@ -20,7 +20,8 @@
 //!   [ids], "nearby": [ids], "overlap": [ids]}, ...]}`, in input order;
 //! - `tokens.bin`: the same documents in the memory-mapped token store (`token_store`).
 //!
-//! Both are written to temporary names and renamed into place at the end.
+//! Both are written to temporary names and renamed into place at the end. A corpus that yields
+//! no document (empty, or every line dropped or skipped) is an error, and nothing is renamed.
 //!
 //! Streaming and determinism: the file is read in batches of lines (never whole); a batch is
 //! processed in parallel with rayon (the current pool: `ThreadPool::install` chooses it) and
@@ -350,6 +351,17 @@ pub fn prepare(
                 }
             }
             bar.inc(read);
+        }
+        if report.documents == 0 {
+            // Nothing to pretrain on: an error, and the previous outputs (if any) stay.
+            return Err(Error::format(
+                file,
+                format!(
+                    "no document to write: {} lines read, {} dropped (fewer than 2 spans), {} \
+                     skipped as malformed",
+                    report.lines, report.dropped, report.skipped
+                ),
+            ));
         }
         Ok(())
     })();

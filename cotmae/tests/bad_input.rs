@@ -419,6 +419,34 @@ fn build_train_refuses_unknown_pids_and_never_writes_an_example_without_negative
     assert!(e.contains("corpus.tsv:2:") && e.contains("a space"), "{e}");
 }
 
+/// Class 2 (found ourselves): `prepare` that would write no document (a blank file, or lines
+/// that all give fewer than two spans) is an error, not 0 documents written and exit 0.
+#[test]
+fn prepare_writing_no_document_is_an_error() {
+    let d = TempDir::new("bad-input-prepare");
+    for (k, text) in ["\n\n", "one short line\n"].into_iter().enumerate() {
+        let file = d.0.join(format!("corpus{k}.txt"));
+        std::fs::write(&file, text).unwrap();
+        let save_to = d.0.join(format!("out{k}"));
+        let e = cli(&[
+            "prepare",
+            "--file",
+            s(&file),
+            "--save_to",
+            s(&save_to),
+            "--tokenizer",
+            s(&tiny()),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains(&format!("corpus{k}.txt")) && e.contains("no document to write"),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&save_to).map_or(vec![], |r| r.collect());
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
 /// Class 2: pretraining data whose spans are all empty.
 #[test]
 fn pretrain_on_empty_spans_is_an_error_not_a_zero_loss() {
