@@ -139,19 +139,25 @@ __device__ __forceinline__ u8 apply_binary(int op, u8 x, u8 y) {
     }
 }
 
-// x at off[0], y at off[1], out at off[2] (contig_packs gives all three the same offset).
-template <typename T> struct BinaryBody {
+// out = f(x, y) for N elements: x at off[0], y at off[1], out at off[2] (contig_packs gives all
+// three the same offset). F is BinaryFn (out of type T) or CompareFn (out u8).
+template <typename T, typename O, typename F> struct PairBody {
     const T* x;
     const T* y;
-    T* out;
-    int op;
+    O* out;
+    F f;
     template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
         const VecPack<T, N> xa = load_pack<N>(x, off[0]), ya = load_pack<N>(y, off[1]);
-        VecPack<T, N> o;
+        VecPack<O, N> o;
 #pragma unroll
-        for (int j = 0; j < N; ++j) o.v[j] = apply_binary(op, xa.v[j], ya.v[j]);
+        for (int j = 0; j < N; ++j) o.v[j] = f(xa.v[j], ya.v[j]);
         store_pack<N>(out, off[2], o);
     }
+};
+
+struct BinaryFn {
+    int op;
+    template <typename T> __device__ __forceinline__ T operator()(T x, T y) const { return apply_binary(op, x, y); }
 };
 
 template <typename T>
@@ -192,19 +198,9 @@ __device__ void compare_strided(Walk w, const T* x, const T* y, u8* out, i64 n, 
     }
 }
 
-// Contiguous x, y and out: N elements of T in, N bytes out.
-template <typename T> struct CompareBody {
-    const T* x;
-    const T* y;
-    u8* out;
+struct CompareFn {
     int op;
-    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
-        const VecPack<T, N> xa = load_pack<N>(x, off[0]), ya = load_pack<N>(y, off[0]);
-        VecPack<u8, N> o;
-#pragma unroll
-        for (int j = 0; j < N; ++j) o.v[j] = compare(op, xa.v[j], ya.v[j]);
-        store_pack<N>(out, off[0], o);
-    }
+    template <typename T> __device__ __forceinline__ u8 operator()(T x, T y) const { return compare(op, x, y); }
 };
 
 template <typename W>
@@ -288,13 +284,15 @@ template <typename W> struct CopyBody {
 #define BINARY_ENTRIES(T, NAME)                                                                     \
     extern "C" __global__ void binary_##NAME##_contig(const T* x, const T* y, T* out, i64 n,       \
                                                       int aligned, int op) {                       \
-        contig_packs<16 / (int)sizeof(T)>(n, aligned, BinaryBody<T>{x, y, out, op});                \
+        const PairBody<T, T, BinaryFn> body{x, y, out, BinaryFn{op}};                              \
+        contig_packs<16 / (int)sizeof(T)>(n, aligned, body);                                       \
     }                                                                                              \
     extern "C" __global__ void binary_##NAME##_rows(const T* x, const T* y, T* out, i64 rows,      \
                                                     i64 cols, i64 x_row, i64 y_row, int aligned,    \
                                                     int op) {                                       \
         const i64 row_stride[3] = {x_row, y_row, cols};                                            \
-        row_packs<16 / (int)sizeof(T)>(rows, cols, row_stride, aligned, BinaryBody<T>{x, y, out, op}); \
+        const PairBody<T, T, BinaryFn> body{x, y, out, BinaryFn{op}};                              \
+        row_packs<16 / (int)sizeof(T)>(rows, cols, row_stride, aligned, body);                     \
     }                                                                                              \
     extern "C" __global__ void binary_##NAME##_strided(Walk w, const T* x, const T* y, T* out,     \
                                                        i64 n, int op) {                            \
@@ -317,7 +315,8 @@ BINARY_ENTRIES(u8, u8)
     }                                                                                            \
     extern "C" __global__ void compare_##NAME##_contig(const T* x, const T* y, u8* out, i64 n,   \
                                                        int aligned, int op) {                    \
-        contig_packs<16 / (int)sizeof(T)>(n, aligned, CompareBody<T>{x, y, out, op});            \
+        const PairBody<T, u8, CompareFn> body{x, y, out, CompareFn{op}};                         \
+        contig_packs<16 / (int)sizeof(T)>(n, aligned, body);                                     \
     }
 
 COMPARE_ENTRY(float, f32)

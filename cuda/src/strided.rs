@@ -210,8 +210,8 @@ impl RowWalk {
     /// stride of `elem_bytes`-byte elements is a multiple of 16 bytes. `out_row` is the output's
     /// row stride.
     pub fn packs_aligned(&self, elem_bytes: usize, addrs: &[u64], out_row: i64) -> bool {
-        let row_ok = |s: i64| (s as u64 * elem_bytes as u64) % 16 == 0;
-        addrs.iter().all(|a| a % 16 == 0)
+        let row_ok = |s: i64| (s as u64 * elem_bytes as u64).is_multiple_of(16);
+        addrs.iter().all(|a| a.is_multiple_of(16))
             && self.row_stride[..addrs.len() - 1]
                 .iter()
                 .all(|&s| row_ok(s))

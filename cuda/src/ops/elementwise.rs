@@ -207,12 +207,31 @@ fn aligned(addrs: &[u64]) -> i32 {
 /// elements) aligned to that count.
 fn packs_aligned(t: ElemType, wide: &[u64], bytes: &[u64]) -> i32 {
     let lanes = (16 / t.size_in_bytes()) as u64;
-    (aligned(wide) == 1 && bytes.iter().all(|a| a % lanes == 0)) as i32
+    (aligned(wide) == 1 && bytes.iter().all(|a| a.is_multiple_of(lanes))) as i32
 }
 
 /// Elements of `t` in one 16-byte pack.
 fn lanes(t: ElemType) -> usize {
     16 / t.size_in_bytes()
+}
+
+/// Launches the `_contig` entry `name` over n elements of `t`: one thread per pack.
+///
+/// # Safety
+/// `args` must match the entry's parameters, and every pointer among them must hold n elements.
+unsafe fn launch_packs(
+    gpu: &Gpu,
+    name: &str,
+    n: usize,
+    t: ElemType,
+    args: &mut [*mut std::ffi::c_void],
+) -> Result<()> {
+    gpu.launch(
+        &ELEMENTWISE,
+        name,
+        Launch::grid_stride(n.div_ceil(lanes(t))),
+        args,
+    )
 }
 
 /// The units a `_rows` kernel walks per row: packs and a scalar tail, or single elements.
@@ -386,22 +405,16 @@ pub fn compare<T: DeviceElem>(
         let al = packs_aligned(t, &[aa, ba], &[oa]);
         // SAFETY: matches `compare_<t>_contig(const T*, const T*, u8*, i64, int, int)`; both
         // inputs hold n elements from their addresses (checked), the output n bytes.
-        return unsafe {
-            gpu.launch(
-                &ELEMENTWISE,
-                &format!("compare_{t}_contig"),
-                Launch::grid_stride(n.div_ceil(lanes(t))),
-                &mut [
-                    arg(&aa),
-                    arg(&ba),
-                    arg(&oa),
-                    arg(&n64),
-                    arg(&al),
-                    arg(&code),
-                ],
-            )
-        }
-        .map(|()| out);
+        let args = &mut [
+            arg(&aa),
+            arg(&ba),
+            arg(&oa),
+            arg(&n64),
+            arg(&al),
+            arg(&code),
+        ];
+        return unsafe { launch_packs(gpu, &format!("compare_{t}_contig"), n, t, args) }
+            .map(|()| out);
     }
     // SAFETY: matches `compare_<t>(Walk, const T*, const T*, u8*, i64, int)`.
     unsafe {
@@ -526,22 +539,16 @@ pub fn masked_fill<T: DeviceElem>(
         let al = packs_aligned(t, &[xa, oa], &[ma]);
         // SAFETY: matches `masked_fill_w<bits>_contig(const W*, const u8*, W, W*, i64, int)`;
         // the value parameter reads the low bytes of `bits`; every operand holds n elements.
-        return unsafe {
-            gpu.launch(
-                &ELEMENTWISE,
-                &format!("masked_fill_w{}_contig", width(t)),
-                Launch::grid_stride(n.div_ceil(lanes(t))),
-                &mut [
-                    arg(&xa),
-                    arg(&ma),
-                    arg(&bits),
-                    arg(&oa),
-                    arg(&n64),
-                    arg(&al),
-                ],
-            )
-        }
-        .map(|()| out);
+        let args = &mut [
+            arg(&xa),
+            arg(&ma),
+            arg(&bits),
+            arg(&oa),
+            arg(&n64),
+            arg(&al),
+        ];
+        let name = format!("masked_fill_w{}_contig", width(t));
+        return unsafe { launch_packs(gpu, &name, n, t, args) }.map(|()| out);
     }
     // SAFETY: matches `masked_fill_w<bits>(Walk, const W*, const u8*, W, W*, i64)`; the value
     // parameter reads the low bytes of `bits`.

@@ -260,7 +260,7 @@ pub fn sum<T: FloatElem, O: FloatElem>(
             // One 16-byte pack of adjacent columns per thread when every row of x starts
             // 16-byte aligned.
             let lanes = 16 / t.size_in_bytes();
-            let packed = axis.inner % lanes == 0 && xa % 16 == 0;
+            let packed = axis.inner.is_multiple_of(lanes) && xa.is_multiple_of(16);
             let (name, mut launch) = (
                 if packed {
                     "sum_cols_packed"
