@@ -56,17 +56,7 @@ impl Var {
             return Var::scaled_dot_product_attention(&qh, &kh, &vh, mask, scale, dropout_p, rng);
         }
         if fits {
-            let mask = match mask {
-                Some(m) if m.dtype() != q.value().dtype() => Some(m.to_dtype(q.value().dtype())?),
-                m => m.cloned(),
-            };
-            let dropout = match rng {
-                Some(rng) => {
-                    let probs = q.shape()[..3].iter().product::<usize>() * k.shape()[2];
-                    Some(AttentionDropout::draw(dropout_p, probs, rng)?)
-                }
-                None => None,
-            };
+            let (mask, dropout) = flash_inputs(q.value(), k.value(), mask, dropout_p, rng)?;
             return Var::flash_attention(q, k, v, mask.as_ref(), scale, dropout);
         }
         let scores = q.matmul(&k.transpose(2, 3)?)?;
@@ -99,28 +89,17 @@ impl Var {
         scale: f64,
         dropout: Option<AttentionDropout>,
     ) -> Result<Var> {
-        let (qt, kt, vt) = (q.value().clone(), k.value().clone(), v.value().clone());
-        let (out, lse) = Tensor::flash_attention(&qt, &kt, &vt, mask, scale, dropout)?;
-        let (saved_out, mask) = (out.clone(), mask.cloned());
-        Ok(Var::from_op(
+        let inputs = vec![q.clone(), k.clone(), v.clone()];
+        let qkv = [q, k, v].map(|x| x.value().clone());
+        flash_node(
             "flash_attention",
-            out,
-            vec![q.clone(), k.clone(), v.clone()],
-            Box::new(move |g| {
-                let (dq, dk, dv) = Tensor::flash_attention_backward(
-                    &qt,
-                    &kt,
-                    &vt,
-                    mask.as_ref(),
-                    &saved_out,
-                    &lse,
-                    g,
-                    scale,
-                    dropout,
-                )?;
-                Ok(vec![Some(dq), Some(dk), Some(dv)])
-            }),
-        ))
+            inputs,
+            qkv,
+            mask,
+            scale,
+            dropout,
+            |[dq, dk, dv]| Ok(vec![Some(dq), Some(dk), Some(dv)]),
+        )
     }
 }
 
@@ -175,35 +154,16 @@ impl Var {
             let (q, k, v) = (view(0)?, view(1)?, view(2)?);
             return Var::scaled_dot_product_attention(&q, &k, &v, mask, scale, dropout_p, rng);
         }
-        let mask = match mask {
-            Some(m) if m.dtype() != q.dtype() => Some(m.to_dtype(q.dtype())?),
-            m => m.cloned(),
-        };
-        let dropout = match rng {
-            Some(rng) => {
-                let probs = q.shape()[..3].iter().product::<usize>() * k.shape()[2];
-                Some(AttentionDropout::draw(dropout_p, probs, rng)?)
-            }
-            None => None,
-        };
-        let (out, lse) = Tensor::flash_attention(&q, &k, &v, mask.as_ref(), scale, dropout)?;
-        let (saved_out, shape) = (out.clone(), qkv.shape().to_vec());
-        Ok(Var::from_op(
+        let (mask, dropout) = flash_inputs(&q, &k, mask, dropout_p, rng)?;
+        let shape = qkv.shape().to_vec();
+        flash_node(
             "fused_qkv_attention",
-            out,
             vec![qkv.clone()],
-            Box::new(move |g| {
-                let (dq, dk, dv) = Tensor::flash_attention_backward(
-                    &q,
-                    &k,
-                    &v,
-                    mask.as_ref(),
-                    &saved_out,
-                    &lse,
-                    g,
-                    scale,
-                    dropout,
-                )?;
+            [q, k, v],
+            mask.as_ref(),
+            scale,
+            dropout,
+            move |[dq, dk, dv]| {
                 // [B, heads, S, D] each -> [B, S, heads, D] views, side by side on the heads dim.
                 let parts = [
                     dq.transpose(1, 2)?,
@@ -212,7 +172,65 @@ impl Var {
                 ];
                 let dqkv = Tensor::cat(&[&parts[0], &parts[1], &parts[2]], 2)?;
                 Ok(vec![Some(dqkv.reshape(&shape)?)])
-            }),
-        ))
+            },
+        )
     }
+}
+
+/// The flash path's inputs: the mask in q's dtype, and the dropout drawn from `rng` as the
+/// composed path would draw it for the `[B, H, Sq, Sk]` probabilities (None in evaluation).
+fn flash_inputs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: Option<&Tensor>,
+    dropout_p: f64,
+    rng: Option<&mut Rng>,
+) -> Result<(Option<Tensor>, Option<AttentionDropout>)> {
+    let mask = match mask {
+        Some(m) if m.dtype() != q.dtype() => Some(m.to_dtype(q.dtype())?),
+        m => m.cloned(),
+    };
+    let dropout = match rng {
+        Some(rng) => {
+            let probs = q.shape()[..3].iter().product::<usize>() * k.shape()[2];
+            Some(AttentionDropout::draw(dropout_p, probs, rng)?)
+        }
+        None => None,
+    };
+    Ok((mask, dropout))
+}
+
+/// `Tensor::flash_attention` over `[q, k, v]` as one node over `inputs`; its backward runs
+/// `Tensor::flash_attention_backward` with the saved output and log-sum-exp and `grads` turns
+/// (dq, dk, dv) into the inputs' gradients.
+fn flash_node(
+    name: &'static str,
+    inputs: Vec<Var>,
+    [q, k, v]: [Tensor; 3],
+    mask: Option<&Tensor>,
+    scale: f64,
+    dropout: Option<AttentionDropout>,
+    grads: impl Fn([Tensor; 3]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Result<Var> {
+    let (out, lse) = Tensor::flash_attention(&q, &k, &v, mask, scale, dropout)?;
+    let (saved_out, mask) = (out.clone(), mask.cloned());
+    Ok(Var::from_op(
+        name,
+        out,
+        inputs,
+        Box::new(move |g| {
+            let (dq, dk, dv) = Tensor::flash_attention_backward(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                &saved_out,
+                &lse,
+                g,
+                scale,
+                dropout,
+            )?;
+            grads([dq, dk, dv])
+        }),
+    ))
 }

@@ -64,22 +64,9 @@ pub fn dropout<T: FloatElem>(
 
 /// `dropout(x) + residual` in one pass (BERT's output layers), the same keep mask as
 /// [`dropout`] and the dropped value rounded to T before the add, as the two ops would round.
-pub fn dropout_add<T: FloatElem>(
-    gpu: &Gpu,
-    x: Contig<'_, T>,
-    residual: Contig<'_, T>,
-    n: usize,
-    p: f64,
-    draw: Draw,
-) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
-    let name = format!("dropout_fwd_{}", T::TYPE);
-    dropout_fwd::<T, T>("dropout_add", &name, gpu, x, Some(residual), n, p, draw)
-}
-
-/// `dropout(x) + residual` for a half branch `x` (f16/bf16) and an f32 residual, as autocast
-/// adds a half product into the f32 hidden state: the dropped value rounded to T, then added in
-/// f32; the output is f32 (one kernel, no cast of x). The keep mask is [`dropout`]'s.
-pub fn dropout_add_mixed<T: FloatElem, R: FloatElem>(
+/// The residual and the output have type R: T, or f32 for a half (f16/bf16) branch, as autocast
+/// adds a half product into the f32 hidden state (the sum in f32, no cast of x).
+pub fn dropout_add<T: FloatElem, R: FloatElem>(
     gpu: &Gpu,
     x: Contig<'_, T>,
     residual: Contig<'_, R>,
@@ -88,11 +75,14 @@ pub fn dropout_add_mixed<T: FloatElem, R: FloatElem>(
     draw: Draw,
 ) -> Result<(DeviceBuffer<R>, DeviceBuffer<u8>)> {
     const OP: &str = "dropout_add";
-    let name = format!("dropout_add_{}_{}", T::TYPE, R::TYPE);
+    let name = match T::TYPE == R::TYPE {
+        true => format!("dropout_fwd_{}", T::TYPE),
+        false => format!("dropout_add_{}_{}", T::TYPE, R::TYPE),
+    };
     if !kernel_names().iter().any(|(_, k)| *k == name) {
         bail!(
             OP,
-            "no mixed kernel for a {} branch and a {} residual",
+            "no kernel for a {} branch and a {} residual",
             T::TYPE,
             R::TYPE
         );
@@ -163,7 +153,7 @@ pub fn dropout_apply<T: FloatElem>(
 }
 
 /// [`dropout_apply`] with the result in another float type O: T = O, or an f32 gradient into a
-/// half branch's type (the backward of [`dropout_add_mixed`]), rounded once.
+/// half branch's type (the backward of [`dropout_add`] with a half branch), rounded once.
 pub fn dropout_apply_to<T: FloatElem, O: FloatElem>(
     gpu: &Gpu,
     x: Contig<'_, T>,

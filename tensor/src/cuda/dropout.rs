@@ -35,7 +35,7 @@ pub(crate) fn dropout_add(
         return half_kernel(op, x.dtype(), |h| {
             let rc = Contig::new(sr.typed::<f32>(op)?, 0);
             let (out, keep) = match h {
-                Half::F16 => k::dropout_add_mixed(
+                Half::F16 => k::dropout_add(
                     &sx.gpu,
                     Contig::new(sx.typed::<half::f16>(op)?, 0),
                     rc,
@@ -43,7 +43,7 @@ pub(crate) fn dropout_add(
                     p,
                     draw,
                 )?,
-                Half::BF16 => k::dropout_add_mixed(
+                Half::BF16 => k::dropout_add(
                     &sx.gpu,
                     Contig::new(sx.typed::<half::bf16>(op)?, 0),
                     rc,
