@@ -172,6 +172,29 @@ impl CotMaeBatch {
             decoder_labels: self.decoder_labels.clone(),
         })
     }
+
+    /// Rows `rows` of every tensor (a data-parallel rank's shard: documents `a..b` are rows
+    /// `2a..2b`, anchor and context side by side), copied out contiguous.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> tensor::Result<CotMaeBatch> {
+        let take = |t: &Tensor| t.narrow(0, rows.start, rows.len())?.copy();
+        Ok(CotMaeBatch {
+            input_ids: take(&self.input_ids)?,
+            attention_mask: take(&self.attention_mask)?,
+            labels: take(&self.labels)?,
+            decoder_input_ids: take(&self.decoder_input_ids)?,
+            decoder_attention_mask: take(&self.decoder_attention_mask)?,
+            decoder_labels: take(&self.decoder_labels)?,
+        })
+    }
+}
+
+/// Positions of `labels` (i64) that carry a label (not -100): what an MLM loss averages over.
+pub fn labelled(labels: &Tensor) -> tensor::Result<usize> {
+    Ok(labels
+        .to_vec::<i64>()?
+        .iter()
+        .filter(|&&t| t != -100)
+        .count())
 }
 
 /// Rows of one masked batch, flattened row-major.

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod flops;
+pub mod launch;
 pub mod model;
 pub mod prepare;
 pub mod sentences;

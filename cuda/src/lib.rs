@@ -6,7 +6,7 @@
 //! the one compute stream, the stream-ordered memory pool, kernel loading, the status word,
 //! timers), [`DeviceBuffer`] (`buffer.rs`), [`Strided`] / [`Contig`] / [`Walk`] (`strided.rs`:
 //! how ops see layouts), [`nvrtc`] (compiling `kernels/*.cu` for the device), [`blas`] (GEMMs
-//! through cuBLAS / cuBLASLt), [`nccl`] (all-reduce across the GPUs of one process), then `ops/`:
+//! through cuBLAS / cuBLASLt), [`nccl`] (collectives across GPUs, in one process or several), then `ops/`:
 //! one Rust file per kernel file, each a typed wrapper that checks its arguments and launches the
 //! kernels of `kernels/<family>.cu`.
 //!
@@ -21,6 +21,7 @@ mod error;
 mod gpu;
 mod lt_plans;
 pub mod nccl;
+pub mod nccl_lib;
 pub mod nvrtc;
 pub mod ops;
 pub mod sim;

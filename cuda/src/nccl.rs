@@ -1,6 +1,9 @@
-//! NCCL collectives for one process driving several GPUs, one thread per GPU: [`NcclComm`], one
-//! communicator per GPU, all made together by `ncclCommInitAll` (rank `i` drives the `i`-th
-//! device listed), and, on a range of a device buffer (f32, f16 or bf16) on that GPU's compute
+//! NCCL collectives, one communicator ([`NcclComm`]) per GPU: made together for one process
+//! driving several GPUs, one thread per GPU, by `ncclCommInitAll` ([`NcclComm::for_devices`],
+//! rank `i` drives the `i`-th device listed), or rank by rank in separate processes (or machines)
+//! by `ncclCommInitRank` ([`NcclComm::init_rank`]) from an [`NcclId`] that one rank creates
+//! ([`NcclId::new`]) and hands to the others (the trainers publish it through their TCP store).
+//! Then, on a range of a device buffer (f32, f16 or bf16) on that GPU's compute
 //! stream, in place: the all-reduce ([`Reduce::Sum`], or [`Reduce::Mean`]: the sum, then divided
 //! by the world size elementwise, computed in f32 and rounded once, as `div_scalar` does), the
 //! all-gather (each rank's slot of the range to every rank) and the broadcast (one rank's range
@@ -14,17 +17,20 @@
 //! Ordering: the collective is issued on the GPU's one compute stream ([`Gpu::stream`]), after the
 //! kernels issued before it and before the ones issued after it; nothing waits for the device.
 //!
-//! Finding NCCL: cudarc loads it at run time as `libnccl.so` (or `libnccl.so.<N>` for N in
-//! 13, 12, 11, 10, 9, 1), not as the `libnccl.so.2` that NCCL packages and the `nvidia-nccl-cu13`
-//! wheel ship; without a `libnccl.so` link on the library path every entry point returns
-//! [`Error::Unavailable`] saying so. Every failing NCCL call is an [`Error::Nccl`] naming the rank
-//! and device; no panic of the bindings reaches the caller.
+//! Finding NCCL: loaded at run time as `libnccl.so.2` (the name NCCL packages and the
+//! `nvidia-nccl-cu13` wheel ship), else `libnccl.so` (`nccl_lib.rs`); without either every entry
+//! point returns [`Error::Unavailable`] saying so. Every failing NCCL call is an [`Error::Nccl`]
+//! naming the rank and device; no panic reaches the caller.
+//!
+//! On simulated devices (`COTMAE_CUDA_SIM=1`) the communicators are the simulator's
+//! (`sim/nccl.rs`): `ncclCommInitRank`'s ranks are threads of one process that meet by the id.
 //!
 //! Teardown: dropping a communicator aborts it (`ncclCommAbort`, which does not wait for the other
 //! ranks and cancels a collective still running): wait for the GPU's stream first when one may be.
 
 use crate::buffer::DeviceBuffer;
 use crate::gpu::{guard, Gpu};
+use crate::nccl_lib::{nccl_lib, NcclLib};
 use crate::ops::elementwise::{map1, BinaryOp, Map1};
 use crate::ops::FloatElem;
 use crate::sim::elem::DataType as SimType;
@@ -69,20 +75,10 @@ impl NcclElem for bf16 {
 /// The NCCL library's version (major, minor, patch), or [`Error::Unavailable`] when it cannot be
 /// loaded or is older than [`NCCL_MIN_VERSION`].
 pub fn nccl_version() -> Result<(u32, u32, u32)> {
-    // SAFETY: only tries to dlopen the library by its candidate names.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(Error::Unavailable(
-            "the NCCL library was not found: it is loaded as libnccl.so (or libnccl.so.13, .12, \
-             .11, .10, .9, .1), while NCCL packages and the `nvidia-nccl-cu13` wheel ship \
-             libnccl.so.2; link libnccl.so -> libnccl.so.2 in a directory on LD_LIBRARY_PATH"
-                .into(),
-        ));
-    }
+    let lib = nccl_lib()?;
     let mut code: c_int = 0;
     // SAFETY: one out-pointer to a live int.
-    let r = guard("ncclGetVersion", || unsafe {
-        sys::ncclGetVersion(&mut code)
-    })?;
+    let r = guard("ncclGetVersion", || unsafe { (lib.get_version)(&mut code) })?;
     if r != sys::ncclResult_t::ncclSuccess {
         return Err(nccl_error("ncclGetVersion", "no rank".into(), r, None));
     }
@@ -123,18 +119,14 @@ fn nccl_error(
     r: sys::ncclResult_t,
     comm: Option<sys::ncclComm_t>,
 ) -> Error {
-    // SAFETY: both only read NCCL's error strings; a missing symbol (old NCCL) becomes "".
-    let text = guard("ncclGetErrorString", || {
-        c_text(unsafe { sys::ncclGetErrorString(r) })
-    })
-    .unwrap_or_default();
-    let last = comm
-        .and_then(|c| {
-            guard("ncclGetLastError", || {
-                c_text(unsafe { sys::ncclGetLastError(c) })
-            })
-            .ok()
-        })
+    // SAFETY: both only read NCCL's error strings; without the library they are left out.
+    let lib = nccl_lib().ok();
+    let text = lib
+        .map(|l| c_text(unsafe { (l.get_error_string)(r) }))
+        .unwrap_or_default();
+    let last = lib
+        .zip(comm)
+        .map(|(l, c)| c_text(unsafe { (l.get_last_error)(c) }))
         .unwrap_or_default();
     let mut message = format!("{r:?}");
     if !text.is_empty() {
@@ -164,6 +156,46 @@ fn check_devices(ordinals: &[usize]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the ranks of one `ncclCommInitRank` clique share: NCCL's `ncclUniqueId` (128 opaque
+/// bytes, made by one rank and handed to the others), or, on simulated devices, a name unique to
+/// this process that the simulator's ranks meet by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NcclId(pub [u8; 128]);
+
+impl NcclId {
+    /// A new id for a clique whose rank 0 drives `cuda:ordinal` (`ncclGetUniqueId`; on a
+    /// simulated device, a name from the process id, the time and a counter).
+    pub fn new(ordinal: usize) -> Result<NcclId> {
+        let mut bytes = [0u8; 128];
+        if crate::gpu(ordinal)?.is_simulated() {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("sim-nccl-{}-{nanos}-{n}", std::process::id());
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            return Ok(NcclId(bytes));
+        }
+        nccl_version()?;
+        let lib = nccl_lib()?;
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        // SAFETY: one out-pointer to a live id.
+        let r = guard("ncclGetUniqueId", || unsafe {
+            (lib.get_unique_id)(&mut id)
+        })?;
+        if r != sys::ncclResult_t::ncclSuccess {
+            return Err(nccl_error("ncclGetUniqueId", "rank 0".into(), r, None));
+        }
+        Ok(NcclId(id.internal.map(|c| c as u8)))
+    }
+
+    /// The id as 256 hex digits (how the simulator names a clique).
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// One rank's NCCL communicator, bound to one GPU and that GPU's compute stream. It may move to
@@ -222,11 +254,12 @@ impl NcclComm {
                 .collect());
         }
         nccl_version()?;
+        let lib = nccl_lib()?;
         let devlist: Vec<c_int> = ordinals.iter().map(|&o| o as c_int).collect();
         let mut comms: Vec<sys::ncclComm_t> = vec![std::ptr::null_mut(); ordinals.len()];
         // SAFETY: `comms` has room for one handle per device of `devlist`.
         let r = guard(CALL, || unsafe {
-            sys::ncclCommInitAll(comms.as_mut_ptr(), devlist.len() as c_int, devlist.as_ptr())
+            (lib.comm_init_all)(comms.as_mut_ptr(), devlist.len() as c_int, devlist.as_ptr())
         })?;
         if r != sys::ncclResult_t::ncclSuccess {
             let devices: Vec<String> = ordinals.iter().map(|o| format!("cuda:{o}")).collect();
@@ -244,6 +277,55 @@ impl NcclComm {
                 world_size,
             })
             .collect())
+    }
+
+    /// Rank `rank` of `world_size` on `cuda:ordinal`, joining the ranks that pass the same `id`
+    /// (`ncclCommInitRank`; blocks until every rank has joined). On a simulated device the ranks
+    /// must be threads of this process (the simulator meets them by the id).
+    pub fn init_rank(
+        ordinal: usize,
+        world_size: usize,
+        rank: usize,
+        id: &NcclId,
+    ) -> Result<NcclComm> {
+        const CALL: &str = "ncclCommInitRank";
+        let who = format!("rank {rank} of {world_size} on cuda:{ordinal}");
+        if rank >= world_size || world_size > c_int::MAX as usize {
+            crate::error::bail!(CALL, "{who}: the rank is outside the world");
+        }
+        let gpu = crate::gpu(ordinal)?;
+        let comm = if gpu.is_simulated() {
+            let sim =
+                SimComm::init_rank(&id.hex(), world_size, rank).map_err(|message| Error::Nccl {
+                    call: CALL,
+                    who: who.clone(),
+                    message,
+                })?;
+            Comm::Sim(sim)
+        } else {
+            nccl_version()?;
+            let lib = nccl_lib()?;
+            gpu.bind()?;
+            let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+            let unique = sys::ncclUniqueId {
+                internal: id.0.map(|b| b as std::ffi::c_char),
+            };
+            // SAFETY: one out-pointer to a live handle; the id is passed by value; the device
+            // NCCL binds to is the one current on this thread (bound above).
+            let r = guard(CALL, || unsafe {
+                (lib.comm_init_rank)(&mut comm, world_size as c_int, unique, rank as c_int)
+            })?;
+            if r != sys::ncclResult_t::ncclSuccess {
+                return Err(nccl_error(CALL, who, r, None));
+            }
+            Comm::Nccl(comm)
+        };
+        Ok(NcclComm {
+            comm,
+            gpu,
+            rank,
+            world_size,
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -289,7 +371,7 @@ impl NcclComm {
     fn issue(
         &self,
         call: &'static str,
-        real: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
+        real: impl FnOnce(&NcclLib, sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
         simulated: impl FnOnce(&SimComm) -> std::result::Result<(), String>,
     ) -> Result<()> {
         let comm = match &self.comm {
@@ -308,9 +390,10 @@ impl NcclComm {
                     });
             }
         };
+        let lib = nccl_lib()?;
         self.gpu.bind()?;
         let stream = self.gpu.cuda_stream("NCCL")?.cu_stream() as sys::cudaStream_t;
-        self.call(call, comm, || real(comm, stream))
+        self.call(call, comm, || real(lib, comm, stream))
     }
 
     /// Reduces elements `offset..offset + len` of `buf` (on this rank's GPU) across every rank,
@@ -336,8 +419,8 @@ impl NcclComm {
         let (send, recv) = (addr as *const c_void, addr as *mut c_void);
         self.issue(
             CALL,
-            |comm, stream| unsafe {
-                sys::ncclAllReduce(
+            |lib, comm, stream| unsafe {
+                (lib.all_reduce)(
                     send,
                     recv,
                     len,
@@ -392,7 +475,9 @@ impl NcclComm {
         let (send, recv) = (send as *const c_void, addr as *mut c_void);
         self.issue(
             CALL,
-            |comm, stream| unsafe { sys::ncclAllGather(send, recv, count, T::NCCL, comm, stream) },
+            |lib, comm, stream| unsafe {
+                (lib.all_gather)(send, recv, count, T::NCCL, comm, stream)
+            },
             |sim| unsafe { sim.all_gather(send, recv, count, T::SIM) },
         )
     }
@@ -421,8 +506,8 @@ impl NcclComm {
         let (send, recv) = (addr as *const c_void, addr as *mut c_void);
         self.issue(
             CALL,
-            |comm, stream| unsafe {
-                sys::ncclBroadcast(send, recv, len, T::NCCL, root as c_int, comm, stream)
+            |lib, comm, stream| unsafe {
+                (lib.broadcast)(send, recv, len, T::NCCL, root as c_int, comm, stream)
             },
             |sim| unsafe { sim.broadcast(send, recv, len, T::SIM, root) },
         )
@@ -435,10 +520,11 @@ impl NcclComm {
         let Comm::Nccl(comm) = self.comm else {
             return Ok(());
         };
+        let lib = nccl_lib()?;
         let mut state = sys::ncclResult_t::ncclSuccess;
         // SAFETY: one out-pointer to a live status.
         self.call("ncclCommGetAsyncError", comm, || unsafe {
-            sys::ncclCommGetAsyncError(comm, &mut state)
+            (lib.comm_get_async_error)(comm, &mut state)
         })?;
         match state {
             sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress => Ok(()),
@@ -455,9 +541,10 @@ impl NcclComm {
 impl Drop for NcclComm {
     fn drop(&mut self) {
         // A simulated rank aborts its clique when it is dropped.
-        if let Comm::Nccl(comm) = self.comm {
-            // SAFETY: the handle came from ncclCommInitAll and is not used after this.
-            let _ = guard("ncclCommAbort", || unsafe { sys::ncclCommAbort(comm) });
+        if let (Comm::Nccl(comm), Ok(lib)) = (&self.comm, nccl_lib()) {
+            // SAFETY: the handle came from ncclCommInitAll / ncclCommInitRank and is not used
+            // after this.
+            let _ = guard("ncclCommAbort", || unsafe { (lib.comm_abort)(*comm) });
         }
     }
 }

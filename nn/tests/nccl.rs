@@ -181,3 +181,55 @@ fn the_all_gather_op_on_two_gpus_equals_the_cpu_groups() {
     assert_eq!(on_gpu[0][0].0, on_gpu[1][0].0);
     assert_ne!(on_gpu[0][0].1, on_gpu[1][0].1);
 }
+
+#[test]
+fn ranks_joined_by_init_rank_through_the_store_sum_and_gather() {
+    if !gpus_or_skip(
+        "ranks_joined_by_init_rank_through_the_store_sum_and_gather",
+        2,
+    ) {
+        return;
+    }
+    // Rank 0 serves the store; each rank connects (threads here, processes in a real run),
+    // rank 0 publishes the ncclUniqueId through it and both call ncclCommInitRank.
+    let addr = nn::comm::store::serve("127.0.0.1:0").unwrap().to_string();
+    let got = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let addr = &addr;
+                s.spawn(move || {
+                    let store =
+                        nn::comm::TcpGroup::connect(addr, r, 2, Duration::from_secs(60)).unwrap();
+                    let comm = Nccl::join(r, store).unwrap();
+                    assert_eq!((comm.rank(), comm.world_size()), (r, 2));
+                    assert_eq!(comm.device(), Device::Cuda(r));
+                    let t = rank_tensors(r)[0].to_device(comm.device()).unwrap();
+                    let sum = comm.all_reduce_sum_flat(&[&t]).unwrap();
+                    let all = comm.all_gather(&t).unwrap();
+                    // A mismatch is named on both ranks (the fence goes through the store).
+                    let odd = Tensor::zeros(&[1 + r], DType::F32, comm.device()).unwrap();
+                    let e = comm.all_reduce_sum_flat(&[&odd]).unwrap_err().to_string();
+                    (sum.to_vec_f64().unwrap(), all.to_vec_f64().unwrap(), e)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let (a, b) = (rank_tensors(0), rank_tensors(1));
+    let want: Vec<f64> = a[0]
+        .to_vec_f64()
+        .unwrap()
+        .iter()
+        .zip(b[0].to_vec_f64().unwrap())
+        .map(|(x, y)| (*x as f32 + y as f32) as f64)
+        .collect();
+    let mut gathered = a[0].to_vec_f64().unwrap();
+    gathered.extend(b[0].to_vec_f64().unwrap());
+    for (sum, all, e) in got {
+        assert_eq!(sum, want);
+        assert_eq!(all, gathered);
+        assert!(e.contains("rank 1 passes a bucket of 2 f32"), "{e}");
+    }
+}

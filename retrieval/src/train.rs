@@ -30,15 +30,38 @@
 //! gradients are unscaled before clipping, and a step whose gradients overflowed is skipped (no
 //! AdamW update, no schedule step; it still counts as a step, as in the HF Trainer). The scaler's
 //! state is saved in `trainer_state.json`.
+//!
+//! Gradient accumulation and data parallel ([`train_on`] with a communicator of `world` ranks):
+//! one optimizer step takes a global batch of `per_device_train_batch_size x world x
+//! gradient_accumulation_steps` examples of the epoch's order, cut into consecutive global
+//! micro-batches of `per_device x world`; rank `r` takes the `r`-th of `world` equal parts of
+//! each. A global micro-batch that does not split evenly (only ever the epoch's last) drops its
+//! last `m % world` examples, as torch's `DistributedSampler(drop_last=True)` does: equal parts
+//! keep every rank's tensors the same shape (the all-gather of cross-device negatives needs it)
+//! and every rank's dropout generator at the same position. Each rank's micro-batch goes
+//! through [`loss_and_grads`] with the run's communicator: without `negatives_x_device` its
+//! queries score its own passages (in-batch negatives per rank, as Tevatron's), with it every
+//! rank's passages (Tevatron's `world x loss` scaling). Each micro-batch's gradients are divided
+//! by the number of micro-batches and summed; [`nn::all_reduce_grads`] averages the sums over
+//! the ranks, then they are clipped, unscaled and applied identically on every rank. So N ranks
+//! of batch `b` train as one rank of batch `b` with N accumulation steps, and with
+//! `negatives_x_device` as one rank of batch `N x b`. Dropout draws by global row
+//! (`train_step.rs`), so every rank's generator is where one process's would be. The logged loss
+//! is the mean over the ranks of their losses, exchanged on logging steps only. Rank 0 alone
+//! logs and writes checkpoints, after a collective in which every rank agrees (before the
+//! rename). `trainer_state.json` records the world size; resuming under another one warns and
+//! continues from the first batch boundary at or after the example reached.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use autograd::Var;
+use autograd::{Gradients, Var};
+use nn::comm::host::{all_ok, sum_f64};
 use nn::loss_scale::LossScalerState;
 use nn::{
-    step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig, AdamWVariant, Ctx, LossScaler,
-    LrSchedule, Module, Precision, SingleProcess, StepDecision,
+    all_reduce_grads, step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig,
+    AdamWVariant, Communicator, Ctx, LossScaler, LrSchedule, Module, Precision, SingleProcess,
+    StepDecision,
 };
 use serde::{Deserialize, Serialize};
 use tensor::profiler::{self, Phase};
@@ -68,6 +91,8 @@ pub struct TrainConfig {
     /// A JSON-lines file of training examples or a directory of them.
     pub train_dir: PathBuf,
     pub per_device_train_batch_size: usize,
+    /// Micro-batches per optimizer step (module docs).
+    pub gradient_accumulation_steps: usize,
     pub train_n_passages: usize,
     pub q_max_len: usize,
     pub p_max_len: usize,
@@ -79,6 +104,8 @@ pub struct TrainConfig {
     /// Warmup length in steps; overrides `warmup_ratio` when positive.
     pub warmup_steps: u64,
     pub weight_decay: f64,
+    /// AdamW's epsilon (HF's `adam_epsilon`).
+    pub adam_epsilon: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     pub max_grad_norm: f64,
     /// 0: no logging.
@@ -106,6 +133,8 @@ pub struct TrainConfig {
     /// Tevatron's `--grad_cache` with its chunk sizes (`train_step.rs`): the same loss and
     /// gradients, encoder memory bounded by a chunk.
     pub grad_cache: Option<GradCacheChunks>,
+    /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
+    pub allow_random_init: bool,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +145,7 @@ impl Default for TrainConfig {
             output_dir: PathBuf::new(),
             train_dir: PathBuf::new(),
             per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
             train_n_passages: 16,
             q_max_len: 32,
             p_max_len: 128,
@@ -125,6 +155,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.1,
             warmup_steps: 0,
             weight_decay: 0.0,
+            adam_epsilon: 1e-8,
             max_grad_norm: 1.0,
             logging_steps: 500,
             save_steps: 500,
@@ -138,6 +169,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             negatives_x_device: false,
             grad_cache: None,
+            allow_random_init: false,
         }
     }
 }
@@ -163,6 +195,22 @@ struct DataKey {
     per_device_train_batch_size: usize,
     train_n_passages: usize,
     num_examples: usize,
+    #[serde(default = "one")]
+    gradient_accumulation_steps: usize,
+    /// Data-parallel ranks (may change on resume, with a warning).
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl DataKey {
+    /// Examples per optimizer step.
+    fn global_batch(&self) -> usize {
+        self.per_device_train_batch_size * self.world_size * self.gradient_accumulation_steps
+    }
 }
 
 /// `trainer_state.json`.
@@ -217,22 +265,49 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any.
-pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(output_dir.as_ref())?
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .find(|p| p.join(TRAINER_STATE_FILE).is_file()))
+/// The newest `checkpoint-N` of `output_dir` that can be resumed from, if any, and the newer
+/// ones passed over (empty, incomplete or corrupt), each with why ([`crate::resume`]).
+pub fn find_latest_checkpoint(
+    output_dir: impl AsRef<Path>,
+) -> Result<(Option<PathBuf>, crate::resume::Skipped)> {
+    let all = checkpoints(output_dir.as_ref())?;
+    Ok(crate::resume::newest_resumable(all, TRAINER_STATE_FILE))
 }
+
+/// [`find_latest_checkpoint`], saying on stderr which newer directories it passed over and why.
+pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+    let (chosen, skipped) = find_latest_checkpoint(output_dir)?;
+    crate::resume::warn_skipped(&skipped, chosen.as_deref());
+    Ok(chosen)
+}
+
+/// The most passages one step may hold (`per_device_train_batch_size x train_n_passages`):
+/// 2^24, far beyond any real run.
+pub const MAX_STEP_PASSAGES: usize = 1 << 24;
 
 fn check_config(c: &TrainConfig) -> Result<()> {
     let bad = |what: &str| Err(Error::Config(format!("train-retriever: {what}")));
     if c.per_device_train_batch_size == 0 {
         return bad("per_device_train_batch_size must be at least 1");
     }
+    if c.gradient_accumulation_steps == 0 {
+        return bad("gradient_accumulation_steps must be at least 1");
+    }
     if c.train_n_passages == 0 {
         return bad("train_n_passages must be at least 1");
+    }
+    // A step's passages are held together: a count no run could reach is an error here, not
+    // an allocation failure (abort) in the first step.
+    let passages = c
+        .per_device_train_batch_size
+        .checked_mul(c.train_n_passages)
+        .filter(|&n| n <= MAX_STEP_PASSAGES);
+    if passages.is_none() {
+        return bad(&format!(
+            "per_device_train_batch_size {} x train_n_passages {} is above the limit of \
+             {MAX_STEP_PASSAGES} passages a step",
+            c.per_device_train_batch_size, c.train_n_passages
+        ));
     }
     if c.q_max_len < 2 || c.p_max_len < 2 {
         return bad("q_max_len and p_max_len must leave room for [CLS] and [SEP] (>= 2)");
@@ -255,9 +330,10 @@ fn check_config(c: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// How long the run is: `(total steps, epochs, steps per epoch)` for `n` examples.
-fn plan(cfg: &TrainConfig, n: usize) -> (u64, u64, u64) {
-    let steps_per_epoch = n.div_ceil(cfg.per_device_train_batch_size) as u64;
+/// How long the run is: `(total steps, epochs, steps per epoch)` for `n` examples in global
+/// batches of `global`.
+fn plan(cfg: &TrainConfig, n: usize, global: usize) -> (u64, u64, u64) {
+    let steps_per_epoch = n.div_ceil(global) as u64;
     match cfg.max_steps {
         Some(m) if m > 0 => (m, m.div_ceil(steps_per_epoch), steps_per_epoch),
         _ => (
@@ -275,8 +351,16 @@ struct StepStats {
     lr: f64,
 }
 
+/// Rank `rank`'s examples of a global micro-batch of `m` examples over `world` ranks: equal
+/// parts of its first `m - m % world` (module docs; empty when `m < world`).
+fn shard(m: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let per = m / world;
+    rank * per..(rank + 1) * per
+}
+
 /// The training run's mutable parts, saved in a checkpoint.
-struct Run {
+struct Run<'c> {
+    comm: &'c dyn Communicator,
     model: DenseModel,
     tokenizer: bert::Tokenizer,
     params: Vec<(String, nn::Param)>,
@@ -290,13 +374,18 @@ struct Run {
     options: StepOptions,
 }
 
-impl Run {
+impl<'c> Run<'c> {
     /// The model, tokenizer, optimizer and state at the start: fresh from
     /// `model_name_or_path`, or as saved in `resume_from_checkpoint`.
-    fn start(cfg: &TrainConfig, data: DataKey, total: u64) -> Result<Run> {
+    fn start(
+        cfg: &TrainConfig,
+        data: DataKey,
+        total: u64,
+        comm: &'c dyn Communicator,
+    ) -> Result<Run<'c>> {
         let resume = cfg.resume_from_checkpoint.as_deref();
         let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
-        let (model, report) = DenseModel::from_pretrained(model_dir)?;
+        let (model, report) = DenseModel::from_pretrained(model_dir, cfg.allow_random_init)?;
         if cfg.verbose && !report.is_clean() {
             eprintln!("loading {}: {report}", model_dir.display());
         }
@@ -309,6 +398,7 @@ impl Run {
         let mut opt = AdamW::new(AdamWConfig {
             lr: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
+            eps: cfg.adam_epsilon,
             variant: AdamWVariant::Hf,
             ..AdamWConfig::default()
         })?;
@@ -327,7 +417,26 @@ impl Run {
                 loss_scaler: None,
             },
             Some(ckpt) => {
-                let saved = read_state(ckpt)?;
+                let mut saved = read_state(ckpt)?;
+                let old = saved.data.clone();
+                if old.world_size != data.world_size {
+                    // Continue at the first batch boundary at or after the example reached.
+                    let done = saved.step_in_epoch as usize * old.global_batch();
+                    saved.step_in_epoch = done.div_ceil(data.global_batch()) as u64;
+                    if comm.rank() == 0 {
+                        eprintln!(
+                            "warning: {} was written by {} ranks, this run has {}: the global \
+                             batch is now {} examples, the epoch continues at example {} (was \
+                             {done}) and dropout draws differ",
+                            ckpt.display(),
+                            old.world_size,
+                            data.world_size,
+                            data.global_batch(),
+                            saved.step_in_epoch as usize * data.global_batch()
+                        );
+                    }
+                    saved.data.world_size = data.world_size;
+                }
                 if saved.data != data {
                     return Err(Error::format(
                         &ckpt.join(TRAINER_STATE_FILE),
@@ -357,6 +466,7 @@ impl Run {
             scaler.load_state_dict(saved)?;
         }
         Ok(Run {
+            comm,
             params: model.encoder.named_params(),
             model,
             tokenizer,
@@ -374,26 +484,52 @@ impl Run {
         })
     }
 
-    /// Forward, backward, unscaling and clipping, AdamW, schedule (module docs).
-    fn step(&mut self, batch: &TrainBatch, max_grad_norm: f64) -> Result<StepStats> {
-        let _profiled = profiler::step(self.state.global_step + 1);
+    /// The loss and gradients of this rank's part of one global micro-batch
+    /// ([`loss_and_grads`]), the gradients multiplied by `weight` (and by the loss scale).
+    fn micro_batch(&mut self, batch: &TrainBatch, weight: f64) -> Result<MicroBatchGrads> {
         let _data = profiler::phase(Phase::Data);
         let (query, passages) = (
             batch.query.to_device(self.device)?,
             batch.passages.to_device(self.device)?,
         );
         drop(_data);
-        let MicroBatchGrads { loss, mut grads } = profiler::in_phase(Phase::Forward, || {
+        profiler::in_phase(Phase::Forward, || {
             loss_and_grads(
                 &self.model,
                 &query,
                 &passages,
                 &mut self.ctx,
                 &self.options,
-                &SingleProcess,
-                self.scaler.scale() as f64,
+                self.comm,
+                self.scaler.scale() as f64 * weight,
             )
-        })?;
+        })
+    }
+
+    /// This rank's parts of the global micro-batches of one optimizer step, their gradients
+    /// summed (each micro-batch's divided by their number) and averaged over the ranks,
+    /// unscaling and clipping, AdamW, schedule (module docs). Returns this rank's mean loss
+    /// over the micro-batches (the global one with cross-device negatives).
+    fn step(&mut self, micro: &[TrainBatch], max_grad_norm: f64) -> Result<StepStats> {
+        let _profiled = profiler::step(self.state.global_step + 1);
+        let k = micro.len().max(1) as f64;
+        let mut loss = 0f64;
+        let mut grads = Gradients::default();
+        for batch in micro {
+            let m = self.micro_batch(batch, 1.0 / k)?;
+            loss += m.loss / k;
+            for (_, p) in &self.params {
+                let v = p.var();
+                if let Some(g) = m.grads.get(&v) {
+                    let sum = match grads.remove(&v) {
+                        None => g.clone(),
+                        Some(acc) => acc.add(g)?,
+                    };
+                    grads.insert(&v, sum);
+                }
+            }
+        }
+        all_reduce_grads(self.comm, &self.params, &mut grads)?;
         // Take the gradients out to clip them in place, then hand them back to the optimizer.
         let mut taken: Vec<(Var, Tensor)> = Vec::new();
         for (_, p) in &self.params {
@@ -431,12 +567,34 @@ impl Run {
         })
     }
 
-    fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
+    /// Rank 0 writes the checkpoint; every rank agrees before it is renamed into place.
+    fn save_checkpoint(&mut self, cfg: &TrainConfig) -> Result<Option<PathBuf>> {
         let _phase = profiler::phase(Phase::Checkpoint);
+        // Every rank's generator is at the same position (module docs): rank 0's is the run's.
         self.state.dropout_seed = self.ctx.rng.seed;
         self.state.dropout_offset = self.ctx.rng.offset;
+        let what = format!("saving {CHECKPOINT_PREFIX}{}", self.state.global_step);
+        if self.comm.rank() != 0 {
+            all_ok(self.comm, &what, Ok(()))?;
+            return Ok(None);
+        }
+        let written = self.write_checkpoint(cfg);
+        let status = written
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| tensor::Error::op("train-retriever", e.to_string()));
+        if let Err(e) = all_ok(self.comm, &what, status) {
+            if let Ok(tmp) = &written {
+                let _ = std::fs::remove_dir_all(tmp);
+            }
+            return Err(written.err().unwrap_or(e.into()));
+        }
+        self.rename_checkpoint(cfg, written?).map(Some)
+    }
+
+    /// The checkpoint's files, in a temporary directory (returned).
+    fn write_checkpoint(&mut self, cfg: &TrainConfig) -> Result<PathBuf> {
         let name = format!("{CHECKPOINT_PREFIX}{}", self.state.global_step);
-        let dir = cfg.output_dir.join(&name);
         let tmp = cfg
             .output_dir
             .join(format!(".tmp-{name}-{}", std::process::id()));
@@ -452,6 +610,14 @@ impl Run {
         std::fs::File::create(&state_path)
             .and_then(|mut f| f.write_all(state.as_bytes()).and_then(|_| f.sync_all()))
             .map_err(|e| Error::io(&state_path, e))?;
+        Ok(tmp)
+    }
+
+    /// Renames the temporary directory `tmp` to `checkpoint-N` and rotates old checkpoints.
+    fn rename_checkpoint(&mut self, cfg: &TrainConfig, tmp: PathBuf) -> Result<PathBuf> {
+        let dir = cfg
+            .output_dir
+            .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
@@ -501,10 +667,20 @@ fn open_log(path: &Path, history: &[LogEntry]) -> Result<std::fs::File> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Fine-tunes (or resumes fine-tuning) as the module docs describe.
+/// Fine-tunes (or resumes fine-tuning) in this process alone, as the module docs describe.
 pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
-    check_config(cfg)?;
+    train_on(cfg, &SingleProcess)
+}
+
+/// Rank 0's check and creation of the output directory.
+fn prepare_output_dir(cfg: &TrainConfig) -> Result<()> {
     let out = &cfg.output_dir;
+    let tmp_prefix = format!(".tmp-{CHECKPOINT_PREFIX}");
+    let stale = crate::resume::remove_stale(out, |n| n.starts_with(&tmp_prefix))
+        .map_err(|(p, e)| Error::io(&p, e))?;
+    for dir in stale {
+        eprintln!("removed {}: an incomplete checkpoint", dir.display());
+    }
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
         return Err(Error::Config(format!(
@@ -513,7 +689,27 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))
+}
+
+/// Fine-tunes as rank `comm.rank()` of `comm.world_size()` data-parallel replicas (module docs);
+/// every rank calls it with the same configuration. Rank 0's report holds the log; the other
+/// ranks' report the same steps with an empty log.
+pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainReport> {
+    check_config(cfg)?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let out = &cfg.output_dir;
+    let prepared = match rank {
+        0 => prepare_output_dir(cfg),
+        _ => Ok(()),
+    };
+    let status = prepared
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| tensor::Error::op("train-retriever", e.to_string()));
+    if let Err(e) = all_ok(comm, "preparing the output directory", status) {
+        return Err(prepared.err().unwrap_or(e.into()));
+    }
 
     let data = TrainDataset::open(&cfg.train_dir)?;
     if data.is_empty() {
@@ -523,17 +719,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         )));
     }
     let n = data.len();
-    let (total, epochs, steps_per_epoch) = plan(cfg, n);
-    if total == 0 {
-        return Err(Error::Config("nothing to train: 0 steps".into()));
-    }
     let key = DataKey {
         seed: cfg.seed,
         per_device_train_batch_size: cfg.per_device_train_batch_size,
         train_n_passages: cfg.train_n_passages,
         num_examples: n,
+        gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+        world_size: world,
     };
-    let mut run = Run::start(cfg, key, total)?;
+    let (global, micro) = (key.global_batch(), cfg.per_device_train_batch_size * world);
+    let (total, epochs, steps_per_epoch) = plan(cfg, n, global);
+    if total == 0 {
+        return Err(Error::Config("nothing to train: 0 steps".into()));
+    }
+    let mut run = Run::start(cfg, key, total, comm)?;
     let mc = &run.model.encoder.config;
     if cfg.q_max_len.max(cfg.p_max_len) > mc.max_position_embeddings {
         return Err(Error::Config(format!(
@@ -551,10 +750,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         pad_to: cfg.pad_to,
     };
     let log_path = out.join(LOG_FILE);
-    let mut log_file = open_log(&log_path, &run.state.log_history)?;
+    let mut log_file = match rank {
+        0 => Some(open_log(&log_path, &run.state.log_history)?),
+        _ => None,
+    };
     let bar = crate::progress_bar(
         total,
-        cfg.verbose,
+        cfg.verbose && rank == 0,
         "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}",
     );
     bar.set_position(run.state.global_step);
@@ -563,49 +765,69 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
 
     'epochs: while run.state.epoch < epochs {
         let order = epoch_order(n, cfg.seed, run.state.epoch);
-        let batches: Vec<&[usize]> = order.chunks(cfg.per_device_train_batch_size).collect();
+        let batches: Vec<&[usize]> = order.chunks(global).collect();
         while let Some(&indices) = batches.get(run.state.step_in_epoch as usize) {
             if run.state.global_step >= total {
                 break 'epochs;
             }
-            let batch = data.batch(indices, run.state.epoch, &bcfg)?;
-            let stats = run.step(&batch, cfg.max_grad_norm)?;
+            let mut shards = Vec::with_capacity(cfg.gradient_accumulation_steps);
+            for m in indices.chunks(micro) {
+                let mine = &m[shard(m.len(), rank, world)];
+                if !mine.is_empty() {
+                    shards.push(data.batch(mine, run.state.epoch, &bcfg)?);
+                }
+            }
+            let stats = run.step(&shards, cfg.max_grad_norm)?;
             (window_loss, window_steps) = (window_loss + stats.loss, window_steps + 1);
             bar.inc(1);
             let step = run.state.global_step;
             if cfg.logging_steps > 0 && step.is_multiple_of(cfg.logging_steps) {
+                // Each rank's window of losses; their mean over the ranks is logged (one small
+                // exchange on logging steps only).
+                let window = sum_f64(comm, &[window_loss])?[0] / world as f64;
                 let entry = LogEntry {
                     step,
                     epoch: run.state.epoch as f64
                         + run.state.step_in_epoch as f64 / steps_per_epoch as f64,
-                    loss: window_loss / window_steps as f64,
+                    loss: window / window_steps as f64,
                     learning_rate: stats.lr,
                     grad_norm: stats.grad_norm,
                 };
                 (window_loss, window_steps) = (0.0, 0);
                 let line = serde_json::to_string(&entry).expect("a LogEntry serialises") + "\n";
-                log_file
-                    .write_all(line.as_bytes())
-                    .and_then(|_| log_file.flush())
-                    .map_err(|e| Error::io(&log_path, e))?;
+                if let Some(f) = log_file.as_mut() {
+                    f.write_all(line.as_bytes())
+                        .and_then(|_| f.flush())
+                        .map_err(|e| Error::io(&log_path, e))?;
+                }
                 bar.set_message(format!(
                     "loss {:.4} lr {:.3e}",
                     entry.loss, entry.learning_rate
                 ));
-                if cfg.verbose && bar.is_hidden() {
+                if cfg.verbose && bar.is_hidden() && rank == 0 {
                     eprint!("{line}");
                 }
                 run.state.log_history.push(entry);
             }
             if cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps) {
-                written.push(run.save_checkpoint(cfg)?);
+                written.extend(run.save_checkpoint(cfg)?);
             }
         }
         run.state.epoch += 1;
         run.state.step_in_epoch = 0;
     }
     bar.finish_and_clear();
-    run.model.save_pretrained(out, Some(&run.tokenizer))?;
+    let saved = match rank {
+        0 => run
+            .model
+            .save_pretrained(out, Some(&run.tokenizer))
+            .map_err(|e| tensor::Error::op("train-retriever", e.to_string())),
+        _ => Ok(()),
+    };
+    all_ok(comm, "writing the final model", saved)?;
+    if rank != 0 {
+        run.state.log_history.clear();
+    }
     Ok(TrainReport {
         global_step: run.state.global_step,
         total_steps: total,
@@ -637,6 +859,8 @@ mod tests {
                 per_device_train_batch_size: 2,
                 train_n_passages: 2,
                 num_examples: 4,
+                gradient_accumulation_steps: 1,
+                world_size: 1,
             },
             log_history: Vec::new(),
             loss_scaler: None,

@@ -53,7 +53,7 @@ pub enum Command {
     /// Build training files with hard negatives mined from a ranking.
     BuildTrainHn(build_train_hn::BuildTrainHnArgs),
     /// Fine-tune a dense retriever (Tevatron's DenseModel: shared BERT, [CLS], dot product).
-    TrainRetriever(train_retriever::TrainRetrieverArgs),
+    TrainRetriever(Box<train_retriever::TrainRetrieverArgs>),
     /// Encode tokenized texts into embeddings.safetensors + ids.txt.
     Encode(encode::EncodeArgs),
     /// Exact inner-product search of encoded queries against an encoded corpus.
@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Ablation(a) => ablation::run(*a),
         Command::Pipeline(a) => pipeline::run(*a),
         Command::Pretrain(a) => pretrain::run(*a),
-        Command::TrainRetriever(a) => train_retriever::run(a),
+        Command::TrainRetriever(a) => train_retriever::run(*a),
         Command::Encode(a) => encode::run(a),
         Command::TokenizeCorpus(a) => tokenize_corpus::run(a),
         Command::TokenizeQueries(a) => tokenize_queries::run(a),

@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use retrieval::{latest_checkpoint, train, GradCacheChunks, PadTo, TrainConfig};
+use retrieval::train::train_on;
+use retrieval::{latest_checkpoint, GradCacheChunks, PadTo, TrainConfig};
 
 use super::{with_threads, CliResult};
 use crate::device::DeviceArgs;
+use crate::launch::{rank_device, run_as_role, LaunchArgs};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -27,15 +29,23 @@ pub struct TrainRetrieverArgs {
     /// Tokenizer directory (vocab.txt); default: the model directory.
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
+    /// Load a checkpoint that lacks some of the encoder's weights, initialising those randomly
+    /// (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing weight is an
+    /// error naming the checkpoint file and the tensors.
+    #[arg(long)]
+    pub allow_random_init: bool,
     /// Where checkpoints, train_log.jsonl and the final model go.
     #[arg(long)]
     pub output_dir: PathBuf,
     /// Training examples: one JSON-lines file or a directory of *.json / *.jsonl files.
     #[arg(long)]
     pub train_dir: PathBuf,
-    /// Queries per batch.
+    /// Queries per batch, per rank.
     #[arg(long, default_value_t = 8)]
     pub per_device_train_batch_size: usize,
+    /// Micro-batches per optimizer step (their gradients summed, each loss divided by this).
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
     /// Passages per query: one positive and train_n_passages - 1 negatives.
     #[arg(long, default_value_t = 16)]
     pub train_n_passages: usize,
@@ -57,6 +67,9 @@ pub struct TrainRetrieverArgs {
     pub warmup_steps: u64,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW's epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
     /// Global gradient-norm clipping (0: none).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -108,17 +121,14 @@ pub struct TrainRetrieverArgs {
     pub threads: usize,
     #[command(flatten)]
     pub profile: super::profile::ProfileArgs,
+    /// `--nproc_per_node`, `--nnodes`, ... (see [`crate::launch`]).
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 pub fn run(a: TrainRetrieverArgs) -> CliResult {
-    let (device, precision) = a.compute.open()?;
-    // One process, world size 1: cross-device negatives gather nothing more.
-    if a.negatives_x_device {
-        eprintln!(
-            "warning: --negatives_x_device has no effect with one process (world size 1): \
-             every passage of the batch is already a negative for every query"
-        );
-    }
+    // The device is opened by the process that trains (a launcher only starts the ranks).
+    let (device, precision) = a.compute.parse()?;
     if a.grad_cache && (a.gc_q_chunk_size == 0 || a.gc_p_chunk_size == 0) {
         return Err("--gc_q_chunk_size and --gc_p_chunk_size must be at least 1".into());
     }
@@ -135,6 +145,9 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         })?),
         Some(p) => Some(PathBuf::from(p)),
     };
+    if let Some(ckpt) = &resume {
+        eprintln!("train-retriever: resuming from {}", ckpt.display());
+    }
     let model_name_or_path = match (&a.model_name_or_path, &a.config_name) {
         (Some(dir), _) => dir.clone(),
         (None, Some(config)) => random_init(config, a.tokenizer_name.as_deref(), &a)?,
@@ -146,6 +159,7 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         output_dir: a.output_dir,
         train_dir: a.train_dir,
         per_device_train_batch_size: a.per_device_train_batch_size,
+        gradient_accumulation_steps: a.gradient_accumulation_steps,
         train_n_passages: a.train_n_passages,
         q_max_len: a.q_max_len,
         p_max_len: a.p_max_len,
@@ -155,6 +169,7 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         warmup_ratio: a.warmup_ratio,
         warmup_steps: a.warmup_steps,
         weight_decay: a.weight_decay,
+        adam_epsilon: a.adam_epsilon,
         max_grad_norm: a.max_grad_norm,
         logging_steps: a.logging_steps,
         save_steps: a.save_steps,
@@ -175,10 +190,34 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
             gc_q_chunk_size: a.gc_q_chunk_size,
             gc_p_chunk_size: a.gc_p_chunk_size,
         }),
+        allow_random_init: a.allow_random_init,
     };
-    a.profile.start()?;
-    let report = with_threads(a.threads, || train(&cfg))??;
-    a.profile.finish()?;
+    let ran = with_threads(a.threads, || {
+        run_as_role(&a.launch, !device.is_cpu(), |comm, env| -> CliResult<_> {
+            // Rank 0 alone prints and profiles (every rank computes the same ops).
+            let rank0 = env.is_none_or(|e| e.rank == 0);
+            let device = crate::device::open_device(&rank_device(&a.compute.device, env))?;
+            let cfg = TrainConfig {
+                verbose: rank0,
+                device,
+                ..cfg.clone()
+            };
+            if rank0 {
+                a.profile.start()?;
+            }
+            let report = train_on(&cfg, comm)?;
+            if rank0 {
+                a.profile.finish()?;
+            }
+            Ok(report)
+        })
+    })??;
+    let Some(report) = ran else {
+        return Ok(()); // the launcher: every rank finished
+    };
+    if nn::comm::DistEnv::from_env()?.is_some_and(|e| e.rank != 0) {
+        return Ok(()); // rank 0 reports the run
+    }
     eprintln!(
         "train-retriever: {} examples, {} of {} steps (warmup {}); model saved to {}",
         report.num_examples,

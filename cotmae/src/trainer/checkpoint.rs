@@ -67,21 +67,29 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The checkpoint with the most steps, if any.
+/// The newest `checkpoint-N` that can be resumed from, if any; newer ones that are empty,
+/// incomplete or corrupt are passed over with a warning naming each, why, and the one chosen
+/// (`retrieval::resume`).
 pub fn latest_checkpoint(output_dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(list_checkpoints(output_dir)?.pop().map(|(_, p)| p))
+    if !output_dir.is_dir() {
+        return Ok(None);
+    }
+    let all: Vec<(u64, PathBuf)> = entries(output_dir)?
+        .into_iter()
+        .filter_map(|(name, path)| Some((checkpoint_step(&name)?, path)))
+        .filter(|(_, path)| path.is_dir())
+        .collect();
+    let (chosen, skipped) = retrieval::resume::newest_resumable(all, STATE_FILE);
+    retrieval::resume::warn_skipped(&skipped, chosen.as_deref());
+    Ok(chosen)
 }
 
 /// Removes the `checkpoint-*.tmp-*` directories a killed run left behind; returns them.
 pub fn remove_stale(output_dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    for (name, path) in entries(output_dir)? {
-        if name.starts_with(CHECKPOINT_PREFIX) && name.contains(".tmp-") && path.is_dir() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
+    retrieval::resume::remove_stale(output_dir, |name| {
+        name.starts_with(CHECKPOINT_PREFIX) && name.contains(".tmp-")
+    })
+    .map_err(|(path, e)| Error::io(&path, e))
 }
 
 /// Deletes the oldest checkpoints until at most `limit` remain; returns the deleted ones.
@@ -187,6 +195,25 @@ pub struct Checkpoint<'a> {
     pub training_args: &'a serde_json::Value,
 }
 
+impl<'a> Checkpoint<'a> {
+    /// The run's parts, in the fields' order.
+    pub fn of(
+        model: &'a BertForCotMAE,
+        tokenizer: &'a Tokenizer,
+        optimizer: &'a AdamW,
+        state: &'a TrainerState,
+        training_args: &'a serde_json::Value,
+    ) -> Checkpoint<'a> {
+        Checkpoint {
+            model,
+            tokenizer,
+            optimizer,
+            state,
+            training_args,
+        }
+    }
+}
+
 /// Writes the run's files (model, `trainer_state.json`, `training_args.json`) into `dir`.
 pub fn write_run_files(dir: &Path, ck: &Checkpoint) -> Result<()> {
     save_model(dir, ck.model, ck.tokenizer)?;
@@ -197,7 +224,14 @@ pub fn write_run_files(dir: &Path, ck: &Checkpoint) -> Result<()> {
 }
 
 /// Writes `output_dir/checkpoint-<global_step>` atomically (module doc); returns its path.
-pub fn save_checkpoint(output_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
+/// `agree` is called with the outcome of writing the files, before the rename: a data-parallel
+/// run makes every rank agree there (a collective), so that a checkpoint is renamed into place
+/// only when every rank finished the step; its error cancels the checkpoint.
+pub fn save_checkpoint(
+    output_dir: &Path,
+    ck: &Checkpoint,
+    agree: &mut dyn FnMut(Result<()>) -> Result<()>,
+) -> Result<PathBuf> {
     let _phase = tensor::profiler::phase(tensor::profiler::Phase::Checkpoint);
     let name = format!("{CHECKPOINT_PREFIX}{}", ck.state.global_step);
     let dir = output_dir.join(&name);
@@ -208,7 +242,7 @@ pub fn save_checkpoint(output_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
         ck.optimizer.save_state(tmp.join(OPTIMIZER_FILE))?;
         write_run_files(&tmp, ck)
     })();
-    if let Err(e) = written {
+    if let Err(e) = agree(written) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -327,7 +361,7 @@ mod tests {
                 state: &st,
                 training_args: &args,
             };
-            save_checkpoint(&out.0, &ck).unwrap();
+            save_checkpoint(&out.0, &ck, &mut |w| w).unwrap();
         }
         // Same step again: replaced in place.
         let st = state(6);
@@ -338,11 +372,27 @@ mod tests {
             state: &st,
             training_args: &args,
         };
-        let dir6 = save_checkpoint(&out.0, &ck).unwrap();
+        let dir6 = save_checkpoint(&out.0, &ck, &mut |w| w).unwrap();
         // Leftovers of a killed run, and a directory that is not a checkpoint.
         std::fs::create_dir_all(out.0.join("checkpoint-8.tmp-999")).unwrap();
         std::fs::create_dir_all(out.0.join("checkpoint-9")).unwrap();
+        // A newer checkpoint whose model file was cut short, and one whose trainer state is
+        // damaged (issue 14): `latest` passes over both.
+        for (n, file) in [(10, "model.safetensors"), (11, STATE_FILE)] {
+            let bad = out.0.join(format!("checkpoint-{n}"));
+            std::fs::create_dir_all(&bad).unwrap();
+            for entry in std::fs::read_dir(&dir6).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), bad.join(entry.file_name())).unwrap();
+            }
+            let bytes = std::fs::read(bad.join(file)).unwrap();
+            std::fs::write(bad.join(file), &bytes[..bytes.len() / 2]).unwrap();
+        }
         assert_eq!(latest_checkpoint(&out.0).unwrap(), Some(dir6.clone()));
+        for n in [9, 10, 11] {
+            std::fs::remove_dir_all(out.0.join(format!("checkpoint-{n}"))).unwrap();
+        }
+        std::fs::create_dir_all(out.0.join("checkpoint-9")).unwrap();
         let steps: Vec<u64> = list_checkpoints(&out.0)
             .unwrap()
             .iter()

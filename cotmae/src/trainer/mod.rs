@@ -26,7 +26,7 @@ pub mod tensorboard;
 
 pub use args::{DataTrainingArguments, ModelArguments, PretrainArgs, TrainingArguments};
 pub use data::TrainData;
-pub use run::{pretrain, TrainSummary};
+pub use run::{pretrain, pretrain_on, TrainSummary};
 pub use state::TrainerState;
 
 /// The counter-block offsets where each random stream of a run starts under `--seed` (2^56

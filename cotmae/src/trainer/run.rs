@@ -11,12 +11,29 @@
 //!
 //! The final `output_dir` holds the encoder as an HF `BertForMaskedLM` directory, the head as
 //! `c_head.safetensors`, `training_args.json` and `trainer_state.json`.
+//!
+//! Data parallel ([`pretrain_on`] with a communicator of `world` ranks, one replica each): the
+//! sampler cuts the document order into global micro-batches of `world x
+//! per_device_train_batch_size` documents, which every rank collates whole (the same crops and
+//! masks whatever the world size) and shards ([`super::step`]); the global batch of an optimizer
+//! step is `per_device x world x gradient_accumulation_steps`. Each rank draws its rows of the
+//! global batch's dropout masks, so the whole run (dropout included) does not depend on the world
+//! size, and every rank's dropout generator is at the same position after each step (the one a
+//! checkpoint records). Rank 0 alone prepares `output_dir`, logs and writes checkpoints; every
+//! rank joins a collective before a checkpoint is renamed into place, so a checkpoint exists
+//! only when every rank finished its step. The losses stay on each rank's device until a logging
+//! or saving step, where one small all-reduce sums them ([`super::step::read_losses`]).
+//! `trainer_state.json` records the world size; resuming with another one continues (the data
+//! position is in documents) with a warning.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bert::{BertConfig, BertForMaskedLM, Tokenizer};
-use nn::{warmup_steps, AdamW, Ctx, LrSchedule, Precision, ScheduleKind};
+use nn::comm::host::all_ok;
+use nn::{
+    warmup_steps, AdamW, Communicator, Ctx, LrSchedule, Precision, ScheduleKind, SingleProcess,
+};
 use tensor::{Rng, Tensor};
 
 use super::args::PretrainArgs;
@@ -65,7 +82,28 @@ fn prepare_output_dir(args: &PretrainArgs) -> Result<Option<PathBuf>> {
             eprintln!("removed {}: an incomplete checkpoint", stale.display());
         }
     }
-    let resume = match t.resume_from_checkpoint.as_deref() {
+    let resume = resolve_resume(args)?;
+    if resume.is_none() && non_empty(out)? {
+        if !t.overwrite_output_dir {
+            return Err(Error::Config(format!(
+                "output directory {} already exists and is not empty; use --overwrite_output_dir \
+                 to write into it, or --resume_from_checkpoint latest to continue its run",
+                out.display()
+            )));
+        }
+        for (_, dir) in list_checkpoints(out)? {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    Ok(resume)
+}
+
+/// The checkpoint `--resume_from_checkpoint` names (`latest`: the highest in `output_dir`).
+fn resolve_resume(args: &PretrainArgs) -> Result<Option<PathBuf>> {
+    let t = &args.training;
+    let out = &t.output_dir;
+    Ok(match t.resume_from_checkpoint.as_deref() {
         None => None,
         Some("latest") => Some(latest_checkpoint(out)?.ok_or_else(|| {
             Error::Config(format!(
@@ -85,21 +123,7 @@ fn prepare_output_dir(args: &PretrainArgs) -> Result<Option<PathBuf>> {
             }
             Some(p)
         }
-    };
-    if resume.is_none() && non_empty(out)? {
-        if !t.overwrite_output_dir {
-            return Err(Error::Config(format!(
-                "output directory {} already exists and is not empty; use --overwrite_output_dir \
-                 to write into it, or --resume_from_checkpoint latest to continue its run",
-                out.display()
-            )));
-        }
-        for (_, dir) in list_checkpoints(out)? {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    Ok(resume)
+    })
 }
 
 /// A fresh model: pretrained encoder or random one from a config, plus a new head; the random
@@ -113,6 +137,8 @@ fn build_model(args: &PretrainArgs) -> Result<BertForCotMAE> {
     let model = match (&m.model_name_or_path, &m.config_name) {
         (Some(dir), _) => {
             let (lm, report) = BertForMaskedLM::from_pretrained(dir)?;
+            // Pretraining uses the MLM head: any missing weight counts.
+            report.require(&|_| true, m.allow_random_init)?;
             if !report.is_clean() {
                 eprintln!("warning: {}: {report}", dir.display());
             }
@@ -186,16 +212,41 @@ fn warn_differences(args: &PretrainArgs, checkpoint: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cotmae pretrain` (module doc).
+/// Runs `cotmae pretrain` in this process alone (module doc).
 pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
+    pretrain_on(args, &SingleProcess)
+}
+
+/// Runs `cotmae pretrain` as rank `comm.rank()` of `comm.world_size()` data-parallel replicas
+/// (module doc); every rank calls it with the same arguments. The summary's `train_loss` is the
+/// global one on every rank.
+pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<TrainSummary> {
     args.validate()?;
+    let (rank, world) = (comm.rank(), comm.world_size());
     let t = &args.training;
     let (device, precision) = t.compute.open()?;
     let out = t.output_dir.clone();
-    let resume = prepare_output_dir(args)?;
+    // Rank 0 prepares the output directory; the others look for the checkpoint once it is done.
+    let prepared = if rank == 0 {
+        prepare_output_dir(args)
+    } else {
+        Ok(None)
+    };
+    let status = prepared.as_ref().map(|_| ()).map_err(to_tensor);
+    if let Err(e) = all_ok(comm, "preparing the output directory", status) {
+        return Err(prepared.err().unwrap_or(e.into()));
+    }
+    let resume = match rank {
+        0 => prepared?,
+        _ => resolve_resume(args)?,
+    };
     let tokenizer = Tokenizer::from_dir(args.model.tokenizer_dir()?)?;
     let data = TrainData::open(&args.data.train_path)?;
-    let sampler = RandomSampler::new(t.seed, data.num_docs(), t.per_device_train_batch_size);
+    let sampler = RandomSampler::new(
+        t.seed,
+        data.num_docs(),
+        t.per_device_train_batch_size * world,
+    );
     let max_steps = resolve_max_steps(args, &sampler);
 
     let mut collator = CotMaeCollator::new(&tokenizer, args.data.collator_config()?, t.seed)?;
@@ -213,6 +264,15 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
             let mut state = TrainerState::load(dir)?;
             if let Some(ld) = &t.logging_dir {
                 state.logging_dir = ld.clone();
+            }
+            if state.world_size != world as u64 && rank == 0 {
+                eprintln!(
+                    "warning: the checkpoint was written by {} ranks, this run has {world}: the \
+                     global batch is now {} documents per micro-batch; the run continues from \
+                     the same document",
+                    state.world_size,
+                    t.per_device_train_batch_size * world
+                );
             }
             (model, state)
         }
@@ -238,7 +298,11 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
     };
     check_model_fits(model.config(), &tokenizer, args.data.max_seq_length)?;
     nn::module::to_device(&model, device)?;
-    let mut state = TrainerState { max_steps, ..state };
+    let mut state = TrainerState {
+        max_steps,
+        world_size: world as u64,
+        ..state
+    };
     let mut sched = schedule(args, max_steps);
     sched.step = state.global_step - state.skipped_steps.min(state.global_step);
     let mut scaler = precision.loss_scaler()?;
@@ -255,25 +319,44 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         resumed_at.map(|_| state.loader),
     )?;
     let mut ctx = Ctx::training(state.dropout_rng.into());
-    let mut log = MetricsLog::open(&out, &state.logging_dir, resumed_at, max_steps)?;
+    let mut log = match rank {
+        0 => Some(MetricsLog::open(
+            &out,
+            &state.logging_dir,
+            resumed_at,
+            max_steps,
+        )?),
+        _ => None,
+    };
+    let println = |log: &mut Option<MetricsLog>, line: &str| {
+        if let Some(log) = log {
+            log.println(line)
+        }
+    };
     let training_args = args.to_json();
     let params = unique_params(&model);
     let batch = t.per_device_train_batch_size;
     let ga = t.gradient_accumulation_steps;
-    log.println(&format!(
-        "***** Running training *****\n  Num examples = {}\n  Num parameters = {}\n  Batch size \
-         (documents) = {batch}, gradient accumulation steps = {ga}, total = {}\n  Total \
-         optimization steps = {max_steps} (warmup {}), starting after step {}\n  Device: {device}, \
-         precision: {}\n  Output: {}, TensorBoard: {}",
-        data.describe(),
-        nn::Module::num_params(&model),
-        batch * ga,
-        sched.warmup_steps,
-        state.global_step,
-        precision.flag().map_or("f32", |f| &f[2..]),
-        out.display(),
-        log.tensorboard_file().display(),
-    ));
+    let tensorboard = log
+        .as_ref()
+        .map_or(PathBuf::new(), |l| l.tensorboard_file().to_path_buf());
+    println(
+        &mut log,
+        &format!(
+            "***** Running training *****\n  Num examples = {}\n  Num parameters = {}\n  Batch \
+             size (documents) = {batch} per rank x {world} ranks, gradient accumulation steps = \
+             {ga}, total = {}\n  Total optimization steps = {max_steps} (warmup {}), starting \
+             after step {}\n  Device: {device}, precision: {}\n  Output: {}, TensorBoard: {}",
+            data.describe(),
+            nn::Module::num_params(&model),
+            batch * world * ga,
+            sched.warmup_steps,
+            state.global_step,
+            precision.flag().map_or("f32", |f| &f[2..]),
+            out.display(),
+            tensorboard.display(),
+        ),
+    );
 
     let o_device = device;
     let mut o = Optimization {
@@ -300,7 +383,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
             .iter_mut()
             .map(|(_, _, s, l, n)| (s, &*l, &*n))
             .collect();
-        let norms = read_losses(&mut refs)?;
+        let norms = read_losses(&mut refs, comm)?;
         let checked: Vec<(u64, bool, &LossSums, f64)> = steps
             .iter()
             .zip(&norms)
@@ -316,6 +399,8 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         o_device.check_status()?;
         Ok::<f64, Error>(norms.last().copied().unwrap_or(f64::NAN))
     };
+    // Data parallel: bytes all-reduced and seconds in the all-reduce over this run's steps.
+    let (mut comm_bytes, mut comm_secs) = (0u64, 0f64);
     let head_logged = model.args.use_decoder_head && model.args.enable_head_mlm;
     with_batches(loader, t.dataloader_num_workers, |next| -> Result<()> {
         let mut interval = Instant::now();
@@ -327,30 +412,37 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                 next,
                 &mut o,
                 state.global_step + 1,
+                comm,
             )?;
             state.global_step += 1;
             if s.skipped {
                 state.skipped_steps += 1;
-                log.println(&format!(
-                    "step {}: fp16 gradients overflowed; step skipped, loss scale now {}",
-                    state.global_step,
-                    o.scaler.scale()
-                ));
+                println(
+                    &mut log,
+                    &format!(
+                        "step {}: fp16 gradients overflowed; step skipped, loss scale now {}",
+                        state.global_step,
+                        o.scaler.scale()
+                    ),
+                );
             }
             if precision == Precision::F16 {
                 state.loss_scaler = Some(o.scaler.state_dict());
             }
             state.loader = s.loader;
             state.dropout_rng = ctx.rng.into();
+            (comm_bytes, comm_secs) = (comm_bytes + s.comm_bytes, comm_secs + s.comm_secs);
             pending.push((state.global_step, !s.skipped, s.sums, s.losses, s.grad_norm));
-            log.progress(state.global_step);
             let step = state.global_step;
+            if let Some(log) = log.as_mut() {
+                log.progress(step);
+            }
             let last = state.global_step == max_steps;
             let mut grad_norm = f64::NAN;
             if step.is_multiple_of(t.logging_steps) || step.is_multiple_of(t.save_steps) || last {
                 grad_norm = fold(&mut pending, &mut state)?;
             }
-            if step.is_multiple_of(t.logging_steps) {
+            if let (Some(log), true) = (log.as_mut(), step.is_multiple_of(t.logging_steps)) {
                 let secs = interval.elapsed().as_secs_f64().max(1e-9);
                 let (loss, enc, head) = state.since_log.means();
                 let mut values = vec![("loss", loss), ("encoder_mlm_loss", enc)];
@@ -367,27 +459,31 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
                     ("epoch", state.loader.epoch_float(data.num_docs())),
                 ]);
                 log.log(step, &values)?;
+            }
+            if step.is_multiple_of(t.logging_steps) {
                 state.since_log = LossSums::default();
                 interval = Instant::now();
             }
             if step.is_multiple_of(t.save_steps) {
-                let ck = Checkpoint {
-                    model: &model,
-                    tokenizer: &tokenizer,
-                    optimizer: &o.opt,
-                    state: &state,
-                    training_args: &training_args,
-                };
-                let dir = save_checkpoint(&out, &ck)?;
-                log.println(&format!("saved {}", dir.display()));
-                for old in rotate(&out, t.save_total_limit)? {
-                    log.println(&format!("removed {} (save_total_limit)", old.display()));
+                let what = format!("saving checkpoint-{step}");
+                if let Some(log) = log.as_mut() {
+                    let ck = Checkpoint::of(&model, &tokenizer, &o.opt, &state, &training_args);
+                    let dir = save_checkpoint(&out, &ck, &mut |written| {
+                        Ok(all_ok(comm, &what, written.map_err(|e| to_tensor(&e)))?)
+                    })?;
+                    log.println(&format!("saved {}", dir.display()));
+                    for old in rotate(&out, t.save_total_limit)? {
+                        log.println(&format!("removed {} (save_total_limit)", old.display()));
+                    }
+                } else {
+                    all_ok(comm, &what, Ok(()))?;
                 }
             }
             if t.debug_hang_after_step == Some(step) {
-                log.println(&format!(
-                    "debug_hang_after_step: step {step} is done; waiting to be killed"
-                ));
+                println(
+                    &mut log,
+                    &format!("debug_hang_after_step: step {step} is done; waiting to be killed"),
+                );
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
@@ -398,14 +494,34 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
 
     let runtime = started.elapsed().as_secs_f64().max(1e-9);
     let (train_loss, _, _) = state.total.means();
-    let ck = Checkpoint {
-        model: &model,
-        tokenizer: &tokenizer,
-        optimizer: &o.opt,
-        state: &state,
-        training_args: &training_args,
+    let steps = (state.global_step - steps_before).max(1);
+    if world > 1 {
+        println(
+            &mut log,
+            &format!(
+                "data parallel: {world} ranks; per step {} bytes of gradients all-reduced, \
+                 {:.1} ms in the all-reduce (waiting for the other ranks included; {:.1}% of the \
+                 step time); none of it overlaps the backward pass (the all-reduce follows it)",
+                comm_bytes / steps,
+                1e3 * comm_secs / steps as f64,
+                100.0 * comm_secs / runtime
+            ),
+        );
+    }
+    let ck = Checkpoint::of(&model, &tokenizer, &o.opt, &state, &training_args);
+    let written = match rank {
+        0 => write_run_files(&out, &ck).map_err(|e| to_tensor(&e)),
+        _ => Ok(()),
     };
-    write_run_files(&out, &ck)?;
+    all_ok(comm, "writing the final model", written)?;
+    let Some(mut log) = log else {
+        return Ok(TrainSummary {
+            global_step: state.global_step,
+            train_loss,
+            train_runtime: runtime,
+            output_dir: out,
+        });
+    };
     log.log(
         state.global_step,
         &[
@@ -429,4 +545,9 @@ pub fn pretrain(args: &PretrainArgs) -> Result<TrainSummary> {
         train_runtime: runtime,
         output_dir: out,
     })
+}
+
+/// A trainer error as a communicator error (for [`all_ok`]), keeping its message.
+fn to_tensor(e: &Error) -> tensor::Error {
+    tensor::Error::op("pretrain", e.to_string())
 }

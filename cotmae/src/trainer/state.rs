@@ -117,6 +117,13 @@ pub struct TrainerState {
     /// An `--fp16` run's loss scaler (torch's `GradScaler.state_dict()` fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<nn::loss_scale::LossScalerState>,
+    /// Data-parallel ranks of the run that wrote the state (1 when absent: older states).
+    #[serde(default = "one")]
+    pub world_size: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -141,6 +148,7 @@ impl TrainerState {
             logging_dir,
             skipped_steps: 0,
             loss_scaler: None,
+            world_size: 1,
         }
     }
 

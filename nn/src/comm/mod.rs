@@ -5,6 +5,8 @@
 //! - [`SingleProcess`]: world size 1, every collective is the identity;
 //! - [`ThreadGroup`]: replicas on the CPU, threads of one process, summing through shared memory
 //!   in a fixed order (deterministic; for tests and multi-replica CPU runs);
+//! - [`TcpGroup`]: replicas on the CPU in separate processes (or machines), exchanging through
+//!   the TCP store rank 0 serves ([`store`]); the same sums as `ThreadGroup`, bit for bit;
 //! - `Nccl` (feature `cuda`): one GPU per replica, threads of one process, NCCL all-reduce on each
 //!   GPU's stream.
 //!
@@ -16,14 +18,20 @@
 //! shapes and dtypes; a rank that does not (a different shape, a thread that failed, a timeout) is
 //! reported by name on every rank instead of hanging.
 
+pub mod env;
+pub mod host;
 mod rendezvous;
+pub mod store;
+mod tcp_group;
 pub(crate) mod thread_group;
 
 #[cfg(feature = "cuda")]
 mod nccl;
 
+pub use env::DistEnv;
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
+pub use tcp_group::TcpGroup;
 pub use thread_group::ThreadGroup;
 
 use tensor::{bail, Result, Tensor};
@@ -102,6 +110,29 @@ pub(crate) fn gathered_shape(
         );
     };
     Ok([&[rows * world][..], rest].concat())
+}
+
+/// The dtypes a host exchange names by a one-word code ([`dtype_code`]).
+const DTYPES: [tensor::DType; 6] = [
+    tensor::DType::F32,
+    tensor::DType::F64,
+    tensor::DType::F16,
+    tensor::DType::BF16,
+    tensor::DType::I64,
+    tensor::DType::U8,
+];
+
+/// `dtype` as one word of a host exchange.
+pub(crate) fn dtype_code(dtype: tensor::DType) -> u64 {
+    DTYPES.iter().position(|d| *d == dtype).unwrap_or(0) as u64
+}
+
+/// The dtype of a [`dtype_code`] word (f32 for a word no rank writes).
+pub(crate) fn dtype_of_code(code: u64) -> tensor::DType {
+    DTYPES
+        .get(code as usize)
+        .copied()
+        .unwrap_or(tensor::DType::F32)
 }
 
 /// Errors (attributed to `op`) naming the first rank whose `(dtype, shape)`, given per rank in

@@ -1,9 +1,12 @@
-//! [`Nccl`] (feature `cuda`): one GPU per replica, the replicas threads of one process, buckets
-//! summed by NCCL on each GPU's compute stream (through `tensor::cuda::nccl`, so this crate
-//! reaches NCCL through tensors only).
+//! [`Nccl`] (feature `cuda`): one GPU per replica, buckets summed by NCCL on each GPU's compute
+//! stream (through `tensor::cuda::nccl`, so this crate reaches NCCL through tensors only). The
+//! replicas are threads of one process ([`Nccl::group`], `ncclCommInitAll`) or processes, on one
+//! machine or several ([`Nccl::join`], `ncclCommInitRank`): rank 0 makes the `ncclUniqueId` and
+//! publishes it through the run's TCP store ([`super::store`]), which also carries the host
+//! exchanges below.
 //!
 //! NCCL cannot tell when ranks disagree (it hangs or sums garbage), so each all-reduce is fenced
-//! by two host exchanges between the threads: before it, every rank reports its bucket's dtype
+//! by two host exchanges between the ranks (between threads, or through the store): before it, every rank reports its bucket's dtype
 //! and length (or why it has none) and all ranks fail together, naming the rank, unless they
 //! agree; after it, every rank reports whether it issued the collective, so a rank never waits
 //! for one that a peer did not issue. Nothing waits for the GPU: the sum is ordered on the stream
@@ -13,12 +16,13 @@
 
 use super::rendezvous::{members, Member};
 use super::{
-    check_same_buckets, check_same_tensors, gathered_shape, Communicator, DEFAULT_TIMEOUT,
+    check_same_buckets, check_same_tensors, dtype_code, dtype_of_code, gathered_shape,
+    Communicator, TcpGroup, DEFAULT_TIMEOUT,
 };
 use std::cell::Cell;
 use std::time::Duration;
-use tensor::cuda::nccl::{Bucket, NcclComm, Reduce};
-use tensor::{Device, Result, Tensor};
+use tensor::cuda::nccl::{Bucket, NcclComm, NcclId, Reduce};
+use tensor::{bail, Device, Result, Tensor};
 
 const OP: &str = "Nccl::all_reduce";
 const GATHER: &str = "Nccl::all_gather";
@@ -27,7 +31,7 @@ const GATHER: &str = "Nccl::all_gather";
 /// its own thread.
 pub struct Nccl {
     comm: NcclComm,
-    member: Member,
+    host: Host,
     /// Set when a collective may not have completed: the drop then does not wait for the GPU.
     failed: Cell<bool>,
 }
@@ -47,10 +51,42 @@ impl Nccl {
             .zip(members(devices.len(), timeout)?)
             .map(|(comm, member)| Nccl {
                 comm,
-                member,
+                host: Host::Threads(member),
                 failed: Cell::new(false),
             })
             .collect())
+    }
+
+    /// This process's rank of a run whose ranks meet through `store` (a [`TcpGroup`] of the
+    /// same rank and world size, e.g. from `DistEnv::connect_cpu`), computing on `cuda:ordinal`:
+    /// rank 0 makes the `ncclUniqueId` and publishes it through the store, every rank joins by
+    /// `ncclCommInitRank`. On simulated devices the ranks must be threads of one process.
+    pub fn join(ordinal: usize, store: TcpGroup) -> Result<Nccl> {
+        let (rank, world) = (store.rank(), store.world_size());
+        let mine = match rank {
+            0 => NcclId::new(ordinal).map(|id| {
+                id.0.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect()
+            }),
+            _ => Ok(Vec::new()),
+        };
+        let host = Host::Store(store);
+        let all = host.agree(
+            "Nccl::join",
+            "the ncclUniqueId",
+            mine.map_err(|e| e.to_string()),
+        )?;
+        let mut id = [0u8; 128];
+        for (slot, word) in id.chunks_exact_mut(8).zip(&all[0]) {
+            slot.copy_from_slice(&word.to_le_bytes());
+        }
+        let comm = NcclComm::init_rank(ordinal, world, rank, &NcclId(id))?;
+        Ok(Nccl {
+            comm,
+            host,
+            failed: Cell::new(false),
+        })
     }
 
     /// The GPU this replica computes on.
@@ -62,23 +98,32 @@ impl Nccl {
         let bucket = Bucket::flatten(&self.comm, tensors);
         let shape = bucket
             .as_ref()
-            .map(|b| (b.dtype(), b.len()))
+            .map(|b| vec![dtype_code(b.dtype()), b.len() as u64])
             .map_err(|e| e.to_string());
-        self.member
-            .agree(OP, "all_reduce (buckets)", shape, |all| {
-                check_same_buckets(OP, all.into_iter().copied())
-            })?;
+        let all = self.host.agree(OP, "all_reduce (buckets)", shape)?;
+        check_same_buckets(
+            OP,
+            all.iter()
+                .map(|w| (dtype_of_code(w[0]), w[1] as usize))
+                .collect::<Vec<_>>(),
+        )?;
         let issued = bucket?.all_reduce(&self.comm, Reduce::Sum);
-        let status = issued.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        self.member
-            .agree(OP, "all_reduce (issued)", status, |_| Ok(()))?;
+        let status = issued
+            .as_ref()
+            .map(|_| Vec::new())
+            .map_err(|e| e.to_string());
+        self.host.agree(OP, "all_reduce (issued)", status)?;
         issued
     }
 
     fn gather(&self, t: &Tensor) -> Result<Tensor> {
         let shape = gathered_shape(GATHER, t.shape(), self.world_size());
         let mine = match (&shape, t.device() == self.device()) {
-            (Ok(_), true) => Ok((t.dtype(), t.shape().to_vec())),
+            (Ok(_), true) => {
+                let mut words = vec![dtype_code(t.dtype())];
+                words.extend(t.shape().iter().map(|&d| d as u64));
+                Ok(words)
+            }
             (Err(e), _) => Err(e.to_string()),
             (Ok(_), false) => Err(format!(
                 "the tensor is on {}, and this rank drives {}",
@@ -86,14 +131,21 @@ impl Nccl {
                 self.device()
             )),
         };
-        self.member
-            .agree(GATHER, "all_gather (shapes)", mine, |all| {
-                check_same_tensors(GATHER, all.iter().map(|(d, s)| (*d, s.as_slice())))
-            })?;
+        let all = self.host.agree(GATHER, "all_gather (shapes)", mine)?;
+        let shapes: Vec<(tensor::DType, Vec<usize>)> = all
+            .iter()
+            .map(|w| {
+                let dims = w[1..].iter().map(|&d| d as usize).collect();
+                (dtype_of_code(w[0]), dims)
+            })
+            .collect();
+        check_same_tensors(GATHER, shapes.iter().map(|(d, s)| (*d, s.as_slice())))?;
         let issued = tensor::cuda::nccl::all_gather(&self.comm, t);
-        let status = issued.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        self.member
-            .agree(GATHER, "all_gather (issued)", status, |_| Ok(()))?;
+        let status = issued
+            .as_ref()
+            .map(|_| Vec::new())
+            .map_err(|e| e.to_string());
+        self.host.agree(GATHER, "all_gather (issued)", status)?;
         issued?.reshape(&shape?)
     }
 }
@@ -108,7 +160,7 @@ impl Communicator for Nccl {
     }
 
     fn all_gather_host(&self, words: Vec<u64>) -> Result<Vec<Vec<u64>>> {
-        self.member.all_gather_host(words)
+        self.host.all_gather_host(words)
     }
 
     fn all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<Tensor> {
@@ -126,5 +178,47 @@ impl Drop for Nccl {
             // A drop cannot return an error; NcclComm's drop releases NCCL either way.
             let _ = self.comm.gpu().synchronize();
         }
+    }
+}
+
+/// Where the host exchanges that fence each collective go: between the threads of one process,
+/// or through the run's TCP store.
+enum Host {
+    Threads(Member),
+    Store(TcpGroup),
+}
+
+impl Host {
+    fn all_gather_host(&self, words: Vec<u64>) -> Result<Vec<Vec<u64>>> {
+        match self {
+            Host::Threads(m) => m.all_gather_host(words),
+            Host::Store(g) => g.all_gather_host(words),
+        }
+    }
+
+    /// Every rank's `status` words (its value, or why it has none), in rank order; when a rank
+    /// has none, the same error on every rank, attributed to `op` and naming the first such rank
+    /// and `what` it was doing. A rank that cannot take part joins with its error, so the others
+    /// fail with it instead of waiting for it.
+    fn agree(
+        &self,
+        op: &'static str,
+        what: &str,
+        status: std::result::Result<Vec<u64>, String>,
+    ) -> Result<Vec<Vec<u64>>> {
+        let words = match status {
+            Ok(w) => [vec![1], w].concat(),
+            Err(msg) => [vec![0], msg.bytes().map(u64::from).collect()].concat(),
+        };
+        let all = self.all_gather_host(words)?;
+        if let Some(r) = all.iter().position(|w| w.first() != Some(&1)) {
+            let msg: String = all[r]
+                .iter()
+                .skip(1)
+                .map(|&b| char::from(b as u8))
+                .collect();
+            bail!(op, "rank {r} ({what}): {msg}");
+        }
+        Ok(all.into_iter().map(|w| w[1..].to_vec()).collect())
     }
 }

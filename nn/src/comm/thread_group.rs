@@ -49,7 +49,7 @@ fn chunk(n: usize, world: usize, r: usize) -> std::ops::Range<usize> {
 }
 
 /// `tensors` (CPU, one float dtype) flattened in order and widened to f64.
-fn contribution(tensors: &[&Tensor]) -> Result<(DType, Vec<f64>)> {
+pub(super) fn contribution(tensors: &[&Tensor]) -> Result<(DType, Vec<f64>)> {
     let dtype = tensors.first().map_or(DType::F32, |t| t.dtype());
     if !dtype.is_float() {
         bail!(OP, "dtype {dtype} cannot be all-reduced");

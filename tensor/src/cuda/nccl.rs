@@ -12,7 +12,7 @@
 
 use super::{float_kernel, operands, strided, tensor_of, wrap, CudaBuf};
 use crate::{bail, contiguous_strides, DType, Device, Result, Tensor};
-pub use cuda::nccl::{nccl_version, NcclComm, Reduce};
+pub use cuda::nccl::{nccl_version, NcclComm, NcclId, Reduce};
 use cuda::ops::elementwise::copy_into;
 
 const OP: &str = "nccl all_reduce";
