@@ -2,7 +2,7 @@
 //! is an HF directory that loads back, the log follows the schedule, checkpoints rotate, and a
 //! run resumed from a checkpoint ends bit for bit where the uninterrupted run ends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nn::Module;
 use retrieval::train::{LogEntry, LOG_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE};
