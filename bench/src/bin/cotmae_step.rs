@@ -420,8 +420,8 @@ fn print_counters(
         println!(
             "{{\"step\": {}, \"model\": \"{what}\", \"shape\": \"{shape}\", \"precision\": \"{:?}\", \
              \"syncs\": {}, \"launches\": {}, \"gemms\": {}, \"heuristic_queries\": {}, \
-             \"weight_casts\": {}, \"bytes_to_device\": {}, \"bytes_to_host\": {}, \
-             \"bytes_on_device\": {}}}",
+             \"weight_casts\": {}, \"casts\": {}, \"bytes_to_device\": {}, \
+             \"bytes_to_host\": {}, \"bytes_on_device\": {}}}",
             i + 2,
             o.precision,
             c.syncs,
@@ -429,6 +429,7 @@ fn print_counters(
             c.gemms,
             c.heuristic_queries,
             c.weight_casts,
+            c.casts,
             c.bytes_to_device,
             c.bytes_to_host,
             c.bytes_on_device
