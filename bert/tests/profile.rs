@@ -150,6 +150,18 @@ fn a_training_step_lands_in_its_modules_and_phases() {
     for r in &after {
         assert_eq!(r.phase, Phase::Optimizer, "{}", r.name);
     }
+    // Every op that reads or writes a tensor records its bytes (GB/s in the table); those
+    // without are ops that make a tensor from nothing, or name a group of ops they call.
+    let no_bytes: std::collections::BTreeSet<&str> = ops
+        .iter()
+        .filter(|r| r.bytes == 0)
+        .map(|r| &*r.name)
+        .collect();
+    let allowed = ["zeros", "full", "sum_to_shape"];
+    assert!(
+        no_bytes.iter().all(|n| allowed.contains(n)),
+        "ops recorded with no bytes moved: {no_bytes:?}"
+    );
     // Slices nest on the thread, and the phases cover the step.
     assert_nested(&recs);
     let phases: u64 = recs

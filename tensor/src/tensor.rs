@@ -336,7 +336,7 @@ impl Tensor {
 
     /// A fresh contiguous copy with its own storage.
     pub fn copy(&self) -> Result<Tensor> {
-        let _p = crate::profiler::scope("copy");
+        let _p = crate::profiler::scope("copy").io(&[self], self.shape());
         match &*self.storage {
             Storage::Cpu(s) => {
                 let out = map_cpu_storage!(s, b => CpuStorage::from_vec(gather_strided(b.as_slice(), &self.layout)));

@@ -43,14 +43,14 @@ impl Tensor {
         check_same(OP, x, dy)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[x, dy]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[x, dy], x.shape());
             return crate::cuda::rows::gelu_backward(x, dy);
         }
         if is_half(x.dtype()) {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
             return Tensor::gelu_backward(&f(x)?, &f(dy)?)?.to_dtype(x.dtype());
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[x, dy], x.shape());
         let (x, dy) = (x.contiguous()?, dy.contiguous()?);
         fn run<T: GeluFloat>(s: &CpuStorage, x: &Tensor, dy: &Tensor) -> Result<CpuStorage> {
             let xs = contiguous_slice::<T>(OP, s, x.layout())?;
@@ -75,7 +75,7 @@ impl Tensor {
         check_bias(OP, self, bias)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, bias]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[self, bias], self.shape());
             return crate::cuda::rows::bias_gelu(self, bias);
         }
         self.add(bias)?.gelu()
@@ -90,7 +90,10 @@ impl Tensor {
         check_same(OP, x, dy)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[x, bias, dy]) {
-            let _p = crate::profiler::scope(OP);
+            // Writes dx and the bias gradient.
+            let _p = crate::profiler::scope(OP)
+                .io(&[x, bias, dy], x.shape())
+                .extra_bytes((bias.elem_count() * bias.dtype().size_in_bytes()) as u64);
             return crate::cuda::rows::bias_gelu_backward(x, bias, dy);
         }
         let dx = Tensor::gelu_backward(&x.add(bias)?, dy)?;

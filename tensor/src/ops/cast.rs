@@ -26,7 +26,7 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let _p = crate::profiler::scope("cast");
+        let _p = crate::profiler::scope("cast").io_as(&[self], self.shape(), dtype);
         #[cfg(feature = "cuda")]
         if let crate::Storage::Cuda(_) = self.storage() {
             return crate::cuda::cast::cast(self, dtype);

@@ -100,7 +100,7 @@ impl Tensor {
             }
             out_shape[dim] += t.shape()[dim];
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(tensors, &out_shape);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(tensors) {
             return crate::cuda::concat::cat(tensors, dim, &out_shape);

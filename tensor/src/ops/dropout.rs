@@ -90,7 +90,10 @@ impl Tensor {
                 dtype: self.dtype(),
             });
         }
-        let _p = crate::profiler::scope(OP);
+        // Reads x, writes the output and the u8 keep mask.
+        let _p = crate::profiler::scope(OP)
+            .io(&[self], self.shape())
+            .extra_bytes(self.elem_count() as u64);
         if p == 0.0 {
             return Ok((
                 self.clone(),
@@ -141,7 +144,9 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if p > 0.0 && self.dtype().is_float() && crate::cuda::any_on_cuda(&[self, residual]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP)
+                .io(&[self, residual], self.shape())
+                .extra_bytes(self.elem_count() as u64);
             let (seed, offset) = (rng.seed, rng.reserve(self.elem_count(), 4));
             return crate::cuda::dropout::dropout_add(OP, self, residual, p, (seed, offset));
         }
@@ -173,7 +178,7 @@ impl Tensor {
                 rhs: keep_mask.shape().to_vec(),
             });
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[dy, keep_mask], dy.shape());
         apply_mask(OP, dy, keep_mask, p)
     }
 

@@ -214,7 +214,13 @@ impl Tensor {
             ));
         }
         let ids_c = index_tensor(OP, ids)?;
-        let _p = crate::profiler::scope(OP);
+        let _p = match crate::profiler::enabled() {
+            true => {
+                let out_shape = [ids.shape(), &weight.shape()[1..]].concat();
+                crate::profiler::scope(OP).io_gather(weight, ids, &out_shape)
+            }
+            false => crate::profiler::scope(OP),
+        };
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[weight, ids]) {
             return crate::cuda::index::embedding(weight, &ids_c);
@@ -240,14 +246,14 @@ impl Tensor {
             });
         }
         let ids_c = index_tensor(OP, ids)?;
-        let _p = crate::profiler::scope(OP);
+        let h = dy.shape()[ids.rank()];
+        let _p = crate::profiler::scope(OP).io(&[dy, ids], &[num_embeddings, h]);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[ids, dy]) {
             return crate::cuda::index::embedding_backward(&ids_c, dy, num_embeddings);
         }
         let flat = host_ids(OP, &ids_c)?;
         check_range(OP, &flat, num_embeddings)?;
-        let h = dy.shape()[ids.rank()];
         let dy2 = dy.reshape(&[flat.len(), h])?;
         add_slices(OP, None, &[num_embeddings, h], 0, &flat, &dy2)
     }
@@ -260,9 +266,9 @@ impl Tensor {
         check_dim(OP, dim, self.rank())?;
         let ids_c = index_tensor(OP, indices)?;
         one_d(OP, &ids_c)?;
-        let _p = crate::profiler::scope(OP);
         let mut shape = self.shape().to_vec();
         shape[dim] = ids_c.elem_count();
+        let _p = crate::profiler::scope(OP).io_gather(self, indices, &shape);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, indices]) {
             return crate::cuda::index::index_select(self, dim, &ids_c, &shape);
@@ -291,7 +297,7 @@ impl Tensor {
                 rhs: src.shape().to_vec(),
             });
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[self, indices, src], self.shape());
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, indices, src]) {
             return crate::cuda::index::index_add(self, dim, &ids_c, src);
@@ -310,7 +316,7 @@ impl Tensor {
         check_dim(OP, dim, self.rank())?;
         check_fits(OP, index, self, Some(dim))?;
         let idx_c = index_tensor(OP, index)?;
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io_gather(self, index, index.shape());
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, index]) {
             return crate::cuda::index::gather(self, dim, &idx_c);
@@ -335,7 +341,7 @@ impl Tensor {
         check_fits(OP, index, self, Some(dim))?;
         check_fits(OP, index, src, None)?;
         let idx_c = index_tensor(OP, index)?;
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[self, index, src], self.shape());
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self, index, src]) {
             return crate::cuda::index::scatter_add(self, dim, &idx_c, src);

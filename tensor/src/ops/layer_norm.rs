@@ -121,7 +121,7 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[x, weight, mean, rstd, dy]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = ln_backward_scope(x, weight, mean, rstd, dy);
             return crate::cuda::layer_norm::layer_norm_backward(x, weight, mean, rstd, dy);
         }
         if is_half(x.dtype()) {
@@ -131,7 +131,7 @@ impl Tensor {
             let wd = weight.dtype();
             return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(wd)?, db.to_dtype(wd)?));
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = ln_backward_scope(x, weight, mean, rstd, dy);
         let xc = x.contiguous()?;
         let others = [weight, mean, rstd, dy].map(|t| t.contiguous());
         let [w, m, r, g] = others;
@@ -164,6 +164,21 @@ impl Tensor {
             Tensor::from_cpu(db, weight.shape()),
         ))
     }
+}
+
+/// The profiler scope of `layer_norm_backward`: reads x, the weight, the saved statistics and
+/// dy; writes dx and the weight and bias gradients.
+fn ln_backward_scope(
+    x: &Tensor,
+    weight: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> crate::profiler::Scope {
+    let params = 2 * weight.elem_count() * weight.dtype().size_in_bytes();
+    crate::profiler::scope("layer_norm_backward")
+        .io(&[x, weight, mean, rstd, dy], x.shape())
+        .extra_bytes(params as u64)
 }
 
 #[cfg(test)]

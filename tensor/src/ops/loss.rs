@@ -90,7 +90,7 @@ impl Tensor {
         check_shapes(OP, logits, targets)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[logits, targets]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[logits, targets], &logits.shape()[..1]);
             return crate::cuda::loss::cross_entropy(logits, targets, ignore_index);
         }
         let (t, _) = check_targets(OP, logits, targets, ignore_index)?;
@@ -99,7 +99,7 @@ impl Tensor {
             let (loss, lse) = Tensor::cross_entropy(&l32, targets, ignore_index)?;
             return Ok((loss.to_dtype(logits.dtype())?, lse));
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[logits, targets], &logits.shape()[..1]);
         let x = logits.contiguous()?;
         let c = x.shape()[1];
         fn run<T: VecFloat>(
@@ -146,7 +146,7 @@ impl Tensor {
         check_lse(OP, logits, targets, lse)?;
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[logits, targets, lse]) {
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[logits, targets, lse], logits.shape());
             let (t, l) = (targets, lse);
             return crate::cuda::loss::cross_entropy_backward(
                 logits,
@@ -163,7 +163,7 @@ impl Tensor {
             return Tensor::cross_entropy_backward(&l32, targets, lse, ignore_index, grad_loss)?
                 .to_dtype(logits.dtype());
         }
-        let _p = crate::profiler::scope(OP);
+        let _p = crate::profiler::scope(OP).io(&[logits, targets, lse], logits.shape());
         let (x, lse) = (logits.contiguous()?, lse.contiguous()?);
         let c = x.shape()[1];
         let coef = if valid == 0 {
@@ -218,7 +218,7 @@ impl Tensor {
         if crate::cuda::any_on_cuda(&[logits, grad_loss]) {
             check_shapes(OP, logits, targets)?;
             check_lse(OP, logits, targets, lse)?;
-            let _p = crate::profiler::scope(OP);
+            let _p = crate::profiler::scope(OP).io(&[logits, targets, lse], logits.shape());
             let g = grad_loss.to_dtype(DType::F32)?.contiguous()?;
             return crate::cuda::loss::cross_entropy_backward(
                 logits,

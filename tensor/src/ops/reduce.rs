@@ -34,6 +34,19 @@ fn reduce_mask(op: &'static str, shape: &[usize], dims: &[usize]) -> Result<Vec<
 }
 
 /// The shape left after reducing the masked dims.
+/// The profiler scope of a reduction: reads `x`, writes the reduced shape.
+fn reduce_scope(
+    op: &'static str,
+    x: &Tensor,
+    mask: &[bool],
+    keepdim: bool,
+) -> crate::profiler::Scope {
+    if !crate::profiler::enabled() {
+        return crate::profiler::scope(op);
+    }
+    crate::profiler::scope(op).io(&[x], &out_shape(x.shape(), mask, keepdim))
+}
+
 fn out_shape(shape: &[usize], mask: &[bool], keepdim: bool) -> Vec<usize> {
     shape
         .iter()
@@ -154,7 +167,7 @@ impl Tensor {
     /// Sum over `dims`. Floats keep their dtype (accumulated in f64); i64 and u8 give i64.
     pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
         let mask = reduce_mask("sum", self.shape(), dims)?;
-        let _p = crate::profiler::scope("sum");
+        let _p = reduce_scope("sum", self, &mask, keepdim);
         match self.dtype() {
             DType::I64 | DType::U8 => {
                 #[cfg(feature = "cuda")]
@@ -179,7 +192,7 @@ impl Tensor {
     /// Mean over `dims` (float dtypes); NaN where the reduced dims hold no elements.
     pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
         let mask = reduce_mask("mean", self.shape(), dims)?;
-        let _p = crate::profiler::scope("mean");
+        let _p = reduce_scope("mean", self, &mask, keepdim);
         let n = reduced_count(self.shape(), &mask);
         let r = FloatSum::<false> {
             scale: 1.0 / n as f64,
@@ -193,7 +206,7 @@ impl Tensor {
     pub fn var(&self, dims: &[usize], keepdim: bool, correction: usize) -> Result<Tensor> {
         let mask = reduce_mask("var", self.shape(), dims)?;
         require_float("var", self.dtype())?;
-        let _p = crate::profiler::scope("var");
+        let _p = reduce_scope("var", self, &mask, keepdim);
         if matches!(self.dtype(), DType::F16 | DType::BF16) {
             let wide = self.to_dtype(DType::F32)?;
             return wide.var(dims, keepdim, correction)?.to_dtype(self.dtype());
@@ -219,8 +232,8 @@ impl Tensor {
 
     /// `sqrt(sum(x^2))` over every element, accumulated in f64, as a rank-0 tensor.
     pub fn norm_l2(&self) -> Result<Tensor> {
-        let _p = crate::profiler::scope("norm_l2");
         let mask = vec![true; self.rank()];
+        let _p = reduce_scope("norm_l2", self, &mask, false);
         let r = FloatSum::<true> {
             scale: 1.0,
             sqrt: true,
@@ -264,7 +277,7 @@ impl Tensor {
                 self.shape()
             );
         }
-        let _p = crate::profiler::scope(op);
+        let _p = reduce_scope(op, self, &mask, keepdim);
         #[cfg(feature = "cuda")]
         if crate::cuda::any_on_cuda(&[self]) {
             let out = out_shape(self.shape(), &mask, keepdim);

@@ -196,14 +196,14 @@ fn backward(op: &'static str, y: &Tensor, dy: &Tensor, scale: f64, log: bool) ->
     check_same(op, y, dy)?;
     #[cfg(feature = "cuda")]
     if crate::cuda::any_on_cuda(&[y, dy]) {
-        let _p = crate::profiler::scope(op);
+        let _p = crate::profiler::scope(op).io(&[y, dy], y.shape());
         return crate::cuda::rows::softmax_backward(op, y, dy, scale, log);
     }
     if is_half(y.dtype()) {
         let (y32, dy32) = (y.to_dtype(DType::F32)?, dy.to_dtype(DType::F32)?);
         return backward(op, &y32, &dy32, scale, log)?.to_dtype(y.dtype());
     }
-    let _p = crate::profiler::scope(op);
+    let _p = crate::profiler::scope(op).io(&[y, dy], y.shape());
     let (y, dy) = (y.contiguous()?, dy.contiguous()?);
     let n = y.shape()[y.rank() - 1];
     fn run<T: VecFloat>(

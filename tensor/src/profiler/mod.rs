@@ -240,7 +240,20 @@ pub fn scope(name: &'static str) -> Scope {
 impl Scope {
     /// Records the operands (shapes, dtype, device, bytes read) and the output shape (bytes
     /// written, in the first operand's dtype). On a GPU, starts the op's event pair.
-    pub fn io(mut self, inputs: &[&crate::Tensor], out: &[usize]) -> Self {
+    pub fn io(self, inputs: &[&crate::Tensor], out: &[usize]) -> Self {
+        match inputs.first() {
+            Some(t) => self.io_as(inputs, out, t.dtype()),
+            None => self,
+        }
+    }
+
+    /// [`Scope::io`] with the output in `out_dtype` (a cast).
+    pub fn io_as(
+        mut self,
+        inputs: &[&crate::Tensor],
+        out: &[usize],
+        out_dtype: crate::DType,
+    ) -> Self {
         if let Some(a) = &mut self.active {
             let r = &mut a.record;
             let mut shapes = String::new();
@@ -252,7 +265,7 @@ impl Scope {
                 r.dtype = t.dtype().safetensors_name();
                 r.device = if t.device().is_cpu() { "cpu" } else { "cuda" };
                 let out_elems: usize = out.iter().product();
-                r.bytes += (out_elems * t.dtype().size_in_bytes()) as u64;
+                r.bytes += (out_elems * out_dtype.size_in_bytes()) as u64;
             }
             r.shapes = format!("{shapes}->{out:?}");
             #[cfg(feature = "cuda")]
@@ -262,6 +275,19 @@ impl Scope {
                     a.record.flow = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        self
+    }
+
+    /// [`Scope::io`] for a gather (`embedding`, `index_select`, `gather`): the output's rows are
+    /// read from `table` once, so the table counts for the output's size, not its own.
+    pub fn io_gather(mut self, table: &crate::Tensor, index: &crate::Tensor, out: &[usize]) -> Self {
+        self = self.io(&[table, index], out);
+        if let Some(a) = &mut self.active {
+            let size = table.dtype().size_in_bytes();
+            let out_elems: usize = out.iter().product();
+            a.record.bytes -= (table.elem_count() * size) as u64;
+            a.record.bytes += (out_elems * size) as u64;
         }
         self
     }
