@@ -111,7 +111,12 @@ macro_rules! with_dtype {
 with_dtype!(f32, F32, |v: f64| v as f32, |v: f32| v as f64);
 with_dtype!(f64, F64, |v: f64| v, |v: f64| v);
 with_dtype!(f16, F16, |v| f16::from_f32(f64_to_f32_odd(v)), f16::to_f64);
-with_dtype!(bf16, BF16, |v| bf16::from_f32(f64_to_f32_odd(v)), bf16::to_f64);
+with_dtype!(
+    bf16,
+    BF16,
+    |v| bf16::from_f32(f64_to_f32_odd(v)),
+    bf16::to_f64
+);
 
 /// f64 -> f32 rounded to odd: toward zero, then the last bit set when inexact. Rounding that
 /// f32 to nearest-even in a format with at least two fewer mantissa bits (f16, bf16) gives the
@@ -303,7 +308,16 @@ mod tests {
 
     #[test]
     fn round_to_odd_keeps_exact_values_infinities_and_signs() {
-        for v in [0.0, -0.0, 1.0, -2.5, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1e-300] {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            -1e-300,
+        ] {
             let t = f64_to_f32_odd(v);
             assert_eq!(t.is_sign_negative(), v.is_sign_negative(), "{v:e}");
             if (v as f32) as f64 == v {

@@ -281,7 +281,12 @@ impl Scope {
 
     /// [`Scope::io`] for a gather (`embedding`, `index_select`, `gather`): the output's rows are
     /// read from `table` once, so the table counts for the output's size, not its own.
-    pub fn io_gather(mut self, table: &crate::Tensor, index: &crate::Tensor, out: &[usize]) -> Self {
+    pub fn io_gather(
+        mut self,
+        table: &crate::Tensor,
+        index: &crate::Tensor,
+        out: &[usize],
+    ) -> Self {
         self = self.io(&[table, index], out);
         if let Some(a) = &mut self.active {
             let size = table.dtype().size_in_bytes();
