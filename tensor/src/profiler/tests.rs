@@ -139,10 +139,13 @@ fn a_long_run_keeps_memory_bounded() {
         }
     };
     steps(5);
+    // Other tests of this binary run ops on their own threads meanwhile (the profiler is
+    // global); theirs stay in Phase::Other, so this test counts only the marked phases.
     let key_names = || {
         let mut k: Vec<String> = record::aggregates()
             .0
             .into_keys()
+            .filter(|(_, _, phase)| *phase != Phase::Other)
             .map(|(op, module, phase)| format!("{op} {module} {}", phase.name()))
             .collect();
         k.sort();
@@ -162,11 +165,16 @@ fn a_long_run_keeps_memory_bounded() {
     steps(1000);
     let (kept, dropped) = records();
     assert_eq!(kept.len(), 64, "the ring holds its capacity");
-    // Per step: 5 ops, 3 module slices, 2 phase slices.
-    assert_eq!(kept.len() as u64 + dropped, 1005 * 10);
+    // Per step: 5 ops, 3 module slices, 2 phase slices (and whatever other threads added).
+    assert!(kept.len() as u64 + dropped >= 1005 * 10);
     assert_eq!(key_names(), keys, "the totals grew with the steps");
-    let mm = op_total("matmul");
-    assert_eq!(mm.calls, 1005 * 2);
+    let matmuls: u64 = record::aggregates()
+        .0
+        .into_iter()
+        .filter(|((op, _, phase), _)| op == "matmul" && *phase == Phase::Forward)
+        .map(|(_, a)| a.calls)
+        .sum();
+    assert_eq!(matmuls, 1005 * 2);
 }
 
 #[test]
