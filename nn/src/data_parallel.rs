@@ -282,13 +282,16 @@ pub(crate) fn agree_on_shapes<C: Communicator + ?Sized, T: Deref<Target = Tensor
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::comm::ThreadGroup;
     use std::time::Duration;
 
     /// Runs `f(rank, comm)` on one thread per rank of a new ThreadGroup of `world`.
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(usize, ThreadGroup) -> R + Sync) -> Vec<R> {
+    pub(crate) fn on_ranks<R: Send>(
+        world: usize,
+        f: impl Fn(usize, ThreadGroup) -> R + Sync,
+    ) -> Vec<R> {
         let comms = ThreadGroup::with_timeout(world, Duration::from_secs(20)).unwrap();
         std::thread::scope(|s| {
             let hs: Vec<_> = comms

@@ -347,9 +347,8 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::comm::ThreadGroup;
     use crate::data_parallel::all_reduce_grads;
-    use std::time::Duration;
+    use crate::data_parallel::tests::on_ranks;
     use tensor::DType;
 
     /// A chain of `depth` square layers, `x @ w0 @ w1 ...`, then the sum; w_unused takes no
@@ -383,21 +382,6 @@ mod tests {
             }
             h.sum_all().unwrap()
         }
-    }
-
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(usize, ThreadGroup) -> R + Sync) -> Vec<R> {
-        let comms = ThreadGroup::with_timeout(world, Duration::from_secs(60)).unwrap();
-        std::thread::scope(|s| {
-            let hs: Vec<_> = comms
-                .into_iter()
-                .enumerate()
-                .map(|(r, c)| {
-                    let f = &f;
-                    s.spawn(move || f(r, c))
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
     }
 
     fn bits(g: &Gradients, params: &[(String, Param)]) -> Vec<Option<Vec<u64>>> {
