@@ -1,11 +1,14 @@
 //! Mixed-precision autocast, as `torch.autocast(device, dtype)` for the matrix products: while
 //! [`autocast`] is active with `Some(F16)` or `Some(BF16)`, [`Var::matmul`](crate::Var::matmul)
 //! and [`Var::matmul_bias`](crate::Var::matmul_bias) (so `nn::Linear`, the attention products and
-//! the MLM decoder) take f32 operands that live on a CUDA device, cast them to the half dtype with
-//! differentiable casts, run the GEMM in half precision (cuBLAS, f32 accumulation) and cast the
-//! product back to f32. The gradients flow back through the casts, so f32 parameters (the master
-//! weights) receive f32 gradients. Everything else (LayerNorm, softmax, GELU, the losses) sees
-//! f32 values and computes in f32.
+//! the MLM decoder) take operands that live on a CUDA device, cast those that are f32 to the half
+//! dtype with differentiable casts (an operand already in the half dtype is read as it is), and
+//! run the GEMM in half precision (cuBLAS, f32 accumulation). The product stays in the half dtype,
+//! as torch's autocast returns it: activations flow in half between products (GELU and dropout
+//! run in it), a half branch added into the f32 hidden state gives f32 (`Var::dropout_add`),
+//! LayerNorm (`nn::LayerNorm`), softmax and the losses (`Var::cross_entropy`) compute in f32. The
+//! gradients flow back through the casts in the matching dtypes, so f32 parameters (the master
+//! weights) receive f32 gradients.
 //!
 //! On the CPU, `Some(BF16)` does the same with the CPU's bf16 GEMM (`Tensor::matmul_bf16`, AMX or
 //! AVX512-BF16): f32 operands are rounded to bf16 as the GEMM packs them and the f32 sums come
@@ -46,13 +49,15 @@ pub fn autocast_dtype() -> Option<DType> {
 }
 
 /// The half dtype the products of these operands run in: the active autocast dtype when it is
-/// f16 or bf16 and every operand is an f32 tensor on a CUDA device; None otherwise.
+/// f16 or bf16, every operand is a tensor on a CUDA device of f32 or that half dtype, and at
+/// least one is f32 (all-half operands need no autocast); None otherwise.
 pub(crate) fn gemm_dtype(operands: &[&tensor::Tensor]) -> Option<DType> {
     let half = autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
-    operands
-        .iter()
-        .all(|t| t.dtype() == DType::F32 && t.device() != tensor::Device::Cpu)
-        .then_some(half)
+    let on_gpu = |t: &&tensor::Tensor| t.device() != tensor::Device::Cpu;
+    let fits = |t: &&tensor::Tensor| t.dtype() == DType::F32 || t.dtype() == half;
+    (operands.iter().all(|t| on_gpu(t) && fits(t))
+        && operands.iter().any(|t| t.dtype() == DType::F32))
+    .then_some(half)
 }
 
 /// True when the products of these operands run in the CPU's bf16 GEMM: autocast is
@@ -143,10 +148,15 @@ mod tests {
             let v: Vec<Var> = host.iter().map(|t| Var::param(t.clone())).collect();
             autocast(cast, || product_chain(&v))
         };
-        let (want, names) = run(None);
+        let (want, names, _) = run(None);
         assert_eq!(names, ["matmul_bias"]);
-        let (got, names) = run(Some(DType::BF16));
+        let (got, names, dtypes) = run(Some(DType::BF16));
         assert_eq!(names, ["matmul_bias_bf16"]);
+        assert_eq!(
+            dtypes,
+            [DType::F32; 2],
+            "the CPU's bf16 products return f32"
+        );
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.dtype(), DType::F32);
             let err = tensor::testing::max_rel_err(g, w);
@@ -157,24 +167,30 @@ mod tests {
 
     /// The products the autocast tests run on parameters `v` ([6,40], [40,8], [8], [40]): a
     /// linear layer, a linear + GELU, a plain product and attention over [1, 2, 6, 4] views (the
-    /// flash path on CUDA), then the gradient of a mean square. Returns the output and every
-    /// parameter's gradient, and the op name of the first product.
-    fn product_chain(v: &[Var]) -> (Vec<Tensor>, Vec<&'static str>) {
+    /// flash path on CUDA), then the gradient of a mean square of the result in f32. Returns the
+    /// output and every parameter's gradient, the op name of the first product and the dtypes of
+    /// the first product and of the attention output.
+    fn product_chain(v: &[Var]) -> (Vec<Tensor>, Vec<&'static str>, [DType; 2]) {
         let y = v[0].matmul_bias(&v[1], &v[2]).unwrap();
         let names = vec![y.op_name()];
+        let first = y.value().dtype();
         let y = y.matmul_bias_gelu(&v[1].t().unwrap(), &v[3]).unwrap();
         let z = y.matmul(&v[1]).unwrap();
         let heads = z.reshape(&[1, 6, 2, 4]).unwrap().transpose(1, 2).unwrap();
         let att = Var::scaled_dot_product_attention(&heads, &heads, &heads, None, 0.5, 0.0, None)
             .unwrap();
+        let att_dtype = att.value().dtype();
         let z = z
             .add(&att.transpose(1, 2).unwrap().reshape(&[6, 8]).unwrap())
             .unwrap();
-        assert_eq!(z.value().dtype(), DType::F32);
+        let z = match z.value().dtype() {
+            DType::F32 => z,
+            _ => z.to_dtype(DType::F32).unwrap(),
+        };
         let grads = z.sqr().unwrap().mean_all().unwrap().backward().unwrap();
         let mut out = vec![z.value().clone()];
         out.extend(v.iter().map(|p| grads.get(p).unwrap().clone()));
-        (out, names)
+        (out, names, [first, att_dtype])
     }
 
     #[test]
@@ -189,7 +205,8 @@ mod tests {
     }
 
     /// On a GPU: half-precision products (plain, with bias, with the fused bias + GELU, and in
-    /// attention) of f32 operands, f32 results and f32 gradients close to the CPU's.
+    /// attention) of f32 operands, results in f32 after the residual add (the products stay half:
+    /// checked in `product_chain`) and f32 gradients of the f32 parameters, close to the CPU's.
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_products_run_in_half_and_return_f32() {
@@ -207,7 +224,13 @@ mod tests {
                 .iter()
                 .map(|t| Var::param(t.to_device(device).unwrap()))
                 .collect();
-            autocast(cast, || product_chain(&v).0)
+            let (out, _, dtypes) = autocast(cast, || product_chain(&v));
+            assert_eq!(
+                dtypes,
+                [cast.unwrap_or(DType::F32); 2],
+                "products stay {cast:?}"
+            );
+            out
         };
         let want = run(Device::Cpu, None);
         // Tolerances for the whole chain (four products, attention, their backward), relative to

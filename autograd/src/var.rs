@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tensor::{Result, Tensor};
+use tensor::{DType, Result, Tensor};
 
 /// Maps the gradient of an op's output to one optional gradient per input (None: no gradient
 /// flows to that input, e.g. an integer index).
@@ -152,6 +152,44 @@ impl Var {
             value,
             vec![self.clone()],
             Box::new(move |g| Ok(vec![Some(g.to_dtype(dtype)?)])),
+        ))
+    }
+
+    /// `value`: `vars` concatenated along dim 0 in another dtype (the kept half copy of several
+    /// parameters in one buffer, `nn::fused_half`), as one node whose gradient is cut back into
+    /// each input's rows (views) and cast to that input's dtype, one cast per input.
+    pub fn cat_cast_as(vars: &[Var], value: Tensor) -> tensor::Result<Var> {
+        let rows: Vec<usize> = vars
+            .iter()
+            .map(|v| v.shape().first().copied().unwrap_or(0))
+            .collect();
+        let fits = vars.iter().all(|v| {
+            v.shape().len() == value.shape().len() && v.shape().get(1..) == value.shape().get(1..)
+        }) && value.shape().first() == Some(&rows.iter().sum());
+        if !fits {
+            let shapes: Vec<&[usize]> = vars.iter().map(|v| v.shape()).collect();
+            return Err(tensor::Error::op(
+                "cat_cast_as",
+                format!(
+                    "{shapes:?} concatenated along dim 0 are not {:?}",
+                    value.shape()
+                ),
+            ));
+        }
+        let dtypes: Vec<DType> = vars.iter().map(|v| v.value().dtype()).collect();
+        Ok(Var::from_op(
+            "cat_to_dtype",
+            value,
+            vars.to_vec(),
+            Box::new(move |g| {
+                let mut start = 0;
+                let mut out = Vec::with_capacity(rows.len());
+                for (&n, &dtype) in rows.iter().zip(&dtypes) {
+                    out.push(Some(g.narrow(0, start, n)?.to_dtype(dtype)?));
+                    start += n;
+                }
+                Ok(out)
+            }),
         ))
     }
 

@@ -8,6 +8,13 @@
 //! [B, L, H]. The scores-to-context part is `Var::scaled_dot_product_attention` (the composed ops
 //! on the CPU, the flash kernels on CUDA). Then `attention.output`:
 //! LayerNorm(dropout(context W_o^T + b_o) + x).
+//!
+//! Under f16/bf16 autocast on a GPU the three projections are one GEMM (fused QKV): x (cast to
+//! the half dtype once) times the `[3H, H]` half weight that `nn::fused_half` keeps for
+//! query/key/value (the three half copies in one buffer, written by AdamW; the f32 parameters
+//! and the checkpoint keep HF's three tensors), plus the `[3H]` bias, gives `[B, L, 3H]`, which
+//! `Var::fused_qkv_attention` reads as three strided views. On the CPU the three `Linear`s run
+//! as before.
 
 use crate::config::BertConfig;
 use crate::init::Init;
@@ -78,6 +85,9 @@ impl BertSelfAttention {
         };
         let _m = tensor::profiler::module("self");
         let (n, d) = (self.num_heads, h / self.num_heads);
+        if let Some(context) = self.forward_fused(x, mask, ctx)? {
+            return context.transpose(1, 2)?.reshape(&[b, l, h]);
+        }
         let heads = |y: Var| y.reshape(&[b, l, n, d])?.transpose(1, 2);
         let q = heads(self.query.forward(x)?)?;
         let k = heads(self.key.forward(x)?)?;
@@ -98,6 +108,44 @@ impl BertSelfAttention {
             rng.as_mut(),
         )?;
         context.transpose(1, 2)?.reshape(&[b, l, h])
+    }
+}
+
+impl BertSelfAttention {
+    /// The fused QKV path (module doc): the context `[B, n, L, d]`, or None when it does not
+    /// apply (no half autocast, a CPU tensor, projections without biases).
+    fn forward_fused(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Option<Var>> {
+        let Some(half) = nn::autocast_half(x) else {
+            return Ok(None);
+        };
+        let lin = [&self.query, &self.key, &self.value];
+        let weights: Vec<&Param> = lin.iter().map(|l| &l.weight).collect();
+        let Some(biases) = lin
+            .iter()
+            .map(|l| l.bias.as_ref())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let (Some(w), Some(bias)) = (
+            nn::fused_half(&weights, half)?,
+            nn::fused_half(&biases, half)?,
+        ) else {
+            return Ok(None);
+        };
+        let &[b, l, h] = x.shape() else {
+            return Ok(None);
+        };
+        let n = self.num_heads;
+        let xh = nn::half_input(x, half)?.reshape(&[b * l, h])?;
+        let qkv = xh.matmul_bias(&w.t()?, &bias)?.reshape(&[b, l, 3 * h])?;
+        let mut rng = match ctx.train && self.dropout.p != 0.0 {
+            true => Some(ctx.dropout_rng(b * n * l * l)?),
+            false => None,
+        };
+        let scale = ((h / n) as f64).powf(-0.5);
+        let context = Var::fused_qkv_attention(&qkv, n, mask, scale, self.dropout.p, rng.as_mut())?;
+        Ok(Some(context))
     }
 }
 

@@ -15,7 +15,7 @@ mod common;
 
 use autograd::{autocast, Gradients, Var};
 use bert::BertForMaskedLM;
-use common::{fixtures, rel_err};
+use common::{check, fixtures, zero_gradient};
 use nn::{Ctx, Module};
 use tensor::safetensors::SafeTensors;
 use tensor::testing::cuda_or_skip;
@@ -74,48 +74,9 @@ fn pass(device: Device, precision: Option<DType>) -> Pass {
     })
 }
 
-fn check(what: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
-    let e = rel_err(&got.to_dtype(DType::F32).unwrap(), want);
-    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
-    e
-}
-
-/// Whether parameter `name`'s true gradient is zero: the key bias's (softmax ignores a shift
-/// shared by every key of a query), where both passes hold only rounding noise, so a relative
-/// error between them means nothing.
-fn zero_gradient(name: &str) -> bool {
-    name.ends_with("attention.self.key.bias")
-}
-
-/// The largest |element| of a tensor.
-fn max_abs(t: &Tensor) -> f64 {
-    let v = t.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
-    v.iter().fold(0.0, |m, x| m.max(x.abs()))
-}
-
-/// The worst gradient error over all parameters (asserting each is within `tol`); a gradient
-/// whose true value is zero ([`zero_gradient`]) must be within `tol` of zero relative to the
-/// largest gradient of the model instead.
+/// The worst gradient error over all parameters (`common::check_grads`).
 fn check_grads(got: &Pass, want: &Pass, tol: f64) -> (f64, String) {
-    assert_eq!(got.grads.len(), want.grads.len());
-    let largest = want.grads.iter().fold(0f64, |m, (_, w)| m.max(max_abs(w)));
-    let mut worst = (0f64, String::new());
-    for ((name, g), (wname, w)) in got.grads.iter().zip(&want.grads) {
-        assert_eq!(name, wname);
-        if zero_gradient(name) {
-            let noise = max_abs(g) / largest;
-            assert!(
-                noise <= tol,
-                "gradient of {name}: {noise:.3e} of the largest, not ~0"
-            );
-            continue;
-        }
-        let e = check(&format!("gradient of {name}"), g, w, tol);
-        if e > worst.0 {
-            worst = (e, name.clone());
-        }
-    }
-    worst
+    common::check_grads(&got.grads, &want.grads, tol)
 }
 
 #[test]

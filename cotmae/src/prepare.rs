@@ -20,7 +20,8 @@
 //!   [ids], "nearby": [ids], "overlap": [ids]}, ...]}`, in input order;
 //! - `tokens.bin`: the same documents in the memory-mapped token store (`token_store`).
 //!
-//! Both are written to temporary names and renamed into place at the end.
+//! Both are written to temporary names and renamed into place at the end. A corpus that yields
+//! no document (empty, or every line dropped or skipped) is an error, and nothing is renamed.
 //!
 //! Streaming and determinism: the file is read in batches of lines (never whole); a batch is
 //! processed in parallel with rayon (the current pool: `ThreadPool::install` chooses it) and
@@ -287,6 +288,7 @@ pub fn prepare(
     std::fs::create_dir_all(save_to).map_err(|e| Error::io(save_to, e))?;
 
     let data_path = save_to.join(DATA_FILE);
+    tensor::fs::check_replaceable(&data_path).map_err(|e| Error::io(&data_path, e))?;
     let data_tmp = save_to.join(format!("{DATA_FILE}.tmp"));
     let mut data = BufWriter::new(File::create(&data_tmp).map_err(|e| Error::io(&data_tmp, e))?);
     let mut store = TokenStoreWriter::create(save_to)?;
@@ -349,6 +351,17 @@ pub fn prepare(
                 }
             }
             bar.inc(read);
+        }
+        if report.documents == 0 {
+            // Nothing to pretrain on: an error, and the previous outputs (if any) stay.
+            return Err(Error::format(
+                file,
+                format!(
+                    "no document to write: {} lines read, {} dropped (fewer than 2 spans), {} \
+                     skipped as malformed",
+                    report.lines, report.dropped, report.skipped
+                ),
+            ));
         }
         Ok(())
     })();

@@ -293,6 +293,7 @@ impl TokenStoreWriter {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(FILE_NAME);
         check_endian(&path)?;
+        tensor::fs::check_replaceable(&path).map_err(|e| Error::io(&path, e))?;
         let tmp = dir.join(format!("{FILE_NAME}.tmp"));
         let ranges_tmp = dir.join(format!("{FILE_NAME}.ranges.tmp"));
         let create = |p: &Path| {

@@ -322,15 +322,22 @@ fn prepare_synthetic_tsv_and_plain_text() {
         }
     }
 
-    // Forcing TSV on the plain file skips every line as malformed, and never aborts.
+    // Forcing TSV on the plain file skips every line as malformed without stopping at the first
+    // one; with no document left, the run is an error (issue 14) and writes nothing.
     let tok = tokenizer();
     let opts = PrepareOptions {
         format: InputFormat::MsMarcoTsv,
         ..options(64)
     };
-    let r4 = prepare(&txt, dir.0.join("out4"), &tok, opts).unwrap();
-    assert_eq!((r4.skipped, r4.documents), (docs.len(), 0));
-    assert!(TokenStore::open(dir.0.join("out4")).unwrap().num_docs() == 0);
+    let err = prepare(&txt, dir.0.join("out4"), &tok, opts)
+        .unwrap_err()
+        .to_string();
+    let says = format!("{} skipped as malformed", docs.len());
+    assert!(
+        err.contains("no document to write") && err.contains(&says),
+        "{err}"
+    );
+    assert!(TokenStore::open(dir.0.join("out4")).is_err());
 
     // A missing input is an error naming the file.
     let err = prepare(dir.0.join("nope.tsv"), dir.0.join("out5"), &tok, options(8)).unwrap_err();

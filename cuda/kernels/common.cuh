@@ -310,3 +310,57 @@ __device__ __forceinline__ void report_error(u32* status, u32 code, i64 value) {
         status[2] = (u32)((u64)value >> 32);
     }
 }
+
+// ---- packed (16-byte vector) walks ------------------------------------------------------------
+
+// N elements of T moved by one load or store, aligned to their size (at most 16 bytes): with
+// N = 16 / sizeof(T) a 16-byte vector access, with N = 1 a plain scalar one.
+template <typename T, int N>
+struct __align__((N * sizeof(T)) < 16 ? (N * sizeof(T)) : 16) VecPack {
+    T v[N];
+};
+
+template <int N, typename T> __device__ __forceinline__ VecPack<T, N> load_pack(const T* p, i64 i) {
+    return *reinterpret_cast<const VecPack<T, N>*>(p + i);
+}
+template <int N, typename T> __device__ __forceinline__ void store_pack(T* p, i64 i, const VecPack<T, N>& v) {
+    *reinterpret_cast<VecPack<T, N>*>(p + i) = v;
+}
+
+// A contiguous walk of n elements for a `Body` whose `template <int N> run(const i64 (&off)[3])`
+// handles N elements from each operand's offset: the first (n / V) * V elements in packs of V
+// (when `packs` is set: the host checked every pointer's alignment), the rest one at a time. No
+// division per element.
+template <int V, typename Body>
+__device__ __forceinline__ void contig_packs(i64 n, int packs, const Body& body) {
+    const i64 np = packs ? n / V : 0;
+    for (i64 p = global_thread(); p < np; p += global_threads()) {
+        const i64 off[3] = {p * V, p * V, p * V};
+        body.template run<V>(off);
+    }
+    for (i64 i = np * V + global_thread(); i < n; i += global_threads()) {
+        const i64 off[3] = {i, i, i};
+        body.template run<1>(off);
+    }
+}
+
+// A [rows, cols] walk in which every operand steps by one element along a row and by
+// row_stride[k] elements between rows (0: a row broadcast along the leading dim; more than cols:
+// a slice of a wider buffer). Each row's cols / V packs (when `packs` is set: the host checked
+// that every operand's rows start 16-byte aligned) then its cols % V single elements are the
+// row's units; threadIdx.x / blockIdx.x walk units, threadIdx.y / blockIdx.y walk rows (2-D
+// grid, any size), so no division per element.
+template <int V, typename Body>
+__device__ __forceinline__ void row_packs(i64 rows, i64 cols, const i64 (&row_stride)[3], int packs,
+                                          const Body& body) {
+    const i64 np = packs ? cols / V : 0;
+    const i64 units = np + (cols - np * V);
+    for (i64 r = (i64)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.y * blockDim.y) {
+        for (i64 u = (i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (i64)gridDim.x * blockDim.x) {
+            const i64 c = u < np ? u * V : np * V + (u - np);
+            const i64 off[3] = {r * row_stride[0] + c, r * row_stride[1] + c, r * row_stride[2] + c};
+            if (u < np) body.template run<V>(off);
+            else body.template run<1>(off);
+        }
+    }
+}

@@ -15,7 +15,12 @@
 //   With a residual (a non-null pointer), y = (keep ? x * scale : 0) + residual, the dropped
 //   value rounded to t before the add, as the CPU's dropout followed by add rounds (the residual
 //   branch of BERT's output layers in one pass);
+// - dropout_add_<t>_<r>: the same with a residual (and output) of another type r: under autocast
+//   a bf16/f16 branch x added into the f32 hidden state, y = f32(round_t(keep ? x * scale : 0)) +
+//   residual in f32 (torch's type promotion of a half + f32 add, with no separate cast);
 // - dropout_apply_<t>: y = keep ? x * scale : 0 for a given mask (dropout's backward);
+// - dropout_apply_<g>_<t>: the same from a gradient of type g (f32) into x's type t (half): the
+//   backward of dropout_add_<t>_<r> for the branch, the product in f32 rounded once to t;
 // - uniform_<t>: lo + (hi - lo) u in f64, rounded once to t; normal_<t>: mean + std z in f64.
 //
 // Layout: every buffer contiguous, n elements (the logical row-major order of the draw).
@@ -38,9 +43,9 @@ extern "C" __global__ void philox_mask(u8* out, i64 n, u64 seed, u64 offset, flo
     }
 }
 
-// `residual` may be null (plain dropout).
-template <typename T>
-__device__ void dropout_fwd(const T* x, const T* residual, T* y, u8* keep, i64 n, u64 seed, u64 offset, float p,
+// `residual` may be null (plain dropout, R = T). The output has the residual's type R.
+template <typename T, typename R>
+__device__ void dropout_fwd(const T* x, const R* residual, R* y, u8* keep, i64 n, u64 seed, u64 offset, float p,
                             float scale) {
     const i64 blocks = (n + 3) / 4;
     for (i64 q = global_thread(); q < blocks; q += global_threads()) {
@@ -53,16 +58,17 @@ __device__ void dropout_fwd(const T* x, const T* residual, T* y, u8* keep, i64 n
                 const bool k = !(word_to_unit(words[j]) < p);
                 keep[i] = k ? 1 : 0;
                 const T d = from_f32<T>(k ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
-                y[i] = residual ? from_f32<T>(__fadd_rn(to_f32(d), to_f32(residual[i]))) : d;
+                y[i] = residual ? from_f32<R>(__fadd_rn(to_f32(d), to_f32(residual[i]))) : from_f32<R>(to_f32(d));
             }
         }
     }
 }
 
-template <typename T>
-__device__ void dropout_apply(const T* x, const u8* keep, T* y, i64 n, float scale) {
+// y has type O (x's type T, or the half type of dropout_add_<t>_<r>'s branch).
+template <typename T, typename O>
+__device__ void dropout_apply(const T* x, const u8* keep, O* y, i64 n, float scale) {
     for (i64 i = global_thread(); i < n; i += global_threads())
-        y[i] = from_f32<T>(keep[i] != 0 ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+        y[i] = from_f32<O>(keep[i] != 0 ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
 }
 
 template <typename T>
@@ -103,11 +109,11 @@ __device__ void normal_fill(T* out, i64 n, u64 seed, u64 offset, double mean, do
     extern "C" __global__ void dropout_fwd_##NAME(const T* x, const T* residual, T* y, u8* keep,    \
                                                   i64 n, u64 seed, u64 offset, float p,            \
                                                   float scale) {                                   \
-        dropout_fwd<T>(x, residual, y, keep, n, seed, offset, p, scale);                           \
+        dropout_fwd<T, T>(x, residual, y, keep, n, seed, offset, p, scale);                           \
     }                                                                                              \
     extern "C" __global__ void dropout_apply_##NAME(const T* x, const u8* keep, T* y, i64 n,       \
                                                     float scale) {                                 \
-        dropout_apply<T>(x, keep, y, n, scale);                                                    \
+        dropout_apply<T, T>(x, keep, y, n, scale);                                                    \
     }                                                                                              \
     extern "C" __global__ void uniform_##NAME(T* out, i64 n, u64 seed, u64 offset, double lo,      \
                                               double hi) {                                         \
@@ -121,3 +127,18 @@ __device__ void normal_fill(T* out, i64 n, u64 seed, u64 offset, double mean, do
 DROPOUT_ENTRIES(float, f32)
 DROPOUT_ENTRIES(f16, f16)
 DROPOUT_ENTRIES(bf16, bf16)
+
+// Mixed types: a half branch T added into a residual R (f32), and its backward from an R gradient.
+#define DROPOUT_MIXED_ENTRIES(T, TN, R, RN)                                                         \
+    extern "C" __global__ void dropout_add_##TN##_##RN(const T* x, const R* residual, R* y,         \
+                                                       u8* keep, i64 n, u64 seed, u64 offset,      \
+                                                       float p, float scale) {                     \
+        dropout_fwd<T, R>(x, residual, y, keep, n, seed, offset, p, scale);                        \
+    }                                                                                              \
+    extern "C" __global__ void dropout_apply_##RN##_##TN(const R* dy, const u8* keep, T* dx, i64 n, \
+                                                         float scale) {                            \
+        dropout_apply<R, T>(dy, keep, dx, n, scale);                                               \
+    }
+
+DROPOUT_MIXED_ENTRIES(f16, f16, float, f32)
+DROPOUT_MIXED_ENTRIES(bf16, bf16, float, f32)

@@ -15,13 +15,23 @@
 //   so they serve every dtype.
 //
 // Layout: outputs are fresh contiguous row-major buffers of n elements (copy_w* writes through its
-// walk instead). `_contig` entries read
-// contiguous inputs with 16-byte vector loads when `aligned` is set (every pointer 16-byte
-// aligned), and a scalar tail; `_strided` entries read through a `Walk` (common.cuh) whose strides
-// already carry the broadcast (stride 0). Op codes are the enums below; cuda/src/ops/elementwise.rs
-// mirrors them (a CI test checks the numbers).
+// walk instead). Three walks, chosen by the host (cuda/src/ops/elementwise.rs):
+// - `_contig` (map1, binary, compare, where, masked_fill): every operand contiguous; 16-byte
+//   vector loads and stores (common.cuh contig_packs: packs of 16 / sizeof(T) elements, the u8
+//   side of compare / where / masked_fill moving the same count of bytes) when the host found
+//   every pointer aligned for its pack, then a scalar tail; no index arithmetic beyond i * V;
+// - `_rows` (binary, copy): a [rows, cols] walk whose operands step by 1 along a row and by
+//   their own row stride between rows (0: broadcast along the leading dim, as a bias row; more
+//   than cols: a slice of a wider buffer, as a concatenation); packs when every operand's rows
+//   start 16-byte aligned (common.cuh row_packs), no division per element;
+// - `_strided` (and compare_<t>, where_w*, masked_fill_w*, copy_w*): through a `Walk`
+//   (common.cuh) whose strides already carry the broadcast (stride 0), one i64 div/mod per dim
+//   and element.
+// Op codes are the enums below; cuda/src/ops/elementwise.rs mirrors them (a CI test checks the
+// numbers).
 //
-// Launch: 1-D grid-stride loops, 256 threads per block, any grid size.
+// Launch: `_contig` and `_strided`: 1-D grid-stride loops, 256 threads per block, any grid size.
+// `_rows`: 2-D blocks of 256 threads (x over a row's units, y over rows), grid-stride both ways.
 
 #include "common.cuh"
 
@@ -76,23 +86,19 @@ __device__ __forceinline__ float binary(int op, float x, float y) {
     }
 }
 
-// 16 bytes of T, for vector loads and stores.
-template <typename T> struct __align__(16) Vec16 { T v[16 / sizeof(T)]; };
-
-template <typename T>
-__device__ void map1_contig(const T* x, T* out, i64 n, int aligned, int op, float a, float b) {
-    const int V = 16 / sizeof(T);
-    const i64 nv = aligned ? n / V : 0;
-    for (i64 i = global_thread(); i < nv; i += global_threads()) {
-        const Vec16<T> in = reinterpret_cast<const Vec16<T>*>(x)[i];
-        Vec16<T> o;
+template <typename T> struct Map1Body {
+    const T* x;
+    T* out;
+    int op;
+    float a, b;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        const VecPack<T, N> in = load_pack<N>(x, off[0]);
+        VecPack<T, N> o;
 #pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(map1(op, to_f32(in.v[j]), a, b));
-        reinterpret_cast<Vec16<T>*>(out)[i] = o;
+        for (int j = 0; j < N; ++j) o.v[j] = from_f32<T>(map1(op, to_f32(in.v[j]), a, b));
+        store_pack<N>(out, off[0], o);
     }
-    for (i64 i = nv * V + global_thread(); i < n; i += global_threads())
-        out[i] = from_f32<T>(map1(op, to_f32(x[i]), a, b));
-}
+};
 
 template <typename T>
 __device__ void map1_strided(Walk w, const T* x, T* out, i64 n, int op, float a, float b) {
@@ -133,20 +139,26 @@ __device__ __forceinline__ u8 apply_binary(int op, u8 x, u8 y) {
     }
 }
 
-template <typename T>
-__device__ void binary_contig(const T* x, const T* y, T* out, i64 n, int aligned, int op) {
-    const int V = 16 / sizeof(T);
-    const i64 nv = aligned ? n / V : 0;
-    for (i64 i = global_thread(); i < nv; i += global_threads()) {
-        const Vec16<T> xa = reinterpret_cast<const Vec16<T>*>(x)[i];
-        const Vec16<T> ya = reinterpret_cast<const Vec16<T>*>(y)[i];
-        Vec16<T> o;
+// out = f(x, y) for N elements: x at off[0], y at off[1], out at off[2] (contig_packs gives all
+// three the same offset). F is BinaryFn (out of type T) or CompareFn (out u8).
+template <typename T, typename O, typename F> struct PairBody {
+    const T* x;
+    const T* y;
+    O* out;
+    F f;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        const VecPack<T, N> xa = load_pack<N>(x, off[0]), ya = load_pack<N>(y, off[1]);
+        VecPack<O, N> o;
 #pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = apply_binary(op, xa.v[j], ya.v[j]);
-        reinterpret_cast<Vec16<T>*>(out)[i] = o;
+        for (int j = 0; j < N; ++j) o.v[j] = f(xa.v[j], ya.v[j]);
+        store_pack<N>(out, off[2], o);
     }
-    for (i64 i = nv * V + global_thread(); i < n; i += global_threads()) out[i] = apply_binary(op, x[i], y[i]);
-}
+};
+
+struct BinaryFn {
+    int op;
+    template <typename T> __device__ __forceinline__ T operator()(T x, T y) const { return apply_binary(op, x, y); }
+};
 
 template <typename T>
 __device__ void binary_strided(Walk w, const T* x, const T* y, T* out, i64 n, int op) {
@@ -164,25 +176,32 @@ __device__ __forceinline__ float cmp_value(bf16 x) { return to_f32(x); }
 __device__ __forceinline__ i64 cmp_value(i64 x) { return x; }
 __device__ __forceinline__ u32 cmp_value(u8 x) { return x; }
 
+template <typename T> __device__ __forceinline__ u8 compare(int op, T x, T y) {
+    const auto a = cmp_value(x);
+    const auto b = cmp_value(y);
+    switch (op) {
+        case C_EQ: return a == b;
+        case C_NE: return a != b;
+        case C_LT: return a < b;
+        case C_LE: return a <= b;
+        case C_GT: return a > b;
+        default: return a >= b;  // C_GE
+    }
+}
+
 template <typename T>
 __device__ void compare_strided(Walk w, const T* x, const T* y, u8* out, i64 n, int op) {
     for (i64 i = global_thread(); i < n; i += global_threads()) {
         i64 off[2];
         walk_offsets<2>(w, i, off);
-        const auto a = cmp_value(x[off[0]]);
-        const auto b = cmp_value(y[off[1]]);
-        bool r;
-        switch (op) {
-            case C_EQ: r = a == b; break;
-            case C_NE: r = a != b; break;
-            case C_LT: r = a < b; break;
-            case C_LE: r = a <= b; break;
-            case C_GT: r = a > b; break;
-            default: r = a >= b; break;  // C_GE
-        }
-        out[i] = r ? 1 : 0;
+        out[i] = compare(op, x[off[0]], y[off[1]]);
     }
 }
+
+struct CompareFn {
+    int op;
+    template <typename T> __device__ __forceinline__ u8 operator()(T x, T y) const { return compare(op, x, y); }
+};
 
 template <typename W>
 __device__ void where_strided(Walk w, const u8* cond, const W* t, const W* f, W* out, i64 n) {
@@ -193,6 +212,22 @@ __device__ void where_strided(Walk w, const u8* cond, const W* t, const W* f, W*
     }
 }
 
+// Contiguous cond, t, f and out: N condition bytes select N elements.
+template <typename W> struct WhereBody {
+    const u8* cond;
+    const W* t;
+    const W* f;
+    W* out;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        const VecPack<u8, N> c = load_pack<N>(cond, off[0]);
+        const VecPack<W, N> ta = load_pack<N>(t, off[0]), fa = load_pack<N>(f, off[0]);
+        VecPack<W, N> o;
+#pragma unroll
+        for (int j = 0; j < N; ++j) o.v[j] = c.v[j] != 0 ? ta.v[j] : fa.v[j];
+        store_pack<N>(out, off[0], o);
+    }
+};
+
 template <typename W>
 __device__ void masked_fill_strided(Walk w, const W* x, const u8* mask, W value, W* out, i64 n) {
     for (i64 i = global_thread(); i < n; i += global_threads()) {
@@ -201,6 +236,22 @@ __device__ void masked_fill_strided(Walk w, const W* x, const u8* mask, W value,
         out[i] = mask[off[1]] != 0 ? value : x[off[0]];
     }
 }
+
+// Contiguous x, mask and out.
+template <typename W> struct MaskedFillBody {
+    const W* x;
+    const u8* mask;
+    W value;
+    W* out;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        const VecPack<W, N> xa = load_pack<N>(x, off[0]);
+        const VecPack<u8, N> m = load_pack<N>(mask, off[0]);
+        VecPack<W, N> o;
+#pragma unroll
+        for (int j = 0; j < N; ++j) o.v[j] = m.v[j] != 0 ? value : xa.v[j];
+        store_pack<N>(out, off[0], o);
+    }
+};
 
 template <typename W>
 __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
@@ -211,10 +262,19 @@ __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
     }
 }
 
+// x at off[0], out at off[1] (row_packs: a row-sliced source or destination).
+template <typename W> struct CopyBody {
+    const W* x;
+    W* out;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        store_pack<N>(out, off[1], load_pack<N>(x, off[0]));
+    }
+};
+
 #define MAP1_ENTRIES(T, NAME)                                                                       \
     extern "C" __global__ void map1_##NAME##_contig(const T* x, T* out, i64 n, int aligned, int op, \
                                                     float a, float b) {                            \
-        map1_contig<T>(x, out, n, aligned, op, a, b);                                              \
+        contig_packs<16 / (int)sizeof(T)>(n, aligned, Map1Body<T>{x, out, op, a, b});             \
     }                                                                                              \
     extern "C" __global__ void map1_##NAME##_strided(Walk w, const T* x, T* out, i64 n, int op,    \
                                                      float a, float b) {                           \
@@ -224,7 +284,15 @@ __device__ void copy_strided(Walk w, const W* x, W* out, i64 n) {
 #define BINARY_ENTRIES(T, NAME)                                                                     \
     extern "C" __global__ void binary_##NAME##_contig(const T* x, const T* y, T* out, i64 n,       \
                                                       int aligned, int op) {                       \
-        binary_contig<T>(x, y, out, n, aligned, op);                                               \
+        const PairBody<T, T, BinaryFn> body{x, y, out, BinaryFn{op}};                              \
+        contig_packs<16 / (int)sizeof(T)>(n, aligned, body);                                       \
+    }                                                                                              \
+    extern "C" __global__ void binary_##NAME##_rows(const T* x, const T* y, T* out, i64 rows,      \
+                                                    i64 cols, i64 x_row, i64 y_row, int aligned,    \
+                                                    int op) {                                       \
+        const i64 row_stride[3] = {x_row, y_row, cols};                                            \
+        const PairBody<T, T, BinaryFn> body{x, y, out, BinaryFn{op}};                              \
+        row_packs<16 / (int)sizeof(T)>(rows, cols, row_stride, aligned, body);                     \
     }                                                                                              \
     extern "C" __global__ void binary_##NAME##_strided(Walk w, const T* x, const T* y, T* out,     \
                                                        i64 n, int op) {                            \
@@ -244,6 +312,11 @@ BINARY_ENTRIES(u8, u8)
     extern "C" __global__ void compare_##NAME(Walk w, const T* x, const T* y, u8* out, i64 n,    \
                                               int op) {                                          \
         compare_strided<T>(w, x, y, out, n, op);                                                 \
+    }                                                                                            \
+    extern "C" __global__ void compare_##NAME##_contig(const T* x, const T* y, u8* out, i64 n,   \
+                                                       int aligned, int op) {                    \
+        const PairBody<T, u8, CompareFn> body{x, y, out, CompareFn{op}};                         \
+        contig_packs<16 / (int)sizeof(T)>(n, aligned, body);                                     \
     }
 
 COMPARE_ENTRY(float, f32)
@@ -263,6 +336,19 @@ COMPARE_ENTRY(u8, u8)
     }                                                                                               \
     extern "C" __global__ void copy_w##BITS(Walk w, const W* x, W* out, i64 n) {                   \
         copy_strided<W>(w, x, out, n);                                                              \
+    }                                                                                               \
+    extern "C" __global__ void where_w##BITS##_contig(const u8* cond, const W* t, const W* f,       \
+                                                      W* out, i64 n, int aligned) {                 \
+        contig_packs<16 / (int)sizeof(W)>(n, aligned, WhereBody<W>{cond, t, f, out});               \
+    }                                                                                               \
+    extern "C" __global__ void masked_fill_w##BITS##_contig(const W* x, const u8* mask, W value,    \
+                                                            W* out, i64 n, int aligned) {           \
+        contig_packs<16 / (int)sizeof(W)>(n, aligned, MaskedFillBody<W>{x, mask, value, out});      \
+    }                                                                                               \
+    extern "C" __global__ void copy_w##BITS##_rows(const W* x, W* out, i64 rows, i64 cols,          \
+                                                   i64 x_row, i64 out_row, int aligned) {           \
+        const i64 row_stride[3] = {x_row, out_row, 0};                                              \
+        row_packs<16 / (int)sizeof(W)>(rows, cols, row_stride, aligned, CopyBody<W>{x, out});       \
     }
 
 WIDTH_ENTRIES(u8, 8)

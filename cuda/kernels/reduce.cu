@@ -16,6 +16,11 @@
 //
 // Layout: x contiguous; outputs contiguous [outer, inner].
 //
+// Vector loads: `sum_rows` reads each row chunk as a scalar head up to the first 16-byte boundary
+// (offset views), 16-byte packs, and a scalar tail; the pointer's own alignment decides, so no
+// host flag is needed. `sum_cols_packed_` entries (inner a multiple of the pack, x 16-byte
+// aligned) give each thread one 16-byte pack of adjacent columns: grid.x = ceil(inner / (32 * V)).
+//
 // Launch: `_rows` entries handle inner == 1: grid (outer, splits), one block per (row, row
 // chunk), 256 threads. `_cols` entries handle inner > 1: grid (ceil(inner / 32),
 // min(outer, 65535), splits), block (32, 8): threadIdx.x walks columns (coalesced), threadIdx.y
@@ -53,8 +58,19 @@ __device__ void sum_rows(const T* x, i64 r, int splits, int op, double divisor, 
     i64 b, e;
     split_range(r, s, splits, &b, &e);
     const T* xr = x + row * r;
+    // The chunk in three runs: up to the first 16-byte boundary (any offset view), whole packs
+    // of V elements (16-byte loads), and the last (e - kb) % V elements.
+    constexpr int V = 16 / (int)sizeof(T);
+    const i64 head = min(e - b, (i64)((16u - ((u64)(size_t)(xr + b) & 15u)) & 15u) / (i64)sizeof(T));
+    const i64 kb = b + head, packs = (e - kb) / V, kt = kb + packs * V;
     double acc = 0.0;
-    for (i64 k = b + threadIdx.x; k < e; k += blockDim.x) acc += sum_term(to_f32(xr[k]), op);
+    for (i64 k = b + threadIdx.x; k < kb; k += blockDim.x) acc += sum_term(to_f32(xr[k]), op);
+    for (i64 p = threadIdx.x; p < packs; p += blockDim.x) {
+        const VecPack<T, V> v = load_pack<V>(xr, kb + p * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc += sum_term(to_f32(v.v[j]), op);
+    }
+    for (i64 k = kt + threadIdx.x; k < e; k += blockDim.x) acc += sum_term(to_f32(xr[k]), op);
     acc = block_reduce(acc, SumOp(), 0.0, smem);
     if (threadIdx.x == 0) {
         if (splits == 1) out[row] = from_f32<O>((float)(acc / divisor));
@@ -72,26 +88,37 @@ __device__ void sum_rows_partials(const double* partial, int splits, double divi
     if (threadIdx.x == 0) out[row] = from_f32<O>((float)(acc / divisor));
 }
 
-template <typename T, typename O>
+// Each thread sums N adjacent columns (N = 1, or a 16-byte pack when inner % N == 0 and x is
+// 16-byte aligned: `sum_cols_packed_`); per column the order of terms is the same either way.
+template <typename T, typename O, int N>
 __device__ void sum_cols(const T* x, i64 outer, i64 r, i64 inner, int splits, int op, double divisor, O* out,
                          double* partial) {
-    __shared__ double smem[COL_ROWS][COL_TILE];
-    const i64 j = (i64)blockIdx.x * COL_TILE + threadIdx.x;
+    __shared__ double smem[COL_ROWS][COL_TILE * N];
+    const i64 j = ((i64)blockIdx.x * COL_TILE + threadIdx.x) * N;  // this thread's first column
     const int s = blockIdx.z;
     i64 b, e;
     split_range(r, s, splits, &b, &e);
     for (i64 o = blockIdx.y; o < outer; o += gridDim.y) {
-        double acc = 0.0;
+        double acc[N];
+#pragma unroll
+        for (int c = 0; c < N; ++c) acc[c] = 0.0;
         if (j < inner)
-            for (i64 k = b + threadIdx.y; k < e; k += COL_ROWS) acc += sum_term(to_f32(x[(o * r + k) * inner + j]), op);
-        smem[threadIdx.y][threadIdx.x] = acc;
+            for (i64 k = b + threadIdx.y; k < e; k += COL_ROWS) {
+                const VecPack<T, N> v = load_pack<N>(x, (o * r + k) * inner + j);
+#pragma unroll
+                for (int c = 0; c < N; ++c) acc[c] += sum_term(to_f32(v.v[c]), op);
+            }
+#pragma unroll
+        for (int c = 0; c < N; ++c) smem[threadIdx.y][threadIdx.x * N + c] = acc[c];
         __syncthreads();
         if (threadIdx.y == 0 && j < inner) {
-            double t = 0.0;
+            for (int c = 0; c < N; ++c) {
+                double t = 0.0;
 #pragma unroll
-            for (int y = 0; y < COL_ROWS; ++y) t += smem[y][threadIdx.x];
-            if (splits == 1) out[o * inner + j] = from_f32<O>((float)(t / divisor));
-            else partial[(o * splits + s) * inner + j] = t;
+                for (int y = 0; y < COL_ROWS; ++y) t += smem[y][threadIdx.x * N + c];
+                if (splits == 1) out[o * inner + j + c] = from_f32<O>((float)(t / divisor));
+                else partial[(o * splits + s) * inner + j + c] = t;
+            }
         }
         __syncthreads();
     }
@@ -271,7 +298,12 @@ __device__ void sum_int(const T* x, i64 outer, i64 r, i64 inner, i64* out) {
     extern "C" __global__ void sum_cols_##TN##_##ON(const T* x, i64 outer, i64 r, i64 inner,       \
                                                     int splits, int op, double divisor, O* out,    \
                                                     double* partial) {                             \
-        sum_cols<T, O>(x, outer, r, inner, splits, op, divisor, out, partial);                     \
+        sum_cols<T, O, 1>(x, outer, r, inner, splits, op, divisor, out, partial);                  \
+    }                                                                                              \
+    extern "C" __global__ void sum_cols_packed_##TN##_##ON(const T* x, i64 outer, i64 r, i64 inner, \
+                                                           int splits, int op, double divisor,     \
+                                                           O* out, double* partial) {              \
+        sum_cols<T, O, 16 / (int)sizeof(T)>(x, outer, r, inner, splits, op, divisor, out, partial); \
     }
 
 #define PARTIAL_ENTRIES(O, ON)                                                                      \

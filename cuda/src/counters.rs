@@ -11,6 +11,8 @@
 //!   simulated twin); a cached plan asks none.
 //! - `weight_casts`: f32 -> half casts of parameters (the caller says which casts those are,
 //!   [`Gpu::note_weight_cast`](crate::Gpu::note_weight_cast)).
+//! - `casts`: dtype-conversion kernels launched (`ops::cast` between two types), weights
+//!   included: `casts - weight_casts` are the activations' and gradients' casts.
 //! - `bytes_to_device` / `bytes_to_host` / `bytes_on_device`: bytes uploaded, downloaded and
 //!   copied device to device by the `Gpu`'s copy calls (kernels' own traffic is not counted).
 //!
@@ -29,6 +31,7 @@ pub struct Counters {
     pub gemms: u64,
     pub heuristic_queries: u64,
     pub weight_casts: u64,
+    pub casts: u64,
     pub bytes_to_device: u64,
     pub bytes_to_host: u64,
     pub bytes_on_device: u64,
@@ -43,6 +46,7 @@ impl Counters {
             gemms: self.gemms - before.gemms,
             heuristic_queries: self.heuristic_queries - before.heuristic_queries,
             weight_casts: self.weight_casts - before.weight_casts,
+            casts: self.casts - before.casts,
             bytes_to_device: self.bytes_to_device - before.bytes_to_device,
             bytes_to_host: self.bytes_to_host - before.bytes_to_host,
             bytes_on_device: self.bytes_on_device - before.bytes_on_device,
@@ -54,13 +58,14 @@ impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "syncs {}, launches {}, gemms {}, heuristic queries {}, weight casts {}, \
+            "syncs {}, launches {}, gemms {}, heuristic queries {}, weight casts {}, casts {}, \
              bytes to device {}, to host {}, on device {}",
             self.syncs,
             self.launches,
             self.gemms,
             self.heuristic_queries,
             self.weight_casts,
+            self.casts,
             self.bytes_to_device,
             self.bytes_to_host,
             self.bytes_on_device
@@ -76,12 +81,13 @@ pub(crate) enum Count {
     Gemm,
     HeuristicQuery,
     WeightCast,
+    Cast,
     BytesToDevice,
     BytesToHost,
     BytesOnDevice,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 thread_local! {
     /// Per thread, by GPU id: the counts of the work this thread issued on that GPU.
@@ -116,6 +122,7 @@ impl LiveCounters {
             gemms: v[Count::Gemm as usize],
             heuristic_queries: v[Count::HeuristicQuery as usize],
             weight_casts: v[Count::WeightCast as usize],
+            casts: v[Count::Cast as usize],
             bytes_to_device: v[Count::BytesToDevice as usize],
             bytes_to_host: v[Count::BytesToHost as usize],
             bytes_on_device: v[Count::BytesOnDevice as usize],

@@ -239,6 +239,23 @@ impl Launch {
         }
     }
 
+    /// A 2-D grid-stride launch over `rows` rows of `units` units each (the `_rows` kernels of
+    /// elementwise.cu): 256-thread blocks, x over a row's units (32..=256 wide, by the row's
+    /// length), y over rows; both grid dims capped (the kernels loop).
+    pub fn rows(rows: usize, units: usize) -> Launch {
+        let bx = (units.div_ceil(32) * 32).clamp(32, THREADS as usize);
+        let by = THREADS as usize / bx;
+        Launch {
+            grid: (
+                units.div_ceil(bx).clamp(1, 1 << 16) as u32,
+                rows.div_ceil(by).clamp(1, 65535) as u32,
+                1,
+            ),
+            block: (bx as u32, by as u32, 1),
+            shared_bytes: 0,
+        }
+    }
+
     /// One block per row (`rows` <= 2^31 - 1) with a block size suited to rows of `n`: about
     /// n / 4 threads, a multiple of 32 in 32..=1024.
     pub fn per_row(op: &'static str, rows: usize, n: usize) -> Result<Launch> {

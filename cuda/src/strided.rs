@@ -166,6 +166,25 @@ impl Walk {
         Ok((w, contiguous))
     }
 
+    /// The walk as rows when it has two dims and every one of the first `n_ops` operands steps
+    /// by one element along a row: `(rows, cols, each operand's row stride)`, the form the
+    /// `_rows` kernels walk without dividing (a row broadcast along the leading dim has row
+    /// stride 0; a slice of a wider buffer a row stride above `cols`).
+    pub fn rows(&self, n_ops: usize) -> Option<RowWalk> {
+        if self.rank != 2 || (0..n_ops).any(|k| self.strides[k][1] != 1) {
+            return None;
+        }
+        let mut row_stride = [0; 3];
+        for (k, s) in row_stride.iter_mut().enumerate().take(n_ops) {
+            *s = self.strides[k][0];
+        }
+        Some(RowWalk {
+            rows: self.shape[0],
+            cols: self.shape[1],
+            row_stride,
+        })
+    }
+
     /// A walk that is never read (kernels given a `contiguous` flag ignore it).
     pub fn unused() -> Walk {
         Walk {
@@ -174,6 +193,29 @@ impl Walk {
             rank: 0,
             pad: 0,
         }
+    }
+}
+
+/// A [rows, cols] walk whose operands step by one element along a row (see [`Walk::rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowWalk {
+    pub rows: i64,
+    pub cols: i64,
+    pub row_stride: [i64; 3],
+}
+
+impl RowWalk {
+    /// Whether packs of 16 bytes may be moved: every operand's base address (`addrs`, one per
+    /// operand then the output's) is 16-byte aligned and so is every row start, i.e. each row
+    /// stride of `elem_bytes`-byte elements is a multiple of 16 bytes. `out_row` is the output's
+    /// row stride.
+    pub fn packs_aligned(&self, elem_bytes: usize, addrs: &[u64], out_row: i64) -> bool {
+        let row_ok = |s: i64| (s as u64 * elem_bytes as u64).is_multiple_of(16);
+        addrs.iter().all(|a| a.is_multiple_of(16))
+            && self.row_stride[..addrs.len() - 1]
+                .iter()
+                .all(|&s| row_ok(s))
+            && row_ok(out_row)
     }
 }
 
@@ -212,6 +254,26 @@ mod tests {
         let shape = [2; 9];
         let strides: Vec<usize> = (0..9).map(|d| 3usize.pow(d as u32)).collect();
         assert!(Walk::new("t", &shape, &[&strides]).is_err());
+    }
+
+    #[test]
+    fn rows_are_found_for_row_broadcasts_and_slices_only() {
+        // [6, 4] + [4]: a bias row broadcast along the leading dim.
+        let (w, _) = Walk::new("t", &[2, 3, 4], &[&[12, 4, 1], &[0, 0, 1]]).unwrap();
+        let r = w.rows(2).unwrap();
+        assert_eq!((r.rows, r.cols, r.row_stride), (6, 4, [4, 0, 0]));
+        // 4 elements of 4 bytes per row: aligned rows; 3 of them are not.
+        assert!(r.packs_aligned(4, &[32, 64, 96], 4));
+        assert!(!r.packs_aligned(4, &[32, 64, 96], 3));
+        assert!(!r.packs_aligned(4, &[36, 64, 96], 4));
+        // A row slice of a wider buffer (concatenation along the last dim).
+        let (w, _) = Walk::new("t", &[5, 3], &[&[3, 1], &[7, 1]]).unwrap();
+        assert_eq!(w.rows(2).unwrap().row_stride, [3, 7, 0]);
+        // A transposed operand is no row walk; neither is a contiguous (rank 1) one.
+        let (w, _) = Walk::new("t", &[3, 4], &[&[1, 3], &[4, 1]]).unwrap();
+        assert!(w.rows(2).is_none());
+        let (w, _) = Walk::new("t", &[3, 4], &[&[4, 1]]).unwrap();
+        assert!(w.rows(1).is_none());
     }
 
     #[test]

@@ -175,7 +175,7 @@ mod elementwise {
         (UnaryOp::Recip, Tensor::recip, true),
     ];
 
-    const BINARY: [(BinaryOp, CpuBinary, CpuScalar); 6] = [
+    pub(super) const BINARY: [(BinaryOp, CpuBinary, CpuScalar); 6] = [
         (BinaryOp::Add, Tensor::add, Tensor::add_scalar),
         (BinaryOp::Sub, Tensor::sub, Tensor::sub_scalar),
         (BinaryOp::Mul, Tensor::mul, Tensor::mul_scalar),
@@ -184,7 +184,7 @@ mod elementwise {
         (BinaryOp::Minimum, Tensor::minimum, Tensor::minimum_scalar),
     ];
 
-    const COMPARE: [(CmpOp, CpuBinary); 6] = [
+    pub(super) const COMPARE: [(CmpOp, CpuBinary); 6] = [
         (CmpOp::Eq, Tensor::eq),
         (CmpOp::Ne, Tensor::ne),
         (CmpOp::Lt, Tensor::lt),
@@ -371,6 +371,291 @@ mod elementwise {
         selects::<f16>(&gpu, s + 6, f16::from_f32(-3.5));
         selects::<i64>(&gpu, s + 7, -7);
         selects::<u8>(&gpu, s + 8, 255);
+    }
+}
+
+// ---- vector fast paths -----------------------------------------------------------------------
+
+/// The contiguous (16-byte packs + scalar tail) and row (leading-dim broadcast, row slices) walks
+/// of elementwise.cu and the packed row sums of reduce.cu, for every dtype, at sizes around the
+/// pack widths, on views misaligned by one element, against the CPU.
+mod vector_paths {
+    use super::elementwise::{BINARY, COMPARE};
+    use super::*;
+    use cuda::ops::elementwise::{
+        binary, compare, copy_into, copy_strided, map1, masked_fill, where_cond, Map1, UnaryOp,
+    };
+    use cuda::ops::reduce::{sum, Axis, SumKind};
+    use cuda::ops::ArithElem;
+
+    /// Around the pack widths (16, 8, 4 or 2 elements) and one long odd size.
+    const SIZES: [usize; 5] = [1, 3, 7, 17, 1003];
+
+    /// Integer values in lo..hi of `dt`, viewed from element `offset` of a longer buffer.
+    fn ints(n: usize, offset: usize, lo: f64, hi: f64, dt: DType, seed: u64) -> Tensor {
+        tensor::testing::uniform(&[n + offset], lo, hi, DType::F32, seed)
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap()
+            .narrow(0, offset, n)
+            .unwrap()
+    }
+
+    /// Operands for arithmetic: normal floats (b positive, away from 0), or integers with
+    /// nonzero divisors b (products of two wrap in u8).
+    fn operands(n: usize, offsets: (usize, usize), dt: DType, seed: u64) -> (Tensor, Tensor) {
+        if dt.is_float() {
+            let a = randn(&[n + offsets.0], 1.0, dt, seed);
+            let b = randn(&[n + offsets.1], 1.0, dt, seed + 1)
+                .abs()
+                .unwrap()
+                .add_scalar(0.5)
+                .unwrap();
+            (
+                a.narrow(0, offsets.0, n).unwrap(),
+                b.narrow(0, offsets.1, n).unwrap(),
+            )
+        } else {
+            (
+                ints(n, offsets.0, 0.0, 100.0, dt, seed),
+                ints(n, offsets.1, 1.0, 100.0, dt, seed + 1),
+            )
+        }
+    }
+
+    /// Every binary op on `a`, `b` (same shape after broadcasting to `shape`) against the CPU.
+    fn check_binary<T: ArithElem + WithDType>(
+        gpu: &Gpu,
+        shape: &[usize],
+        a: &Tensor,
+        b: &Tensor,
+        what: &str,
+    ) {
+        let (la, lb) = (
+            a.layout().broadcast_to("t", shape).unwrap(),
+            b.layout().broadcast_to("t", shape).unwrap(),
+        );
+        let (ga, gb) = (up::<T>(gpu, a), up::<T>(gpu, b));
+        for (op, cpu, _) in BINARY {
+            let got = binary(gpu, op, shape, ga.through(&la), gb.through(&lb)).unwrap();
+            let (got, want) = (down(gpu, &got, shape), cpu(a, b).unwrap());
+            let what = format!("{op:?} {} {what}", T::DTYPE);
+            if T::DTYPE.is_float() {
+                assert_close(&got, &want, tol(T::DTYPE), &what);
+            } else {
+                assert_same(&got, &want, &what);
+            }
+        }
+    }
+
+    fn contiguous<T: ArithElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        let lanes = 16 / dt.size_in_bytes();
+        for (i, n) in SIZES.into_iter().enumerate() {
+            // Aligned (packs), both misaligned by one element, one of two misaligned.
+            for offsets in [(0, 0), (1, 1), (0, 1)] {
+                let s = seed + 100 * i as u64 + 10 * offsets.0 as u64 + offsets.1 as u64;
+                let what = format!("n {n} offsets {offsets:?}");
+                let (a, b) = operands(n, offsets, dt, s);
+                check_binary::<T>(gpu, &[n], &a, &b, &what);
+                // Comparisons on small integers (many ties).
+                let (a, b) = (
+                    ints(n, offsets.0, 0.0, 4.0, dt, s + 2),
+                    ints(n, offsets.1, 0.0, 4.0, dt, s + 3),
+                );
+                let (ga, gb) = (up::<T>(gpu, &a), up::<T>(gpu, &b));
+                for (op, cpu) in COMPARE {
+                    let got = compare(gpu, op, &[n], ga.strided(), gb.strided()).unwrap();
+                    assert_same(
+                        &down(gpu, &got, &[n]),
+                        &cpu(&a, &b).unwrap(),
+                        &format!("{op:?} {dt} {what}"),
+                    );
+                }
+            }
+            // Selections: the u8 side aligned to a pack's byte count, or off by one byte.
+            for (off, cond_off) in [(0, 0), (0, lanes), (0, 1), (1, 1)] {
+                let s = seed + 100 * i as u64 + 50 + off as u64 + cond_off as u64;
+                let what = format!("{dt} n {n} offset {off} cond offset {cond_off}");
+                let t = ints(n, off, 0.0, 100.0, dt, s);
+                let f = ints(n, off, 0.0, 100.0, dt, s + 1);
+                let cond = ints(n, cond_off, 0.0, 2.0, DType::U8, s + 2);
+                let (gt, gf, gc) = (up::<T>(gpu, &t), up::<T>(gpu, &f), up::<u8>(gpu, &cond));
+                let got = where_cond(gpu, &[n], gc.strided(), gt.strided(), gf.strided()).unwrap();
+                assert_same(
+                    &down(gpu, &got, &[n]),
+                    &cond.where_cond(&t, &f).unwrap(),
+                    &format!("where_cond {what}"),
+                );
+                let value = T::from_f64(7.0);
+                let got = masked_fill(gpu, &[n], gt.strided(), gc.strided(), value).unwrap();
+                assert_same(
+                    &down(gpu, &got, &[n]),
+                    &t.masked_fill(&cond, 7.0).unwrap(),
+                    &format!("masked_fill {what}"),
+                );
+            }
+        }
+    }
+
+    fn maps<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        for (i, n) in SIZES.into_iter().enumerate() {
+            for off in [0, 1] {
+                let x = randn(&[n + off], 1.0, dt, seed + 2 * i as u64 + off as u64)
+                    .narrow(0, off, n)
+                    .unwrap();
+                let gx = up::<T>(gpu, &x);
+                let what = format!("{dt} n {n} offset {off}");
+                let got = map1(gpu, Map1::Unary(UnaryOp::Exp), &[n], gx.strided()).unwrap();
+                assert_close(
+                    &down(gpu, &got, &[n]),
+                    &x.exp().unwrap(),
+                    tol(dt),
+                    &format!("exp {what}"),
+                );
+                let affine = Map1::Affine {
+                    mul: 1.5,
+                    add: -0.25,
+                };
+                let got = map1(gpu, affine, &[n], gx.strided()).unwrap();
+                assert_close(
+                    &down(gpu, &got, &[n]),
+                    &x.affine(1.5, -0.25).unwrap(),
+                    tol(dt),
+                    &format!("affine {what}"),
+                );
+            }
+        }
+    }
+
+    /// Row widths around the pack widths: rows start aligned only when cols * size is a
+    /// multiple of 16.
+    const COLS: [usize; 6] = [1, 3, 8, 13, 16, 33];
+
+    fn rows<T: ArithElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        let r = 5;
+        for (i, c) in COLS.into_iter().enumerate() {
+            let s = seed + 20 * i as u64;
+            // A bias row broadcast along the leading dim, either side.
+            let (a, b) = operands(r * c, (0, 0), dt, s);
+            let (a, b) = (a.reshape(&[r, c]).unwrap(), b.narrow(0, 0, c).unwrap());
+            check_binary::<T>(gpu, &[r, c], &a, &b, &format!("[{r}, {c}] + [{c}]"));
+            // (The second operand of `operands` is the nonzero divisor.)
+            let (row, m) = operands(r * c, (0, 0), dt, s + 3);
+            let (row, m) = (row.narrow(0, 0, c).unwrap(), m.reshape(&[r, c]).unwrap());
+            check_binary::<T>(gpu, &[r, c], &row, &m, &format!("[{c}] + [{r}, {c}]"));
+            // Row slices of a wider tensor (row stride c + 2, start misaligned by one).
+            let (w1, w2) = operands(r * (c + 2), (0, 0), dt, s + 5);
+            let slice = |w: Tensor| w.reshape(&[r, c + 2]).unwrap().narrow(1, 1, c).unwrap();
+            let (a, b) = (slice(w1), slice(w2));
+            check_binary::<T>(gpu, &[r, c], &a, &b, &format!("[{r}, {c}] slices"));
+            // Copies: a row slice made contiguous, and a concatenation along the last dim
+            // written slice by slice into one buffer.
+            let ga = up::<T>(gpu, &a);
+            let got = copy_strided(gpu, &[r, c], ga.strided()).unwrap();
+            assert_same(
+                &down(gpu, &got, &[r, c]),
+                &a.contiguous().unwrap(),
+                &format!("copy {dt} [{r}, {c}] slice"),
+            );
+            let x = ints(r * 3, 0, 0.0, 100.0, dt, s + 9)
+                .reshape(&[r, 3])
+                .unwrap();
+            let gb = up::<T>(gpu, &b.contiguous().unwrap());
+            let gx = up::<T>(gpu, &x);
+            let total = c + 3;
+            let mut cat = gpu.zeros::<T>(r * total).unwrap();
+            copy_into(gpu, &[r, c], gb.strided(), &mut cat, 0, &[total, 1]).unwrap();
+            copy_into(gpu, &[r, 3], gx.strided(), &mut cat, c, &[total, 1]).unwrap();
+            assert_same(
+                &down(gpu, &cat, &[r, total]),
+                &Tensor::cat(&[&b, &x], 1).unwrap(),
+                &format!("cat {dt} [{r}, {c}] + [{r}, 3]"),
+            );
+        }
+    }
+
+    fn packed_sums<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        // Rows of odd length start at every alignment; long rows and columns are split into
+        // chunks; columns take packs when inner is a multiple of 16 and the view is aligned.
+        let cases: [(&[usize], usize); 8] = [
+            (&[3, 1], 1),
+            (&[4, 7], 1),
+            (&[3, 1003], 1),
+            (&[2, 100_003], 1),
+            (&[37, 64], 0),
+            (&[3, 50, 32], 1),
+            (&[5, 13, 48], 1),
+            (&[20_001, 16], 0),
+        ];
+        for (i, (shape, dim)) in cases.into_iter().enumerate() {
+            for off in [0, 1] {
+                let n: usize = shape.iter().product();
+                let x = randn(&[n + off], 1.0, dt, seed + 2 * i as u64 + off as u64)
+                    .narrow(0, off, n)
+                    .unwrap()
+                    .reshape(shape)
+                    .unwrap();
+                let gx = up::<T>(gpu, &x);
+                let mut out_shape = shape.to_vec();
+                out_shape.remove(dim);
+                let got =
+                    sum::<T, T>(gpu, gx.contig(), Axis::of(shape, dim), SumKind::Sum).unwrap();
+                assert_close(
+                    &down(gpu, &got, &out_shape),
+                    &x.sum(&[dim], false).unwrap(),
+                    tol(dt),
+                    &format!("sum {dt} {shape:?} dim {dim} offset {off}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn contiguous_packs_and_tails_match_cpu_for_every_dtype() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        contiguous::<f32>(&gpu, s);
+        contiguous::<f16>(&gpu, s + 1000);
+        contiguous::<bf16>(&gpu, s + 2000);
+        contiguous::<i64>(&gpu, s + 3000);
+        contiguous::<u8>(&gpu, s + 4000);
+        for_each_float!(maps, &gpu, s + 5000);
+    }
+
+    #[test]
+    fn row_walks_match_cpu_for_every_dtype() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        rows::<f32>(&gpu, s);
+        rows::<f16>(&gpu, s + 1000);
+        rows::<bf16>(&gpu, s + 2000);
+        rows::<i64>(&gpu, s + 3000);
+        rows::<u8>(&gpu, s + 4000);
+    }
+
+    #[test]
+    fn packed_sums_match_cpu_on_offset_views() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        for_each_float!(packed_sums, &gpu, s);
+    }
+
+    #[test]
+    fn a_million_odd_elements_take_packs_and_a_tail() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        let n = 1_000_003;
+        let (a, b) = operands(n, (0, 0), DType::F32, s);
+        check_binary::<f32>(&gpu, &[n], &a, &b, "n 1000003");
     }
 }
 

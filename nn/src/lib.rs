@@ -22,6 +22,7 @@ pub mod all_gather;
 pub mod clip;
 pub mod comm;
 pub mod data_parallel;
+mod fused_half;
 pub mod layers;
 pub mod loss_scale;
 pub mod module;
@@ -36,7 +37,10 @@ pub use all_gather::all_gather;
 pub use clip::{clip_grad_norm, clip_grad_norm_deferred, total_norm};
 pub use comm::{Communicator, SingleProcess, ThreadGroup};
 pub use data_parallel::{all_reduce_grads, shard_range};
-pub use layers::{half_copy_product, Dropout, Embedding, LayerNorm, Linear};
+pub use fused_half::fused_half;
+pub use layers::{
+    autocast_half, half_copy_product, half_input, Dropout, Embedding, LayerNorm, Linear,
+};
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};

@@ -5,6 +5,8 @@
 //! Autocast on a GPU reads a parameter through [`Param::half`]: a bf16/f16 copy of the f32 value
 //! kept beside it, made by one cast the first time and from then on written by the AdamW kernel
 //! in the same pass that updates the f32 value (`step_params`), so a forward casts no weight.
+//! Several parameters may keep their copies as consecutive runs of one buffer
+//! ([`fused_half`](crate::fused_half): the fused QKV weight); each copy is then a view of it.
 
 use autograd::Var;
 use std::sync::{Arc, Mutex, RwLock};
@@ -105,6 +107,15 @@ impl Param {
             }
         };
         Ok(Some(v.cast_as(value)?))
+    }
+
+    /// The kept half copy when it is current: of the current value, in `dtype`.
+    pub(crate) fn current_half(&self, dtype: DType) -> Option<Tensor> {
+        let id = self.var().id();
+        let kept = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref()
+            .filter(|h| h.id == id && h.value.dtype() == dtype)
+            .map(|h| h.value.clone())
     }
 
     /// Takes the kept half copy out (the optimizer writes it in place, then [`Param::put_half`]).

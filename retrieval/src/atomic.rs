@@ -16,9 +16,11 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates the temporary file (and the parent directory).
+    /// Creates the temporary file (and the parent directory). A `path` that is a symlink, FIFO,
+    /// device or directory is refused first (`tensor::fs::check_replaceable`).
     pub fn create(path: impl AsRef<Path>) -> Result<AtomicFile> {
         let path = path.as_ref().to_path_buf();
+        tensor::fs::check_replaceable(&path).map_err(|e| Error::io(&path, e))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }

@@ -25,9 +25,14 @@
 //! independent of thread count, but not the permutation Python's `random.shuffle` gives for
 //! seed 42 (a deliberate deviation: the sample is uniform either way).
 //!
-//! Errors (naming the file and line where there is one): a malformed line, a pid missing from the
-//! collection, a query of the negative file with no text in the query file or no relevant passage
-//! in the qrels. Output: `save_to/split00.json`, `split01.json`, ... with `shard_size` (45,000)
+//! A query's positives never count as its negatives: any left among them (a triples file or a
+//! ranking that lists one) is removed and counted in the report. A query left with no negative
+//! (when `n_sample` > 0) gets no example and is counted as skipped (Tevatron cannot sample from
+//! an empty list); a build that would write no example at all is an error.
+//!
+//! Errors (naming the file and line where there is one): a malformed line or id, a pid missing
+//! from the collection (wherever it stands in the ranking), a query of the negative file with no
+//! text in the query file or no relevant passage in the qrels, no example. Output: `save_to/split00.json`, `split01.json`, ... with `shard_size` (45,000)
 //! examples each, Tevatron's names; each file written atomically.
 
 use std::collections::HashMap;
@@ -84,6 +89,10 @@ pub struct BuildTrainReport {
     pub negatives: usize,
     /// Examples with fewer than `n_sample` negatives.
     pub short: usize,
+    /// Positives found among their own query's negatives and removed from them.
+    pub positives_removed: usize,
+    /// Queries left without a negative, so without an example.
+    pub skipped_no_negatives: usize,
     pub files: Vec<PathBuf>,
 }
 
@@ -91,6 +100,8 @@ pub struct BuildTrainReport {
 struct Group {
     qid: String,
     negatives: Vec<u32>,
+    /// Positives of the query removed from its negatives.
+    positives_removed: usize,
 }
 
 /// Groups by qid in order of first appearance.
@@ -111,6 +122,7 @@ impl Groups {
                     self.list.push(Group {
                         qid: qid.to_string(),
                         negatives: Vec::new(),
+                        positives_removed: 0,
                     });
                     self.list.len() - 1
                 });
@@ -193,12 +205,16 @@ fn ranking_groups(
     let path = opts.negative_file.as_path();
     let mut groups = Groups::default();
     for_each_entry(path, |number, qid, pid| {
+        // Every pid must be known, also past `depth`: a ranking of another collection is an
+        // error, not a shorter list.
+        let p = collection
+            .position(pid)
+            .ok_or_else(|| unknown_pid(path, number, pid, &opts.collection))?;
         let group = groups.get(qid);
         let positive = qrels.get(qid).is_some_and(|j| j.relevance(pid) > 0);
-        if !positive && group.negatives.len() < depth {
-            let p = collection
-                .position(pid)
-                .ok_or_else(|| unknown_pid(path, number, pid, &opts.collection))?;
+        if positive {
+            group.positives_removed += 1;
+        } else if group.negatives.len() < depth {
             group.negatives.push(p);
         }
         Ok(())
@@ -206,9 +222,24 @@ fn ranking_groups(
     Ok(groups.list)
 }
 
-/// The negatives kept for group `index` (module doc).
-fn sample(group: &mut Group, index: usize, opts: &BuildTrainOptions) {
+/// The negatives kept for group `index` (module doc): the query's positives removed (counted),
+/// BM25 repeats dropped, shuffled, the first `n_sample`.
+fn sample(
+    group: &mut Group,
+    index: usize,
+    opts: &BuildTrainOptions,
+    qrels: &Qrels,
+    collection: &TokenizedCollection,
+) {
+    let positives: Vec<u32> = qrels.get(&group.qid).map_or_else(Vec::new, |j| {
+        j.relevant()
+            .filter_map(|pid| collection.position(pid))
+            .collect()
+    });
     let negs = &mut group.negatives;
+    let before = negs.len();
+    negs.retain(|p| !positives.contains(p));
+    group.positives_removed += before - negs.len();
     if opts.source == NegativeSource::Bm25 {
         let mut seen = std::collections::HashSet::with_capacity(negs.len());
         negs.retain(|p| seen.insert(*p));
@@ -238,7 +269,30 @@ pub fn build_train(tokenizer: &Tokenizer, opts: &BuildTrainOptions) -> Result<Bu
     groups
         .par_iter_mut()
         .enumerate()
-        .for_each(|(i, g)| sample(g, i, opts));
+        .for_each(|(i, g)| sample(g, i, opts, &qrels, &collection));
+    let mut report = BuildTrainReport {
+        positives_removed: groups.iter().map(|g| g.positives_removed).sum(),
+        ..BuildTrainReport::default()
+    };
+    if opts.n_sample > 0 {
+        let before = groups.len();
+        groups.retain(|g| !g.negatives.is_empty());
+        report.skipped_no_negatives = before - groups.len();
+    }
+    if groups.is_empty() {
+        return Err(Error::Config(format!(
+            "build-train: no training example to write into {}: {} ({} quer{} left without a \
+             negative)",
+            opts.save_to.display(),
+            opts.negative_file.display(),
+            report.skipped_no_negatives,
+            if report.skipped_no_negatives == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        )));
+    }
 
     let example = |g: &Group| -> Result<(String, usize)> {
         let text = queries.get(&g.qid).ok_or_else(|| {
@@ -295,7 +349,6 @@ pub fn build_train(tokenizer: &Tokenizer, opts: &BuildTrainOptions) -> Result<Bu
         ))
     };
 
-    let mut report = BuildTrainReport::default();
     let mut out: Option<JsonlWriter> = None;
     let bar = crate::progress::item_bar(groups.len() as u64, "build-train (queries)");
     for chunk in groups.chunks(4096) {

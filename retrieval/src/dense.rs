@@ -219,9 +219,14 @@ impl DenseModel {
 
     /// Loads an HF model directory as `AutoModel.from_pretrained` would. The pooler is kept when
     /// the checkpoint has one (saved back unchanged; the loss never uses it) and left out when it
-    /// has none, instead of being randomly initialised.
-    pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(DenseModel, LoadReport)> {
+    /// has none, instead of being randomly initialised. A missing encoder weight is an error
+    /// naming the file and the tensors unless `allow_random_init` (`--allow_random_init`).
+    pub fn from_pretrained(
+        dir: impl AsRef<Path>,
+        allow_random_init: bool,
+    ) -> Result<(DenseModel, LoadReport)> {
         let (mut encoder, mut report) = BertModel::from_pretrained(dir, true)?;
+        report.require(&|n| !bert::is_head_param(n), allow_random_init)?;
         let is_pooler = |n: &String| n.starts_with("pooler.");
         if report.missing.iter().filter(|n| is_pooler(n)).count() == 2 {
             encoder.pooler = None;

@@ -2,13 +2,16 @@
 //! [N, d], row i the vector of text i) and `DIR/ids.txt` (N lines, line i the text_id of row i).
 //! `encode` writes it; `search` reads query and corpus sets (a corpus may be several such
 //! directories, one per shard). Both files are written atomically; reading checks that the two
-//! agree and memory-maps the vectors (f32 stays zero-copy; f16/bf16 are widened to f32).
+//! agree, that every id follows [`crate::ids`] and every value is finite (an error names the
+//! row, its id and the file), and memory-maps the vectors (f32 stays zero-copy; f16/bf16 are
+//! widened to f32).
 
 use std::path::Path;
 
 use tensor::{safetensors, DType, Tensor};
 
 use crate::atomic::AtomicFile;
+use crate::ids::{check_id, id_problem};
 use crate::{Error, Result};
 
 pub const EMBEDDINGS_FILE: &str = "embeddings.safetensors";
@@ -34,10 +37,8 @@ impl EmbeddingSet {
                 ids.len()
             )));
         }
-        if let Some(bad) = ids.iter().find(|id| id.contains(['\n', '\r'])) {
-            return Err(Error::Config(format!(
-                "embeddings: text_id {bad:?} contains a line break"
-            )));
+        if let Some(msg) = ids.iter().find_map(|id| id_problem(id)) {
+            return Err(Error::Config(format!("embeddings: {msg}")));
         }
         Ok(EmbeddingSet { ids, embeddings })
     }
@@ -105,7 +106,10 @@ impl EmbeddingSet {
         }
         let ids_path = dir.join(IDS_FILE);
         let text = std::fs::read_to_string(&ids_path).map_err(|e| Error::io(&ids_path, e))?;
-        let ids: Vec<String> = text.lines().map(str::to_string).collect();
+        let ids: Vec<String> = text.split_terminator('\n').map(str::to_string).collect();
+        for (i, id) in ids.iter().enumerate() {
+            check_id(&ids_path, i + 1, id)?;
+        }
         if ids.len() != embeddings.shape()[0] {
             return Err(Error::format(
                 &ids_path,
@@ -114,6 +118,19 @@ impl EmbeddingSet {
                     ids.len(),
                     embeddings.shape()[0],
                     st_path.display()
+                ),
+            ));
+        }
+        if let Some(i) = embeddings.first_non_finite()? {
+            let (row, column) = (i / embeddings.shape()[1], i % embeddings.shape()[1]);
+            return Err(Error::format(
+                &st_path,
+                format!(
+                    "row {row} (text_id {:?}, {IDS_FILE} line {}) has a non-finite value (NaN \
+                     or inf) at column {column}; the encoder that wrote it diverged or the \
+                     file is damaged",
+                    ids[row],
+                    row + 1
                 ),
             ));
         }
@@ -129,7 +146,7 @@ mod tests {
     fn round_trip_and_mismatch_errors() {
         let dir = std::env::temp_dir().join(format!("retrieval-emb-{}", std::process::id()));
         let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
-        let ids = vec!["a".to_string(), "b 1".to_string(), "c".to_string()];
+        let ids = vec!["a".to_string(), "b1".to_string(), "c".to_string()];
         let set = EmbeddingSet::new(
             ids.clone(),
             Tensor::from_vec(data.clone(), &[3, 2]).unwrap(),

@@ -219,6 +219,8 @@ pub struct EncodeConfig {
     pub device: Device,
     /// f32, or mixed precision (CUDA only).
     pub precision: Precision,
+    /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
+    pub allow_random_init: bool,
 }
 
 /// What [`encode`] did and with which settings.
@@ -281,7 +283,7 @@ pub fn encode(cfg: &EncodeConfig) -> Result<EncodeReport> {
     let normalize = cfg
         .normalize
         .unwrap_or(st.as_ref().is_some_and(|s| s.normalize));
-    let (model, report) = DenseModel::from_pretrained(model_dir)?;
+    let (model, report) = DenseModel::from_pretrained(model_dir, cfg.allow_random_init)?;
     if cfg.verbose && !report.is_clean() {
         eprintln!("loading {}: {report}", model_dir.display());
     }

@@ -34,9 +34,29 @@ pub struct TrainExample {
     pub negatives: Vec<Vec<u32>>,
 }
 
-/// Every record of a JSON-lines file; blank lines are skipped. The first malformed line is an
-/// error naming the file and the line number.
-pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>> {
+/// What a record must satisfy besides its schema (checked by [`read_jsonl`] on every line).
+pub trait Record {
+    /// Why the record cannot be used, or None.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Record for EncodeItem {
+    /// The `text_id` follows the id rule ([`crate::ids`]).
+    fn problem(&self) -> Option<String> {
+        crate::ids::id_problem(&self.text_id).map(|m| format!("text_id: {m}"))
+    }
+}
+
+impl Record for TrainExample {}
+
+/// Read back by tests and tools; the trainer wrote it.
+impl Record for crate::train::LogEntry {}
+
+/// Every record of a JSON-lines file; blank lines are skipped. The first malformed line (bad
+/// JSON, wrong schema, or a [`Record::problem`]) is an error naming the file and the line number.
+pub fn read_jsonl<T: DeserializeOwned + Record>(path: impl AsRef<Path>) -> Result<Vec<T>> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
@@ -45,8 +65,11 @@ pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>>
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&line)
+        let record: T = serde_json::from_str(&line)
             .map_err(|e| Error::line(path, i + 1, format!("invalid record: {e}")))?;
+        if let Some(msg) = record.problem() {
+            return Err(Error::line(path, i + 1, msg));
+        }
         out.push(record);
     }
     Ok(out)

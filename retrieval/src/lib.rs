@@ -7,8 +7,9 @@
 //! (Tevatron's passage sampling and the training batches), [`mod@train`] (the fine-tuning loop and
 //! its checkpoints), [`mod@encode`] (texts to vectors), [`mod@search`] (exact top-k with the
 //! running [`topk`]), [`metrics`] (MS MARCO evaluation), [`mod@bm25`] (BM25 negatives for a
-//! corpus that ships none). Helpers: [`lines`] (streamed text inputs), [`atomic`] (files renamed
-//! into place), [`progress`].
+//! corpus that ships none). Helpers: [`ids`] (the one rule for an id), [`lines`] (streamed text
+//! inputs), [`atomic`] (files renamed into place), [`resume`] (which checkpoint to resume from,
+//! the leftovers of killed runs), [`progress`].
 
 pub mod atomic;
 pub mod bm25;
@@ -19,10 +20,12 @@ pub mod embeddings;
 pub mod encode;
 pub mod error;
 pub mod formats;
+pub mod ids;
 pub mod lines;
 pub mod metrics;
 pub mod progress;
 pub mod qrels;
+pub mod resume;
 pub mod run;
 pub mod search;
 pub mod tokenize;

@@ -108,6 +108,7 @@ pub fn id_and_fields<'a>(
             format!("expected {expected}: empty id"),
         ));
     }
+    crate::ids::check_id(path, line.number, id)?;
     Ok((id, rest))
 }
 

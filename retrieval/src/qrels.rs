@@ -86,6 +86,8 @@ impl Qrels {
                         ))
                     }
                 };
+                crate::ids::check_id(path, line.number, qid)?;
+                crate::ids::check_id(path, line.number, pid)?;
                 qrels.add(qid, pid, relevance);
             }
             Ok(())

@@ -15,8 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::atomic::AtomicFile;
+use crate::ids::check_id;
 use crate::lines::{columns, for_each_batch};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Calls `f(line_number, qid, pid)` for every entry of a ranking file, in file order (module
 /// doc).
@@ -27,11 +28,14 @@ pub fn for_each_entry(
     for_each_batch(path, "ranking", |lines| {
         for line in lines.iter().filter(|l| !l.is_blank()) {
             let fields = columns(path, line, 2, "qid \\t pid \\t score")?;
-            if fields.len() == 6 && fields[1] == "Q0" {
-                f(line.number, fields[0], fields[2])?;
+            let (qid, pid) = if fields.len() == 6 && fields[1] == "Q0" {
+                (fields[0], fields[2])
             } else {
-                f(line.number, fields[0], fields[1])?;
-            }
+                (fields[0], fields[1])
+            };
+            check_id(path, line.number, qid)?;
+            check_id(path, line.number, pid)?;
+            f(line.number, qid, pid)?;
         }
         Ok(())
     })
@@ -45,17 +49,38 @@ pub struct Run {
 }
 
 impl Run {
+    /// Reads a ranking file (module doc). A passage listed twice for one query is an error
+    /// naming both lines, as in MS MARCO's evaluation script.
     pub fn read(path: impl AsRef<Path>) -> Result<Run> {
+        let path = path.as_ref();
         let mut run = Run::default();
         let mut slot: HashMap<String, usize> = HashMap::new();
-        for_each_entry(path.as_ref(), |_, qid, pid| {
+        // The line of each entry, query by query, to name a duplicate's two lines.
+        let mut lines: Vec<Vec<usize>> = Vec::new();
+        for_each_entry(path, |number, qid, pid| {
             let i = *slot.entry(qid.to_string()).or_insert_with(|| {
                 run.queries.push((qid.to_string(), Vec::new()));
+                lines.push(Vec::new());
                 run.queries.len() - 1
             });
             run.queries[i].1.push(pid.to_string());
+            lines[i].push(number);
             Ok(())
         })?;
+        for ((qid, pids), lines) in run.queries.iter().zip(&lines) {
+            let mut order: Vec<usize> = (0..pids.len()).collect();
+            order.sort_by(|&a, &b| pids[a].cmp(&pids[b]).then(a.cmp(&b)));
+            if let Some(w) = order.windows(2).find(|w| pids[w[0]] == pids[w[1]]) {
+                return Err(Error::line(
+                    path,
+                    lines[w[1]],
+                    format!(
+                        "passage {:?} is listed twice for query {qid:?} (first on line {})",
+                        pids[w[1]], lines[w[0]]
+                    ),
+                ));
+            }
+        }
         Ok(run)
     }
 }

@@ -6,8 +6,9 @@
 //! `[SEP]text`, as Tevatron's `title + sep_token + text`) and `id \t text` gives the text. The
 //! tokenizer keeps `[SEP]` whole as the special token. Ids are WordPiece ids without special
 //! tokens, truncated to the first `truncate` (128 for passages, 32 for queries). A line without a
-//! tab, with an empty id, or not valid UTF-8 is an error naming `file:line`; blank lines are
-//! skipped.
+//! tab, with an id that breaks [`crate::ids`]'s rule or was listed before, or not valid UTF-8 is
+//! an error naming `file:line` (a first pass checks the ids before anything is written); blank
+//! lines are skipped.
 //!
 //! Corpus output: `save_to/split00.json .. split{n-1}.json` (Tevatron's names), contiguous runs of
 //! `ceil(records / n_splits)` records in input order (a first pass counts the records). Query
@@ -20,6 +21,7 @@ use bert::Tokenizer;
 use rayon::prelude::*;
 
 use crate::formats::{EncodeItem, JsonlWriter};
+use crate::ids::UniqueIds;
 use crate::lines::{for_each_batch, id_and_fields, Line};
 use crate::Result;
 
@@ -77,6 +79,30 @@ fn encode_file(
     })
 }
 
+/// Counts the records of `file`, checking every id first ([`crate::ids`]): an id listed twice is
+/// an error naming both lines, and a file without a record is an error, before anything is
+/// written.
+fn count_records(file: &Path) -> Result<usize> {
+    let mut seen = UniqueIds::default();
+    let mut total = 0usize;
+    for_each_batch(file, "count", |lines| {
+        for line in lines {
+            if let Some((id, _)) = parse_record(file, line)? {
+                seen.insert(file, line.number, id)?;
+                total += 1;
+            }
+        }
+        Ok(())
+    })?;
+    if total == 0 {
+        return Err(crate::Error::format(
+            file,
+            "no record to tokenize (the file is empty or blank)",
+        ));
+    }
+    Ok(total)
+}
+
 /// Tokenizes a query file into one encode file `save_to`.
 pub fn tokenize_queries(
     file: impl AsRef<Path>,
@@ -85,6 +111,7 @@ pub fn tokenize_queries(
     truncate: usize,
 ) -> Result<TokenizeReport> {
     let file = file.as_ref();
+    count_records(file)?;
     let mut out = JsonlWriter::create(save_to)?;
     encode_file(file, tokenizer, truncate, "tokenize", |records| {
         records.iter().try_for_each(|r| out.write_serialized(r))
@@ -115,11 +142,7 @@ pub fn tokenize_corpus(
             "tokenize: n_splits must be at least 1".into(),
         ));
     }
-    let mut total = 0usize;
-    for_each_batch(file, "count", |lines| {
-        total += lines.iter().filter(|l| !l.is_blank()).count();
-        Ok(())
-    })?;
+    let total = count_records(file)?;
     let per_split = total.div_ceil(n_splits).max(1);
     let mut report = TokenizeReport::default();
     let mut split = JsonlWriter::create(split_path(save_to, 0))?;

@@ -133,6 +133,8 @@ pub struct TrainConfig {
     /// Tevatron's `--grad_cache` with its chunk sizes (`train_step.rs`): the same loss and
     /// gradients, encoder memory bounded by a chunk.
     pub grad_cache: Option<GradCacheChunks>,
+    /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
+    pub allow_random_init: bool,
 }
 
 impl Default for TrainConfig {
@@ -167,6 +169,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             negatives_x_device: false,
             grad_cache: None,
+            allow_random_init: false,
         }
     }
 }
@@ -262,14 +265,25 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest `checkpoint-N` of `output_dir` that holds a trainer state, if any.
-pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(output_dir.as_ref())?
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .find(|p| p.join(TRAINER_STATE_FILE).is_file()))
+/// The newest `checkpoint-N` of `output_dir` that can be resumed from, if any, and the newer
+/// ones passed over (empty, incomplete or corrupt), each with why ([`crate::resume`]).
+pub fn find_latest_checkpoint(
+    output_dir: impl AsRef<Path>,
+) -> Result<(Option<PathBuf>, crate::resume::Skipped)> {
+    let all = checkpoints(output_dir.as_ref())?;
+    Ok(crate::resume::newest_resumable(all, TRAINER_STATE_FILE))
 }
+
+/// [`find_latest_checkpoint`], saying on stderr which newer directories it passed over and why.
+pub fn latest_checkpoint(output_dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+    let (chosen, skipped) = find_latest_checkpoint(output_dir)?;
+    crate::resume::warn_skipped(&skipped, chosen.as_deref());
+    Ok(chosen)
+}
+
+/// The most passages one step may hold (`per_device_train_batch_size x train_n_passages`):
+/// 2^24, far beyond any real run.
+pub const MAX_STEP_PASSAGES: usize = 1 << 24;
 
 fn check_config(c: &TrainConfig) -> Result<()> {
     let bad = |what: &str| Err(Error::Config(format!("train-retriever: {what}")));
@@ -281,6 +295,19 @@ fn check_config(c: &TrainConfig) -> Result<()> {
     }
     if c.train_n_passages == 0 {
         return bad("train_n_passages must be at least 1");
+    }
+    // A step's passages are held together: a count no run could reach is an error here, not
+    // an allocation failure (abort) in the first step.
+    let passages = c
+        .per_device_train_batch_size
+        .checked_mul(c.train_n_passages)
+        .filter(|&n| n <= MAX_STEP_PASSAGES);
+    if passages.is_none() {
+        return bad(&format!(
+            "per_device_train_batch_size {} x train_n_passages {} is above the limit of \
+             {MAX_STEP_PASSAGES} passages a step",
+            c.per_device_train_batch_size, c.train_n_passages
+        ));
     }
     if c.q_max_len < 2 || c.p_max_len < 2 {
         return bad("q_max_len and p_max_len must leave room for [CLS] and [SEP] (>= 2)");
@@ -358,7 +385,7 @@ impl<'c> Run<'c> {
     ) -> Result<Run<'c>> {
         let resume = cfg.resume_from_checkpoint.as_deref();
         let model_dir = resume.unwrap_or(&cfg.model_name_or_path);
-        let (model, report) = DenseModel::from_pretrained(model_dir)?;
+        let (model, report) = DenseModel::from_pretrained(model_dir, cfg.allow_random_init)?;
         if cfg.verbose && !report.is_clean() {
             eprintln!("loading {}: {report}", model_dir.display());
         }
@@ -648,6 +675,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
 /// Rank 0's check and creation of the output directory.
 fn prepare_output_dir(cfg: &TrainConfig) -> Result<()> {
     let out = &cfg.output_dir;
+    let tmp_prefix = format!(".tmp-{CHECKPOINT_PREFIX}");
+    let stale = crate::resume::remove_stale(out, |n| n.starts_with(&tmp_prefix))
+        .map_err(|(p, e)| Error::io(&p, e))?;
+    for dir in stale {
+        eprintln!("removed {}: an incomplete checkpoint", dir.display());
+    }
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
         return Err(Error::Config(format!(

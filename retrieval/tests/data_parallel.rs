@@ -41,7 +41,7 @@ fn config(model: &Path, data: &Path, out: &Path) -> TrainConfig {
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let (m, _) = DenseModel::from_pretrained(dir).unwrap();
+    let (m, _) = DenseModel::from_pretrained(dir, false).unwrap();
     m.encoder
         .named_params()
         .into_iter()

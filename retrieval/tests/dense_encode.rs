@@ -54,6 +54,7 @@ fn config(model: &Path, input: &Path, output: &Path) -> EncodeConfig {
         verbose: false,
         device: tensor::Device::Cpu,
         precision: nn::Precision::F32,
+        allow_random_init: false,
     }
 }
 
@@ -87,7 +88,7 @@ fn rows_in_input_order_and_independent_of_batching_and_padding() {
     let rows = set.embeddings.to_vec::<f32>().unwrap();
 
     // Each text alone, padded to max_len (Tevatron's collation), in eval mode.
-    let (model, _) = DenseModel::from_pretrained(&model_dir).unwrap();
+    let (model, _) = DenseModel::from_pretrained(&model_dir, false).unwrap();
     let special = SpecialIds::from_tokenizer(&tiny_tokenizer());
     let mut worst = 0f32;
     for (i, it) in all.iter().enumerate() {

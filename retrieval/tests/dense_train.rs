@@ -2,7 +2,7 @@
 //! is an HF directory that loads back, the log follows the schedule, checkpoints rotate, and a
 //! run resumed from a checkpoint ends bit for bit where the uninterrupted run ends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nn::Module;
 use retrieval::train::{LogEntry, LOG_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE};
@@ -32,7 +32,7 @@ fn mean(xs: &[LogEntry]) -> f64 {
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let (m, report) = DenseModel::from_pretrained(dir).unwrap();
+    let (m, report) = DenseModel::from_pretrained(dir, false).unwrap();
     assert!(report.is_clean(), "{report}");
     m.encoder
         .named_params()
@@ -151,4 +151,52 @@ fn checkpoints_rotate_and_resuming_is_bit_exact() {
         err.contains(TRAINER_STATE_FILE) && err.contains("seed: 42"),
         "{err}"
     );
+}
+
+/// Issue 14, class 4: a run's leftovers (`.tmp-checkpoint-*` of a killed save) are removed at
+/// start, and `latest` passes over a newer `checkpoint-N` that is empty or incomplete, naming
+/// both it and the one chosen.
+#[test]
+fn stale_temporaries_are_removed_and_incomplete_checkpoints_skipped() {
+    let s = Scratch::new("train-stale");
+    let (model, data) = setup(&s.0, 8, 0.0);
+    let out = s.0.join("out");
+    let cfg = TrainConfig {
+        max_steps: Some(4),
+        save_steps: 2,
+        ..config(&model, &data, &out)
+    };
+    train(&cfg).unwrap();
+    // As if killed after checkpoint 2 and, in later tries, while saving.
+    std::fs::remove_dir_all(out.join("checkpoint-4")).unwrap();
+    // What kills leave: a half-written save and a checkpoint directory without a state.
+    let stale = out.join(".tmp-checkpoint-4-99999");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), b"half").unwrap();
+    let empty = out.join("checkpoint-9");
+    std::fs::create_dir_all(&empty).unwrap();
+    let partial = out.join("checkpoint-7");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), b"half").unwrap();
+    let (chosen, skipped) = retrieval::train::find_latest_checkpoint(&out).unwrap();
+    assert_eq!(chosen, Some(out.join("checkpoint-2")));
+    let skipped: Vec<&PathBuf> = skipped.iter().map(|(p, _)| p).collect();
+    assert_eq!(skipped, [&empty, &partial]);
+    assert_eq!(
+        latest_checkpoint(&out).unwrap(),
+        Some(out.join("checkpoint-2"))
+    );
+    let resumed = train(&TrainConfig {
+        resume_from_checkpoint: latest_checkpoint(&out).unwrap(),
+        ..cfg
+    })
+    .unwrap();
+    assert_eq!(resumed.global_step, 4);
+    assert!(!stale.exists(), "the stale temporary is removed");
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -120,9 +120,18 @@ proptest! {
         let dir = Scratch::new("run-rt");
         let p = dir.path().join("run.tsv");
         let mut w = RunWriter::create(&p).unwrap();
-        // One block per distinct query, as `search` writes.
+        // One block per distinct query, each passage once, as `search` writes (a passage listed
+        // twice for a query is an error, as in MS MARCO's evaluation script).
         let mut seen = std::collections::HashSet::new();
-        let queries: Vec<_> = queries.into_iter().filter(|(q, _)| seen.insert(q.clone())).collect();
+        let queries: Vec<_> = queries
+            .into_iter()
+            .filter(|(q, _)| seen.insert(q.clone()))
+            .map(|(q, mut hits)| {
+                let mut pids = std::collections::HashSet::new();
+                hits.retain(|(p, _)| pids.insert(p.clone()));
+                (q, hits)
+            })
+            .collect();
         for (qid, hits) in &queries {
             w.write_query(qid, hits.iter().map(|(p, s)| (p.as_str(), *s))).unwrap();
         }

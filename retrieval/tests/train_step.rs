@@ -62,7 +62,7 @@ fn rows(b: &TokenBatch, start: usize, len: usize) -> TokenBatch {
 
 /// The tiny model of `dir`, in f64.
 fn model_f64(dir: &Path) -> DenseModel {
-    let (model, _) = DenseModel::from_pretrained(dir).unwrap();
+    let (model, _) = DenseModel::from_pretrained(dir, false).unwrap();
     for (name, p) in model.encoder.named_params() {
         p.set(&name, p.tensor().to_dtype(DType::F64).unwrap())
             .unwrap();

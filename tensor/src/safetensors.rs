@@ -374,6 +374,7 @@ pub fn save(
             .then(an.cmp(bn))
     });
     let header = header_json(path, &order, metadata)?;
+    crate::fs::check_replaceable(path).map_err(|e| file_err(path, e.to_string()))?;
 
     let file_name = path
         .file_name()

@@ -221,6 +221,12 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
+    /// The whole storage this tensor reads, as a contiguous 1-D tensor (no copy): the buffer a
+    /// view lives in (the fused half copy of several parameters, `nn::fused_half`).
+    pub fn base(&self) -> Tensor {
+        self.with_layout(Layout::contiguous(&[self.storage.len()]))
+    }
+
     /// Elements in row-major order, whatever the layout. The dtype must be `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         if self.device() != Device::Cpu {

@@ -17,13 +17,15 @@
 //!   benchmark can time both paths on a GPU.
 //!
 //! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands that take the flash
-//! path are cast to the half dtype first (the kernels then compute as for half inputs) and the
-//! output back to f32; the composed path gets the same from its `matmul`s.
+//! path are cast to the half dtype first (the kernels then compute as for half inputs; operands
+//! already half, the projections of a half `Linear`, are read directly) and the output stays
+//! half, as torch's autocast returns it; the composed path gets the same from its `matmul`s, its
+//! softmax computing in f32 internally.
 
 use crate::autocast::gemm_dtype;
 use crate::var::Var;
 use tensor::ops::attention::AttentionDropout;
-use tensor::{DType, Result, Rng, Tensor};
+use tensor::{Device, Result, Rng, Tensor};
 
 /// False when `COTMAE_ATTENTION=composed` (see the module doc).
 fn flash_enabled() -> bool {
@@ -46,27 +48,29 @@ impl Var {
         let rng = rng.filter(|_| dropout_p != 0.0);
         let fits = flash_enabled() && Tensor::flash_attention_fits(q.value(), k.value(), v.value());
         if let (Some(half), true) = (gemm_dtype(&[q.value(), k.value(), v.value()]), fits) {
-            let (qh, kh, vh) = (q.to_dtype(half)?, k.to_dtype(half)?, v.to_dtype(half)?);
-            let out =
-                Var::scaled_dot_product_attention(&qh, &kh, &vh, mask, scale, dropout_p, rng)?;
-            return out.to_dtype(DType::F32);
+            let cast = |x: &Var| match x.value().dtype() == half {
+                true => Ok(x.clone()),
+                false => x.to_dtype(half),
+            };
+            let (qh, kh, vh) = (cast(q)?, cast(k)?, cast(v)?);
+            return Var::scaled_dot_product_attention(&qh, &kh, &vh, mask, scale, dropout_p, rng);
         }
         if fits {
-            let mask = match mask {
-                Some(m) if m.dtype() != q.value().dtype() => Some(m.to_dtype(q.value().dtype())?),
-                m => m.cloned(),
-            };
-            let dropout = match rng {
-                Some(rng) => {
-                    let probs = q.shape()[..3].iter().product::<usize>() * k.shape()[2];
-                    Some(AttentionDropout::draw(dropout_p, probs, rng)?)
-                }
-                None => None,
-            };
+            let (mask, dropout) = flash_inputs(q.value(), k.value(), mask, dropout_p, rng)?;
             return Var::flash_attention(q, k, v, mask.as_ref(), scale, dropout);
         }
         let scores = q.matmul(&k.transpose(2, 3)?)?;
-        let probs = scores.softmax_last(mask, scale)?;
+        // Half scores (autocast) take the mask in their dtype, as the flash path does.
+        let mask = match mask {
+            Some(m)
+                if m.dtype() != scores.value().dtype()
+                    && scores.value().device() != Device::Cpu =>
+            {
+                Some(m.to_dtype(scores.value().dtype())?)
+            }
+            m => m.cloned(),
+        };
+        let probs = scores.softmax_last(mask.as_ref(), scale)?;
         let probs = match rng {
             Some(rng) => probs.dropout(dropout_p, true, rng)?,
             None => probs,
@@ -85,27 +89,148 @@ impl Var {
         scale: f64,
         dropout: Option<AttentionDropout>,
     ) -> Result<Var> {
-        let (qt, kt, vt) = (q.value().clone(), k.value().clone(), v.value().clone());
-        let (out, lse) = Tensor::flash_attention(&qt, &kt, &vt, mask, scale, dropout)?;
-        let (saved_out, mask) = (out.clone(), mask.cloned());
-        Ok(Var::from_op(
+        let inputs = vec![q.clone(), k.clone(), v.clone()];
+        let qkv = [q, k, v].map(|x| x.value().clone());
+        flash_node(
             "flash_attention",
-            out,
-            vec![q.clone(), k.clone(), v.clone()],
-            Box::new(move |g| {
-                let (dq, dk, dv) = Tensor::flash_attention_backward(
-                    &qt,
-                    &kt,
-                    &vt,
-                    mask.as_ref(),
-                    &saved_out,
-                    &lse,
-                    g,
-                    scale,
-                    dropout,
-                )?;
-                Ok(vec![Some(dq), Some(dk), Some(dv)])
-            }),
-        ))
+            inputs,
+            qkv,
+            mask,
+            scale,
+            dropout,
+            |[dq, dk, dv]| Ok(vec![Some(dq), Some(dk), Some(dv)]),
+        )
     }
+}
+
+/// q, k and v of a fused projection `qkv [B, S, 3 * heads * D]` (q, then k, then v along the
+/// last dim, heads inside each, as `Linear`s' outputs side by side) as `[B, heads, S, D]`
+/// strided views of it: no copies.
+fn qkv_views(qkv: &Tensor, heads: usize) -> Result<[Tensor; 3]> {
+    const OP: &str = "fused_qkv_attention";
+    let &[b, s, w] = qkv.shape() else {
+        tensor::bail!(
+            OP,
+            "expected qkv [batch, seq, 3 * hidden], got {:?}",
+            qkv.shape()
+        );
+    };
+    if heads == 0 || w % (3 * heads) != 0 {
+        tensor::bail!(OP, "last dim {w} is not 3 x {heads} heads x a head dim");
+    }
+    let (h, d) = (w / 3, w / 3 / heads);
+    let view = |i: usize| {
+        qkv.narrow(2, i * h, h)?
+            .reshape(&[b, s, heads, d])?
+            .transpose(1, 2)
+    };
+    Ok([view(0)?, view(1)?, view(2)?])
+}
+
+impl Var {
+    /// Attention over a fused QKV projection `qkv [B, S, 3 * heads * D]` (see [`qkv_views`]):
+    /// `[B, heads, S, D]` like [`Var::scaled_dot_product_attention`] of the three views, with
+    /// the same dropout draws. Where the flash kernels take the views (one GPU, their limits),
+    /// one node reads q, k and v in place and its backward writes dq, dk and dv into one
+    /// `[B, S, 3 * heads * D]` gradient (one concatenation, no zero-padded pieces); otherwise
+    /// the views as `Var`s through `scaled_dot_product_attention`.
+    pub fn fused_qkv_attention(
+        qkv: &Var,
+        heads: usize,
+        mask: Option<&Tensor>,
+        scale: f64,
+        dropout_p: f64,
+        rng: Option<&mut Rng>,
+    ) -> Result<Var> {
+        let [q, k, v] = qkv_views(qkv.value(), heads)?;
+        let rng = rng.filter(|_| dropout_p != 0.0);
+        if !(flash_enabled() && Tensor::flash_attention_fits(&q, &k, &v)) {
+            let (b, s, w) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+            let view = |i: usize| {
+                qkv.narrow(2, i * w / 3, w / 3)?
+                    .reshape(&[b, s, heads, w / 3 / heads])?
+                    .transpose(1, 2)
+            };
+            let (q, k, v) = (view(0)?, view(1)?, view(2)?);
+            return Var::scaled_dot_product_attention(&q, &k, &v, mask, scale, dropout_p, rng);
+        }
+        let (mask, dropout) = flash_inputs(&q, &k, mask, dropout_p, rng)?;
+        let shape = qkv.shape().to_vec();
+        flash_node(
+            "fused_qkv_attention",
+            vec![qkv.clone()],
+            [q, k, v],
+            mask.as_ref(),
+            scale,
+            dropout,
+            move |[dq, dk, dv]| {
+                // [B, heads, S, D] each -> [B, S, heads, D] views, side by side on the heads dim.
+                let parts = [
+                    dq.transpose(1, 2)?,
+                    dk.transpose(1, 2)?,
+                    dv.transpose(1, 2)?,
+                ];
+                let dqkv = Tensor::cat(&[&parts[0], &parts[1], &parts[2]], 2)?;
+                Ok(vec![Some(dqkv.reshape(&shape)?)])
+            },
+        )
+    }
+}
+
+/// The flash path's inputs: the mask in q's dtype, and the dropout drawn from `rng` as the
+/// composed path would draw it for the `[B, H, Sq, Sk]` probabilities (None in evaluation).
+fn flash_inputs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: Option<&Tensor>,
+    dropout_p: f64,
+    rng: Option<&mut Rng>,
+) -> Result<(Option<Tensor>, Option<AttentionDropout>)> {
+    let mask = match mask {
+        Some(m) if m.dtype() != q.dtype() => Some(m.to_dtype(q.dtype())?),
+        m => m.cloned(),
+    };
+    let dropout = match rng {
+        Some(rng) => {
+            let probs = q.shape()[..3].iter().product::<usize>() * k.shape()[2];
+            Some(AttentionDropout::draw(dropout_p, probs, rng)?)
+        }
+        None => None,
+    };
+    Ok((mask, dropout))
+}
+
+/// `Tensor::flash_attention` over `[q, k, v]` as one node over `inputs`; its backward runs
+/// `Tensor::flash_attention_backward` with the saved output and log-sum-exp and `grads` turns
+/// (dq, dk, dv) into the inputs' gradients.
+fn flash_node(
+    name: &'static str,
+    inputs: Vec<Var>,
+    [q, k, v]: [Tensor; 3],
+    mask: Option<&Tensor>,
+    scale: f64,
+    dropout: Option<AttentionDropout>,
+    grads: impl Fn([Tensor; 3]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Result<Var> {
+    let (out, lse) = Tensor::flash_attention(&q, &k, &v, mask, scale, dropout)?;
+    let (saved_out, mask) = (out.clone(), mask.cloned());
+    Ok(Var::from_op(
+        name,
+        out,
+        inputs,
+        Box::new(move |g| {
+            let (dq, dk, dv) = Tensor::flash_attention_backward(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                &saved_out,
+                &lse,
+                g,
+                scale,
+                dropout,
+            )?;
+            grads([dq, dk, dv])
+        }),
+    ))
 }

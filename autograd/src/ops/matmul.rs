@@ -6,8 +6,9 @@
 //! backward gives dz = g gelu'(z) and d bias = the column sums of dz).
 //!
 //! Under [`autocast`](crate::autocast) with a half dtype, f32 CUDA operands of the products are
-//! cast to it first and the product back to f32, all as graph ops (so gradients come back in
-//! f32); the bias + GELU of `matmul_bias_gelu` then runs in f32. f32 CPU operands under bf16
+//! cast to it first (operands already in it are read as they are) and the product stays in it,
+//! all as graph ops (so gradients come back in each operand's dtype); the bias + GELU of
+//! `matmul_bias_gelu` then runs on the half product with the bias as it is (f32 or half). f32 CPU operands under bf16
 //! autocast run in the CPU's bf16 GEMM instead (nodes `matmul_bf16` / `matmul_bias_bf16`, the
 //! backward's products in the same GEMM; with gradients off, `matmul_bias_gelu` fuses the bias
 //! and GELU into that GEMM's epilogue).
@@ -50,9 +51,13 @@ impl Gemm {
     }
 }
 
-/// `v` cast to `half` for an autocast product; a cast of a parameter (or a view of one) is
-/// counted on its GPU as a weight cast (`Device::note_weight_cast`).
+/// `v` cast to `half` for an autocast product (unchanged when it already is); a cast of a
+/// parameter (or a view of one) is counted on its GPU as a weight cast
+/// (`Device::note_weight_cast`).
 fn autocast_operand(v: &Var, half: DType) -> Result<Var> {
+    if v.value().dtype() == half {
+        return Ok(v.clone());
+    }
     if v.is_param_view() {
         v.value().device().note_weight_cast()?;
     }
@@ -62,8 +67,7 @@ fn autocast_operand(v: &Var, half: DType) -> Result<Var> {
 impl Var {
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
         if let Some(half) = gemm_dtype(&[self.value(), rhs.value()]) {
-            let y = autocast_operand(self, half)?.matmul(&autocast_operand(rhs, half)?)?;
-            return y.to_dtype(DType::F32);
+            return autocast_operand(self, half)?.matmul(&autocast_operand(rhs, half)?);
         }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let gemm = Gemm::of(&[&a, &b]);
@@ -88,7 +92,7 @@ impl Var {
                 autocast_operand(rhs, half)?,
                 autocast_operand(bias, half)?,
             );
-            return a.matmul_bias(&b, &c)?.to_dtype(DType::F32);
+            return a.matmul_bias(&b, &c);
         }
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let gemm = Gemm::of(&[&a, &b, bias.value()]);

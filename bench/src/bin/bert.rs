@@ -62,16 +62,22 @@ fn timings() -> Result<()> {
         }
     }
 
-    let params = model.named_params();
+    drop(model);
+
     let cfg = AdamWConfig {
         lr: 1e-4,
         weight_decay: 0.01,
         variant: AdamWVariant::Torch,
         ..Default::default()
     };
-    let mut opt = AdamW::new(cfg)?;
-    let mut ctx = Ctx::train(1);
     for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {
+        // Each precision trains a fresh copy of the same initial model (same seed, same batch),
+        // so the first losses compare: the bf16 row once started from the weights the f32 row's
+        // timed steps had already trained on this batch, and so logged a far lower loss.
+        let model = BertForMaskedLM::new(&BertConfig::default(), &mut Rng::new(0))?;
+        let params = model.named_params();
+        let mut opt = AdamW::new(cfg.clone())?;
+        let mut ctx = Ctx::train(1);
         let mut step = || -> Result<f32> {
             let out = autograd::autocast(cast, || {
                 model.forward(&ids, Some(&mask), None, &labels, &mut ctx)

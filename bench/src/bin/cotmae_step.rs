@@ -28,8 +28,9 @@
 //! queries, weight casts, bytes moved), one JSON line per step on stdout; those steps read no
 //! loss and end with no sync, as a trainer's non-logging step.
 //! On a GPU (`--device cuda`, a build with feature `cuda`) each timed step ends with a device
-//! sync; `--precision bf16` runs the forward under bf16 autocast (f32 master weights and
-//! optimizer state), `fp16` adds the dynamic loss scaler, as `pretrain --bf16 / --fp16` do.
+//! sync. `--precision bf16` runs the forward under bf16 autocast (f32 master weights and
+//! optimizer state), on the GPU (cuBLAS) or on the CPU (the bf16 GEMM, AMX or AVX512-BF16);
+//! `fp16` (GPU only) adds the dynamic loss scaler, as `pretrain --bf16 / --fp16` do.
 //! `--bert` times a plain BERT MLM step (BertForMaskedLM on the encoder half of the batch:
 //! `input_ids`, `attention_mask`, `labels`) instead of the CoT-MAE step. The GPU twin is
 //! `bench/gpu_step_torch.py`, driven by `bench/run_gpu.sh`.
@@ -240,8 +241,10 @@ fn parse(args: &[String]) -> Result<Options> {
             other => return Err(err(format!("unknown argument {other:?}"))),
         }
     }
-    if o.precision != Precision::F32 && o.device.is_cpu() {
-        return Err(err("--precision bf16/fp16 needs --device cuda"));
+    if o.precision == Precision::F16 && o.device.is_cpu() {
+        return Err(err(
+            "--precision fp16 needs --device cuda (bf16 runs on the CPU too)",
+        ));
     }
     if o.counters && o.device.is_cpu() {
         return Err(err("--counters needs --device cuda"));
@@ -417,8 +420,8 @@ fn print_counters(
         println!(
             "{{\"step\": {}, \"model\": \"{what}\", \"shape\": \"{shape}\", \"precision\": \"{:?}\", \
              \"syncs\": {}, \"launches\": {}, \"gemms\": {}, \"heuristic_queries\": {}, \
-             \"weight_casts\": {}, \"bytes_to_device\": {}, \"bytes_to_host\": {}, \
-             \"bytes_on_device\": {}}}",
+             \"weight_casts\": {}, \"casts\": {}, \"bytes_to_device\": {}, \
+             \"bytes_to_host\": {}, \"bytes_on_device\": {}}}",
             i + 2,
             o.precision,
             c.syncs,
@@ -426,6 +429,7 @@ fn print_counters(
             c.gemms,
             c.heuristic_queries,
             c.weight_casts,
+            c.casts,
             c.bytes_to_device,
             c.bytes_to_host,
             c.bytes_on_device

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use tensor::Tensor;
+use tensor::{DType, Tensor};
 
 /// tests/fixtures/bert at the repository root.
 pub fn fixtures() -> PathBuf {
@@ -80,4 +80,49 @@ pub fn minilm_dir() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Asserts `got` (any float dtype) is within `tol` of `want` ([`rel_err`]) and returns the error.
+pub fn check(what: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
+    let e = rel_err(&got.to_dtype(DType::F32).unwrap(), want);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+    e
+}
+
+/// Whether parameter `name`'s true gradient is zero: the key bias's (softmax ignores a shift
+/// shared by every key of a query), where both passes hold only rounding noise, so a relative
+/// error between them means nothing.
+pub fn zero_gradient(name: &str) -> bool {
+    name.ends_with("attention.self.key.bias")
+}
+
+/// The largest |element| of a tensor.
+pub fn max_abs(t: &Tensor) -> f64 {
+    let v = t.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// The worst gradient error over all parameters (asserting each is within `tol`); a gradient
+/// whose true value is zero ([`zero_gradient`]) must be within `tol` of zero relative to the
+/// largest gradient of the model instead.
+pub fn check_grads(got: &[(String, Tensor)], want: &[(String, Tensor)], tol: f64) -> (f64, String) {
+    assert_eq!(got.len(), want.len());
+    let largest = want.iter().fold(0f64, |m, (_, w)| m.max(max_abs(w)));
+    let mut worst = (0f64, String::new());
+    for ((name, g), (wname, w)) in got.iter().zip(want) {
+        assert_eq!(name, wname);
+        if zero_gradient(name) {
+            let noise = max_abs(g) / largest;
+            assert!(
+                noise <= tol,
+                "gradient of {name}: {noise:.3e} of the largest, not ~0"
+            );
+            continue;
+        }
+        let e = check(&format!("gradient of {name}"), g, w, tol);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    worst
 }

@@ -72,9 +72,8 @@ impl Stages {
         f()?;
         let secs = t.elapsed().as_secs_f64();
         std::fs::create_dir_all(markers)?;
-        let tmp = marker.with_extension("tmp");
-        std::fs::write(&tmp, format!("{secs}\n"))?;
-        std::fs::rename(&tmp, &marker)?;
+        tensor::fs::write_atomic(&marker, format!("{secs}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", marker.display()))?;
         self.run += 1;
         self.seconds += secs;
         Ok(secs)

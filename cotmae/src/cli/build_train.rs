@@ -75,6 +75,24 @@ impl TrainFiles {
             r.files.len(),
             self.save_to.display()
         );
+        if r.positives_removed > 0 {
+            eprintln!(
+                "note: {} positive passage(s) listed among their own query's negatives were \
+                 removed from the negatives",
+                r.positives_removed
+            );
+        }
+        if r.skipped_no_negatives > 0 {
+            eprintln!(
+                "warning: {} quer{} left without a negative got no example",
+                r.skipped_no_negatives,
+                if r.skipped_no_negatives == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            );
+        }
         Ok(())
     }
 }

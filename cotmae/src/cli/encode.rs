@@ -45,6 +45,11 @@ pub struct EncodeArgs {
     pub threads: usize,
     #[command(flatten)]
     pub profile: super::profile::ProfileArgs,
+    /// Load a checkpoint that lacks some of the encoder's weights, initialising those randomly
+    /// (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing weight is an
+    /// error naming the checkpoint file and the tensors.
+    #[arg(long = "allow_random_init", alias = "allow-random-init")]
+    pub allow_random_init: bool,
 }
 
 pub fn run(a: EncodeArgs) -> CliResult {
@@ -61,6 +66,7 @@ pub fn run(a: EncodeArgs) -> CliResult {
         verbose: true,
         device,
         precision,
+        allow_random_init: a.allow_random_init,
     };
     a.profile.start()?;
     let r = with_threads(a.threads, || encode(&cfg))??;

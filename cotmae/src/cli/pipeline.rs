@@ -33,6 +33,10 @@ pub struct PipelineArgs {
     /// Tokenizer directory (default: the model directory).
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
+    /// Passed to the training stages: encoder weights missing from `model_name_or_path` are
+    /// randomly initialised instead of an error.
+    #[arg(long)]
+    pub allow_random_init: bool,
     /// `pid \t title \t text` (MS MARCO corpus.tsv).
     #[arg(long)]
     pub corpus: PathBuf,
@@ -237,7 +241,9 @@ pub fn run(a: PipelineArgs) -> CliResult {
             &retrieval::Run::read(&run_s2)?,
         )?;
         print!("{}", m.table());
-        std::fs::write(out.join("metrics.json"), format!("{}\n", m.to_json()))?;
+        let metrics = out.join("metrics.json");
+        tensor::fs::write_atomic(&metrics, format!("{}\n", m.to_json()).as_bytes())
+            .map_err(|e| format!("{}: {e}", metrics.display()))?;
         Ok(())
     })?;
     eprintln!(
@@ -270,6 +276,9 @@ fn train(a: &PipelineArgs, train_dir: &Path, output_dir: &Path, epochs: f64) -> 
     ];
     if let Some(t) = &a.tokenizer_name {
         pairs.push(("tokenizer_name", s(t)));
+    }
+    if a.allow_random_init {
+        pairs.push(("allow_random_init", String::new()));
     }
     match resume {
         Some(ckpt) => pairs.push(("resume_from_checkpoint", s(&ckpt))),

@@ -1,6 +1,6 @@
 //! Profiling from the command line. [`ProfileArgs`] is the flag group `pretrain`,
 //! `train-retriever` and `encode` flatten in (`--profile`, `--profile_steps A:B`,
-//! `--profile_trace FILE`; see `tensor::profiler` and docs/profiling.md); `cotmae profile
+//! `--profile_trace FILE`; see `tensor::profiler` and docs/PROFILING.md); `cotmae profile
 //! TRACE.json [OTHER.json]` prints the tables of a saved trace, or two traces side by side.
 
 use super::CliResult;

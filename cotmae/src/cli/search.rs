@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use retrieval::ids::UniqueIds;
 use retrieval::{search_blocks, EmbeddingSet, RunWriter, SearchOptions};
 
 use super::{with_threads, CliResult};
@@ -38,34 +39,39 @@ pub struct SearchArgs {
     pub device: String,
 }
 
-/// Ids go into whitespace-separated ranking files: they must not contain whitespace.
-fn check_ids(set: &EmbeddingSet, dir: &std::path::Path) -> CliResult {
-    if let Some((i, id)) = set
-        .ids
-        .iter()
-        .enumerate()
-        .find(|(_, id)| id.is_empty() || id.contains(char::is_whitespace))
-    {
+/// The corpus shards, each read with its ids and values checked ([`EmbeddingSet::read`]); a
+/// pid in two rows (of one shard or two) is an error naming both `ids.txt` lines, and a corpus
+/// without a passage is an error rather than an empty ranking.
+fn read_corpus(dirs: &[PathBuf]) -> CliResult<Vec<EmbeddingSet>> {
+    let mut seen = UniqueIds::default();
+    let mut shards = Vec::new();
+    for dir in dirs {
+        let set = EmbeddingSet::read(dir)?;
+        let ids_path = dir.join(retrieval::embeddings::IDS_FILE);
+        for (i, id) in set.ids.iter().enumerate() {
+            seen.insert(&ids_path, i + 1, id)?;
+        }
+        shards.push(set);
+    }
+    if shards.iter().all(EmbeddingSet::is_empty) {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(format!(
-            "{}:{}: id {id:?} is empty or contains whitespace; ranking files cannot hold it",
-            dir.join(retrieval::embeddings::IDS_FILE).display(),
-            i + 1
+            "search: the corpus ({}) holds no passage; nothing to rank against",
+            names.join(", ")
         )
         .into());
     }
-    Ok(())
+    Ok(shards)
 }
 
 pub fn run(a: SearchArgs) -> CliResult {
     let device = open_device(&a.device)?;
     let queries = EmbeddingSet::read(&a.queries)?;
-    check_ids(&queries, &a.queries)?;
-    let mut shards = Vec::new();
-    for dir in &a.corpus {
-        let set = EmbeddingSet::read(dir)?;
-        check_ids(&set, dir)?;
-        shards.push(set);
+    let mut qids = UniqueIds::default();
+    for (i, id) in queries.ids.iter().enumerate() {
+        qids.insert(&a.queries.join(retrieval::embeddings::IDS_FILE), i + 1, id)?;
     }
+    let shards = read_corpus(&a.corpus)?;
     let pids: Vec<&str> = shards
         .iter()
         .flat_map(|s| s.ids.iter().map(String::as_str))

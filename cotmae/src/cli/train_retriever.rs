@@ -29,6 +29,11 @@ pub struct TrainRetrieverArgs {
     /// Tokenizer directory (vocab.txt); default: the model directory.
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
+    /// Load a checkpoint that lacks some of the encoder's weights, initialising those randomly
+    /// (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing weight is an
+    /// error naming the checkpoint file and the tensors.
+    #[arg(long)]
+    pub allow_random_init: bool,
     /// Where checkpoints, train_log.jsonl and the final model go.
     #[arg(long)]
     pub output_dir: PathBuf,
@@ -140,6 +145,9 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
         })?),
         Some(p) => Some(PathBuf::from(p)),
     };
+    if let Some(ckpt) = &resume {
+        eprintln!("train-retriever: resuming from {}", ckpt.display());
+    }
     let model_name_or_path = match (&a.model_name_or_path, &a.config_name) {
         (Some(dir), _) => dir.clone(),
         (None, Some(config)) => random_init(config, a.tokenizer_name.as_deref(), &a)?,
@@ -182,6 +190,7 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
             gc_q_chunk_size: a.gc_q_chunk_size,
             gc_p_chunk_size: a.gc_p_chunk_size,
         }),
+        allow_random_init: a.allow_random_init,
     };
     let ran = with_threads(a.threads, || {
         run_as_role(&a.launch, !device.is_cpu(), |comm, env| -> CliResult<_> {

@@ -40,6 +40,12 @@ pub struct ModelArguments {
     /// Tokenizer directory (vocab.txt, tokenizer_config.json); default: model_name_or_path.
     #[arg(long)]
     pub tokenizer_name: Option<PathBuf>,
+    /// Load a model_name_or_path that lacks some weights (encoder or MLM head), initialising
+    /// those randomly (HF's initialisation; as `ignore_mismatched_sizes`). Without it a missing
+    /// weight is an error naming the checkpoint file and the tensors.
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_random_init: bool,
     /// Build the decoder head (c_head).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
           action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -184,11 +190,16 @@ pub struct PretrainArgs {
     pub profile: crate::cli::profile::ProfileArgs,
 }
 
+/// The largest `--per_device_train_batch_size` and `--gradient_accumulation_steps` accepted
+/// (2^20: far beyond any real run, small enough that a step's bookkeeping always fits).
+pub const MAX_BATCH_COUNT: usize = 1 << 20;
+
 /// Fields that may differ between a checkpoint's run and the run resuming it without changing
 /// the computation.
-pub const RESUME_NEUTRAL: [&str; 12] = [
+pub const RESUME_NEUTRAL: [&str; 13] = [
     "model_name_or_path",
     "config_name",
+    "allow_random_init",
     "output_dir",
     "overwrite_output_dir",
     "do_train",
@@ -295,6 +306,16 @@ impl PretrainArgs {
             ("save_steps", t.save_steps),
         ] {
             check(v > 0, || format!("--{name} must be > 0"))?;
+        }
+        // A step's micro-batches are held in memory together: a count no run could reach is an
+        // error here, not an allocation failure (abort) in the first step.
+        for (name, v) in [
+            ("per_device_train_batch_size", t.per_device_train_batch_size),
+            ("gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ] {
+            check(v <= MAX_BATCH_COUNT, || {
+                format!("--{name} {v} is above the limit of {MAX_BATCH_COUNT}")
+            })?;
         }
         check(t.save_total_limit != Some(0), || {
             "--save_total_limit must be > 0 (leave it out to keep every checkpoint)".into()

@@ -67,21 +67,29 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The checkpoint with the most steps, if any.
+/// The newest `checkpoint-N` that can be resumed from, if any; newer ones that are empty,
+/// incomplete or corrupt are passed over with a warning naming each, why, and the one chosen
+/// (`retrieval::resume`).
 pub fn latest_checkpoint(output_dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(list_checkpoints(output_dir)?.pop().map(|(_, p)| p))
+    if !output_dir.is_dir() {
+        return Ok(None);
+    }
+    let all: Vec<(u64, PathBuf)> = entries(output_dir)?
+        .into_iter()
+        .filter_map(|(name, path)| Some((checkpoint_step(&name)?, path)))
+        .filter(|(_, path)| path.is_dir())
+        .collect();
+    let (chosen, skipped) = retrieval::resume::newest_resumable(all, STATE_FILE);
+    retrieval::resume::warn_skipped(&skipped, chosen.as_deref());
+    Ok(chosen)
 }
 
 /// Removes the `checkpoint-*.tmp-*` directories a killed run left behind; returns them.
 pub fn remove_stale(output_dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    for (name, path) in entries(output_dir)? {
-        if name.starts_with(CHECKPOINT_PREFIX) && name.contains(".tmp-") && path.is_dir() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
+    retrieval::resume::remove_stale(output_dir, |name| {
+        name.starts_with(CHECKPOINT_PREFIX) && name.contains(".tmp-")
+    })
+    .map_err(|(path, e)| Error::io(&path, e))
 }
 
 /// Deletes the oldest checkpoints until at most `limit` remain; returns the deleted ones.
@@ -368,7 +376,23 @@ mod tests {
         // Leftovers of a killed run, and a directory that is not a checkpoint.
         std::fs::create_dir_all(out.0.join("checkpoint-8.tmp-999")).unwrap();
         std::fs::create_dir_all(out.0.join("checkpoint-9")).unwrap();
+        // A newer checkpoint whose model file was cut short, and one whose trainer state is
+        // damaged (issue 14): `latest` passes over both.
+        for (n, file) in [(10, "model.safetensors"), (11, STATE_FILE)] {
+            let bad = out.0.join(format!("checkpoint-{n}"));
+            std::fs::create_dir_all(&bad).unwrap();
+            for entry in std::fs::read_dir(&dir6).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), bad.join(entry.file_name())).unwrap();
+            }
+            let bytes = std::fs::read(bad.join(file)).unwrap();
+            std::fs::write(bad.join(file), &bytes[..bytes.len() / 2]).unwrap();
+        }
         assert_eq!(latest_checkpoint(&out.0).unwrap(), Some(dir6.clone()));
+        for n in [9, 10, 11] {
+            std::fs::remove_dir_all(out.0.join(format!("checkpoint-{n}"))).unwrap();
+        }
+        std::fs::create_dir_all(out.0.join("checkpoint-9")).unwrap();
         let steps: Vec<u64> = list_checkpoints(&out.0)
             .unwrap()
             .iter()

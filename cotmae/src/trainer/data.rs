@@ -101,6 +101,26 @@ impl TrainData {
         if data.num_docs() == 0 {
             return Err(Error::format(data.path(), "no documents to train on"));
         }
+        let has_tokens = |s: &SpanSet| {
+            !(s.anchor.is_empty()
+                && s.random_sampled.is_empty()
+                && s.nearby.is_empty()
+                && s.overlap.is_empty())
+        };
+        let any_token = match &data {
+            TrainData::Store(s) => s.num_tokens() > 0,
+            TrainData::Docs { docs, .. } => docs.iter().flatten().any(has_tokens),
+        };
+        if !any_token {
+            return Err(Error::format(
+                data.path(),
+                format!(
+                    "every span of the {} document(s) is empty: there is nothing to mask or \
+                     predict (the loss would be 0); was the text tokenized with another vocabulary?",
+                    data.num_docs()
+                ),
+            ));
+        }
         Ok(data)
     }
 

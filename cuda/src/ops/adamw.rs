@@ -113,6 +113,12 @@ impl AdamWScalars {
 pub enum HalfCopy<'a> {
     F16(&'a mut DeviceBuffer<f16>),
     BF16(&'a mut DeviceBuffer<bf16>),
+    /// The run of the parameter's length at `offset` in a buffer that holds several parameters'
+    /// copies one after another (a fused QKV weight). The caller holds that buffer mutably for
+    /// the step and gives each parameter its own run: the runs of one step must not overlap
+    /// (checked), so the kernel's writes stay disjoint.
+    F16At(&'a DeviceBuffer<f16>, usize),
+    BF16At(&'a DeviceBuffer<bf16>, usize),
 }
 
 /// One parameter of a step: weight, moments and optional half copy (f32, updated in place), its
@@ -159,6 +165,8 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
     const OP: &str = "AdamW";
     let mut records = Vec::with_capacity(params.len());
     let mut lens = Vec::with_capacity(params.len());
+    // (buffer address, offset, length, buffer length, parameter) of the shared-buffer copies.
+    let mut runs: Vec<(u64, usize, usize, usize, usize)> = Vec::new();
     for (i, p) in params.iter().enumerate() {
         let n = p.param.len();
         gpu.same_device(OP, p.param)?;
@@ -186,6 +194,16 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
             Some(HalfCopy::BF16(b)) => {
                 gpu.same_device(OP, b)?;
                 (b.device_address(), COPY_BF16, b.len())
+            }
+            Some(HalfCopy::F16At(b, at)) => {
+                gpu.same_device(OP, *b)?;
+                runs.push((b.device_address(), *at, n, b.len(), i));
+                (b.device_address() + 2 * *at as u64, COPY_F16, n)
+            }
+            Some(HalfCopy::BF16At(b, at)) => {
+                gpu.same_device(OP, *b)?;
+                runs.push((b.device_address(), *at, n, b.len(), i));
+                (b.device_address() + 2 * *at as u64, COPY_BF16, n)
             }
         };
         if copy_len != n {
@@ -224,9 +242,11 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
             pad: 0,
         });
     }
+    check_runs(OP, &mut runs)?;
     let chunks = Chunks::new(OP, &lens, CHUNK)?;
     // SAFETY: matches `adamw_<g>(const AdamWTensor*, const i64*, int)`; every record's buffers
-    // hold n elements (checked) and the &mut borrows make them distinct from each other.
+    // hold n elements (checked) and the &mut borrows make them distinct from each other (the
+    // runs in shared half-copy buffers: checked in bounds and disjoint above).
     unsafe {
         multi_tensor::launch(
             gpu,
@@ -237,6 +257,29 @@ pub fn adamw_step<G: FloatElem>(gpu: &Gpu, params: &mut [AdamWParam<'_, G>]) -> 
             &[],
         )
     }
+}
+
+/// Errors unless each run (address, offset, length, buffer length, parameter) lies inside its
+/// buffer and no two runs in one buffer overlap.
+fn check_runs(op: &'static str, runs: &mut [(u64, usize, usize, usize, usize)]) -> Result<()> {
+    runs.sort_unstable();
+    for (k, &(addr, at, n, len, i)) in runs.iter().enumerate() {
+        if at.checked_add(n).is_none_or(|end| end > len) {
+            bail!(
+                op,
+                "parameter {i}: its half copy at {at} (+{n}) passes its buffer's {len} elements"
+            );
+        }
+        if let Some(&(next, next_at, _, _, j)) = runs.get(k + 1) {
+            if next == addr && next_at < at + n {
+                bail!(
+                    op,
+                    "parameters {i} and {j}: their half copies overlap in one buffer"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub fn cast<S: DeviceElem, D: DeviceElem>(
     }
     let (walk, contiguous) = Walk::new(OP, shape, &[x.strides])?;
     let (n64, oa, flag) = (len_i64(OP, n)?, out.device_address(), contiguous as i32);
+    gpu.count(crate::counters::Count::Cast, 1);
     let walk = if contiguous { Walk::unused() } else { walk };
     // SAFETY: matches `cast_<s>_<d>(Walk, const S*, D*, i64, int)`; extents checked.
     unsafe {

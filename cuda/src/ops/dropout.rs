@@ -19,6 +19,10 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
             v.push(format!("{k}_{t}"));
         }
     }
+    for half in ["f16", "bf16"] {
+        v.push(format!("dropout_add_{half}_f32"));
+        v.push(format!("dropout_apply_f32_{half}"));
+    }
     v.into_iter().map(|n| (&DROPOUT, n)).collect()
 }
 
@@ -54,31 +58,49 @@ pub fn dropout<T: FloatElem>(
     p: f64,
     draw: Draw,
 ) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
-    dropout_fwd("dropout", gpu, x, None, n, p, draw)
+    let name = format!("dropout_fwd_{}", T::TYPE);
+    dropout_fwd::<T, T>("dropout", &name, gpu, x, None, n, p, draw)
 }
 
 /// `dropout(x) + residual` in one pass (BERT's output layers), the same keep mask as
 /// [`dropout`] and the dropped value rounded to T before the add, as the two ops would round.
-pub fn dropout_add<T: FloatElem>(
+/// The residual and the output have type R: T, or f32 for a half (f16/bf16) branch, as autocast
+/// adds a half product into the f32 hidden state (the sum in f32, no cast of x).
+pub fn dropout_add<T: FloatElem, R: FloatElem>(
     gpu: &Gpu,
     x: Contig<'_, T>,
-    residual: Contig<'_, T>,
+    residual: Contig<'_, R>,
     n: usize,
     p: f64,
     draw: Draw,
-) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
-    dropout_fwd("dropout_add", gpu, x, Some(residual), n, p, draw)
+) -> Result<(DeviceBuffer<R>, DeviceBuffer<u8>)> {
+    const OP: &str = "dropout_add";
+    let name = match T::TYPE == R::TYPE {
+        true => format!("dropout_fwd_{}", T::TYPE),
+        false => format!("dropout_add_{}_{}", T::TYPE, R::TYPE),
+    };
+    if !kernel_names().iter().any(|(_, k)| *k == name) {
+        bail!(
+            OP,
+            "no kernel for a {} branch and a {} residual",
+            T::TYPE,
+            R::TYPE
+        );
+    }
+    dropout_fwd::<T, R>(OP, &name, gpu, x, Some(residual), n, p, draw)
 }
 
-fn dropout_fwd<T: FloatElem>(
+#[allow(clippy::too_many_arguments)]
+fn dropout_fwd<T: FloatElem, R: FloatElem>(
     op: &'static str,
+    kernel: &str,
     gpu: &Gpu,
     x: Contig<'_, T>,
-    residual: Option<Contig<'_, T>>,
+    residual: Option<Contig<'_, R>>,
     n: usize,
     p: f64,
     draw: Draw,
-) -> Result<(DeviceBuffer<T>, DeviceBuffer<u8>)> {
+) -> Result<(DeviceBuffer<R>, DeviceBuffer<u8>)> {
     check_p(op, p)?;
     gpu.same_device(op, x.buf)?;
     let xa = x.address(op, n)?;
@@ -89,18 +111,19 @@ fn dropout_fwd<T: FloatElem>(
         }
         None => 0u64,
     };
-    let (out, keep) = (gpu.alloc::<T>(n)?, gpu.alloc::<u8>(n)?);
+    let (out, keep) = (gpu.alloc::<R>(n)?, gpu.alloc::<u8>(n)?);
     if n == 0 {
         return Ok((out, keep));
     }
     let (oa, ka, n64) = (out.device_address(), keep.device_address(), len_i64(op, n)?);
     let (p32, scale) = (p as f32, keep_scale(p));
-    // SAFETY: matches `dropout_fwd_<t>(const T*, const T* (residual or null), T*, u8*, i64, u64,
-    // u64, float, float)`; x and the residual hold n elements.
+    // SAFETY: matches `dropout_fwd_<t>` / `dropout_add_<t>_<r>(const T*, const R* (residual or
+    // null), R*, u8*, i64, u64, u64, float, float)` (R = T for the first); x and the residual
+    // hold n elements.
     unsafe {
         gpu.launch(
             &DROPOUT,
-            &format!("dropout_fwd_{}", T::TYPE),
+            kernel,
             Launch::grid_stride(n.div_ceil(4)),
             &mut [
                 arg(&xa),
@@ -126,21 +149,41 @@ pub fn dropout_apply<T: FloatElem>(
     n: usize,
     p: f64,
 ) -> Result<DeviceBuffer<T>> {
+    dropout_apply_to::<T, T>(gpu, x, keep, n, p)
+}
+
+/// [`dropout_apply`] with the result in another float type O: T = O, or an f32 gradient into a
+/// half branch's type (the backward of [`dropout_add`] with a half branch), rounded once.
+pub fn dropout_apply_to<T: FloatElem, O: FloatElem>(
+    gpu: &Gpu,
+    x: Contig<'_, T>,
+    keep: Contig<'_, u8>,
+    n: usize,
+    p: f64,
+) -> Result<DeviceBuffer<O>> {
     const OP: &str = "dropout_backward";
+    let kernel = match T::TYPE == O::TYPE {
+        true => format!("dropout_apply_{}", T::TYPE),
+        false => format!("dropout_apply_{}_{}", T::TYPE, O::TYPE),
+    };
+    if !kernel_names().iter().any(|(_, k)| *k == kernel) {
+        bail!(OP, "no kernel from {} into {}", T::TYPE, O::TYPE);
+    }
     check_p(OP, p)?;
     gpu.same_device(OP, x.buf)?;
     gpu.same_device(OP, keep.buf)?;
     let (xa, ka) = (x.address(OP, n)?, keep.address(OP, n)?);
-    let out = gpu.alloc::<T>(n)?;
+    let out = gpu.alloc::<O>(n)?;
     if n == 0 {
         return Ok(out);
     }
     let (oa, n64, scale) = (out.device_address(), len_i64(OP, n)?, keep_scale(p));
-    // SAFETY: matches `dropout_apply_<t>(const T*, const u8*, T*, i64, float)`.
+    // SAFETY: matches `dropout_apply_<t>` / `dropout_apply_<t>_<o>(const T*, const u8*, O*, i64,
+    // float)`.
     unsafe {
         gpu.launch(
             &DROPOUT,
-            &format!("dropout_apply_{}", T::TYPE),
+            &kernel,
             Launch::grid_stride(n),
             &mut [arg(&xa), arg(&ka), arg(&oa), arg(&n64), arg(&scale)],
         )?;

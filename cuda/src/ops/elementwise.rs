@@ -4,9 +4,15 @@
 //! tensor/src/ops/elementwise.rs's (f16/bf16 compute in f32 and round once; max/min propagate
 //! NaN; comparisons give u8 1/0).
 //!
-//! Every operand is a [`Strided`] over the op's shape (broadcast dims have stride 0). When every
-//! operand is contiguous after merging dims, the `_contig` kernel runs, with 16-byte vector loads
-//! where every address is 16-byte aligned; otherwise the `_strided` kernel walks the layouts.
+//! Every operand is a [`Strided`] over the op's shape (broadcast dims have stride 0). The walk is
+//! picked from the merged layouts ([`Walk::new`]):
+//! - every operand contiguous: the `_contig` kernel (map1, binary, compare, where, masked_fill;
+//!   copies become one `memcpy`), moving 16-byte packs when every pointer is aligned for its pack
+//!   (checked on the actual addresses, so a view offset by one element takes the scalar loop);
+//! - two dims, every operand stepping by one along a row (a bias row broadcast along the leading
+//!   dim, a slice of a concatenation): the `_rows` kernel (binary, copy), packs when every row
+//!   starts 16-byte aligned;
+//! - anything else: the `_strided` kernel walks the layouts (one i64 div/mod per dim and element).
 
 use super::{len_i64, ArithElem, FloatElem, ARITH, FLOATS};
 use crate::buffer::{DeviceBuffer, DeviceElem, ElemType};
@@ -156,10 +162,20 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
         v.extend(FLOATS.iter().map(|t| format!("map1_{t}_{path}")));
         v.extend(ARITH.iter().map(|t| format!("binary_{t}_{path}")));
     }
-    v.extend(ARITH.iter().map(|t| format!("compare_{t}")));
+    v.extend(ARITH.iter().map(|t| format!("binary_{t}_rows")));
+    for suffix in ["", "_contig"] {
+        v.extend(ARITH.iter().map(|t| format!("compare_{t}{suffix}")));
+    }
     for bits in [8, 16, 32, 64] {
         for k in ["where_w", "masked_fill_w", "copy_w"] {
             v.push(format!("{k}{bits}"));
+        }
+        for k in [
+            "where_w{bits}_contig",
+            "masked_fill_w{bits}_contig",
+            "copy_w{bits}_rows",
+        ] {
+            v.push(k.replace("{bits}", &bits.to_string()));
         }
     }
     v.into_iter().map(|n| (&ELEMENTWISE, n)).collect()
@@ -184,6 +200,48 @@ fn check_devices<T: DeviceElem>(
 /// 1 when every address is 16-byte aligned (vector loads allowed).
 fn aligned(addrs: &[u64]) -> i32 {
     addrs.iter().all(|a| a % 16 == 0) as i32
+}
+
+/// 1 when packs of `t` may move: the `wide` addresses (elements of `t`) 16-byte aligned and the
+/// `bytes` addresses (u8 conditions, masks, comparison results: as many bytes as a pack has
+/// elements) aligned to that count.
+fn packs_aligned(t: ElemType, wide: &[u64], bytes: &[u64]) -> i32 {
+    let lanes = (16 / t.size_in_bytes()) as u64;
+    (aligned(wide) == 1 && bytes.iter().all(|a| a.is_multiple_of(lanes))) as i32
+}
+
+/// Elements of `t` in one 16-byte pack.
+fn lanes(t: ElemType) -> usize {
+    16 / t.size_in_bytes()
+}
+
+/// Launches the `_contig` entry `name` over n elements of `t`: one thread per pack.
+///
+/// # Safety
+/// `args` must match the entry's parameters, and every pointer among them must hold n elements.
+unsafe fn launch_packs(
+    gpu: &Gpu,
+    name: &str,
+    n: usize,
+    t: ElemType,
+    args: &mut [*mut std::ffi::c_void],
+) -> Result<()> {
+    gpu.launch(
+        &ELEMENTWISE,
+        name,
+        Launch::grid_stride(n.div_ceil(lanes(t))),
+        args,
+    )
+}
+
+/// The units a `_rows` kernel walks per row: packs and a scalar tail, or single elements.
+fn row_units(cols: i64, t: ElemType, packs: bool) -> usize {
+    let (cols, v) = (cols as usize, lanes(t));
+    if packs {
+        cols / v + cols % v
+    } else {
+        cols
+    }
 }
 
 /// `f(x)` elementwise over `shape` (f32, f16 or bf16).
@@ -282,6 +340,25 @@ pub fn binary<T: ArithElem>(
                     arg(&code),
                 ],
             )?;
+        } else if let Some(rw) = walk.rows(2) {
+            let packs = rw.packs_aligned(t.size_in_bytes(), &[aa, ba, oa], rw.cols);
+            let al = packs as i32;
+            gpu.launch(
+                &ELEMENTWISE,
+                &format!("binary_{t}_rows"),
+                Launch::rows(rw.rows as usize, row_units(rw.cols, t, packs)),
+                &mut [
+                    arg(&aa),
+                    arg(&ba),
+                    arg(&oa),
+                    arg(&rw.rows),
+                    arg(&rw.cols),
+                    arg(&rw.row_stride[0]),
+                    arg(&rw.row_stride[1]),
+                    arg(&al),
+                    arg(&code),
+                ],
+            )?;
         } else {
             gpu.launch(
                 &ELEMENTWISE,
@@ -322,7 +399,23 @@ pub fn compare<T: DeviceElem>(
     }
     let code = compare_code(op);
     let (n64, oa) = (len_i64(OP, n)?, out.device_address());
-    let (walk, _) = Walk::new(OP, shape, &[a.strides, b.strides])?;
+    let (walk, contiguous) = Walk::new(OP, shape, &[a.strides, b.strides])?;
+    let t = T::TYPE;
+    if contiguous {
+        let al = packs_aligned(t, &[aa, ba], &[oa]);
+        // SAFETY: matches `compare_<t>_contig(const T*, const T*, u8*, i64, int, int)`; both
+        // inputs hold n elements from their addresses (checked), the output n bytes.
+        let args = &mut [
+            arg(&aa),
+            arg(&ba),
+            arg(&oa),
+            arg(&n64),
+            arg(&al),
+            arg(&code),
+        ];
+        return unsafe { launch_packs(gpu, &format!("compare_{t}_contig"), n, t, args) }
+            .map(|()| out);
+    }
     // SAFETY: matches `compare_<t>(Walk, const T*, const T*, u8*, i64, int)`.
     unsafe {
         gpu.launch(
@@ -382,11 +475,26 @@ pub fn where_cond<T: DeviceElem>(
         return Ok(out);
     }
     let (n64, oa) = (len_i64(OP, n)?, out.device_address());
-    let (walk, _) = Walk::new(
+    let (walk, contiguous) = Walk::new(
         OP,
         shape,
         &[cond.strides, on_true.strides, on_false.strides],
     )?;
+    let t = T::TYPE;
+    if contiguous {
+        let al = packs_aligned(t, &[ta, fa, oa], &[ca]);
+        // SAFETY: matches `where_w<bits>_contig(const u8*, const W*, const W*, W*, i64, int)`;
+        // every operand holds n elements from its address (checked).
+        return unsafe {
+            gpu.launch(
+                &ELEMENTWISE,
+                &format!("where_w{}_contig", width(t)),
+                Launch::grid_stride(n.div_ceil(lanes(t))),
+                &mut [arg(&ca), arg(&ta), arg(&fa), arg(&oa), arg(&n64), arg(&al)],
+            )
+        }
+        .map(|()| out);
+    }
     // SAFETY: matches `where_w<bits>(Walk, const u8*, const W*, const W*, W*, i64)` with W of
     // T's width.
     unsafe {
@@ -425,7 +533,23 @@ pub fn masked_fill<T: DeviceElem>(
         return Ok(out);
     }
     let (n64, oa, bits) = (len_i64(OP, n)?, out.device_address(), bits_of(value));
-    let (walk, _) = Walk::new(OP, shape, &[x.strides, mask.strides])?;
+    let (walk, contiguous) = Walk::new(OP, shape, &[x.strides, mask.strides])?;
+    let t = T::TYPE;
+    if contiguous {
+        let al = packs_aligned(t, &[xa, oa], &[ma]);
+        // SAFETY: matches `masked_fill_w<bits>_contig(const W*, const u8*, W, W*, i64, int)`;
+        // the value parameter reads the low bytes of `bits`; every operand holds n elements.
+        let args = &mut [
+            arg(&xa),
+            arg(&ma),
+            arg(&bits),
+            arg(&oa),
+            arg(&n64),
+            arg(&al),
+        ];
+        let name = format!("masked_fill_w{}_contig", width(t));
+        return unsafe { launch_packs(gpu, &name, n, t, args) }.map(|()| out);
+    }
     // SAFETY: matches `masked_fill_w<bits>(Walk, const W*, const u8*, W, W*, i64)`; the value
     // parameter reads the low bytes of `bits`.
     unsafe {
@@ -492,6 +616,29 @@ pub fn copy_into<T: DeviceElem>(
     let (walk, contiguous) = Walk::new(OP, shape, &[x.strides, dst_strides])?;
     if contiguous {
         return gpu.copy(x.buf, x.offset, dst, dst_offset, n);
+    }
+    let t = T::TYPE;
+    if let Some(rw) = walk.rows(2) {
+        let packs = rw.packs_aligned(t.size_in_bytes(), &[xa, da], rw.row_stride[1]);
+        let al = packs as i32;
+        // SAFETY: matches `copy_w<bits>_rows(const W*, W*, i64, i64, i64, i64, int)`; both
+        // walks' extents were checked.
+        return unsafe {
+            gpu.launch(
+                &ELEMENTWISE,
+                &format!("copy_w{}_rows", width(t)),
+                Launch::rows(rw.rows as usize, row_units(rw.cols, t, packs)),
+                &mut [
+                    arg(&xa),
+                    arg(&da),
+                    arg(&rw.rows),
+                    arg(&rw.cols),
+                    arg(&rw.row_stride[0]),
+                    arg(&rw.row_stride[1]),
+                    arg(&al),
+                ],
+            )
+        };
     }
     let n64 = len_i64(OP, n)?;
     // SAFETY: matches `copy_w<bits>(Walk, const W*, W*, i64)`; both extents were checked.

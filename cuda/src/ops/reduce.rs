@@ -99,6 +99,7 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
     for (t, o) in SUM_TYPES {
         v.push(format!("sum_rows_{t}_{o}"));
         v.push(format!("sum_cols_{t}_{o}"));
+        v.push(format!("sum_cols_packed_{t}_{o}"));
     }
     for t in FLOATS {
         v.push(format!("sum_rows_partials_{t}"));
@@ -256,10 +257,25 @@ pub fn sum<T: FloatElem, O: FloatElem>(
                 )?;
             }
         } else {
+            // One 16-byte pack of adjacent columns per thread when every row of x starts
+            // 16-byte aligned.
+            let lanes = 16 / t.size_in_bytes();
+            let packed = axis.inner.is_multiple_of(lanes) && xa.is_multiple_of(16);
+            let (name, mut launch) = (
+                if packed {
+                    "sum_cols_packed"
+                } else {
+                    "sum_cols"
+                },
+                p.launch,
+            );
+            if packed {
+                launch.grid.0 = axis.inner.div_ceil(32 * lanes) as u32;
+            }
             gpu.launch(
                 &REDUCE,
-                &format!("sum_cols_{t}_{o}"),
-                p.launch,
+                &format!("{name}_{t}_{o}"),
+                launch,
                 &mut [
                     arg(&xa),
                     arg(&outer64),

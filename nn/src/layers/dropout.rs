@@ -24,10 +24,11 @@ impl Dropout {
         x.dropout(self.p, true, &mut rng)
     }
 
-    /// `forward(x) + residual`, fused (`Var::dropout_add`: the same draws and bits).
+    /// `forward(x) + residual`, fused (`Var::dropout_add`: the same draws and bits; a half `x`
+    /// added into an f32 residual gives f32, as under autocast).
     pub fn forward_add(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
         if !ctx.train || self.p == 0.0 {
-            return x.add(residual);
+            return x.add_promoted(residual);
         }
         let mut rng = ctx.dropout_rng(x.value().elem_count())?;
         x.dropout_add(residual, self.p, true, &mut rng)

@@ -21,8 +21,16 @@ impl LayerNorm {
         })
     }
 
+    /// LayerNorm of x. A half x with f32 parameters (an autocast activation on a GPU, the MLM
+    /// head's GELU output) is cast to f32 first, as torch's autocast runs LayerNorm in f32: the
+    /// output is f32 and the input's gradient comes back in its dtype.
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        x.layer_norm(&self.weight.var(), &self.bias.var(), self.eps)
+        let (w, b) = (self.weight.var(), self.bias.var());
+        let half = matches!(x.value().dtype(), DType::F16 | DType::BF16);
+        if half && w.value().dtype() == DType::F32 && x.value().device() != Device::Cpu {
+            return x.to_dtype(DType::F32)?.layer_norm(&w, &b, self.eps);
+        }
+        x.layer_norm(&w, &b, self.eps)
     }
 }
 

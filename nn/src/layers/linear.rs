@@ -136,7 +136,7 @@ impl Linear {
     /// [`half_copy_product`] over x's leading dims flattened (None when it does not apply).
     fn forward_half(&self, x: &Var, gelu: bool) -> Result<Option<Var>> {
         let w = self.weight.tensor();
-        if half_autocast(x).is_none() || w.dtype() != DType::F32 || w.device() == Device::Cpu {
+        if autocast_half(x).is_none() || w.dtype() != DType::F32 || w.device() == Device::Cpu {
             return Ok(None);
         }
         self.apply(x, |x2| {
@@ -168,41 +168,61 @@ impl Module for Linear {
     }
 }
 
-/// The half dtype of an active f16/bf16 autocast when `x` is an f32 GPU tensor.
-fn half_autocast(x: &Var) -> Option<DType> {
+/// The half dtype of an active f16/bf16 autocast when `x` is a GPU tensor of f32 or that dtype.
+pub fn autocast_half(x: &Var) -> Option<DType> {
     let half = autograd::autocast_dtype().filter(|d| matches!(d, DType::F16 | DType::BF16))?;
-    (x.value().dtype() == DType::F32 && x.value().device() != Device::Cpu).then_some(half)
+    let dtype = x.value().dtype();
+    ((dtype == DType::F32 || dtype == half) && x.value().device() != Device::Cpu).then_some(half)
+}
+
+/// `x` in the half dtype: itself when it already is (a product's output), else one cast.
+pub fn half_input(x: &Var, half: DType) -> Result<Var> {
+    match x.value().dtype() == half {
+        true => Ok(x.clone()),
+        false => x.to_dtype(half),
+    }
 }
 
 /// `x [rows, in] W^T + b` (then GELU) under f16/bf16 autocast on a GPU, on the parameters' kept
 /// half copies ([`Param::half`]: no weight cast per forward, the optimizer writes them): `x` cast
-/// once, the product in the half dtype (f32 accumulation), the result back in f32 as autocast
-/// gives it; with `gelu`, the f32 bias and GELU after the product, as `Var::matmul_bias_gelu`
-/// does on a GPU. None when that does not apply (no half autocast, a CPU or non-f32 operand).
-/// `Linear` and the tied MLM decoder use it.
+/// once when it is f32 (a half `x` is read as it is), the product in the half dtype (f32
+/// accumulation) and left in it, as torch's autocast returns it; with `gelu`, the bias (f32)
+/// and GELU fused after the product on the half values, as `Var::matmul_bias_gelu` does on a
+/// GPU. None when that does not apply (no half autocast, a CPU or non-f32 weight). `Linear` and
+/// the tied MLM decoder use it.
 pub fn half_copy_product(
     x: &Var,
     weight: &Param,
     bias: Option<&Param>,
     gelu: bool,
 ) -> Result<Option<Var>> {
-    let Some(half) = half_autocast(x) else {
+    let Some(half) = autocast_half(x) else {
         return Ok(None);
     };
     let Some(w) = weight.half(half)? else {
         return Ok(None);
     };
-    let (xh, wt) = (x.to_dtype(half)?, w.t()?);
-    let y = match (bias, gelu) {
-        (Some(b), true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.bias_gelu(&b.var())?,
+    Ok(Some(half_product(
+        &half_input(x, half)?,
+        &w.t()?,
+        bias,
+        half,
+        gelu,
+    )?))
+}
+
+/// `xh [rows, in] @ wt [in, out]` in the half dtype, then the bias (its kept half copy, in the
+/// GEMM) or the bias and GELU (fused, the f32 bias): the product part of [`half_copy_product`].
+fn half_product(xh: &Var, wt: &Var, bias: Option<&Param>, half: DType, gelu: bool) -> Result<Var> {
+    match (bias, gelu) {
+        (Some(b), true) => xh.matmul(wt)?.bias_gelu(&b.var()),
         (Some(b), false) => match b.half(half)? {
-            Some(bh) => xh.matmul_bias(&wt, &bh)?.to_dtype(DType::F32)?,
-            None => xh.matmul(&wt)?.to_dtype(DType::F32)?.add(&b.var())?,
+            Some(bh) => xh.matmul_bias(wt, &bh),
+            None => xh.matmul(wt)?.add(&b.var()),
         },
-        (None, true) => xh.matmul(&wt)?.to_dtype(DType::F32)?.gelu()?,
-        (None, false) => xh.matmul(&wt)?.to_dtype(DType::F32)?,
-    };
-    Ok(Some(y))
+        (None, true) => xh.matmul(wt)?.gelu(),
+        (None, false) => xh.matmul(wt),
+    }
 }
 
 #[cfg(test)]

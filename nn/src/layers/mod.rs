@@ -9,4 +9,4 @@ mod linear;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;
-pub use linear::{half_copy_product, Linear};
+pub use linear::{autocast_half, half_copy_product, half_input, Linear};

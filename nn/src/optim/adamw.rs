@@ -36,6 +36,14 @@ use std::path::Path;
 use tensor::safetensors::{save, SafeTensors};
 use tensor::{bail, DType, Device, Result, Tensor};
 
+/// Where in a shared half-copy buffer a parameter's copy lies: `bases[base]` of
+/// [`AdamW::step_with_fused_half_copies`], from element `offset` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HalfAt {
+    pub base: usize,
+    pub offset: usize,
+}
+
 const OP: &str = "AdamW";
 /// The `format` metadata value of a saved AdamW state.
 const FORMAT: &str = "nn.AdamW/1";
@@ -285,14 +293,47 @@ impl AdamW {
         params: &mut [ParamUpdate<'_>],
         halves: &mut [Option<&mut Tensor>],
     ) -> Result<bool> {
+        self.step_with_fused_half_copies(lr, params, halves, &[], &mut [])
+    }
+
+    /// [`AdamW::step_with_half_copies`] where parameter i's half copy may instead be the run
+    /// `ats[i]` (offset, in elements) of the shared buffer `bases[ats[i].base]` (f16/bf16): the
+    /// fused QKV weight, whose three copies lie one after another in one buffer
+    /// (`nn::fused_half`). `ats` is empty or has one entry per parameter; an entry is used when
+    /// `halves` has none. A buffer another tensor still reads is copied before it is written
+    /// (copy-on-write), so read the written copies back from `bases`.
+    pub fn step_with_fused_half_copies(
+        &mut self,
+        lr: f64,
+        params: &mut [ParamUpdate<'_>],
+        halves: &mut [Option<&mut Tensor>],
+        ats: &[Option<HalfAt>],
+        bases: &mut [Tensor],
+    ) -> Result<bool> {
         let _phase = tensor::profiler::phase(tensor::profiler::Phase::Optimizer);
-        if !halves.is_empty() && halves.len() != params.len() {
-            bail!(
-                OP,
-                "{} half copies for {} parameters",
-                halves.len(),
-                params.len()
-            );
+        for (what, len) in [
+            ("half copies", halves.len()),
+            ("fused half copies", ats.len()),
+        ] {
+            if len != 0 && len != params.len() {
+                bail!(OP, "{len} {what} for {} parameters", params.len());
+            }
+        }
+        for (u, at) in params.iter().zip(ats) {
+            if let Some(at) = at {
+                let fits = bases.get(at.base).is_some_and(|b| {
+                    matches!(b.dtype(), DType::F16 | DType::BF16)
+                        && at.offset + u.value.elem_count() <= b.elem_count()
+                });
+                if !fits {
+                    bail!(
+                        OP,
+                        "parameter {:?}: its half copy at {:?} is not inside an f16/bf16 buffer",
+                        u.name,
+                        at
+                    );
+                }
+            }
         }
         for (u, h) in params.iter().zip(halves.iter()) {
             if let Some(h) = h {
@@ -363,9 +404,11 @@ impl AdamW {
             return self.step_cpu(lr, params).map(|()| false);
         }
         #[cfg(feature = "cuda")]
-        return self
-            .step_cuda(lr, params, halves, device)
-            .map(|()| !halves.is_empty());
+        {
+            let wrote = !halves.is_empty() || !ats.is_empty();
+            self.step_cuda(lr, params, (halves, ats, bases), device)
+                .map(|()| wrote)
+        }
         #[cfg(not(feature = "cuda"))]
         Err(super::without_cuda(OP, device))
     }
@@ -386,6 +429,7 @@ impl AdamW {
             };
             st.step += 1;
             let c = Coefs::new(&self.config, lr, wd, st.step);
+            let _p = adamw_scope(&[&*u.value, u.grad]);
             let g = f32_values(u.grad, OP, u.name)?;
             let p = f32_values_mut(u.value, OP, u.name)?;
             let m = st.exp_avg.data_mut::<f32>()?;
@@ -406,10 +450,10 @@ impl AdamW {
         &mut self,
         lr: f64,
         params: &mut [ParamUpdate<'_>],
-        halves: &mut [Option<&mut Tensor>],
+        (halves, ats, bases): (&mut [Option<&mut Tensor>], &[Option<HalfAt>], &mut [Tensor]),
         device: Device,
     ) -> Result<()> {
-        use tensor::cuda::optim::{adamw_step, AdamWTensors};
+        use tensor::cuda::optim::{adamw_step_fused, AdamWTensors};
         for u in params.iter() {
             if !self.state.contains_key(u.name) {
                 let st = ParamState::zeros(u.value.shape(), device)?;
@@ -427,8 +471,17 @@ impl AdamW {
         let mut steps = Vec::with_capacity(params.len());
         let mut entries = Vec::with_capacity(params.len());
         let mut halves = halves.iter_mut();
-        for u in params.iter_mut() {
+        for (i, u) in params.iter_mut().enumerate() {
             let half_copy = halves.next().and_then(|h| h.as_deref_mut());
+            let half_at = ats
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|_| half_copy.is_none());
+            let half_at = half_at.map(|a| tensor::cuda::optim::HalfAt {
+                base: a.base,
+                offset: a.offset,
+            });
             let Some(st) = states.remove(u.name) else {
                 bail!(OP, "parameter {:?} has no state", u.name);
             };
@@ -445,11 +498,18 @@ impl AdamW {
                 exp_avg,
                 exp_avg_sq,
                 half_copy,
+                half_at,
                 scalars: c.device_scalars(variant),
             });
             steps.push(step);
         }
-        adamw_step(&mut entries)?;
+        let _p = adamw_scope(
+            &entries
+                .iter()
+                .flat_map(|e| [&*e.param, e.grad])
+                .collect::<Vec<_>>(),
+        );
+        adamw_step_fused(&mut entries, bases)?;
         for step in steps {
             *step += 1;
         }
@@ -691,6 +751,22 @@ impl Coefs {
 }
 
 type Kernel = fn(&Coefs, &mut [f32], &mut [f32], &mut [f32], &[f32]);
+
+/// The profiler's record of one AdamW update over `params_and_grads` (parameter, gradient,
+/// ...): per element it reads p, g, m, v and writes p, m, v (the moments are f32), about 12
+/// FLOPs. On a GPU, `io` starts the CUDA events around the launch.
+fn adamw_scope(params_and_grads: &[&Tensor]) -> tensor::profiler::Scope {
+    let n: usize = params_and_grads
+        .iter()
+        .step_by(2)
+        .map(|t| t.elem_count())
+        .sum();
+    tensor::profiler::scope("adamw")
+        // Reads the operands, writes the parameters ([n] in the first parameter's dtype).
+        .io(params_and_grads, &[n])
+        .extra_bytes(4 * 4 * n as u64) // m and v, read and written
+        .flops(12 * n as u64)
+}
 
 /// Runs `kernel` over matching chunks of p, m, v and g (in parallel for large parameters; every
 /// element is independent, so the result does not depend on the split).

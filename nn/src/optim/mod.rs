@@ -8,7 +8,7 @@ pub mod adamw;
 mod params;
 
 pub use adamw::{
-    AdamW, AdamWConfig, AdamWVariant, ParamState, ParamUpdate, StateDict, DEFAULT_NO_DECAY,
+    AdamW, AdamWConfig, AdamWVariant, HalfAt, ParamState, ParamUpdate, StateDict, DEFAULT_NO_DECAY,
 };
 pub use params::step_params;
 

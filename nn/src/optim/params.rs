@@ -2,7 +2,7 @@
 //! between autograd (gradients keyed by each parameter's current leaf `Var`) and the optimizer
 //! (which updates named tensors in place).
 
-use super::{AdamW, ParamUpdate};
+use super::{AdamW, HalfAt, ParamUpdate};
 use crate::Param;
 use autograd::Gradients;
 use tensor::{Result, Tensor};
@@ -28,10 +28,12 @@ pub fn step_params(
         }
     }
     // The half copies autocast keeps (`Param::half`): the kernel writes them with the values.
+    // Copies that are runs of one shared buffer (`fused_half`) are written there in place.
     let mut halves: Vec<Option<Tensor>> = chosen
         .iter()
         .map(|(_, p, _)| p.take_half().map(|h| h.value))
         .collect();
+    let (ats, mut bases) = shared_runs(&mut halves);
     let mut values: Vec<Tensor> = chosen.iter().map(|(_, p, _)| p.take()).collect();
     let mut updates: Vec<ParamUpdate> = chosen
         .iter()
@@ -42,7 +44,8 @@ pub fn step_params(
     if half_refs.iter().all(Option::is_none) {
         half_refs.clear();
     }
-    let result = opt.step_with_half_copies(lr, &mut updates, &mut half_refs);
+    let result =
+        opt.step_with_fused_half_copies(lr, &mut updates, &mut half_refs, &ats, &mut bases);
     drop((updates, half_refs));
     // Put every value back, stepped or (on error, which AdamW reports before writing) untouched.
     for ((_, p, _), v) in chosen.iter().zip(values) {
@@ -50,13 +53,48 @@ pub fn step_params(
     }
     // Half copies the kernel wrote belong to the new values; others are stale and dropped.
     if let Ok(true) = result {
-        for ((_, p, _), h) in chosen.iter().zip(halves) {
+        for (i, ((_, p, _), h)) in chosen.iter().zip(halves).enumerate() {
             if let Some(h) = h {
                 p.put_half(h);
+            } else if let Some(at) = ats.get(i).copied().flatten() {
+                let run = bases[at.base].narrow(0, at.offset, p.tensor().elem_count());
+                p.put_half(run?.reshape(&p.shape())?);
             }
         }
     }
     result.map(|_| ())
+}
+
+/// Moves the copies in `halves` that are runs of a shared buffer (views, `fused_half`) out:
+/// returns each one's place (`ats`, one entry per parameter, or empty when there is none) and
+/// the buffers, as 1-D tensors. The views are dropped, so a buffer nothing else reads is
+/// written in place.
+fn shared_runs(halves: &mut [Option<Tensor>]) -> (Vec<Option<HalfAt>>, Vec<Tensor>) {
+    let mut ats = vec![None; halves.len()];
+    let mut bases: Vec<Tensor> = Vec::new();
+    for (h, at) in halves.iter_mut().zip(ats.iter_mut()) {
+        let Some(t) = h.as_ref() else { continue };
+        let base = t.base();
+        if !t.is_contiguous() || base.elem_count() == t.elem_count() {
+            continue;
+        }
+        let index = match bases.iter().position(|b| b.same_storage(t)) {
+            Some(i) => i,
+            None => {
+                bases.push(base);
+                bases.len() - 1
+            }
+        };
+        *at = Some(HalfAt {
+            base: index,
+            offset: t.layout().offset(),
+        });
+        *h = None;
+    }
+    if bases.is_empty() {
+        ats.clear();
+    }
+    (ats, bases)
 }
 
 #[cfg(test)]

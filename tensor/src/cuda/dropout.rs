@@ -4,7 +4,7 @@
 
 use super::rows::contig;
 use super::{float_kernel, operands, tensor_of, wrap};
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use cuda::ops::dropout::{self as k, Draw};
 use cuda::Contig;
 
@@ -30,6 +30,34 @@ pub(crate) fn dropout_add(
     operands(op, [x, residual])?;
     let (sx, sr) = (contig(op, x)?, contig(op, residual)?);
     let (n, draw) = (x.elem_count(), Draw { seed, offset });
+    if x.dtype() != residual.dtype() {
+        // A half branch into an f32 residual (checked by the caller): f32 out.
+        return half_kernel(op, x.dtype(), |h| {
+            let rc = Contig::new(sr.typed::<f32>(op)?, 0);
+            let (out, keep) = match h {
+                Half::F16 => k::dropout_add(
+                    &sx.gpu,
+                    Contig::new(sx.typed::<half::f16>(op)?, 0),
+                    rc,
+                    n,
+                    p,
+                    draw,
+                )?,
+                Half::BF16 => k::dropout_add(
+                    &sx.gpu,
+                    Contig::new(sx.typed::<half::bf16>(op)?, 0),
+                    rc,
+                    n,
+                    p,
+                    draw,
+                )?,
+            };
+            Ok((
+                tensor_of(&sx.gpu, wrap(out), x.shape()),
+                tensor_of(&sx.gpu, wrap(keep), x.shape()),
+            ))
+        });
+    }
     float_kernel!(op, x.dtype(), T => {
         let (xc, rc) = (Contig::new(sx.typed::<T>(op)?, 0), Contig::new(sr.typed::<T>(op)?, 0));
         let (out, keep) = k::dropout_add(&sx.gpu, xc, rc, n, p, draw)?;
@@ -46,4 +74,48 @@ pub(crate) fn dropout_apply(op: &'static str, x: &Tensor, keep: &Tensor, p: f64)
         let out = k::dropout_apply(&sx.gpu, xc, kc, x.elem_count(), p)?;
         Ok(tensor_of(&sx.gpu, wrap(out), x.shape()))
     })
+}
+
+/// `dy * keep / (1 - p)` from an f32 `dy` into the half dtype `dtype` (one kernel).
+pub(crate) fn dropout_apply_to(
+    op: &'static str,
+    dy: &Tensor,
+    keep: &Tensor,
+    p: f64,
+    dtype: DType,
+) -> Result<Tensor> {
+    operands(op, [dy, keep])?;
+    let (sx, sk) = (contig(op, dy)?, contig(op, keep)?);
+    let (g, kc) = (
+        Contig::new(sx.typed::<f32>(op)?, 0),
+        Contig::new(sk.typed::<u8>(op)?, 0),
+    );
+    let n = dy.elem_count();
+    half_kernel(op, dtype, |h| {
+        let out = match h {
+            Half::F16 => wrap(k::dropout_apply_to::<f32, half::f16>(&sx.gpu, g, kc, n, p)?),
+            Half::BF16 => wrap(k::dropout_apply_to::<f32, half::bf16>(
+                &sx.gpu, g, kc, n, p,
+            )?),
+        };
+        Ok(tensor_of(&sx.gpu, out, dy.shape()))
+    })
+}
+
+/// The two half dtypes the mixed kernels take.
+enum Half {
+    F16,
+    BF16,
+}
+
+/// `f` for f16 or bf16; an error naming `op` for another dtype.
+fn half_kernel<R>(op: &'static str, dtype: DType, f: impl FnOnce(Half) -> Result<R>) -> Result<R> {
+    match dtype {
+        DType::F16 => f(Half::F16),
+        DType::BF16 => f(Half::BF16),
+        other => crate::bail!(
+            op,
+            "a mixed-dtype kernel needs an f16/bf16 operand, got {other}"
+        ),
+    }
 }

@@ -29,7 +29,23 @@ pub struct AdamWTensors<'a> {
     pub exp_avg_sq: &'a mut Tensor,
     /// An f16/bf16 tensor of the parameter's shape the kernel writes the updated value to.
     pub half_copy: Option<&'a mut Tensor>,
+    /// Or (with `half_copy` None): the run at `offset` elements into `bases[base]` of
+    /// [`adamw_step_fused`], a buffer holding several parameters' half copies (fused QKV).
+    pub half_at: Option<HalfAt>,
     pub scalars: AdamWScalars,
+}
+
+/// A shared half-copy buffer, held mutably for the step and read by each parameter's run.
+enum Base<'a> {
+    F16(&'a DeviceBuffer<half::f16>),
+    BF16(&'a DeviceBuffer<half::bf16>),
+}
+
+/// Where in a shared half-copy buffer a parameter's copy lies (see [`AdamWTensors::half_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HalfAt {
+    pub base: usize,
+    pub offset: usize,
 }
 
 /// The GPU every tensor of `ts` lives on (`None` for an empty list); an error naming `op` when
@@ -57,6 +73,13 @@ fn check(op: &'static str, (what, i): (&str, usize), t: &Tensor, n: usize) -> Re
 /// `cuda::ops::adamw`): each element follows the CPU's f32 operations in the CPU's order, so with
 /// the CPU's scalars the result is the CPU's, bit for bit.
 pub fn adamw_step(params: &mut [AdamWTensors<'_>]) -> Result<()> {
+    adamw_step_fused(params, &mut [])
+}
+
+/// [`adamw_step`] where some half copies are runs of the shared buffers `bases` (f16/bf16,
+/// contiguous, written in place: copy-on-write as [`Tensor::cuda_data_mut`], so a buffer another
+/// tensor still reads is copied first and the caller takes the written one from `bases`).
+pub fn adamw_step_fused(params: &mut [AdamWTensors<'_>], bases: &mut [Tensor]) -> Result<()> {
     const OP: &str = "AdamW";
     let all: Vec<&Tensor> = params
         .iter()
@@ -88,9 +111,33 @@ pub fn adamw_step(params: &mut [AdamWTensors<'_>]) -> Result<()> {
         .iter()
         .map(|p| contig(OP, p.grad))
         .collect::<Result<_>>()?;
+    same_device(
+        OP,
+        &bases
+            .iter()
+            .chain(params.iter().map(|p| &*p.param))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut base_bufs = Vec::with_capacity(bases.len());
+    for b in bases.iter_mut() {
+        base_bufs.push(match b.dtype() {
+            DType::F16 => Base::F16(b.cuda_data_mut::<half::f16>()?),
+            DType::BF16 => Base::BF16(b.cuda_data_mut::<half::bf16>()?),
+            other => crate::bail!(OP, "a half-copy buffer must be f16 or bf16, got {other}"),
+        });
+    }
     let mut entries = Vec::with_capacity(params.len());
     for (p, g) in params.iter_mut().zip(&grads) {
+        let at = |h: HalfAt| match base_bufs.get(h.base) {
+            Some(Base::F16(b)) => Ok(adamw::HalfCopy::F16At(b, h.offset)),
+            Some(Base::BF16(b)) => Ok(adamw::HalfCopy::BF16At(b, h.offset)),
+            None => Err(crate::Error::op(
+                OP,
+                format!("half copy in buffer {} of {}", h.base, base_bufs.len()),
+            )),
+        };
         let half_copy = match p.half_copy.as_deref_mut() {
+            None if p.half_at.is_some() => p.half_at.map(at).transpose()?,
             None => None,
             Some(h) if h.dtype() == crate::DType::BF16 => {
                 Some(adamw::HalfCopy::BF16(h.cuda_data_mut::<half::bf16>()?))

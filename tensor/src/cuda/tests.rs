@@ -505,6 +505,55 @@ fn dropout_add_matches_the_cpu_bit_for_bit() {
     }
 }
 
+/// A half branch added into an f32 residual (autocast's residual add, `dropout_add_<t>_f32`): f32
+/// out, bit for bit the CPU's (the half dropout, cast, then the f32 add), on transposed views,
+/// the same mask and draws; and its backward from an f32 gradient into the half dtype
+/// (`dropout_apply_f32_<t>`), bit for bit the CPU's f32 backward rounded once.
+#[test]
+fn mixed_dropout_add_and_its_backward_match_the_cpu_bit_for_bit() {
+    let Some(dev) = gpu_or_skip("mixed_dropout_add_and_its_backward_match_the_cpu_bit_for_bit")
+    else {
+        return;
+    };
+    for half in [DType::F16, DType::BF16] {
+        let x = randn_as(&[37, 6], half, 41).t().unwrap();
+        let r = randn_as(&[6, 37], DType::F32, 42);
+        let g = randn_as(&[37, 6], DType::F32, 43).t().unwrap();
+        let run = |dev: Device| {
+            let mut rng = crate::Rng::new(44);
+            let [x, r, g] = [&x, &r, &g].map(|t| t.to_device(dev).unwrap());
+            let (out, keep) = x.dropout_add(&r, 0.3, &mut rng).unwrap();
+            assert_eq!(out.dtype(), DType::F32, "{half}");
+            let dx = Tensor::dropout_backward_to(&g, &keep, 0.3, half).unwrap();
+            assert_eq!(dx.dtype(), half);
+            let cpu = |t: Tensor| t.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+            (cpu(out), cpu(keep), cpu(dx), rng)
+        };
+        let want = run(Device::Cpu);
+        let got = run(dev);
+        assert_eq!(got.0, want.0, "dropout_add {half} + f32");
+        assert_eq!(got.1, want.1, "mask {half}");
+        assert_eq!(got.2, want.2, "backward f32 -> {half}");
+        assert_eq!(got.3, want.3, "rng {half}");
+        assert!(
+            got.1.contains(&0.0) && got.1.contains(&1.0),
+            "both kept and dropped"
+        );
+        // The CPU reference is the plain ops: the half dropout cast to f32, plus the residual.
+        let mut rng = crate::Rng::new(44);
+        let (y, _) = x.dropout(0.3, &mut rng).unwrap();
+        let sum = y.to_dtype(DType::F32).unwrap().add(&r).unwrap();
+        assert_eq!(sum.to_vec_f64().unwrap(), want.0);
+    }
+    // Other dtype pairs are refused with the op's name.
+    let (x, r) = (
+        randn_as(&[4], DType::F32, 1),
+        randn_as(&[4], DType::BF16, 2),
+    );
+    let err = x.dropout_add(&r, 0.1, &mut crate::Rng::new(1)).unwrap_err();
+    assert!(err.to_string().contains("dropout_add"), "{err}");
+}
+
 #[test]
 fn topk_matches_the_cpu() {
     let Some(dev) = gpu_or_skip("topk_matches_the_cpu") else {

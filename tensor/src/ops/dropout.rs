@@ -109,11 +109,12 @@ impl Tensor {
         Ok((apply_mask(OP, self, &keep, p)?, keep))
     }
 
-    /// `dropout(self) + residual` for tensors of one shape and dtype: returns `(out, keep_mask)`,
-    /// drawing from `rng` exactly as `dropout` does. On the CPU it is those two ops; on CUDA one
-    /// kernel that rounds the dropped value to the dtype before the add, so both give the same
-    /// bits (BERT's `LayerNorm(dropout(dense) + residual)` branch). The gradient is
-    /// `dropout_backward` for `self` and the output gradient itself for `residual`.
+    /// `dropout(self) + residual` for tensors of one shape, of one dtype or (autocast's residual
+    /// branch) `self` f16/bf16 and `residual` f32: returns `(out, keep_mask)`, `out` of the
+    /// residual's dtype, drawing from `rng` exactly as `dropout` does. On the CPU it is those ops
+    /// (the half dropout cast to f32 before the add when the dtypes differ); on CUDA one kernel
+    /// that rounds the dropped value to `self`'s dtype before the add, so both give the same
+    /// bits.
     pub fn dropout_add(
         &self,
         residual: &Tensor,
@@ -129,7 +130,9 @@ impl Tensor {
                 rhs: residual.shape().to_vec(),
             });
         }
-        if self.dtype() != residual.dtype() {
+        let mixed =
+            matches!(self.dtype(), DType::F16 | DType::BF16) && residual.dtype() == DType::F32;
+        if self.dtype() != residual.dtype() && !mixed {
             return Err(Error::DTypeMismatch {
                 op: OP,
                 expected: self.dtype(),
@@ -143,7 +146,7 @@ impl Tensor {
             return crate::cuda::dropout::dropout_add(OP, self, residual, p, (seed, offset));
         }
         let (y, keep) = self.dropout(p, rng)?;
-        Ok((y.add(residual)?, keep))
+        Ok((y.to_dtype(residual.dtype())?.add(residual)?, keep))
     }
 
     /// The gradient of `dropout`: `dy * keep / (1 - p)`.
@@ -172,6 +175,44 @@ impl Tensor {
         }
         let _p = crate::profiler::scope(OP);
         apply_mask(OP, dy, keep_mask, p)
+    }
+
+    /// [`Tensor::dropout_backward`] with the result in `dtype`: dy's dtype, or f16/bf16 from an
+    /// f32 `dy` (the gradient of a half branch of [`Tensor::dropout_add`]), computed in f32 and
+    /// rounded once (one kernel on CUDA; on the CPU the f32 result cast).
+    pub fn dropout_backward_to(
+        dy: &Tensor,
+        keep_mask: &Tensor,
+        p: f64,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        const OP: &str = "dropout_backward";
+        if dtype == dy.dtype() {
+            return Tensor::dropout_backward(dy, keep_mask, p);
+        }
+        if dy.dtype() != DType::F32 || !matches!(dtype, DType::F16 | DType::BF16) {
+            crate::bail!(
+                OP,
+                "no backward from a {} gradient into {dtype}",
+                dy.dtype()
+            );
+        }
+        #[cfg(feature = "cuda")]
+        if crate::cuda::any_on_cuda(&[dy, keep_mask]) {
+            check_p(OP, p)?;
+            if dy.shape() != keep_mask.shape() || keep_mask.dtype() != DType::U8 {
+                crate::bail!(
+                    OP,
+                    "mask {} {:?} does not fit the gradient {:?}",
+                    keep_mask.dtype(),
+                    keep_mask.shape(),
+                    dy.shape()
+                );
+            }
+            let _p = crate::profiler::scope(OP);
+            return crate::cuda::dropout::dropout_apply_to(OP, dy, keep_mask, p, dtype);
+        }
+        Tensor::dropout_backward(dy, keep_mask, p)?.to_dtype(dtype)
     }
 }
 

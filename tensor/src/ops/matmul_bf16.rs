@@ -12,6 +12,7 @@ use crate::ops::matmul::check_operands;
 use crate::profiler::Scope;
 use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
 use half::bf16;
+use rayon::prelude::*;
 
 /// A right operand [k, n] in the GEMM's packed bf16 layout, made once and reused.
 pub struct PackedWeight(PackedB);
@@ -187,11 +188,17 @@ fn product<O: OutElem + Default + Clone>(
         Layout::new(batch.clone(), l.strides()[..r - 2].to_vec(), l.offset()).offsets()
     };
     let (lo, ro) = (offsets(&lhs_l), offsets(&rhs_l));
-    let pas: Vec<PackedA> = lo.iter().map(|&o| sa.pack_a(o, ars, acs, m, k)).collect();
+    // Many small entries (attention's [B, H] products): pack them in parallel, one task each.
+    let pas: Vec<PackedA> = lo
+        .par_iter()
+        .map(|&o| sa.pack_a(o, ars, acs, m, k))
+        .collect();
     let pbs: Vec<PackedB> = if rhs_shared {
         vec![sb.pack_b(ro[0], brs, bcs, k, n)]
     } else {
-        ro.iter().map(|&o| sb.pack_b(o, brs, bcs, k, n)).collect()
+        ro.par_iter()
+            .map(|&o| sb.pack_b(o, brs, bcs, k, n))
+            .collect()
     };
     let (ra_, rb_): (Vec<&PackedA>, Vec<&PackedB>) = (pas.iter().collect(), pbs.iter().collect());
     bf16_gemm::gemm(&ra_, &rb_, ep, &mut out);
@@ -288,5 +295,154 @@ impl Tensor {
         };
         let (out, shape) = product::<bf16>(OP, self, rhs, b.as_deref(), false)?;
         Tensor::from_vec(out, &shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Tensor-level doors of the bf16 GEMM on fresh random operands, through views (a row
+    //! stride wider than the row, an offset, a transpose): against the f64 product of the
+    //! bf16-rounded operands within bf16's tolerance (relative 1e-2), and against an f32 GEMM
+    //! (`Tensor::matmul`) of the same rounded operands up to the order of the f32 additions.
+    //! The kernels themselves, backend by backend, are tested in `cpu::bf16_gemm`.
+    use super::*;
+    use crate::testing::uniform;
+
+    /// An [r, c] operand as a non-contiguous view: narrowed out of a wider matrix (offset 2,
+    /// row stride c + 3), or, when `transposed`, the transpose of such a [c, r] view.
+    fn view(r: usize, c: usize, transposed: bool, seed: u64) -> Tensor {
+        let (rows, cols) = if transposed { (c, r) } else { (r, c) };
+        let wide = uniform(&[rows, cols + 3], -2.0, 2.0, DType::F32, seed);
+        let v = wide.narrow(1, 2, cols).unwrap();
+        if transposed {
+            v.t().unwrap()
+        } else {
+            v
+        }
+    }
+
+    /// The operand's values rounded to bf16, in logical order, as f64 [r, c].
+    fn rounded(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap()
+    }
+
+    /// Checks `got` [m, n] against the rounded operands: relative 1e-2 of the f64 product (the
+    /// issue's bf16 tolerance), and within f32 accumulation error of `f32_gemm` (both sum the
+    /// same exact products in f32, in different orders: each is off by at most (k + 1) 2^-24
+    /// sum |a b| from the exact sum).
+    fn check(got: &Tensor, a: &Tensor, b: &Tensor, f32_gemm: &Tensor, what: &str) {
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        let (ra, rb) = (rounded(a), rounded(b));
+        let (got, f32_gemm) = (got.to_vec_f64().unwrap(), f32_gemm.to_vec_f64().unwrap());
+        let mut want = vec![0f64; m * n];
+        let mut abs = vec![0f64; m * n];
+        for i in 0..m {
+            for l in 0..k {
+                for j in 0..n {
+                    let p = ra[i * k + l] * rb[l * n + j];
+                    want[i * n + j] += p;
+                    abs[i * n + j] += p.abs();
+                }
+            }
+        }
+        let scale = want.iter().fold(1e-30f64, |s, x| s.max(x.abs()));
+        for e in 0..m * n {
+            let rel = (got[e] - want[e]).abs() / scale;
+            assert!(rel <= 1e-2, "{what} {m}x{k}x{n} [{e}]: relative {rel:.2e}");
+            let order = 2.0 * (k as f64 + 1.0) * 2f64.powi(-24) * abs[e] + 1e-30;
+            let d = (got[e] - f32_gemm[e]).abs();
+            assert!(
+                d <= order,
+                "{what} {m}x{k}x{n} [{e}]: {} vs the f32 GEMM's {} (more than the order's {order:.2e})",
+                got[e],
+                f32_gemm[e]
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_bf16_on_views_matches_f64_and_the_f32_gemm_of_rounded_inputs() {
+        let sizes = [
+            (1, 17, 33),
+            (15, 33, 1),
+            (17, 1, 15),
+            (33, 1000, 17),
+            (1000, 15, 33),
+            (33, 17, 1000),
+        ];
+        let as_f32 = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        for (s, &(m, k, n)) in sizes.iter().enumerate() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let what = format!("ta={ta} tb={tb}");
+                let a = view(m, k, ta, 10 * s as u64);
+                let b = view(k, n, tb, 10 * s as u64 + 1);
+                assert!(!a.is_contiguous() && !b.is_contiguous() || m == 1 || n == 1 || k == 1);
+                let got = a.matmul_bf16(&b).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                let f32_gemm = as_f32(&a).unwrap().matmul(&as_f32(&b).unwrap()).unwrap();
+                check(&got, &a, &b, &f32_gemm, &what);
+                // The packed weight runs the same kernel in the same order: the same f32 sums.
+                let packed = a
+                    .matmul_packed_bf16(&PackedWeight::pack(&b).unwrap(), None, false)
+                    .unwrap();
+                assert_eq!(
+                    packed.to_vec::<f32>().unwrap(),
+                    got.to_vec::<f32>().unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bias_gelu_epilogue_and_batches_agree_with_the_plain_product() {
+        let (m, k, n) = (33, 70, 17);
+        let a = view(m, k, true, 1);
+        let b = view(k, n, false, 2);
+        let bias = uniform(&[n], -1.0, 1.0, DType::F32, 3);
+        let plain = a.matmul_bf16(&b).unwrap();
+        for gelu in [false, true] {
+            let fused = a.matmul_bias_bf16(&b, &bias, gelu).unwrap();
+            let mut want = plain.add(&bias).unwrap();
+            if gelu {
+                want = want.gelu().unwrap();
+            }
+            // The same f32 sum, then the bias and GELU in f32 (one rounding each).
+            let err = crate::testing::max_rel_err(&fused, &want);
+            assert!(err <= 1e-6, "gelu={gelu}: {err:.2e}");
+            let packed = a
+                .matmul_packed_bf16(&PackedWeight::pack(&b).unwrap(), Some(&bias), gelu)
+                .unwrap();
+            assert_eq!(
+                packed.to_vec::<f32>().unwrap(),
+                fused.to_vec::<f32>().unwrap()
+            );
+        }
+        // Batched operands, the right one broadcast over a batch dim: each entry is the 2-D
+        // product bit for bit (the sums' order does not depend on where a row sits).
+        let lhs = uniform(&[2, 3, 15, 17], -2.0, 2.0, DType::F32, 4)
+            .transpose(0, 1)
+            .unwrap();
+        let rhs = uniform(&[3, 1, 17, 33], -2.0, 2.0, DType::F32, 5);
+        let got = lhs.matmul_bf16(&rhs).unwrap();
+        assert_eq!(got.shape(), [3, 2, 15, 33]);
+        for i in 0..3 {
+            for j in 0..2 {
+                let ai = lhs.narrow(0, i, 1).unwrap().narrow(1, j, 1).unwrap();
+                let ai = ai.reshape(&[15, 17]).unwrap();
+                let bi = rhs.narrow(0, i, 1).unwrap().reshape(&[17, 33]).unwrap();
+                let gi = got.narrow(0, i, 1).unwrap().narrow(1, j, 1).unwrap();
+                assert_eq!(
+                    gi.to_vec::<f32>().unwrap(),
+                    ai.matmul_bf16(&bi).unwrap().to_vec::<f32>().unwrap(),
+                    "entry ({i}, {j})"
+                );
+            }
+        }
+        // A bad operand is an error, not a panic.
+        let bad = uniform(&[4, 5], -1.0, 1.0, DType::F32, 6);
+        assert!(a.matmul_bf16(&bad).is_err());
+        assert!(a
+            .matmul_bias_bf16(&b, &uniform(&[n + 1], 0.0, 1.0, DType::F32, 7), false)
+            .is_err());
     }
 }

@@ -56,6 +56,12 @@ fn ops_land_in_their_module_and_phase_with_flops_from_shapes() {
     assert_eq!(modules, ["bert.encoder.layer.0", "bert"]);
 }
 
+/// The totals of op `name` (all modules and phases).
+fn op_total(name: &str) -> record::Agg {
+    let ops = summary().ops;
+    ops.into_iter().find(|(k, _)| k == name).expect(name).1
+}
+
 fn assert_nested(recs: &[Record]) {
     if let Some(r) = first_overlap(recs) {
         panic!("{} overlaps its parent", r.name);
@@ -107,13 +113,60 @@ fn the_ring_is_bounded_and_the_totals_are_not() {
     let (kept, dropped) = records();
     assert_eq!(kept.len(), 10);
     assert!(dropped >= 90);
-    let adds = summary()
-        .ops
-        .into_iter()
-        .find(|(k, _)| k == "add")
-        .unwrap()
-        .1;
+    let adds = op_total("add");
     assert!(adds.calls >= 100, "{adds:?}");
+}
+
+/// A long run (COTMAE_PROFILE=1 on a whole training) holds a fixed amount: the ring keeps its
+/// capacity, and the totals have one entry per (op, module, phase), however many steps ran.
+#[test]
+fn a_long_run_keeps_memory_bounded() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = (x(&[4, 8]), x(&[8, 4])); // before the session: `ones` is an op too
+    let _p = session(64);
+    let steps = |n: usize| {
+        for _ in 0..n {
+            {
+                let _f = phase(Phase::Forward);
+                let _m = module("bert");
+                for i in 0..2 {
+                    let _l = module(format_args!("encoder.layer.{i}"));
+                    let _ = a.matmul(&b).unwrap().relu().unwrap();
+                }
+            }
+            let _o = phase(Phase::Optimizer);
+            let _ = a.mul(&a).unwrap();
+        }
+    };
+    steps(5);
+    let key_names = || {
+        let mut k: Vec<String> = record::aggregates()
+            .0
+            .into_keys()
+            .map(|(op, module, phase)| format!("{op} {module} {}", phase.name()))
+            .collect();
+        k.sort();
+        k
+    };
+    let keys = key_names();
+    assert_eq!(
+        keys,
+        [
+            "matmul bert.encoder.layer.0 forward",
+            "matmul bert.encoder.layer.1 forward",
+            "mul  optimizer",
+            "relu bert.encoder.layer.0 forward",
+            "relu bert.encoder.layer.1 forward",
+        ]
+    );
+    steps(1000);
+    let (kept, dropped) = records();
+    assert_eq!(kept.len(), 64, "the ring holds its capacity");
+    // Per step: 5 ops, 3 module slices, 2 phase slices.
+    assert_eq!(kept.len() as u64 + dropped, 1005 * 10);
+    assert_eq!(key_names(), keys, "the totals grew with the steps");
+    let mm = op_total("matmul");
+    assert_eq!(mm.calls, 1005 * 2);
 }
 
 #[test]

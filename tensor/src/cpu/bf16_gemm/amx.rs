@@ -20,6 +20,21 @@
 //!     tileloadd tmm6/tmm7 <- panels j, j+1: 16 pair rows of 64 bytes, contiguous (1 KiB)
 //!     tdpbf16ps x 4: tmm0 += tmm4 tmm6, tmm1 += tmm4 tmm7, tmm2 += tmm5 tmm6, tmm3 += tmm5 tmm7
 //!   C is loaded from and stored back to the task's f32 accumulator (row stride ldc).
+//!
+//! VNNI packing (`pack.rs`): a B tile is 16 k pairs x 16 columns of one panel, each row 64 bytes:
+//!
+//!   B [k, n] (k pairs down, columns across)        B tile (tmm6), row p = pair p:
+//!        col c                                       byte 0        4               60
+//!   2p   b(2p, c)    \  one pair: the two          [ b(2p,0) b(2p+1,0) | b(2p,1) b(2p+1,1) |
+//!   2p+1 b(2p+1, c)  /  bf16 of column c,             ... | b(2p,15) b(2p+1,15) ]
+//!                       side by side
+//!   A tile (tmm4), row i: a(i, 32s) a(i, 32s+1) ... a(i, 32s+31) = pairs 0..16 of k step s
+//!   so tdpbf16ps pairs A's halves (2p, 2p+1) with the same halves of B's column c.
+//!
+//! Around the kernel (`mod.rs`): a task owns a [64, 192] block of C in an f32 accumulator;
+//! for each k block of 256 (8 k steps), for each 32-column pair of panels, for each 32-row
+//! half: one call of this kernel. The tiles hold C only during one call, so there are no
+//! tile-register spills and every k block re-reads the accumulator from L1/L2.
 //! ```
 //!
 //! Linux hands out the tile data state only on request: `arch_prctl(ARCH_REQ_XCOMP_PERM,
@@ -158,5 +173,65 @@ pub unsafe fn kernel(t: MicroTile) {
             s64 = in(reg) 64usize,
             options(nostack),
         );
+    }
+}
+
+/// What [`kernel`]'s instructions compute, one by one, in plain Rust over eight emulated tile
+/// registers: the same addresses (A rows `lda` apart, 64 bytes per k step; B panels
+/// `panel_stride` apart, 1 KiB per k step; C rows `ldc` apart, the second 16 columns 64 bytes
+/// on), the same `tdpbf16ps` order (per pair: C += a(2p) b(2p, c), then += a(2p+1) b(2p+1, c)).
+/// CPUs without AMX cannot run the `asm!`, so the tests run the whole GEMM driver through this
+/// emulation to check the tile order, the addressing and the driver's promises to the kernel
+/// (32 rows, two panels, kpairs a multiple of 16).
+///
+/// # Safety
+/// As [`kernel`] (less the tile configuration).
+#[cfg(test)]
+pub unsafe fn emulate(t: MicroTile) {
+    use half::bf16;
+    let f = |bits: u16| bf16::from_bits(bits).to_f32();
+    assert!(t.kpairs > 0 && t.kpairs.is_multiple_of(16));
+    // tmm0..3: C [16 rows][16 f32]; tmm4,5: A [16 rows][32 bf16]; tmm6,7: B [16 pair rows][32].
+    let mut c = [[[0f32; 16]; 16]; 4];
+    let (mut a_t, mut b_t) = ([[[0u16; 32]; 16]; 2], [[[0u16; 32]; 16]; 2]);
+    // SAFETY: the caller's contract: every row read or written is inside its buffer.
+    unsafe {
+        let c_rows = |tile: usize, r: usize| t.c.add((tile / 2 * 16 + r) * t.ldc + tile % 2 * 16);
+        for (tile, ct) in c.iter_mut().enumerate() {
+            for (r, row) in ct.iter_mut().enumerate() {
+                std::ptr::copy_nonoverlapping(c_rows(tile, r), row.as_mut_ptr(), 16);
+            }
+        }
+        for step in 0..t.kpairs / 16 {
+            for (h, at) in a_t.iter_mut().enumerate() {
+                for (r, row) in at.iter_mut().enumerate() {
+                    let src = t.a.add((h * 16 + r) * t.lda + step * 32);
+                    std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), 32);
+                }
+            }
+            for (j, bt) in b_t.iter_mut().enumerate() {
+                for (p, row) in bt.iter_mut().enumerate() {
+                    let src = t.b.add(j * t.panel_stride + step * 512 + p * 32);
+                    std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), 32);
+                }
+            }
+            // tdpbf16ps tmm(2h + j), tmm(4 + h), tmm(6 + j).
+            for (tile, ct) in c.iter_mut().enumerate() {
+                let (at, bt) = (&a_t[tile / 2], &b_t[tile % 2]);
+                for (row, arow) in ct.iter_mut().zip(at) {
+                    for (col, v) in row.iter_mut().enumerate() {
+                        for (p, brow) in bt.iter().enumerate() {
+                            *v += f(arow[2 * p]) * f(brow[2 * col]);
+                            *v += f(arow[2 * p + 1]) * f(brow[2 * col + 1]);
+                        }
+                    }
+                }
+            }
+        }
+        for (tile, ct) in c.iter().enumerate() {
+            for (r, row) in ct.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), c_rows(tile, r), 16);
+            }
+        }
     }
 }

@@ -1,15 +1,31 @@
 //! The AVX512-BF16 micro-kernel: `vdpbf16ps` multiplies 16 pairs of bf16 by 16 pairs and adds
 //! each pair's two products into one f32 lane. One pair row of a B panel (16 columns x 2, see
-//! `pack.rs`) is one zmm; a pair of A (a(i, 2p), a(i, 2p + 1)) is broadcast to all 16 lanes:
+//! `pack.rs`) is one zmm; a pair of A (a(i, 2p), a(i, 2p + 1)) is broadcast to all 16 lanes.
 //!
 //! ```text
-//!   for p in pairs:                      zmm  b[j] = B panel j, pair row p   (NB loads)
-//!     for i in 0..8:                     zmm  a    = broadcast a(i, 2p..2p+2) (32 bits)
-//!       for j in 0..NB:  acc[i][j] += dot2(a, b[j])   (lane c: a0 b(2p,c) + a1 b(2p+1,c))
+//!  VNNI pair row p of B panel j (one 64-byte zmm load):
+//!    lane c (0..16) = ( b(2p, 16j + c), b(2p+1, 16j + c) )     two bf16 = 32 bits
+//!  A row i, pair p (one 32-bit broadcast):
+//!    every lane     = ( a(i, 2p), a(i, 2p+1) )
+//!  vdpbf16ps acc, a, b:  acc lane c += a(i,2p) b(2p,c) + a(i,2p+1) b(2p+1,c)   (f32)
+//!
+//!  registers of one 8 x 48 micro-tile (NB = 3 panels):
+//!                 panel j     panel j+1   panel j+2        b0..b2: 3 zmm of B (pair row p)
+//!    row 0    [ acc00     | acc01     | acc02     ]        a:      1 zmm (broadcast pair)
+//!    ...                                                   acc:    24 zmm of f32 sums
+//!    row 7    [ acc70     | acc71     | acc72     ]        = 28 of the 32 zmm registers
+//!
+//!  loop order:
+//!    acc = C tile (loaded: it holds the previous k blocks' sums)
+//!    for p in pairs:                         NB loads of B (contiguous, 64 B apart per p)
+//!      for i in 0..8:                        1 broadcast of A (row i, lda apart)
+//!        for j in 0..NB: acc[i][j] = vdpbf16ps(acc[i][j], a, b[j])
+//!    C tile = acc (stored)
 //! ```
 //!
-//! 8 rows x NB <= 3 panels (48 columns) of f32 accumulators = 24 of the 32 zmm registers; C is
-//! loaded at the start and stored at the end (it holds the previous k blocks' sums).
+//! Each step issues 24 `vdpbf16ps` (768 multiply-adds) for 3 loads and 8 broadcasts, so the
+//! FMA ports, not memory, bound it. Narrower tiles (nb 1 or 2, the last panels of C) are
+//! separate monomorphised copies (`tile::<N>`).
 
 use super::pack::PANEL;
 use super::MicroTile;

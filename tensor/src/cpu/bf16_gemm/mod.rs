@@ -34,6 +34,7 @@ mod portable;
 pub use pack::{Bf16Source, PackedA, PackedB, Strided};
 
 use crate::cpu::activation::GeluFloat;
+use crate::cpu::simd::multiversion;
 use half::bf16;
 use pack::PANEL;
 use rayon::prelude::*;
@@ -72,6 +73,18 @@ pub struct MicroTile {
 
 type Kernel = unsafe fn(MicroTile);
 
+/// A backend's micro-kernel and its tile shape, what the driver (`task`) needs of it.
+#[derive(Clone, Copy)]
+struct Micro {
+    /// Rows of C per call.
+    mr: usize,
+    /// Most B panels (of 16 columns) per call.
+    nb: usize,
+    kernel: Kernel,
+    /// Load the AMX tile configuration on the thread first.
+    tiles: bool,
+}
+
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
@@ -81,12 +94,17 @@ impl Backend {
         }
     }
 
-    /// (rows, panels, kernel) of one micro-tile.
-    fn micro(self) -> (usize, usize, Kernel) {
-        match self {
-            Backend::Amx => (amx::MR, amx::NB, amx::kernel),
-            Backend::Avx512Bf16 => (avx512::MR, avx512::NB, avx512::kernel),
-            Backend::Portable => (portable::MR, portable::NB, portable::kernel),
+    fn micro(self) -> Micro {
+        let (mr, nb, kernel) = match self {
+            Backend::Amx => (amx::MR, amx::NB, amx::kernel as Kernel),
+            Backend::Avx512Bf16 => (avx512::MR, avx512::NB, avx512::kernel as Kernel),
+            Backend::Portable => (portable::MR, portable::NB, portable::kernel as Kernel),
+        };
+        Micro {
+            mr,
+            nb,
+            kernel,
+            tiles: self == Backend::Amx,
         }
     }
 
@@ -196,14 +214,45 @@ pub trait OutElem: Copy + Send + Sync {
 }
 
 impl OutElem for f32 {
+    #[inline(always)]
     fn from_f32(x: f32) -> f32 {
         x
     }
 }
 
 impl OutElem for bf16 {
+    #[inline(always)]
     fn from_f32(x: f32) -> bf16 {
-        bf16::from_f32(x)
+        bf16::from_bits(pack::round_bf16(x))
+    }
+}
+
+multiversion! {
+    /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`)), in 16 lanes where
+    /// the CPU has them (the scalar build would call libm's `fmaf` for every GELU step).
+    fn epilogue_row<O: OutElem>(acc: &[f32], bias: Option<&[f32]>, gelu: bool, dst: &mut [O]) {
+        match (bias, gelu) {
+            (Some(b), true) => {
+                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
+                    *d = O::from_f32((v + bj).gelu());
+                }
+            }
+            (Some(b), false) => {
+                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
+                    *d = O::from_f32(v + bj);
+                }
+            }
+            (None, true) => {
+                for (d, &v) in dst.iter_mut().zip(acc) {
+                    *d = O::from_f32(v.gelu());
+                }
+            }
+            (None, false) => {
+                for (d, &v) in dst.iter_mut().zip(acc) {
+                    *d = O::from_f32(v);
+                }
+            }
+        }
     }
 }
 
@@ -237,6 +286,17 @@ pub fn gemm_with<O: OutElem>(
     ep: Epilogue,
     out: &mut [O],
 ) {
+    gemm_micro(backend.micro(), a, b, ep, out)
+}
+
+/// [`gemm_with`] for any micro-kernel (the tests also drive the AMX emulation through it).
+fn gemm_micro<O: OutElem>(
+    micro: Micro,
+    a: &[&PackedA],
+    b: &[&PackedB],
+    ep: Epilogue,
+    out: &mut [O],
+) {
     assert!(!a.is_empty() && (b.len() == 1 || b.len() == a.len()));
     let (m, k, n) = (a[0].m, a[0].k, b[0].n);
     assert!(a.iter().all(|x| (x.m, x.k) == (m, k)) && b.iter().all(|x| (x.k, x.n) == (k, n)));
@@ -255,13 +315,13 @@ pub fn gemm_with<O: OutElem>(
         let (pa, pb) = (a[e], b[if b.len() == 1 { 0 } else { e }]);
         // SAFETY: the entry's [m, n] block starts at e * m * n inside `out` (length asserted).
         let dst = unsafe { dst.add(e * m * n) };
-        task(backend, pa, pb, rest / col_tiles, rest % col_tiles, ep, dst);
+        task(micro, pa, pb, rest / col_tiles, rest % col_tiles, ep, dst);
     });
 }
 
 /// One [MC, NC] tile of C (module doc).
 fn task<O: OutElem>(
-    backend: Backend,
+    micro: Micro,
     a: &PackedA,
     b: &PackedB,
     ti: usize,
@@ -273,9 +333,14 @@ fn task<O: OutElem>(
     let (i0, p0) = (ti * MC, tj * NC_PANELS);
     let (rows, cols) = (MC.min(m - i0), NC.min(n - p0 * PANEL));
     let panels = cols.div_ceil(PANEL);
-    let (mr, nb_max, kernel) = backend.micro();
+    let Micro {
+        mr,
+        nb: nb_max,
+        kernel,
+        tiles,
+    } = micro;
     let mut acc = vec![0f32; MC * NC];
-    if backend == Backend::Amx {
+    if tiles {
         // SAFETY: `Backend::Amx` is only chosen when usable (CPU, OS and permission checked).
         unsafe { amx::configure() };
     }
@@ -313,13 +378,8 @@ fn task<O: OutElem>(
         // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n of this entry's block; no other
         // task writes this tile.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * n + j0), cols) };
-        for (c, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-            let v = match ep.bias {
-                Some(bias) => v + bias[j0 + c],
-                None => v,
-            };
-            *d = O::from_f32(if ep.gelu { v.gelu() } else { v });
-        }
+        let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
+        epilogue_row(src, bias, ep.gelu, dst);
     }
 }
 
@@ -340,6 +400,22 @@ mod tests {
         )
         .unwrap();
         t.to_vec::<f32>().unwrap()
+    }
+
+    /// Every micro-kernel this CPU runs, by name, and the AMX kernel's emulation (its tile
+    /// order and addressing, `amx::emulate`), which runs anywhere.
+    fn kernels() -> Vec<(&'static str, Micro)> {
+        let mut all: Vec<_> = Backend::available()
+            .into_iter()
+            .map(|b| (b.name(), b.micro()))
+            .collect();
+        let emulated = Micro {
+            kernel: amx::emulate,
+            tiles: false,
+            ..Backend::Amx.micro()
+        };
+        all.push(("amx-emulated", emulated));
+        all
     }
 
     fn rounded(x: f32) -> f64 {
@@ -395,7 +471,7 @@ mod tests {
             (1000, 33, 17), // several row tiles
             (17, 15, 1000), // several column tiles
         ];
-        for backend in Backend::available() {
+        for (name, micro) in kernels() {
             for (s, &(m, k, n)) in sizes.iter().enumerate() {
                 let (av, bv) = (values(m * k, 2 * s as u64), values(k * n, 2 * s as u64 + 1));
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -432,8 +508,8 @@ mod tests {
                     };
                     let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
                     let mut out = vec![f32::NAN; m * n];
-                    gemm_with(backend, &[&pa], &[&pb], Epilogue::default(), &mut out);
-                    let what = format!("{} ta={ta} tb={tb}", backend.name());
+                    gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), &mut out);
+                    let what = format!("{name} ta={ta} tb={tb}");
                     check(&out, &a, &b, (m, k, n), None, false, &what);
                 }
             }
@@ -448,7 +524,7 @@ mod tests {
         let bias = values(n, 9);
         // Row strides wider than the rows (a narrowed view) and an offset.
         let lda = k + 2;
-        for backend in Backend::available() {
+        for (name, micro) in kernels() {
             let a: Vec<Strided<f32>> = (0..batch)
                 .map(|e| Strided {
                     data: &av,
@@ -475,11 +551,11 @@ mod tests {
                     gelu,
                 };
                 let mut out = vec![0f32; batch * m * n];
-                gemm_with(backend, &ra, &rb, ep, &mut out);
+                gemm_micro(micro, &ra, &rb, ep, &mut out);
                 let mut out16 = vec![bf16::ZERO; batch * m * n];
-                gemm_with(backend, &ra, &rb, ep, &mut out16);
+                gemm_micro(micro, &ra, &rb, ep, &mut out16);
                 for e in 0..batch {
-                    let what = format!("{} entry {e} gelu={gelu}", backend.name());
+                    let what = format!("{name} entry {e} gelu={gelu}");
                     let got = &out[e * m * n..(e + 1) * m * n];
                     check(got, &a[e], &b[e], (m, k / 2, n), Some(&bias), gelu, &what);
                     let got16 = &out16[e * m * n..(e + 1) * m * n];
@@ -490,12 +566,42 @@ mod tests {
             }
             // One B shared by the batch gives each entry's own product.
             let mut shared = vec![0f32; batch * m * n];
-            gemm_with(backend, &ra, &rb[..1], Epilogue::default(), &mut shared);
+            gemm_micro(micro, &ra, &rb[..1], Epilogue::default(), &mut shared);
             for e in 0..batch {
                 let got = &shared[e * m * n..(e + 1) * m * n];
                 check(got, &a[e], &b[0], (m, k / 2, n), None, false, "shared B");
             }
         }
+    }
+
+    /// The AMX emulation adds each element's products in the portable kernel's order (pair by
+    /// pair, even half first, k block by k block), so the two agree bit for bit: any slip in the
+    /// tile addressing (a wrong A half, B panel, k step or C quadrant) shows as a difference.
+    #[test]
+    fn amx_emulation_equals_the_portable_kernel_bit_for_bit() {
+        let (m, k, n) = (70, 600, 83); // 3 row micro-tiles, 3 k blocks, an odd panel count
+        let (av, bv) = (values(m * k, 40), values(k * n, 41));
+        let a = Strided {
+            data: &av,
+            offset: 0,
+            rs: k,
+            cs: 1,
+        };
+        let b = Strided {
+            data: &bv,
+            offset: 0,
+            rs: 1,
+            cs: k,
+        };
+        let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
+        let run = |micro| {
+            let mut out = vec![0f32; m * n];
+            gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), &mut out);
+            out
+        };
+        let (_, emulated) = kernels().pop().expect("the emulation is listed last");
+        let want = run(Backend::Portable.micro());
+        assert!(run(emulated) == want, "AMX emulation vs portable");
     }
 
     #[test]
@@ -510,7 +616,7 @@ mod tests {
             if amx::cpu_has_amx() {
                 "present"
             } else {
-                "absent: its kernel is not exercised here"
+                "absent: its asm cannot run here; its emulation (amx::emulate) is tested instead"
             }
         );
     }
