@@ -40,7 +40,7 @@
 use crate::comm::Communicator;
 use crate::Param;
 use autograd::{Gradients, Var};
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use tensor::{bail, DType, Error, Result, Tensor};
 
 const OP: &str = "all_reduce";
@@ -161,21 +161,36 @@ fn mean_over_ranks<C: Communicator + ?Sized>(
         .collect();
     for bucket in plan_buckets(&items, bucket_cap_bytes) {
         let refs: Vec<&Tensor> = bucket.iter().map(|&i| &*tensors[i]).collect();
-        let mean = comm.all_reduce_sum_flat(&refs)?.div_scalar(world as f64)?;
-        let mut offset = 0;
-        for &i in &bucket {
-            let (n, shape) = (tensors[i].elem_count(), tensors[i].shape().to_vec());
-            *tensors[i] = mean.narrow(0, offset, n)?.reshape(&shape)?;
-            offset += n;
+        let means = bucket_mean(comm, &refs)?;
+        for (&i, m) in bucket.iter().zip(means) {
+            *tensors[i] = m;
         }
     }
     Ok(())
 }
 
+/// One bucket's collective: the mean over ranks of each of `bucket`'s tensors (one dtype), each
+/// returned as a view of its slice of the one reduced buffer.
+pub(crate) fn bucket_mean<C: Communicator + ?Sized>(
+    comm: &C,
+    bucket: &[&Tensor],
+) -> Result<Vec<Tensor>> {
+    let world = comm.world_size();
+    let mean = comm.all_reduce_sum_flat(bucket)?.div_scalar(world as f64)?;
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(bucket.len());
+    for t in bucket {
+        let n = t.elem_count();
+        out.push(mean.narrow(0, offset, n)?.reshape(t.shape())?);
+        offset += n;
+    }
+    Ok(out)
+}
+
 /// The buckets (indices into `items`, each `(dtype, elements)`): grouped by dtype in order of
 /// first appearance, consecutive within a dtype, a bucket closed before it would exceed
 /// `cap_bytes` (a larger item is a bucket alone).
-fn plan_buckets(items: &[(DType, usize)], cap_bytes: usize) -> Vec<Vec<usize>> {
+pub(crate) fn plan_buckets(items: &[(DType, usize)], cap_bytes: usize) -> Vec<Vec<usize>> {
     let mut dtypes: Vec<DType> = Vec::new();
     for (d, _) in items {
         if !dtypes.contains(d) {
@@ -203,7 +218,7 @@ fn plan_buckets(items: &[(DType, usize)], cap_bytes: usize) -> Vec<Vec<usize>> {
 
 /// `[count, then per tensor: dtype name, rank, dims...]`, the name ("f32", "bf16", ...) packed
 /// into one word.
-fn describe(tensors: &[&mut Tensor]) -> Vec<u64> {
+fn describe<T: Deref<Target = Tensor>>(tensors: &[T]) -> Vec<u64> {
     let mut words = vec![tensors.len() as u64];
     for t in tensors {
         let name = t.dtype().to_string();
@@ -233,10 +248,10 @@ fn decode(words: &[u64]) -> Vec<(String, Vec<u64>)> {
 
 /// Errors on every rank, naming the first rank whose tensors differ from rank 0's in number,
 /// dtype or shape.
-fn agree_on_shapes<C: Communicator + ?Sized>(
+pub(crate) fn agree_on_shapes<C: Communicator + ?Sized, T: Deref<Target = Tensor>>(
     comm: &C,
     labels: &[String],
-    tensors: &[&mut Tensor],
+    tensors: &[T],
 ) -> Result<()> {
     let all = comm.all_gather_host(describe(tensors))?;
     let Some(r) = (1..all.len()).find(|&r| all[r] != all[0]) else {
@@ -267,13 +282,16 @@ fn agree_on_shapes<C: Communicator + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::comm::ThreadGroup;
     use std::time::Duration;
 
     /// Runs `f(rank, comm)` on one thread per rank of a new ThreadGroup of `world`.
-    fn on_ranks<R: Send>(world: usize, f: impl Fn(usize, ThreadGroup) -> R + Sync) -> Vec<R> {
+    pub(crate) fn on_ranks<R: Send>(
+        world: usize,
+        f: impl Fn(usize, ThreadGroup) -> R + Sync,
+    ) -> Vec<R> {
         let comms = ThreadGroup::with_timeout(world, Duration::from_secs(20)).unwrap();
         std::thread::scope(|s| {
             let hs: Vec<_> = comms

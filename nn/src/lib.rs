@@ -27,6 +27,7 @@ pub mod layers;
 pub mod loss_scale;
 pub mod module;
 pub mod optim;
+pub mod overlap;
 mod param;
 pub mod precision;
 pub mod rows;
@@ -43,6 +44,7 @@ pub use layers::{
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
+pub use overlap::{backward_and_all_reduce, OverlapStats};
 pub use param::Param;
 pub use precision::{unscale_and_clip, Precision};
 pub use rows::BatchRows;

@@ -25,17 +25,17 @@
 //! counts are on the host: every rank has the global batch): the mean over ranks of the weighted
 //! losses, which the gradient all-reduce computes, is then exactly the loss of the whole global
 //! micro-batch, and N ranks train as one rank with the global batch does. After the
-//! micro-batches, `nn::all_reduce_grads` averages the summed gradients over the ranks (one
-//! all-reduce per optimizer step, as DDP under `no_sync`), so the clipping norm, the fp16 skip
+//! micro-batches only sum their gradients (as DDP under `no_sync`); the last one's backward goes
+//! through `nn::backward_and_all_reduce`, which averages the summed gradients over the ranks in
+//! buckets, each launched as soon as its gradients are final while backward goes on, so the clipping norm, the fp16 skip
 //! decision and the AdamW update are the same on every rank. Each rank's logged losses are its
 //! weighted losses divided by `world`, kept on the device like one rank's; [`read_losses`] sums
 //! them over the ranks (one small all-reduce) when the loop reads them, on logging steps only.
 
 use std::ops::Range;
-use std::time::Instant;
 
 use autograd::{Gradients, Var};
-use nn::{all_reduce_grads, BatchRows, Communicator, StepDecision};
+use nn::{backward_and_all_reduce, BatchRows, Communicator, StepDecision};
 use nn::{step_params, unscale_and_clip, AdamW, Ctx, LossScaler, LrSchedule, Param, Precision};
 use tensor::profiler::{self, Phase};
 use tensor::{DType, Device, Tensor};
@@ -81,6 +81,8 @@ pub struct StepStats {
     /// only queues NCCL's work, so this is the host's share).
     pub comm_bytes: u64,
     pub comm_secs: f64,
+    /// The part of `comm_secs` spent in buckets launched while backward was still running.
+    pub comm_overlapped_secs: f64,
 }
 
 /// Each parameter once (tied weights are one `Param`), in state-dict order.
@@ -207,7 +209,11 @@ pub fn train_step(
     // Data parallel: whether a rank had nothing to compute in some micro-batch (its generator
     // then did not move on with the others').
     let mut idle_rank = false;
-    for _ in 0..ga {
+    // Data parallel: the last micro-batch's backward all-reduces the summed gradients as they
+    // become final (the earlier ones only sum, as DDP under `no_sync`).
+    let mut reduced: Option<(Gradients, nn::OverlapStats)> = None;
+    for m in 0..ga {
+        let reduce_now = world > 1 && m + 1 == ga;
         let item = profiler::in_phase(Phase::Data, &mut *next_batch)?;
         sums.sequences += 2 * item.docs as u64;
         loader = Some(item.state);
@@ -215,6 +221,9 @@ pub fn train_step(
         let Some((local, rows, weights)) = rank_shard(item.batch, item.docs, rank, world)? else {
             // Nothing to compute: this rank adds zero gradients and zero losses to the sums.
             losses.push(Tensor::zeros(&[1, 3], DType::F32, o.device)?);
+            if reduce_now {
+                reduced = Some(backward_and_all_reduce(comm, params, None, &summed)?);
+            }
             continue;
         };
         let batch = profiler::in_phase(Phase::Data, || local.to_device(o.device))?;
@@ -226,6 +235,15 @@ pub fn train_step(
         let out = out?;
         let (scaled, logged) = shard_loss(model, &out, weights, world, factor)?;
         losses.push(logged);
+        if reduce_now {
+            reduced = Some(backward_and_all_reduce(
+                comm,
+                params,
+                Some(&scaled),
+                &summed,
+            )?);
+            continue;
+        }
         let grads = scaled.backward()?;
         drop((out, scaled, batch));
         for ((_, p), slot) in params.iter().zip(summed.iter_mut()) {
@@ -245,21 +263,20 @@ pub fn train_step(
         ctx.rng.offset = at.iter().map(|w| w[0]).max().unwrap_or(ctx.rng.offset);
     }
 
-    let mut grads = Gradients::default();
-    for ((_, p), g) in params.iter().zip(summed) {
-        if let Some(g) = g {
-            grads.insert(&p.var(), g);
+    let (mut grads, comm_bytes, comm_secs, comm_overlapped_secs) = match reduced {
+        Some((grads, stats)) => {
+            let bytes = grads_bytes(params, &grads);
+            (grads, bytes, stats.comm_secs(), stats.overlapped_secs())
         }
-    }
-    let started = Instant::now();
-    let comm_bytes = match world {
-        1 => 0,
-        _ => grads_bytes(params, &grads),
-    };
-    all_reduce_grads(comm, params, &mut grads)?;
-    let comm_secs = match world {
-        1 => 0.0,
-        _ => started.elapsed().as_secs_f64(),
+        None => {
+            let mut grads = Gradients::default();
+            for ((_, p), g) in params.iter().zip(summed) {
+                if let Some(g) = g {
+                    grads.insert(&p.var(), g);
+                }
+            }
+            (grads, 0, 0.0, 0.0)
+        }
     };
     let mut with_grad: Vec<(usize, Tensor)> = params
         .iter()
@@ -297,6 +314,7 @@ pub fn train_step(
             skipped: true,
             comm_bytes,
             comm_secs,
+            comm_overlapped_secs,
         });
     }
     for (i, g) in with_grad {
@@ -313,6 +331,7 @@ pub fn train_step(
         skipped: false,
         comm_bytes,
         comm_secs,
+        comm_overlapped_secs,
     })
 }
 
