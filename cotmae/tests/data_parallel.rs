@@ -48,6 +48,19 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-12)
 }
 
+/// The logged losses and gradient norm of one step of a `world`-rank run (`got`) against the
+/// one-rank run's (`want`), within 1e-6 relative.
+fn assert_losses_close(got: &Value, want: &Value, world: usize) {
+    for k in ["loss", "encoder_mlm_loss", "head_mlm_loss", "grad_norm"] {
+        let (a, b) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+        assert!(
+            close(a, b),
+            "{world} ranks, step {}: {k} {a} vs {b}",
+            got["step"]
+        );
+    }
+}
+
 /// `max |a - b| / max |b|` over a tensor: its error relative to its scale (an element near zero
 /// is not held to 1e-6 of itself).
 fn max_relative(a: &[f32], b: &[f32]) -> f64 {
@@ -125,14 +138,7 @@ fn n_ranks_with_a_shard_each_equal_one_rank_with_the_global_batch() {
             for k in ["learning_rate", "epoch", "step"] {
                 assert_eq!(g[k], w[k], "{k}");
             }
-            for k in ["loss", "encoder_mlm_loss", "head_mlm_loss", "grad_norm"] {
-                let (a, b) = (g[k].as_f64().unwrap(), w[k].as_f64().unwrap());
-                assert!(
-                    close(a, b),
-                    "{world} ranks, step {}: {k} {a} vs {b}",
-                    g["step"]
-                );
-            }
+            assert_losses_close(g, w, world);
         }
         let state: Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("checkpoint-2/trainer_state.json")).unwrap(),
@@ -267,13 +273,6 @@ fn a_rank_with_no_documents_in_the_epochs_last_batch_keeps_the_run_equal() {
     // The run went through the short batch into the next epoch.
     assert!(got[steps - 1]["epoch"].as_f64().unwrap() > 1.0);
     for (g, w) in got.iter().zip(&want) {
-        for k in ["loss", "encoder_mlm_loss", "head_mlm_loss", "grad_norm"] {
-            let (a, b) = (g[k].as_f64().unwrap(), w[k].as_f64().unwrap());
-            assert!(
-                close(a, b),
-                "{world} ranks, step {}: {k} {a} vs {b}",
-                g["step"]
-            );
-        }
+        assert_losses_close(g, w, world);
     }
 }
