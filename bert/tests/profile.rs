@@ -164,11 +164,7 @@ fn a_training_step_lands_in_its_modules_and_phases() {
     );
     // Slices nest on the thread, and the phases cover the step.
     assert_nested(&recs);
-    let phases: u64 = recs
-        .iter()
-        .filter(|r| r.kind == Kind::Phase)
-        .map(|r| r.dur_ns)
-        .sum();
+    let phases = profiler::phase_ns(&recs);
     assert!(
         (phases as f64 - step).abs() <= 0.05 * step,
         "phase slices {phases} ns, step {step} ns"

@@ -18,7 +18,7 @@ mod run;
 mod table;
 mod trace;
 
-pub use record::{first_overlap, Kind, Phase, Record};
+pub use record::{first_overlap, phase_ns, Kind, Phase, Record};
 pub use run::{finish_run, parse_steps, start_run, step, RunOptions, Step};
 pub use table::{compare, Peak, Summary};
 pub use trace::{read_chrome_trace, write_chrome_trace};

@@ -228,6 +228,16 @@ pub(super) fn clear() {
     })
 }
 
+/// The time covered by the phase slices among `records`, in ns (what a step's phases should
+/// add up to).
+pub fn phase_ns(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.kind == Kind::Phase)
+        .map(|r| r.dur_ns)
+        .sum()
+}
+
 /// The first slice of `records` that overlaps the slice enclosing it, if any: slices on one
 /// thread must form a tree (each encloses the later ones or ends before them).
 pub fn first_overlap(records: &[Record]) -> Option<&Record> {

@@ -82,11 +82,7 @@ fn slices_nest_and_add_up_to_the_step() {
     let step = t0.elapsed().as_nanos() as f64;
     let recs = mine();
     assert_nested(&recs);
-    let phases: u64 = recs
-        .iter()
-        .filter(|r| r.kind == Kind::Phase)
-        .map(|r| r.dur_ns)
-        .sum();
+    let phases = phase_ns(&recs);
     let ops: u64 = recs
         .iter()
         .filter(|r| r.kind == Kind::Op)
