@@ -1,7 +1,12 @@
-//! One bf16 training step of a BERT-base-shaped model on a GPU against the CPU's f32 step: 12
-//! layers of 12 heads (head dim 8, hidden 96, FFN 384: bert-base's graph at a tiny width), a
+//! One bf16 training step of BERT-base-shaped models on a GPU against the CPU's f32 step: a
 //! padded masked batch, dropout on (both devices draw the same masks), forward, backward and an
-//! AdamW step, then a second forward on the updated weights.
+//! AdamW step, then a second forward on the updated weights. Two shapes:
+//!
+//! - bert-base's graph at a tiny width: 12 layers of 12 heads (head dim 8, hidden 96, FFN 384),
+//!   2 rows of 24 tokens;
+//! - bert-base's width at a tiny depth: 2 layers of 12 heads of 64 (hidden 768, FFN 3072, the
+//!   real per-layer shapes, so the tensor-core attention runs its head dim 64 tiles and the
+//!   GEMMs bert-base's K and N), 2 rows of 16 tokens, a 128-word vocabulary.
 //!
 //! On the GPU the activations stay bf16 between the products (the fused QKV GEMM, attention on
 //! its three strided views, the bf16 GELU and dropout, the f32 residual add), and the second
@@ -10,7 +15,7 @@
 //! bound of `gpu_parity.rs` (5e-2; the key biases', truly zero, near zero), the updated f32
 //! weights within AdamW's first-step bound (2·lr apart at most), every
 //! kept half copy exactly the updated value rounded to bf16, and the three QKV copies of a layer
-//! runs of one buffer. Skipped, saying why, without a GPU (CI runs it on the simulator).
+//! runs of one buffer. Skipped, saying why, without a GPU (CI runs them on the simulator).
 
 mod common;
 
@@ -24,8 +29,9 @@ use tensor::{DType, Device, Rng, Tensor};
 /// AdamW's learning rate.
 const LR: f64 = 1e-3;
 
-fn config() -> BertConfig {
-    BertConfig {
+/// bert-base's graph at a tiny width, and the batch it takes (rows, tokens).
+fn base_graph() -> (BertConfig, (usize, usize)) {
+    let config = BertConfig {
         vocab_size: 128,
         hidden_size: 96,
         num_hidden_layers: 12,
@@ -33,12 +39,23 @@ fn config() -> BertConfig {
         intermediate_size: 384,
         max_position_embeddings: 64,
         ..BertConfig::default()
-    }
+    };
+    (config, (2, 24))
 }
 
-/// 2 rows of 24 tokens, the last 5 of row 1 padding, every third position labelled.
-fn batch() -> [Tensor; 3] {
-    let (rows, len) = (2, 24);
+/// bert-base's width (hidden 768, 12 heads of 64, FFN 3072) at 2 layers, and its batch.
+fn base_width() -> (BertConfig, (usize, usize)) {
+    let config = BertConfig {
+        vocab_size: 128,
+        num_hidden_layers: 2,
+        max_position_embeddings: 64,
+        ..BertConfig::default()
+    };
+    (config, (2, 16))
+}
+
+/// `rows` rows of `len` tokens, the last 5 of row 1 padding, every third position labelled.
+fn batch((rows, len): (usize, usize)) -> [Tensor; 3] {
     let mut rng = Rng::new(11);
     let ids: Vec<i64> = (0..rows * len).map(|_| 5 + rng.below(120) as i64).collect();
     let mask: Vec<i64> = (0..rows * len)
@@ -62,11 +79,16 @@ struct Step {
     updated: Vec<(String, Tensor)>,
 }
 
-/// Forward, backward, AdamW, forward on `device` under `precision` (None: f32).
-fn step(device: Device, precision: Option<DType>) -> (Step, BertForMaskedLM) {
-    let model = BertForMaskedLM::new(&config(), &mut Rng::new(7)).unwrap();
+/// Forward, backward, AdamW, forward of `shape`'s model and batch on `device` under `precision`
+/// (None: f32).
+fn step(
+    device: Device,
+    precision: Option<DType>,
+    (config, rows_len): &(BertConfig, (usize, usize)),
+) -> (Step, BertForMaskedLM) {
+    let model = BertForMaskedLM::new(config, &mut Rng::new(7)).unwrap();
     nn::to_device(&model, device).unwrap();
-    let [ids, mask, labels] = batch().map(|t| t.to_device(device).unwrap());
+    let [ids, mask, labels] = batch(*rows_len).map(|t| t.to_device(device).unwrap());
     let params: Vec<(String, Param)> = model.named_params();
     let mut opt = AdamW::new(AdamWConfig {
         lr: LR,
@@ -110,11 +132,22 @@ fn step(device: Device, precision: Option<DType>) -> (Step, BertForMaskedLM) {
 
 #[test]
 fn a_bf16_step_of_a_base_shaped_model_matches_the_cpu() {
-    let Some(gpu) = cuda_or_skip("a_bf16_step_of_a_base_shaped_model_matches_the_cpu") else {
-        return;
-    };
-    let (want, _) = step(Device::Cpu, None);
-    let (got, model) = step(gpu, Some(DType::BF16));
+    if let Some(gpu) = cuda_or_skip("a_bf16_step_of_a_base_shaped_model_matches_the_cpu") {
+        matches_the_cpu(gpu, &base_graph());
+    }
+}
+
+#[test]
+fn a_bf16_step_of_a_base_width_model_matches_the_cpu() {
+    if let Some(gpu) = cuda_or_skip("a_bf16_step_of_a_base_width_model_matches_the_cpu") {
+        matches_the_cpu(gpu, &base_width());
+    }
+}
+
+/// The checks of the module docs for one shape.
+fn matches_the_cpu(gpu: Device, shape: &(BertConfig, (usize, usize))) {
+    let (want, _) = step(Device::Cpu, None, shape);
+    let (got, model) = step(gpu, Some(DType::BF16), shape);
     for (i, (g, w)) in got.losses.iter().zip(&want.losses).enumerate() {
         let e = (g - w).abs() / w.abs();
         eprintln!("loss {}: {g:.6} (cpu f32 {w:.6}), relative {e:.2e}", i + 1);
