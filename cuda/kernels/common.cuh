@@ -344,6 +344,30 @@ __device__ __forceinline__ void contig_packs(i64 n, int packs, const Body& body)
     }
 }
 
+// This thread's share of the contiguous run x[b..e), walked by a block's threads (threadIdx.x):
+// a scalar head up to the first 16-byte boundary (offset views start anywhere), whole 16-byte
+// packs of V = 16 / sizeof(T) elements, and a scalar tail. Calls f(k, x[k]) for each k it reads.
+// The pointer's own alignment decides, so no host flag is needed; which thread reads an element
+// changes with the alignment, so callers combine in an order-free way (or accept the rounding).
+template <typename T, typename F>
+__device__ __forceinline__ void chunk_packs(const T* x, i64 b, i64 e, const F& f) {
+    constexpr int V = 16 / (int)sizeof(T);
+    const i64 head = min(e - b, (i64)((16u - ((u64)(size_t)(x + b) & 15u)) & 15u) / (i64)sizeof(T));
+    const i64 kb = b + head, packs = (e - kb) / V, kt = kb + packs * V;
+    for (i64 k = b + threadIdx.x; k < kb; k += blockDim.x) f(k, x[k]);
+    for (i64 p = threadIdx.x; p < packs; p += blockDim.x) {
+        const i64 k0 = kb + p * V;
+        const VecPack<T, V> v = load_pack<V>(x, k0);
+#pragma unroll
+        for (int j = 0; j < V; ++j) f(k0 + j, v.v[j]);
+    }
+    for (i64 k = kt + threadIdx.x; k < e; k += blockDim.x) f(k, x[k]);
+}
+
+// The first column of unit u of a row walked as np packs of V then single elements.
+template <int V>
+__device__ __forceinline__ i64 unit_col(i64 u, i64 np) { return u < np ? u * V : np * V + (u - np); }
+
 // A [rows, cols] walk in which every operand steps by one element along a row and by
 // row_stride[k] elements between rows (0: a row broadcast along the leading dim; more than cols:
 // a slice of a wider buffer). Each row's cols / V packs (when `packs` is set: the host checked
@@ -357,7 +381,7 @@ __device__ __forceinline__ void row_packs(i64 rows, i64 cols, const i64 (&row_st
     const i64 units = np + (cols - np * V);
     for (i64 r = (i64)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.y * blockDim.y) {
         for (i64 u = (i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (i64)gridDim.x * blockDim.x) {
-            const i64 c = u < np ? u * V : np * V + (u - np);
+            const i64 c = unit_col<V>(u, np);
             const i64 off[3] = {r * row_stride[0] + c, r * row_stride[1] + c, r * row_stride[2] + c};
             if (u < np) body.template run<V>(off);
             else body.template run<1>(off);

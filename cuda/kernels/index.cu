@@ -24,7 +24,17 @@
 // scatter_add a contiguous buffer the walk's operand 1 addresses (dim stride 0 there too). Walk
 // operands: gather (src), scatter_add (src, out); pointers already include their offsets.
 //
-// Launch: 1-D grid-stride loops over n, 256 threads per block, any grid size.
+// Contiguous slices (`gather_rows_w<bits>`, `scatter_add_rows_<t>`): `index_select` /
+// `index_add` whose strided operand (the source) is contiguous walk the [outer, k, inner] shape
+// as outer * k rows of `inner` elements: row q = (o, j) is row o * dim_size + ids[j] of the
+// contiguous indexed [outer, dim_size, inner] operand. One division per row, none per element;
+// a row's units are 16-byte packs (when `packs`: the host found both pointers 16-byte aligned
+// and inner * sizeof a multiple of 16) then single elements. Scatter loads its source in packs
+// and adds element by element with the same atomics. BERT's MLM head gathers the labelled rows
+// of the [B·L, H] hidden states this way (and its backward scatters their gradient back).
+//
+// Launch: 1-D grid-stride loops over n, 256 threads per block, any grid size; the `_rows`
+// entries 2-D blocks of 256 threads (x over a row's units, y over rows), grid-stride both ways.
 
 #include "common.cuh"
 
@@ -86,11 +96,68 @@ __device__ void scatter_add_kernel(Walk w, const T* src, const i64* ids, A* out,
     }
 }
 
+// ---- contiguous slices ----------------------------------------------------------------------
+
+// Calls body.run<N>(w, x) for this thread's units of the walked rows: w is the unit's offset in
+// the walked [outer * k, inner] operand, x its offset in the indexed one, or -1 when the row's id
+// is out of range (reported once per thread and row).
+template <int V, typename Body>
+__device__ __forceinline__ void slice_rows(const i64* ids, i64 rows, i64 inner, i64 k, i64 dim_size, int packs,
+                                           u32* status, const Body& body) {
+    const i64 np = packs ? inner / V : 0;
+    const i64 units = np + (inner - np * V);
+    for (i64 q = (i64)blockIdx.y * blockDim.y + threadIdx.y; q < rows; q += (i64)gridDim.y * blockDim.y) {
+        const i64 o = q / k, id = ids[q - o * k];
+        const bool ok = id >= 0 && id < dim_size;
+        if (!ok) report_error(status, ERR_INDEX_OUT_OF_RANGE, id);
+        const i64 walked = q * inner, indexed = (o * dim_size + id) * inner;
+        for (i64 u = (i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (i64)gridDim.x * blockDim.x) {
+            const i64 c = unit_col<V>(u, np);
+            if (u < np) body.template run<V>(walked + c, ok ? indexed + c : -1);
+            else body.template run<1>(walked + c, ok ? indexed + c : -1);
+        }
+    }
+}
+
+// index_select: out (walked) = src (indexed), zeros for a bad id.
+template <typename W> struct SelectBody {
+    const W* src;
+    W* out;
+    template <int N> __device__ __forceinline__ void run(i64 w, i64 x) const {
+        VecPack<W, N> v;
+        if (x < 0) {
+#pragma unroll
+            for (int j = 0; j < N; ++j) v.v[j] = (W)0;
+        } else {
+            v = load_pack<N>(src, x);
+        }
+        store_pack<N>(out, w, v);
+    }
+};
+
+// index_add: out (indexed) += src (walked), nothing for a bad id.
+template <typename T, typename A> struct AddBody {
+    const T* src;
+    A* out;
+    template <int N> __device__ __forceinline__ void run(i64 w, i64 x) const {
+        if (x < 0) return;
+        const VecPack<T, N> v = load_pack<N>(src, w);
+#pragma unroll
+        for (int j = 0; j < N; ++j) atomic_acc(out + x + j, acc_value(v.v[j]));
+    }
+};
+
 #define GATHER(W, BITS)                                                                             \
     extern "C" __global__ void gather_w##BITS(Walk w, const W* src, const i64* ids, W* out, i64 n,  \
                                               i64 inner, i64 k, i64 dim_stride, i64 dim_size,      \
                                               u32* status) {                                       \
         gather_kernel<W>(w, src, ids, out, n, inner, k, dim_stride, dim_size, status);              \
+    }                                                                                              \
+    extern "C" __global__ void gather_rows_w##BITS(const W* src, const i64* ids, W* out, i64 rows,  \
+                                                   i64 inner, i64 k, i64 dim_size, int packs,      \
+                                                   u32* status) {                                  \
+        slice_rows<16 / (int)sizeof(W)>(ids, rows, inner, k, dim_size, packs, status,              \
+                                        SelectBody<W>{src, out});                                  \
     }
 
 #define SCATTER_ADD(T, A, NAME)                                                                     \
@@ -98,6 +165,12 @@ __device__ void scatter_add_kernel(Walk w, const T* src, const i64* ids, A* out,
                                                   i64 n, i64 inner, i64 k, i64 dim_stride,         \
                                                   i64 dim_size, u32* status) {                     \
         scatter_add_kernel<T, A>(w, src, ids, out, n, inner, k, dim_stride, dim_size, status);      \
+    }                                                                                              \
+    extern "C" __global__ void scatter_add_rows_##NAME(const T* src, const i64* ids, A* out,        \
+                                                       i64 rows, i64 inner, i64 k, i64 dim_size,   \
+                                                       int packs, u32* status) {                   \
+        slice_rows<16 / (int)sizeof(T)>(ids, rows, inner, k, dim_size, packs, status,              \
+                                        AddBody<T, A>{src, out});                                  \
     }
 
 GATHER(u8, 8)

@@ -11,14 +11,16 @@
 // Results are deterministic: each block combines in a fixed tree order, split partials in order
 // (integer sums are exact, so their order does not matter at all).
 //
-// Entries: sum_{rows,cols}_<in>_<out> (out = in, or f32 for f16/bf16 in),
-// sum_{rows,cols}_partials_<out>, best_{rows,cols}[_partials]_<in>, sum_int_<in>.
+// Entries: sum_{rows,cols,cols_packed}_<in>_<out> (out = in, or f32 for f16/bf16 in),
+// sum_{rows,cols}_partials_<out>, best_{rows,cols,cols_packed}_<in>,
+// best_{rows,cols}_partials_<in>, sum_int_<in>.
 //
 // Layout: x contiguous; outputs contiguous [outer, inner].
 //
-// Vector loads: `sum_rows` reads each row chunk as a scalar head up to the first 16-byte boundary
-// (offset views), 16-byte packs, and a scalar tail; the pointer's own alignment decides, so no
-// host flag is needed. `sum_cols_packed_` entries (inner a multiple of the pack, x 16-byte
+// Vector loads: `sum_rows`, `best_rows` and `sum_int` (inner == 1) read each row chunk as a
+// scalar head up to the first 16-byte boundary (offset views), 16-byte packs, and a scalar tail
+// (common.cuh chunk_packs); the pointer's own alignment decides, so no host flag is needed.
+// `sum_cols_packed_` and `best_cols_packed_` entries (inner a multiple of the pack, x 16-byte
 // aligned) give each thread one 16-byte pack of adjacent columns: grid.x = ceil(inner / (32 * V)).
 //
 // Launch: `_rows` entries handle inner == 1: grid (outer, splits), one block per (row, row
@@ -57,20 +59,9 @@ __device__ void sum_rows(const T* x, i64 r, int splits, int op, double divisor, 
     const int s = blockIdx.y;
     i64 b, e;
     split_range(r, s, splits, &b, &e);
-    const T* xr = x + row * r;
-    // The chunk in three runs: up to the first 16-byte boundary (any offset view), whole packs
-    // of V elements (16-byte loads), and the last (e - kb) % V elements.
-    constexpr int V = 16 / (int)sizeof(T);
-    const i64 head = min(e - b, (i64)((16u - ((u64)(size_t)(xr + b) & 15u)) & 15u) / (i64)sizeof(T));
-    const i64 kb = b + head, packs = (e - kb) / V, kt = kb + packs * V;
+    // The chunk as a head up to the first 16-byte boundary, 16-byte packs and a tail.
     double acc = 0.0;
-    for (i64 k = b + threadIdx.x; k < kb; k += blockDim.x) acc += sum_term(to_f32(xr[k]), op);
-    for (i64 p = threadIdx.x; p < packs; p += blockDim.x) {
-        const VecPack<T, V> v = load_pack<V>(xr, kb + p * V);
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc += sum_term(to_f32(v.v[j]), op);
-    }
-    for (i64 k = kt + threadIdx.x; k < e; k += blockDim.x) acc += sum_term(to_f32(xr[k]), op);
+    chunk_packs(x + row * r, b, e, [&](i64, T v) { acc += sum_term(to_f32(v), op); });
     acc = block_reduce(acc, SumOp(), 0.0, smem);
     if (threadIdx.x == 0) {
         if (splits == 1) out[row] = from_f32<O>((float)(acc / divisor));
@@ -197,12 +188,14 @@ __device__ void best_rows(const T* x, i64 r, int splits, int op, T* out_val, i64
     Best acc;
     acc.v = 0.0f;
     acc.i = -1;
-    for (i64 k = b + threadIdx.x; k < e; k += blockDim.x) {
+    // 16-byte packs as sum_rows; `beats` is a total order (ties go to the lower index), so the
+    // winner does not depend on which thread saw which element.
+    chunk_packs(x + row * r, b, e, [&](i64 k, T v) {
         Best c;
-        c.v = to_f32(x[row * r + k]);
+        c.v = to_f32(v);
         c.i = k;
         if (beats(c, acc, is_max)) acc = c;
-    }
+    });
     acc = block_best(acc, is_max, smem);
     if (threadIdx.x == 0) {
         if (splits == 1) write_best<T>(acc, op, row, out_val, out_idx);
@@ -226,34 +219,47 @@ __device__ void best_rows_partials(const Best* partial, int splits, int op, T* o
     if (threadIdx.x == 0) write_best<T>(acc, op, row, out_val, out_idx);
 }
 
-template <typename T>
+// Each thread follows N adjacent columns (N = 1, or a 16-byte pack when inner % N == 0 and x is
+// 16-byte aligned: `best_cols_packed_`), as sum_cols.
+template <typename T, int N>
 __device__ void best_cols(const T* x, i64 outer, i64 r, i64 inner, int splits, int op, T* out_val, i64* out_idx,
                           Best* partial) {
-    __shared__ Best smem[COL_ROWS][COL_TILE];
+    __shared__ Best smem[COL_ROWS][COL_TILE * N];
     const bool is_max = is_max_op(op);
-    const i64 j = (i64)blockIdx.x * COL_TILE + threadIdx.x;
+    const i64 j = ((i64)blockIdx.x * COL_TILE + threadIdx.x) * N;  // this thread's first column
     const int s = blockIdx.z;
     i64 b, e;
     split_range(r, s, splits, &b, &e);
     for (i64 o = blockIdx.y; o < outer; o += gridDim.y) {
-        Best acc;
-        acc.v = 0.0f;
-        acc.i = -1;
+        Best acc[N];
+#pragma unroll
+        for (int c = 0; c < N; ++c) {
+            acc[c].v = 0.0f;
+            acc[c].i = -1;
+        }
         if (j < inner)
             for (i64 k = b + threadIdx.y; k < e; k += COL_ROWS) {
-                Best c;
-                c.v = to_f32(x[(o * r + k) * inner + j]);
-                c.i = k;
-                if (beats(c, acc, is_max)) acc = c;
+                const VecPack<T, N> v = load_pack<N>(x, (o * r + k) * inner + j);
+#pragma unroll
+                for (int c = 0; c < N; ++c) {
+                    Best cand;
+                    cand.v = to_f32(v.v[c]);
+                    cand.i = k;
+                    if (beats(cand, acc[c], is_max)) acc[c] = cand;
+                }
             }
-        smem[threadIdx.y][threadIdx.x] = acc;
+#pragma unroll
+        for (int c = 0; c < N; ++c) smem[threadIdx.y][threadIdx.x * N + c] = acc[c];
         __syncthreads();
         if (threadIdx.y == 0 && j < inner) {
-            Best t = smem[0][threadIdx.x];
-            for (int y = 1; y < COL_ROWS; ++y)
-                if (beats(smem[y][threadIdx.x], t, is_max)) t = smem[y][threadIdx.x];
-            if (splits == 1) write_best<T>(t, op, o * inner + j, out_val, out_idx);
-            else partial[(o * splits + s) * inner + j] = t;
+            for (int c = 0; c < N; ++c) {
+                const int col = threadIdx.x * N + c;
+                Best t = smem[0][col];
+                for (int y = 1; y < COL_ROWS; ++y)
+                    if (beats(smem[y][col], t, is_max)) t = smem[y][col];
+                if (splits == 1) write_best<T>(t, op, o * inner + j + c, out_val, out_idx);
+                else partial[(o * splits + s) * inner + j + c] = t;
+            }
         }
         __syncthreads();
     }
@@ -277,14 +283,18 @@ __device__ void best_cols_partials(const Best* partial, i64 outer, i64 inner, in
 // ---- integer sums ---------------------------------------------------------------------------
 
 // Σ x over k into an i64, wrapping (u64 arithmetic is two's complement addition, which is
-// associative: the result is exact and equals the CPU's whatever the combine order).
+// associative: the result is exact and equals the CPU's whatever the combine order). A row of
+// inner == 1 is contiguous and read in 16-byte packs (common.cuh chunk_packs); otherwise the
+// block's threads stride over k.
 template <typename T>
 __device__ void sum_int(const T* x, i64 outer, i64 r, i64 inner, i64* out) {
     __shared__ u64 smem[32];
     for (i64 i = blockIdx.x; i < outer * inner; i += gridDim.x) {
         const i64 o = i / inner, j = i - o * inner;
         u64 acc = 0;
-        for (i64 k = threadIdx.x; k < r; k += blockDim.x) acc += (u64)(i64)x[(o * r + k) * inner + j];
+        if (inner == 1) chunk_packs(x + o * r, 0, r, [&](i64, T v) { acc += (u64)(i64)v; });
+        else
+            for (i64 k = threadIdx.x; k < r; k += blockDim.x) acc += (u64)(i64)x[(o * r + k) * inner + j];
         acc = block_reduce(acc, SumOp(), (u64)0, smem);
         if (threadIdx.x == 0) out[i] = (i64)acc;
     }
@@ -327,7 +337,12 @@ __device__ void sum_int(const T* x, i64 outer, i64 r, i64 inner, i64* out) {
     }                                                                                              \
     extern "C" __global__ void best_cols_##NAME(const T* x, i64 outer, i64 r, i64 inner, int splits, \
                                                 int op, T* out_val, i64* out_idx, Best* partial) { \
-        best_cols<T>(x, outer, r, inner, splits, op, out_val, out_idx, partial);                   \
+        best_cols<T, 1>(x, outer, r, inner, splits, op, out_val, out_idx, partial);                \
+    }                                                                                              \
+    extern "C" __global__ void best_cols_packed_##NAME(const T* x, i64 outer, i64 r, i64 inner,     \
+                                                       int splits, int op, T* out_val,             \
+                                                       i64* out_idx, Best* partial) {              \
+        best_cols<T, 16 / (int)sizeof(T)>(x, outer, r, inner, splits, op, out_val, out_idx, partial); \
     }                                                                                              \
     extern "C" __global__ void best_cols_partials_##NAME(const Best* partial, i64 outer, i64 inner, \
                                                          int splits, int op, T* out_val,           \

@@ -385,7 +385,7 @@ mod vector_paths {
     use cuda::ops::elementwise::{
         binary, compare, copy_into, copy_strided, map1, masked_fill, where_cond, Map1, UnaryOp,
     };
-    use cuda::ops::reduce::{sum, Axis, SumKind};
+    use cuda::ops::reduce::{arg_extreme, extreme, sum, sum_int, Axis, Extreme, SumKind};
     use cuda::ops::ArithElem;
 
     /// Around the pack widths (16, 8, 4 or 2 elements) and one long odd size.
@@ -594,12 +594,9 @@ mod vector_paths {
         ];
         for (i, (shape, dim)) in cases.into_iter().enumerate() {
             for off in [0, 1] {
-                let n: usize = shape.iter().product();
-                let x = randn(&[n + off], 1.0, dt, seed + 2 * i as u64 + off as u64)
-                    .narrow(0, off, n)
-                    .unwrap()
-                    .reshape(shape)
-                    .unwrap();
+                let x = offset_view(shape, off, |n| {
+                    randn(&[n], 1.0, dt, seed + 2 * i as u64 + off as u64)
+                });
                 let gx = up::<T>(gpu, &x);
                 let mut out_shape = shape.to_vec();
                 out_shape.remove(dim);
@@ -613,6 +610,91 @@ mod vector_paths {
                 );
             }
         }
+    }
+
+    /// Shapes of the packed reductions: rows of odd length (a head, packs and a tail at every
+    /// alignment), long rows split into chunks, columns whose count is a multiple of every pack
+    /// (16 for u8, 8 for bf16, ...; `_cols_packed` when the view is aligned), and an odd one.
+    const REDUCED: [(&[usize], usize); 6] = [
+        (&[4, 7], 1),
+        (&[3, 1003], 1),
+        (&[2, 70_001], 1),
+        (&[37, 16], 0),
+        (&[5, 13, 48], 1),
+        (&[9, 17], 0),
+    ];
+
+    /// `x` (contiguous `shape`) viewed from element `off` of a longer buffer of `flat(n + off)`.
+    fn offset_view(shape: &[usize], off: usize, flat: impl Fn(usize) -> Tensor) -> Tensor {
+        let n: usize = shape.iter().product();
+        flat(n + off)
+            .narrow(0, off, n)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    /// Max, min, argmax and argmin in 16-byte packs against the CPU, bit for bit: many ties (the
+    /// lowest index wins whichever thread read it) and a NaN in some outputs (NaN wins).
+    fn packed_extremes<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        for (i, (shape, dim)) in REDUCED.into_iter().enumerate() {
+            for off in [0, 1, 3] {
+                let x = offset_view(shape, off, |n| {
+                    let mut v =
+                        small_ints(&[n], 20.0, DType::F32, seed + 7 * i as u64 + off as u64)
+                            .to_vec::<f32>()
+                            .unwrap();
+                    v[n / 3] = f32::NAN;
+                    Tensor::from_vec(v, &[n]).unwrap().to_dtype(dt).unwrap()
+                });
+                let gx = up::<T>(gpu, &x);
+                let axis = Axis::of(shape, dim);
+                let mut out_shape = shape.to_vec();
+                out_shape.remove(dim);
+                let what = format!("{dt} {shape:?} dim {dim} offset {off}");
+                for which in [Extreme::Max, Extreme::Min] {
+                    let (value, index) = match which {
+                        Extreme::Max => (x.max(dim, false), x.argmax(dim, false)),
+                        Extreme::Min => (x.min(dim, false), x.argmin(dim, false)),
+                    };
+                    let got = extreme(gpu, gx.contig(), axis, which).unwrap();
+                    let got_i = arg_extreme(gpu, gx.contig(), axis, which).unwrap();
+                    assert_same(&down(gpu, &got, &out_shape), &value.unwrap(), &what);
+                    assert_same(&down(gpu, &got_i, &out_shape), &index.unwrap(), &what);
+                }
+            }
+        }
+    }
+
+    /// Integer sums (i64, u8 into i64) in 16-byte packs for rows, against the CPU exactly.
+    fn packed_int_sums<T: DeviceElem + WithDType>(gpu: &Gpu, seed: u64) {
+        let dt = T::DTYPE;
+        for (i, (shape, dim)) in REDUCED.into_iter().enumerate() {
+            for off in [0, 1, 3] {
+                let s = seed + 7 * i as u64 + off as u64;
+                let x = offset_view(shape, off, |n| ints(n, 0, 0.0, 250.0, dt, s));
+                let gx = up::<T>(gpu, &x);
+                let mut out_shape = shape.to_vec();
+                out_shape.remove(dim);
+                let got = sum_int(gpu, gx.contig(), Axis::of(shape, dim)).unwrap();
+                assert_same(
+                    &down(gpu, &got, &out_shape),
+                    &x.sum(&[dim], false).unwrap(),
+                    &format!("integer sum {dt} {shape:?} dim {dim} offset {off}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_extremes_and_integer_sums_match_cpu_on_offset_views() {
+        let Some((gpu, _serial, s)) = gpu_and_seed() else {
+            return;
+        };
+        for_each_float!(packed_extremes, &gpu, s);
+        packed_int_sums::<i64>(&gpu, s + 100);
+        packed_int_sums::<u8>(&gpu, s + 200);
     }
 
     #[test]

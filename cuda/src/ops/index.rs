@@ -13,6 +13,12 @@
 //! integer results equal the CPU's exactly; float sums into one element are added in an order that
 //! varies between runs (the CPU adds in index order), so they agree to rounding only.
 //!
+//! The slice ops take a faster form when their strided operand is contiguous (`index_select`'s
+//! source, `index_add`'s added source; the other side is always a contiguous buffer): the
+//! `_rows` kernels walk the `[outer, k, inner]` shape as rows of `inner` elements, one id per
+//! row, in 16-byte packs where the pointers and the row length allow, with no division per
+//! element. Any other layout takes the strided walk.
+//!
 //! An id out of range is reported through the op's status slot ([`crate::Gpu::check_status`]
 //! names the op) and reads as zero / adds nothing; the ids are never downloaded to be checked.
 
@@ -53,7 +59,13 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
         .iter()
         .map(|b| format!("gather_w{b}"))
         .collect();
+    v.extend([8, 16, 32, 64].iter().map(|b| format!("gather_rows_w{b}")));
     v.extend(SCATTER_TYPES.iter().map(|t| format!("scatter_add_{t}")));
+    v.extend(
+        SCATTER_TYPES
+            .iter()
+            .map(|t| format!("scatter_add_rows_{t}")),
+    );
     v.into_iter().map(|n| (&INDEX, n)).collect()
 }
 
@@ -64,6 +76,8 @@ struct Plan<'a> {
     dim: usize,
     inner: usize,
     k: usize,
+    /// Slices (one id per `inner` elements), which may take the `_rows` kernels.
+    slices: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -74,6 +88,7 @@ impl<'a> Plan<'a> {
             dim,
             inner: walk_shape[dim + 1..].iter().product(),
             k: walk_shape[dim],
+            slices: true,
         }
     }
 
@@ -84,6 +99,7 @@ impl<'a> Plan<'a> {
             dim,
             inner: 1,
             k: walk_shape.iter().product(),
+            slices: false,
         }
     }
 
@@ -108,6 +124,38 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
+    /// The `_rows` form of a slice plan (`index_select`, `index_add`: the walk and the indexed
+    /// operand agree outside `dim`) whose strided operand is `contiguous`: its launch and scalar
+    /// arguments (rows, inner, k, dim_size) and `packs`, set when both pointers (`addrs`) are
+    /// 16-byte aligned and so is every row of `elem_bytes`-byte elements. None otherwise.
+    fn rows(
+        &self,
+        op: &'static str,
+        contiguous: bool,
+        dim_size: usize,
+        addrs: [u64; 2],
+        elem_bytes: usize,
+    ) -> Result<Option<RowsForm>> {
+        if !self.slices || !contiguous || self.inner == 0 {
+            return Ok(None);
+        }
+        let rows = self.len() / self.inner;
+        let row_bytes = self.inner * elem_bytes;
+        let packs = row_bytes.is_multiple_of(16) && addrs.iter().all(|a| a.is_multiple_of(16));
+        let units = if packs { row_bytes / 16 } else { self.inner };
+        let scalars = [
+            len_i64(op, rows)?,
+            len_i64(op, self.inner)?,
+            len_i64(op, self.k)?,
+            len_i64(op, dim_size)?,
+        ];
+        Ok(Some(RowsForm {
+            launch: Launch::rows(rows, units),
+            scalars,
+            packs: packs as i32,
+        }))
+    }
+
     /// The launch's scalar arguments: n, inner, k, the indexed dim's stride and size.
     fn scalars(&self, op: &'static str, dim_stride: usize, dim_size: usize) -> Result<[i64; 5]> {
         Ok([
@@ -117,6 +165,48 @@ impl<'a> Plan<'a> {
             len_i64(op, dim_stride)?,
             len_i64(op, dim_size)?,
         ])
+    }
+}
+
+/// A slice plan in the `_rows` kernels' form ([`Plan::rows`]).
+struct RowsForm {
+    launch: Launch,
+    /// rows, inner, k, dim_size.
+    scalars: [i64; 4],
+    packs: i32,
+}
+
+impl RowsForm {
+    /// Launches `kernel`, an index.cu `_rows` entry `(const S* src, const i64* ids, D* dst, i64
+    /// rows, i64 inner, i64 k, i64 dim_size, int packs, u32* status)`, with the addresses
+    /// `[src, ids, dst, status]`.
+    ///
+    /// # Safety
+    /// `kernel` must have that signature; the walked operand must be a contiguous
+    /// `[outer, k, inner]` and the indexed one a contiguous `[outer, dim_size, inner]` (ids are
+    /// range-checked on the device).
+    unsafe fn launch(&self, gpu: &Gpu, kernel: &str, addrs: [u64; 4]) -> Result<()> {
+        let [sa, ia, da, st] = addrs;
+        let [rows, inner, k, dn] = self.scalars;
+        // SAFETY: the caller's contract.
+        unsafe {
+            gpu.launch(
+                &INDEX,
+                kernel,
+                self.launch,
+                &mut [
+                    arg(&sa),
+                    arg(&ia),
+                    arg(&da),
+                    arg(&rows),
+                    arg(&inner),
+                    arg(&k),
+                    arg(&dn),
+                    arg(&self.packs),
+                    arg(&st),
+                ],
+            )
+        }
     }
 }
 
@@ -147,17 +237,28 @@ fn gather_plan<T: DeviceElem>(
     if n == 0 {
         return Ok(out);
     }
+    let (oa, st) = (out.device_address(), gpu.status_address_for(op));
+    let bits = T::TYPE.size_in_bytes() * 8;
+    // (A layout the walk cannot merge is not contiguous.)
+    let contiguous = Walk::new(op, shape, &[src.strides]).is_ok_and(|(_, c)| c);
+    let eb = T::TYPE.size_in_bytes();
+    if let Some(form) = plan.rows(op, contiguous, shape[plan.dim], [sa, oa], eb)? {
+        // SAFETY: `gather_rows_w<bits>` has the `_rows` signature with W of T's width; `src` is
+        // a contiguous [outer, dim_size, inner] (its extent checked above), `out` a fresh
+        // [outer, k, inner].
+        unsafe { form.launch(gpu, &format!("gather_rows_w{bits}"), [sa, ia, oa, st])? };
+        return Ok(out);
+    }
     let strides = without_dim(src.strides, plan.dim);
     let (walk, _) = Walk::new(op, plan.walk_shape, &[&strides])?;
     let [n64, inner, k, ds, dn] = plan.scalars(op, src.strides[plan.dim], shape[plan.dim])?;
-    let (oa, st) = (out.device_address(), gpu.status_address_for(op));
     // SAFETY: matches `gather_w<bits>(Walk, const W*, const i64*, W*, i64, i64, i64, i64, i64,
     // u32*)` with W of T's width; `src` reaches every element of `shape`, the walk stays inside
     // it outside `dim` (checked) and ids are range-checked on the device.
     unsafe {
         gpu.launch(
             &INDEX,
-            &format!("gather_w{}", T::TYPE.size_in_bytes() * 8),
+            &format!("gather_w{bits}"),
             Launch::grid_stride(n),
             &mut [
                 arg(&walk),
@@ -196,12 +297,24 @@ fn scatter_plan<T: ScatterElem>(
     let n = plan.len();
     let ia = ids.address(op, if n == 0 { 0 } else { plan.k })?;
     let acc = super::cast::cast::<T, T::Acc>(gpu, shape, base)?;
-    if n > 0 {
+    let (aa, st) = (acc.device_address(), gpu.status_address_for(op));
+    let contiguous = Walk::new(op, plan.walk_shape, &[src.strides]).is_ok_and(|(_, c)| c);
+    let eb = T::TYPE.size_in_bytes();
+    let rows = match n {
+        0 => None,
+        _ => plan.rows(op, contiguous, shape[plan.dim], [sa, aa], eb)?,
+    };
+    if let Some(form) = rows {
+        // SAFETY: `scatter_add_rows_<t>` has the `_rows` signature with S = T, D = T::Acc;
+        // `src` is a contiguous [outer, k, inner] (its extent checked above), `acc` a
+        // contiguous [outer, dim_size, inner].
+        let kernel = format!("scatter_add_rows_{}", T::TYPE);
+        unsafe { form.launch(gpu, &kernel, [sa, ia, aa, st])? };
+    } else if n > 0 {
         let out_strides = without_dim(&contiguous_strides(shape), plan.dim);
         let (walk, _) = Walk::new(op, plan.walk_shape, &[src.strides, &out_strides])?;
         let dim_stride = shape[plan.dim + 1..].iter().product();
         let [n64, inner, k, ds, dn] = plan.scalars(op, dim_stride, shape[plan.dim])?;
-        let (aa, st) = (acc.device_address(), gpu.status_address_for(op));
         // SAFETY: matches `scatter_add_<t>(Walk, const T*, const i64*, A*, i64, i64, i64, i64,
         // i64, u32*)` with A = T::Acc; `src` reaches the whole walk (checked), the output walk
         // stays inside the contiguous `shape` outside `dim` and ids are range-checked on the

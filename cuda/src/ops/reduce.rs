@@ -4,6 +4,11 @@
 //! (wrapping, exact), as tensor/src/ops/reduce.rs. Reducing several
 //! dims is reducing one after making them adjacent (the caller permutes and copies if needed).
 //!
+//! Contiguous rows (inner == 1: sums, best-of, integer sums) are read in 16-byte packs after a
+//! scalar head up to the first aligned element; columns (inner > 1) in one 16-byte pack of
+//! adjacent columns per thread when inner is a multiple of the pack and x is aligned
+//! (`_cols_packed` kernels), else one column per thread.
+//!
 //! When the output alone would not fill the GPU (few rows, long reductions), each reduction is
 //! split into chunks reduced by separate blocks and combined in chunk order by a second kernel:
 //! the result depends only on the shape, not on timing.
@@ -108,6 +113,7 @@ pub(crate) fn kernel_names() -> Vec<(&'static KernelFile, String)> {
             "best_rows",
             "best_rows_partials",
             "best_cols",
+            "best_cols_packed",
             "best_cols_partials",
         ] {
             v.push(format!("{k}_{t}"));
@@ -172,6 +178,20 @@ fn plan(gpu: &Gpu, axis: Axis) -> Result<Plan> {
                 shared_bytes: 0,
             },
         })
+    }
+}
+
+/// The columns kernel `base` or its `_packed` twin, and its launch: one 16-byte pack of adjacent
+/// columns per thread when every row of x (at address `xa`) starts 16-byte aligned, so the grid
+/// covers `inner / lanes` threads along x.
+fn cols_kernel(base: &str, t: ElemType, axis: Axis, xa: u64, launch: Launch) -> (String, Launch) {
+    let lanes = 16 / t.size_in_bytes();
+    if axis.inner.is_multiple_of(lanes) && xa.is_multiple_of(16) {
+        let mut packed = launch;
+        packed.grid.0 = axis.inner.div_ceil(COL_TILE * lanes) as u32;
+        (format!("{base}_packed"), packed)
+    } else {
+        (base.to_string(), launch)
     }
 }
 
@@ -257,21 +277,7 @@ pub fn sum<T: FloatElem, O: FloatElem>(
                 )?;
             }
         } else {
-            // One 16-byte pack of adjacent columns per thread when every row of x starts
-            // 16-byte aligned.
-            let lanes = 16 / t.size_in_bytes();
-            let packed = axis.inner.is_multiple_of(lanes) && xa.is_multiple_of(16);
-            let (name, mut launch) = (
-                if packed {
-                    "sum_cols_packed"
-                } else {
-                    "sum_cols"
-                },
-                p.launch,
-            );
-            if packed {
-                launch.grid.0 = axis.inner.div_ceil(32 * lanes) as u32;
-            }
+            let (name, launch) = cols_kernel("sum_cols", t, axis, xa, p.launch);
             gpu.launch(
                 &REDUCE,
                 &format!("{name}_{t}_{o}"),
@@ -416,10 +422,11 @@ fn best<T: FloatElem>(
                 )?;
             }
         } else {
+            let (name, launch) = cols_kernel("best_cols", t, axis, xa, p.launch);
             gpu.launch(
                 &REDUCE,
-                &format!("best_cols_{t}"),
-                p.launch,
+                &format!("{name}_{t}"),
+                launch,
                 &mut [
                     arg(&xa),
                     arg(&outer64),

@@ -145,6 +145,68 @@ fn index_ops_match_the_cpu() {
     }
 }
 
+/// `index_select` and `index_add` whose source is contiguous take the `_rows` kernels (a row
+/// per id, 16-byte packs when every row starts aligned): rows whose length is a multiple of
+/// every pack (48 elements), odd rows (13, 1), sources at an offset of one element (no packs),
+/// each dim, repeated ids, for every dtype; and the same ops on a transposed source (the strided
+/// walk) give the same result.
+#[test]
+fn contiguous_slices_match_the_cpu_with_and_without_packs() {
+    let Some(dev) = gpu_or_skip("contiguous_slices_match_the_cpu_with_and_without_packs") else {
+        return;
+    };
+    let seed = fresh_seed("contiguous_slices_match_the_cpu_with_and_without_packs");
+    for (t, dtype) in ALL.into_iter().enumerate() {
+        for (c, shape) in [[3, 5, 48], [4, 6, 13], [2, 9, 1]].into_iter().enumerate() {
+            for dim in 0..3 {
+                for off in [0, 1] {
+                    let s = seed.wrapping_add((1000 * t + 100 * c + 10 * dim + off) as u64);
+                    let mut src_shape = shape.to_vec();
+                    src_shape[dim] = 7;
+                    // Flat buffers one element longer, viewed from element `off` on the device
+                    // (an upload is compact, so the offset is made there).
+                    let flat = |shape: &[usize], s: u64| {
+                        values(&[shape.iter().product::<usize>() + off], dtype, s)
+                    };
+                    let (x, src) = (flat(&shape, s), flat(&src_shape, s + 2));
+                    let at = |t: &Tensor, shape: &[usize]| -> Result<Tensor> {
+                        let v = t.narrow(0, off, shape.iter().product())?.reshape(shape)?;
+                        assert!(v.is_contiguous() && v.layout().offset() == off);
+                        Ok(v)
+                    };
+                    // The same values through a transposed copy take the strided walk.
+                    let flipped = |t: &Tensor, shape: &[usize]| -> Result<Tensor> {
+                        let v = at(t, shape)?;
+                        v.transpose(0, 2)?.contiguous()?.transpose(0, 2)
+                    };
+                    let id = ids(&[7], shape[dim], s + 1);
+                    let what = format!("{dtype} {shape:?} dim {dim} offset {off}");
+                    exact(&format!("index_select {what}"), dev, &[&x, &id], |t| {
+                        at(&t[0], &shape)?.index_select(dim, &t[1])
+                    });
+                    exact(
+                        &format!("strided index_select {what}"),
+                        dev,
+                        &[&x, &id],
+                        |t| flipped(&t[0], &shape)?.index_select(dim, &t[1]),
+                    );
+                    let inputs = [&x, &id, &src];
+                    sums(&format!("index_add {what}"), dev, dtype, &inputs, |t| {
+                        at(&t[0], &shape)?.index_add(dim, &t[1], &at(&t[2], &src_shape)?)
+                    });
+                    sums(
+                        &format!("strided index_add {what}"),
+                        dev,
+                        dtype,
+                        &inputs,
+                        |t| at(&t[0], &shape)?.index_add(dim, &t[1], &flipped(&t[2], &src_shape)?),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A bad id is an error naming the op on both devices: at once on the CPU; on a GPU, which
 /// never downloads ids, at the next status check (`Device::check_status`), with no host sync
 /// before it.
