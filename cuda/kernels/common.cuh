@@ -327,6 +327,9 @@ template <int N, typename T> __device__ __forceinline__ void store_pack(T* p, i6
     *reinterpret_cast<VecPack<T, N>*>(p + i) = v;
 }
 
+// Whether a pointer is 16-byte aligned (kernels that decide their packs themselves).
+__device__ __forceinline__ bool aligned16(const void* p) { return ((u64)(size_t)p & 15u) == 0; }
+
 // A contiguous walk of n elements for a `Body` whose `template <int N> run(const i64 (&off)[3])`
 // handles N elements from each operand's offset: the first (n / V) * V elements in packs of V
 // (when `packs` is set: the host checked every pointer's alignment), the rest one at a time. No

@@ -1179,16 +1179,25 @@ mod activation {
     use super::*;
     use cuda::ops::activation::{bias_gelu, bias_gelu_backward, gelu, gelu_backward};
 
+    /// 1025 elements: 16-byte packs and a tail when aligned (offset 0), one by one when x and
+    /// dy are read from an offset of one element.
     fn plain<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        for off in [0, 1] {
+            plain_at::<T>(gpu, seed + off as u64, off);
+        }
+    }
+
+    fn plain_at<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64, off: usize) {
         let dt = T::DTYPE;
-        let x = randn(&[1025], 3.0, dt, seed);
-        let dy = randn(&[1025], 1.0, dt, seed + 1);
+        let at = |t: Tensor| t.narrow(0, off, 1025).unwrap();
+        let x = at(randn(&[1025 + off], 3.0, dt, seed));
+        let dy = at(randn(&[1025 + off], 1.0, dt, seed + 1));
         let (gx, gdy) = (up::<T>(gpu, &x), up::<T>(gpu, &dy));
         assert_close(
             &down(gpu, &gelu(gpu, gx.contig(), 1025).unwrap(), &[1025]),
             &x.gelu().unwrap(),
             tol(dt),
-            &format!("gelu {dt}"),
+            &format!("gelu {dt} offset {off}"),
         );
         let got = down(
             gpu,
@@ -1199,13 +1208,25 @@ mod activation {
             &got,
             &Tensor::gelu_backward(&x, &dy).unwrap(),
             tol(dt),
-            &format!("gelu_backward {dt}"),
+            &format!("gelu_backward {dt} offset {off}"),
         );
     }
 
+    /// Rows of an odd length (one by one), of BERT-base's 3072 and of 40 (16-byte packs, the
+    /// bias read in packs at each row's columns).
     fn fused<T: FloatElem + WithDType, W: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        for (i, (rows, h)) in [(19, 3072 + 7), (5, 3072), (3, 40)].into_iter().enumerate() {
+            fused_rows::<T, W>(gpu, seed + 3 * i as u64, rows, h);
+        }
+    }
+
+    fn fused_rows<T: FloatElem + WithDType, W: FloatElem + WithDType>(
+        gpu: &Gpu,
+        seed: u64,
+        rows: usize,
+        h: usize,
+    ) {
         let (dt, wt) = (T::DTYPE, W::DTYPE);
-        let (rows, h) = (19, 3072 + 7);
         let x = randn(&[rows, h], 2.0, dt, seed);
         let b = randn(&[h], 1.0, wt, seed + 1);
         let dy = randn(&[rows, h], 1.0, dt, seed + 2);
@@ -1213,7 +1234,7 @@ mod activation {
         // The reference computes x + b in f32 (the kernel does not round it to T).
         let f32_ = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let z = f32_(&x).add(&f32_(&b)).unwrap();
-        let what = format!("{dt}/{wt}");
+        let what = format!("{dt}/{wt} [{rows}, {h}]");
         let got = down(
             gpu,
             &bias_gelu::<T, W>(gpu, gx.contig(), gb.contig(), rows, h).unwrap(),
