@@ -25,6 +25,9 @@
 //
 // Layout: every buffer contiguous, n elements (the logical row-major order of the draw).
 //
+// Vector loads: dropout_fwd / dropout_add move each whole Philox block as packs of four elements
+// when every pointer is 16-byte aligned; dropout_apply moves 16-byte packs of x (contig_packs).
+//
 // Launch: 1-D grid-stride loops, 256 threads per block; the mask, dropout and uniform kernels
 // give each thread one Philox block (four elements), normal one block per two elements.
 
@@ -43,32 +46,68 @@ extern "C" __global__ void philox_mask(u8* out, i64 n, u64 seed, u64 offset, flo
     }
 }
 
-// `residual` may be null (plain dropout, R = T). The output has the residual's type R.
+// One element of dropout (plus an optional residual): returns y, sets k.
+template <typename T, typename R>
+__device__ __forceinline__ R dropout_one(T x, const R* residual, i64 i, u32 word, float p, float scale, u8* k) {
+    const bool kept = !(word_to_unit(word) < p);
+    *k = kept ? 1 : 0;
+    const T d = from_f32<T>(kept ? __fmul_rn(to_f32(x), scale) : 0.0f);
+    return residual ? from_f32<R>(__fadd_rn(to_f32(d), to_f32(residual[i]))) : from_f32<R>(to_f32(d));
+}
+
+// `residual` may be null (plain dropout, R = T). The output has the residual's type R. A thread's
+// Philox block covers four consecutive elements: when every pointer is 16-byte aligned, the
+// whole blocks move as packs of four (x, residual and y in one 8- or 16-byte access each, the
+// four keep bytes in one 4-byte store); the last n % 4 elements, and misaligned views, go one by
+// one. The values are the same either way.
 template <typename T, typename R>
 __device__ void dropout_fwd(const T* x, const R* residual, R* y, u8* keep, i64 n, u64 seed, u64 offset, float p,
                             float scale) {
     const i64 blocks = (n + 3) / 4;
+    const bool packs = aligned16(x) && aligned16(y) && aligned16(keep) && (!residual || aligned16(residual));
     for (i64 q = global_thread(); q < blocks; q += global_threads()) {
         const uint4 w = philox_block(seed, offset + (u64)q);
         const u32 words[4] = {w.x, w.y, w.z, w.w};
+        if (packs && 4 * q + 4 <= n) {
+            const VecPack<T, 4> xs = load_pack<4>(x, 4 * q);
+            VecPack<R, 4> ys;
+            VecPack<u8, 4> ks;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) ys.v[j] = dropout_one(xs.v[j], residual, 4 * q + j, words[j], p, scale, &ks.v[j]);
+            store_pack<4>(y, 4 * q, ys);
+            store_pack<4>(keep, 4 * q, ks);
+            continue;
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const i64 i = 4 * q + j;
-            if (i < n) {
-                const bool k = !(word_to_unit(words[j]) < p);
-                keep[i] = k ? 1 : 0;
-                const T d = from_f32<T>(k ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
-                y[i] = residual ? from_f32<R>(__fadd_rn(to_f32(d), to_f32(residual[i]))) : from_f32<R>(to_f32(d));
-            }
+            if (i < n) y[i] = dropout_one(x[i], residual, i, words[j], p, scale, &keep[i]);
         }
     }
 }
 
-// y has type O (x's type T, or the half type of dropout_add_<t>_<r>'s branch).
+// One pack of N elements at off[0] (contig_packs): y = keep ? x * scale : 0.
+template <typename T, typename O> struct ApplyBody {
+    const T* x;
+    const u8* keep;
+    O* y;
+    float scale;
+    template <int N> __device__ __forceinline__ void run(const i64 (&off)[3]) const {
+        const VecPack<T, N> xs = load_pack<N>(x, off[0]);
+        const VecPack<u8, N> ks = load_pack<N>(keep, off[0]);
+        VecPack<O, N> ys;
+#pragma unroll
+        for (int j = 0; j < N; ++j) ys.v[j] = from_f32<O>(ks.v[j] != 0 ? __fmul_rn(to_f32(xs.v[j]), scale) : 0.0f);
+        store_pack<N>(y, off[0], ys);
+    }
+};
+
+// y has type O (x's type T, or the half type of dropout_add_<t>_<r>'s branch). Packs of
+// 16 / sizeof(T) elements when every pointer is 16-byte aligned (common.cuh contig_packs).
 template <typename T, typename O>
 __device__ void dropout_apply(const T* x, const u8* keep, O* y, i64 n, float scale) {
-    for (i64 i = global_thread(); i < n; i += global_threads())
-        y[i] = from_f32<O>(keep[i] != 0 ? __fmul_rn(to_f32(x[i]), scale) : 0.0f);
+    const int packs = aligned16(x) && aligned16(keep) && aligned16(y);
+    contig_packs<16 / (int)sizeof(T)>(n, packs, ApplyBody<T, O>{x, keep, y, scale});
 }
 
 template <typename T>

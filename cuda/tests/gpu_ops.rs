@@ -1463,9 +1463,18 @@ mod dropout {
     use super::*;
     use cuda::ops::dropout::{bernoulli, dropout, dropout_apply, normal, uniform, Draw};
 
+    /// 1073 elements (whole Philox blocks in packs and a tail of one), aligned and read from an
+    /// offset of one element (one by one).
     fn check<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64) {
+        for off in [0, 1] {
+            check_at::<T>(gpu, seed + off as u64, off);
+        }
+    }
+
+    fn check_at<T: FloatElem + WithDType>(gpu: &Gpu, seed: u64, off: usize) {
         let dt = T::DTYPE;
-        let x = randn(&[37, 29], 1.0, dt, seed);
+        let at = |t: Tensor| t.narrow(0, off, 37).unwrap();
+        let x = at(randn(&[37 + off, 29], 1.0, dt, seed));
         let n = x.elem_count();
         let gx = up::<T>(gpu, &x);
         for p in [0.1, 0.5, 1.0] {
@@ -1482,20 +1491,20 @@ mod dropout {
             assert_same(
                 &down(gpu, &got_keep, x.shape()),
                 &keep,
-                &format!("keep mask p {p} {dt}"),
+                &format!("keep mask p {p} {dt} offset {off}"),
             );
             assert_same(
                 &down(gpu, &got, x.shape()),
                 &want,
-                &format!("dropout p {p} {dt}"),
+                &format!("dropout p {p} {dt} offset {off}"),
             );
-            let dy = randn(x.shape(), 1.0, dt, seed + 1);
+            let dy = at(randn(&[37 + off, 29], 1.0, dt, seed + 1));
             let (gdy, gk) = (up::<T>(gpu, &dy), up::<u8>(gpu, &keep));
             let got = dropout_apply(gpu, gdy.contig(), gk.contig(), n, p).unwrap();
             assert_same(
                 &down(gpu, &got, x.shape()),
                 &Tensor::dropout_backward(&dy, &keep, p).unwrap(),
-                &format!("dropout backward p {p} {dt}"),
+                &format!("dropout backward p {p} {dt} offset {off}"),
             );
         }
         let shape = [1001];
