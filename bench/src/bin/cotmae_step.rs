@@ -11,7 +11,8 @@
 //! It is written to a safetensors file (the six `CotMaeBatch` tensors, i64 [16, 128]) so both
 //! sides time the same batch.
 //!
-//! usage: cotmae_step batch FILE [--docs 8]            write the batch (2 rows per document)
+//! usage: cotmae_step batch FILE [--docs 8] [--seq 128] write the batch (2 rows per document
+//!                                                     of `--seq` tokens)
 //!        cotmae_step FILE [--tiny | --base-shaped] [--warmup N] [--iters N]
 //!                         [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert]
 //!                         [--counters]
@@ -25,8 +26,11 @@
 //! 384): the same kernels, GEMMs and syncs per step as bert-base, cheap enough for the simulator.
 //! `--counters` (a GPU) prints, instead of times, what each step after the first did on the
 //! device (`cuda::Counters`: device-to-host syncs, kernel launches, GEMMs, cuBLASLt heuristic
-//! queries, weight casts, bytes moved), one JSON line per step on stdout; those steps read no
-//! loss and end with no sync, as a trainer's non-logging step.
+//! queries, weight casts, bytes moved by copies), one JSON line per step on stdout; those steps
+//! read no loss and end with no sync, as a trainer's non-logging step. Each counted step is
+//! followed by one more under the profiler, whose ops' bytes (read and written, from their
+//! shapes: `op_bytes`, top-level ops only, so nothing is counted twice) are the step's modelled
+//! memory traffic; launches and syncs do not depend on the batch size, bytes do.
 //! On a GPU (`--device cuda`, a build with feature `cuda`) each timed step ends with a device
 //! sync. `--precision bf16` runs the forward under bf16 autocast (f32 master weights and
 //! optimizer state), on the GPU (cuBLAS) or on the CPU (the bf16 GEMM, AMX or AVX512-BF16);
@@ -78,20 +82,24 @@ fn vocab_path() -> Result<PathBuf> {
     Ok(root.join("tests/fixtures/tokenizer/vocab.txt"))
 }
 
-/// The collator's batch of `docs` synthetic documents (module docs).
-fn make_batch(docs_n: usize) -> Result<CotMaeBatch> {
+/// The collator's batch of `docs` synthetic documents of `seq`-token rows (module docs).
+fn make_batch(docs_n: usize, seq: usize) -> Result<CotMaeBatch> {
     let tok = Tokenizer::from_vocab_file(vocab_path()?, true).map_err(err)?;
     let mut rng = Rng::new(42);
     let docs: Vec<_> = generate_documents(docs_n, 30..=60, 42)
         .iter()
         .map(|d| {
             let sentences = d.sentences.iter().map(|s| tok.encode(s, false, None));
-            document_spans(sentences, SEQ, 100, 0.15, &mut rng)
+            document_spans(sentences, seq, 100, 0.15, &mut rng)
                 .map(|s| s.span_sets())
                 .ok_or_else(|| err(format!("synthetic document {} has < 2 spans", d.docid)))
         })
         .collect::<Result<_>>()?;
-    let mut collator = CotMaeCollator::new(&tok, CollatorConfig::default(), 42).map_err(err)?;
+    let config = CollatorConfig {
+        max_seq_length: seq,
+        ..CollatorConfig::default()
+    };
+    let mut collator = CotMaeCollator::new(&tok, config, 42).map_err(err)?;
     let ids: Vec<usize> = (0..docs_n).collect();
     collator.collate(&docs[..], &ids).map_err(err)
 }
@@ -108,16 +116,23 @@ fn tensors(b: &CotMaeBatch) -> [&Tensor; 6] {
 }
 
 fn write_batch(path: &str, rest: &[String]) -> Result<()> {
-    let docs = match rest {
-        [] => DOCS,
-        [flag, n] if flag == "--docs" => n
+    let (mut docs, mut seq) = (DOCS, SEQ);
+    for pair in rest.chunks(2) {
+        let [flag, n] = pair else {
+            return Err(err(format!("unknown arguments {rest:?}")));
+        };
+        let n = n
             .parse()
             .ok()
             .filter(|&n: &usize| n > 0)
-            .ok_or_else(|| err(format!("--docs needs a positive number, got {n:?}")))?,
-        other => return Err(err(format!("unknown arguments {other:?}"))),
-    };
-    let b = make_batch(docs)?;
+            .ok_or_else(|| err(format!("{flag} needs a positive number, got {n:?}")))?;
+        match flag.as_str() {
+            "--docs" => docs = n,
+            "--seq" => seq = n,
+            _ => return Err(err(format!("unknown argument {flag:?}"))),
+        }
+    }
+    let b = make_batch(docs, seq)?;
     let named: Vec<(&str, &Tensor)> = KEYS.into_iter().zip(tensors(&b)).collect();
     let tmp = format!("{path}.tmp");
     save(&tmp, &named, None)?;
@@ -417,12 +432,25 @@ fn print_counters(
         o.device.reset_counters()?;
         step(false)?;
         let c = o.device.counters()?.unwrap_or_default();
+        // The same step once more under the profiler (after the counters were read: reading
+        // its GPU records waits for the device).
+        let op_bytes = {
+            let _on = tensor::profiler::session(1 << 20);
+            step(false)?;
+            let (records, dropped) = tensor::profiler::records();
+            if dropped > 0 {
+                return Err(err(format!(
+                    "the profiler dropped {dropped} records of one step"
+                )));
+            }
+            top_level_op_bytes(&records)
+        };
         println!(
             "{{\"step\": {}, \"model\": \"{what}\", \"shape\": \"{shape}\", \"precision\": \"{:?}\", \
              \"syncs\": {}, \"launches\": {}, \"gemms\": {}, \"heuristic_queries\": {}, \
              \"weight_casts\": {}, \"casts\": {}, \"bytes_to_device\": {}, \
-             \"bytes_to_host\": {}, \"bytes_on_device\": {}}}",
-            i + 2,
+             \"bytes_to_host\": {}, \"bytes_on_device\": {}, \"op_bytes\": {op_bytes}}}",
+            2 * i + 2,
             o.precision,
             c.syncs,
             c.launches,
@@ -436,6 +464,25 @@ fn print_counters(
         );
     }
     o.device.check_status()
+}
+
+/// The bytes the profiled ops read and wrote (`Record::bytes`, from their shapes), counting only
+/// ops not nested inside another op on the same thread (an op made of ops counts once).
+#[cfg(feature = "cuda")]
+fn top_level_op_bytes(records: &[tensor::profiler::Record]) -> u64 {
+    use tensor::profiler::Kind;
+    let mut ops: Vec<_> = records.iter().filter(|r| r.kind == Kind::Op).collect();
+    // Per thread by start, an enclosing op (longer) before the ops it contains.
+    ops.sort_by_key(|r| (r.thread, r.start_ns, std::cmp::Reverse(r.dur_ns)));
+    let mut open: Option<(u32, u64)> = None; // the top-level op's thread and end
+    let mut bytes = 0;
+    for r in ops {
+        if open.is_none_or(|(t, end)| t != r.thread || r.start_ns >= end) {
+            bytes += r.bytes;
+            open = Some((r.thread, r.start_ns + r.dur_ns));
+        }
+    }
+    bytes
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -453,7 +500,7 @@ fn main() -> Result<()> {
         [cmd, path, rest @ ..] if cmd == "batch" => write_batch(path, rest),
         [path, rest @ ..] if !path.starts_with('-') => time_step(path, &parse(rest)?),
         _ => Err(err(
-            "usage: cotmae_step batch FILE [--docs N] | cotmae_step FILE [--tiny] [--warmup N] \
+            "usage: cotmae_step batch FILE [--docs N] [--seq N] | cotmae_step FILE [--tiny] [--warmup N] \
              [--iters N] [--device cpu|cuda[:N]] [--precision fp32|bf16|fp16] [--bert] \
              [--base-shaped] [--counters]",
         )),
