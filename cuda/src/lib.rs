@@ -16,6 +16,7 @@
 
 pub mod blas;
 mod buffer;
+mod comm_stream;
 mod counters;
 mod error;
 mod gpu;
