@@ -238,6 +238,34 @@ mod tests {
             .collect()
     }
 
+    /// The run's line: per-step means, and why nothing overlapped (CPU ranks with the profiler
+    /// on) when nothing did.
+    #[test]
+    fn the_line_gives_per_step_means_and_says_why_nothing_overlapped() {
+        let step = |during_backward: bool, not_overlapped| OverlapStats {
+            buckets: vec![BucketRecord {
+                tensors: 2,
+                bytes: 800,
+                secs: 0.5,
+                during_backward,
+            }],
+            not_overlapped,
+        };
+        let mut t = CommTotals::default();
+        t.add(&step(false, Some(NotOverlapped::Profiler)));
+        t.add(&step(false, Some(NotOverlapped::Profiler)));
+        assert_eq!(
+            t.line(4, 10.0),
+            "data parallel: 4 ranks; per step 800 bytes of gradients all-reduced, 500.0 ms in the \
+             all-reduce (waiting for the other ranks included; 10.0% of the step time), not \
+             overlapped with the backward pass (the profiler is on)"
+        );
+        t.add(&step(true, None));
+        assert!(t
+            .line(4, 10.0)
+            .ends_with(", 33.3% of it launched while the backward pass was still running"));
+    }
+
     /// Three backward passes a step on 2 ranks: overlapped and after-backward give the same
     /// bits, the line names each; one rank returns the plain sums.
     #[test]
