@@ -10,7 +10,7 @@ use std::process::Command;
 
 mod common;
 use common::retriever::{args, setup, train};
-use common::BIN;
+use common::{free_port, BIN};
 use cotmae::cli::run_args;
 use retrieval::train::{LogEntry, LOG_FILE};
 
@@ -55,12 +55,7 @@ fn grad_cache_trains_as_the_whole_batch_does() {
 
     // Two ranks of 2 queries each, every query scoring both ranks' passages: the global batch of
     // 4, as the plain run.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let model = dir.join("model").display().to_string();
     let mut two = args(
         dir,
