@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn flags(batch: usize, extra: &[&str]) -> Vec<String> {
     flags_for(6, batch, extra)
 }

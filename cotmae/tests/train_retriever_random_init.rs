@@ -10,7 +10,7 @@ use std::process::Command;
 
 mod common;
 use common::retriever::{args, setup};
-use common::BIN;
+use common::{free_port, BIN};
 use cotmae::cli::run_args;
 use retrieval::train::{LogEntry, LOG_FILE, RANDOM_INIT_DIR};
 
@@ -62,12 +62,7 @@ fn config_name_trains_from_a_random_init_in_one_process_and_in_two() {
     );
     assert_eq!(weights(dir, "one"), init);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let two = args(
         dir,
         "two",

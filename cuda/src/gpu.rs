@@ -12,7 +12,9 @@
 //!   memory stays reserved for the next allocation instead of going back to the driver at every
 //!   synchronisation: after the first training step no op calls into the driver's allocator.
 //! - One stream: every kernel, copy and GEMM of a `Gpu` runs on its one non-blocking stream, in
-//!   issue order, so no event tracking between streams is needed (it is switched off).
+//!   issue order, so no event tracking between streams is needed (it is switched off). The one
+//!   exception, an NCCL rank's communication stream, is ordered with it by explicit events
+//!   (`comm_stream.rs`).
 //! - Kernels: [`Gpu::function`] compiles a kernel file for the device's compute capability on
 //!   first use (`nvrtc.rs`), loads the module once and caches each function.
 //! - Timing: [`Gpu::timer`] records CUDA events on the stream.

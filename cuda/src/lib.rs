@@ -6,7 +6,8 @@
 //! the one compute stream, the stream-ordered memory pool, kernel loading, the status word,
 //! timers), [`DeviceBuffer`] (`buffer.rs`), [`Strided`] / [`Contig`] / [`Walk`] (`strided.rs`:
 //! how ops see layouts), [`nvrtc`] (compiling `kernels/*.cu` for the device), [`blas`] (GEMMs
-//! through cuBLAS / cuBLASLt), [`nccl`] (collectives across GPUs, in one process or several), then `ops/`:
+//! through cuBLAS / cuBLASLt), [`nccl`] (collectives across GPUs, in one process or several; its
+//! communication stream in `comm_stream.rs`), then `ops/`:
 //! one Rust file per kernel file, each a typed wrapper that checks its arguments and launches the
 //! kernels of `kernels/<family>.cu`.
 //!
@@ -16,6 +17,7 @@
 
 pub mod blas;
 mod buffer;
+mod comm_stream;
 mod counters;
 mod error;
 mod gpu;

@@ -16,6 +16,9 @@
 //!
 //! Ordering: the collective is issued on the GPU's one compute stream ([`Gpu::stream`]), after the
 //! kernels issued before it and before the ones issued after it; nothing waits for the device.
+//! [`NcclComm::all_reduce_async`] instead runs the sum on the rank's communication stream
+//! (`comm_stream.rs`), beside the compute stream's later kernels, until [`NcclComm::wait`] orders
+//! the compute stream after it.
 //!
 //! Finding NCCL: loaded at run time as `libnccl.so.2` (the name NCCL packages and the
 //! `nvidia-nccl-cu13` wheel ship), else `libnccl.so` (`nccl_lib.rs`); without either every entry
@@ -29,6 +32,8 @@
 //! ranks and cancels a collective still running): wait for the GPU's stream first when one may be.
 
 use crate::buffer::DeviceBuffer;
+pub use crate::comm_stream::CommDone;
+use crate::comm_stream::CommStream;
 use crate::gpu::{guard, Gpu};
 use crate::nccl_lib::{nccl_lib, NcclLib};
 use crate::ops::elementwise::{map1, BinaryOp, Map1};
@@ -206,6 +211,8 @@ pub struct NcclComm {
     gpu: Arc<Gpu>,
     rank: usize,
     world_size: usize,
+    /// Where [`NcclComm::all_reduce_async`] runs.
+    comm_stream: CommStream,
 }
 
 /// A real NCCL communicator, or a rank of a simulated clique (on simulated devices).
@@ -247,6 +254,7 @@ impl NcclComm {
                 .enumerate()
                 .map(|(rank, (comm, gpu))| NcclComm {
                     comm: Comm::Sim(comm),
+                    comm_stream: CommStream::new(&gpu),
                     gpu,
                     rank,
                     world_size,
@@ -272,6 +280,7 @@ impl NcclComm {
             .enumerate()
             .map(|(rank, (comm, gpu))| NcclComm {
                 comm: Comm::Nccl(comm),
+                comm_stream: CommStream::new(&gpu),
                 gpu,
                 rank,
                 world_size,
@@ -322,6 +331,7 @@ impl NcclComm {
         };
         Ok(NcclComm {
             comm,
+            comm_stream: CommStream::new(&gpu),
             gpu,
             rank,
             world_size,
@@ -419,17 +429,7 @@ impl NcclComm {
         let (send, recv) = (addr as *const c_void, addr as *mut c_void);
         self.issue(
             CALL,
-            |lib, comm, stream| unsafe {
-                (lib.all_reduce)(
-                    send,
-                    recv,
-                    len,
-                    T::NCCL,
-                    sys::ncclRedOp_t::ncclSum,
-                    comm,
-                    stream,
-                )
-            },
+            |lib, comm, stream| unsafe { sum_in_place::<T>(lib, addr, len, comm, stream) },
             |sim| unsafe { sim.all_reduce(send, recv, len, T::SIM, SimRedOp::Sum) },
         )?;
         if op == Reduce::Mean && self.world_size > 1 {
@@ -444,6 +444,58 @@ impl NcclComm {
             self.gpu.copy(&mean, 0, buf, offset, len)?;
         }
         Ok(())
+    }
+
+    /// Sums elements `offset..offset + len` of `buf` (on this rank's GPU) across every rank, in
+    /// place, on this rank's communication stream after the compute stream's work so far, and
+    /// returns the point after the sum: the compute stream's later kernels run beside it. Before
+    /// anything reads or frees `buf`, [`NcclComm::wait`] for the returned point. Every rank must
+    /// call this, in the same order relative to its other collectives, with the same `len` and
+    /// element type.
+    pub fn all_reduce_async<T: NcclElem>(
+        &self,
+        buf: &mut DeviceBuffer<T>,
+        offset: usize,
+        len: usize,
+    ) -> Result<CommDone> {
+        const CALL: &str = "ncclAllReduce";
+        self.gpu.same_device(CALL, buf)?;
+        let addr = buf.address_at(CALL, offset, len)?;
+        let sim = (addr as usize, addr as usize, len, T::SIM);
+        let real = |stream: &cudarc::driver::CudaStream| -> Result<()> {
+            let Comm::Nccl(comm) = self.comm else {
+                return Err(Error::arg(CALL, "a simulated communicator on a real GPU"));
+            };
+            let lib = nccl_lib()?;
+            let stream = stream.cu_stream() as sys::cudaStream_t;
+            // SAFETY: the range was checked to lie inside `buf` on this rank's GPU; the
+            // communication stream waits for the compute stream's work on `buf`, and the caller
+            // waits for the sum before reading or freeing it.
+            self.call(CALL, comm, || unsafe {
+                sum_in_place::<T>(lib, addr, len, comm, stream)
+            })
+        };
+        if matches!(self.comm, Comm::Nccl(_)) {
+            self.gpu.bind()?;
+        }
+        self.comm_stream.issue(&self.gpu, CALL, real, sim)
+    }
+
+    /// Makes the compute stream wait for `done` (from [`NcclComm::all_reduce_async`]): what it
+    /// runs afterwards sees the sum. The host does not wait. On a simulated device the queued
+    /// sums up to `done` run now (`comm_stream.rs`).
+    pub fn wait(&self, done: &CommDone) -> Result<()> {
+        let sim = match &self.comm {
+            Comm::Sim(c) => Some(c),
+            Comm::Nccl(_) => None,
+        };
+        self.comm_stream.wait(&self.gpu, done, sim, &self.who())
+    }
+
+    /// Sums issued by [`NcclComm::all_reduce_async`] that have not run yet (simulated devices
+    /// only; 0 on a GPU, where the device runs them on its own).
+    pub fn queued_on_comm_stream(&self) -> usize {
+        self.comm_stream.queued()
     }
 
     /// Gathers every rank's `count` elements into all ranks, in place: rank r's input is elements
@@ -535,6 +587,34 @@ impl NcclComm {
                 Some(comm),
             )),
         }
+    }
+}
+
+/// `ncclAllReduce` (sum) of the `len` elements of `T` at device address `addr`, in place, on
+/// `stream`.
+///
+/// # Safety
+/// `addr` must address `len` elements of `T` on the communicator's GPU that nothing else uses
+/// until the sum is complete on `stream`.
+unsafe fn sum_in_place<T: NcclElem>(
+    lib: &NcclLib,
+    addr: u64,
+    len: usize,
+    comm: sys::ncclComm_t,
+    stream: sys::cudaStream_t,
+) -> sys::ncclResult_t {
+    let ptr = addr as *mut c_void;
+    // SAFETY: the caller's promise; send and receive may be the same buffer.
+    unsafe {
+        (lib.all_reduce)(
+            ptr,
+            ptr,
+            len,
+            T::NCCL,
+            sys::ncclRedOp_t::ncclSum,
+            comm,
+            stream,
+        )
     }
 }
 

@@ -166,3 +166,51 @@ fn all_gather_and_broadcast_fill_every_rank() {
         gather_and_broadcast_on(&[1, 0]);
     }
 }
+
+/// Sums on the communication stream (`all_reduce_async`): two of them issued back to back on
+/// every rank, the compute stream waiting for the second only, which orders it after both. Every
+/// rank then holds the sum of both. On the simulator the queued sums run when the compute stream
+/// waits for them, so a reader that skipped the wait would see the buffer before the sum, every
+/// time: checked here, so that a missing wait in the trainers is a wrong result, not a race.
+#[test]
+fn sums_on_the_communication_stream_are_seen_after_the_compute_stream_waits() {
+    let Some(_) = gpus_or_skip(
+        "sums_on_the_communication_stream_are_seen_after_the_compute_stream_waits",
+        2,
+    ) else {
+        return;
+    };
+    let simulated = cuda::gpu(0).unwrap().is_simulated();
+    let results = on_ranks(
+        &[0, 1],
+        |x| x,
+        |comm, buf| {
+            let gpu = comm.gpu().clone();
+            let first = comm.all_reduce_async(buf, 0, OFFSET).unwrap();
+            let second = comm.all_reduce_async(buf, OFFSET, COUNT).unwrap();
+            if simulated {
+                assert_eq!(comm.queued_on_comm_stream(), 2);
+                let before = gpu.download(buf).unwrap();
+                assert_eq!(before, values(comm.rank()), "the sums ran before the wait");
+            }
+            comm.wait(&second).unwrap();
+            assert_eq!(comm.queued_on_comm_stream(), 0);
+            // Waiting again for an earlier point is allowed and changes nothing.
+            comm.wait(&first).unwrap();
+        },
+    );
+    let want: Vec<f32> = values(0)
+        .iter()
+        .zip(values(1))
+        .map(|(a, b)| a + b)
+        .collect();
+    for (rank, got) in results.iter().enumerate() {
+        let end = OFFSET + COUNT;
+        assert_eq!(got[..end], want[..end], "rank {rank}");
+        assert_eq!(
+            got[end..],
+            values(rank)[end..],
+            "rank {rank}: outside the sums"
+        );
+    }
+}

@@ -175,13 +175,24 @@ pub(crate) fn bucket_mean<C: Communicator + ?Sized>(
     comm: &C,
     bucket: &[&Tensor],
 ) -> Result<Vec<Tensor>> {
-    let world = comm.world_size();
-    let mean = comm.all_reduce_sum_flat(bucket)?.div_scalar(world as f64)?;
+    let sum = comm.all_reduce_sum_flat(bucket)?;
+    let shapes: Vec<&[usize]> = bucket.iter().map(|t| t.shape()).collect();
+    views_of_mean(comm, sum, &shapes)
+}
+
+/// The reduced buffer `sum` (a bucket of tensors of `shapes`, flattened) divided by the world size
+/// (`div_scalar`: f16/bf16 through f32, rounded once), as one view per tensor.
+pub(crate) fn views_of_mean<C: Communicator + ?Sized>(
+    comm: &C,
+    sum: Tensor,
+    shapes: &[&[usize]],
+) -> Result<Vec<Tensor>> {
+    let mean = sum.div_scalar(comm.world_size() as f64)?;
     let mut offset = 0;
-    let mut out = Vec::with_capacity(bucket.len());
-    for t in bucket {
-        let n = t.elem_count();
-        out.push(mean.narrow(0, offset, n)?.reshape(t.shape())?);
+    let mut out = Vec::with_capacity(shapes.len());
+    for shape in shapes {
+        let n: usize = shape.iter().product();
+        out.push(mean.narrow(0, offset, n)?.reshape(shape)?);
         offset += n;
     }
     Ok(out)

@@ -14,9 +14,11 @@
 //! choice (autocast dtype and loss scaler); [`module::to_device`] moves a model to a device.
 //!
 //! Data parallelism: [`comm`] (the [`Communicator`] trait: one process, CPU threads, or NCCL
-//! across GPUs with the `cuda` feature) and [`data_parallel`] (averaging gradients across
-//! replicas, in buckets, and the recipe for a data-parallel training step); [`all_gather()`] is the
-//! differentiable all-gather of rows across replicas (cross-device negatives).
+//! across GPUs with the `cuda` feature), [`data_parallel`] (averaging gradients across replicas,
+//! in buckets, and the recipe for a data-parallel training step), [`overlap`] (that average
+//! overlapped with the backward pass) and [`step_grads`] (a step's gradient sums and their
+//! average, as the trainers take them); [`all_gather()`] is the differentiable all-gather of rows
+//! across replicas (cross-device negatives).
 
 pub mod all_gather;
 pub mod clip;
@@ -32,6 +34,7 @@ mod param;
 pub mod precision;
 pub mod rows;
 pub mod schedule;
+pub mod step_grads;
 
 pub use all_gather::all_gather;
 pub use clip::{clip_grad_norm, clip_grad_norm_deferred, total_norm};
@@ -44,8 +47,9 @@ pub use layers::{
 pub use loss_scale::{LossScaler, LossScalerConfig, StepDecision};
 pub use module::{join, to_device, Ctx, Module};
 pub use optim::{step_params, AdamW, AdamWConfig, AdamWVariant, ParamUpdate};
-pub use overlap::{backward_and_all_reduce, OverlapStats};
+pub use overlap::{backward_and_all_reduce, NotOverlapped, OverlapStats};
 pub use param::Param;
 pub use precision::{unscale_and_clip, Precision};
 pub use rows::BatchRows;
 pub use schedule::{warmup_steps, LrSchedule, ScheduleKind};
+pub use step_grads::{CommTotals, StepGrads};

@@ -2,21 +2,28 @@
 //!
 //! [`backward_and_all_reduce`] runs one backward pass and averages the resulting gradients over
 //! the ranks, launching each bucket's collective as soon as every gradient in it is final, while
-//! the rest of the backward pass goes on:
+//! the rest of the backward pass goes on (the trainers reach it through
+//! [`StepGrads`](crate::StepGrads), which sums a step's earlier backward passes):
 //!
 //! 1. agree: every rank's parameter dtypes and shapes are exchanged up front (as in
 //!    [`all_reduce_grads`](crate::all_reduce_grads));
 //! 2. plan: the buckets are formed from the parameters in *reverse* order (the last layers'
 //!    gradients are final first), at most [`BUCKET_CAP_BYTES`] each, grouped by dtype; the plan
 //!    depends on the parameter list only, so it is the same on every rank;
-//! 3. backward runs on a helper thread; autograd's hook ([`Var::backward_with_hook`]) hands each
-//!    parameter's final gradient over a channel to the calling thread, which owns the
-//!    communicator and launches bucket 0, 1, 2, ... in plan order, each once it is complete (a
-//!    bucket never overtakes an earlier one, so every rank issues the same collectives in the same
-//!    sequence whatever the timing);
+//! 3. autograd's hook ([`Var::backward_with_hook`]) hands each parameter's final gradient to the
+//!    thread that owns the communicator, which launches bucket 0, 1, 2, ... in plan order, each
+//!    once it is complete (a bucket never overtakes an earlier one, so every rank issues the same
+//!    collectives in the same sequence whatever the timing). How the two run side by side
+//!    ([`Walk`]):
+//!    - CPU ranks: backward runs on a helper thread and sends each gradient over a channel to the
+//!      calling thread, which runs the collectives (they take the host's time);
+//!    - GPU ranks: backward runs on the calling thread, whose hook launches a complete bucket at
+//!      once: the walk only queues kernels, and the bucket's sum runs on the GPU's communication
+//!      stream beside the backward kernels queued after it (`cuda/src/comm_stream.rs`);
 //! 4. when backward has ended, the parameters it gave no gradient take the earlier micro-batches'
-//!    sum or zeros, the remaining buckets are launched, and one host exchange drops the gradients
-//!    that no rank has (as `all_reduce_grads` does).
+//!    sum or zeros, the remaining buckets are launched, one host exchange drops the gradients
+//!    that no rank has (as `all_reduce_grads` does), and each bucket's sum is finished (on a GPU
+//!    the compute stream waits for it) and divided by the world size.
 //!
 //! Each element is the same sum over ranks in the same order as in `all_reduce_grads`, so the
 //! result is bit-identical to backward followed by `all_reduce_grads`; only the time differs.
@@ -25,12 +32,13 @@
 //! `no_sync` on the others); `summed` brings the earlier micro-batches' gradient sums, which each
 //! final gradient is added to (`sum + g`, as the trainers add them) before its bucket launches.
 //!
-//! Where the backward pass runs on a GPU or the profiler records (both keep per-thread state),
-//! backward runs on the calling thread first and the buckets follow it (the same collectives, no
-//! overlap). NCCL on a communication stream is not done.
+//! CPU ranks with the profiler on (it records per thread: phase and step) keep backward on the
+//! calling thread and launch the buckets after it (the same collectives, no overlap;
+//! [`OverlapStats::not_overlapped`] says so). GPU ranks overlap with the profiler on too: their
+//! backward stays on the calling thread.
 
-use crate::comm::Communicator;
-use crate::data_parallel::{agree_on_shapes, bucket_mean, plan_buckets, BUCKET_CAP_BYTES};
+use crate::comm::{Communicator, PendingSum};
+use crate::data_parallel::{agree_on_shapes, plan_buckets, views_of_mean, BUCKET_CAP_BYTES};
 use crate::Param;
 use autograd::{Gradients, Var};
 use std::collections::HashMap;
@@ -47,7 +55,8 @@ pub struct BucketRecord {
     /// Its gradients.
     pub tensors: usize,
     pub bytes: u64,
-    /// Seconds in the collective (reduce and divide).
+    /// Seconds the host spent on the collective: launching it (on CPU ranks: computing it;
+    /// waiting for the other ranks included), then finishing it (divide).
     pub secs: f64,
     /// Whether the backward pass was still running when it was launched.
     pub during_backward: bool,
@@ -57,6 +66,28 @@ pub struct BucketRecord {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OverlapStats {
     pub buckets: Vec<BucketRecord>,
+    /// Why the backward pass did not overlap the all-reduce, when it did not (with more than one
+    /// rank): [`NotOverlapped`].
+    pub not_overlapped: Option<NotOverlapped>,
+}
+
+/// Why a data-parallel backward pass ran before its all-reduce instead of beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotOverlapped {
+    /// CPU ranks with the profiler on: it records per thread (phase, step), so backward stays
+    /// on the thread it profiles.
+    Profiler,
+    /// The caller asked for the all-reduce after backward ([`StepGrads::new`](crate::StepGrads)).
+    Off,
+}
+
+impl std::fmt::Display for NotOverlapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotOverlapped::Profiler => "the profiler is on",
+            NotOverlapped::Off => "turned off",
+        })
+    }
 }
 
 impl OverlapStats {
@@ -79,31 +110,51 @@ impl OverlapStats {
     }
 }
 
-/// Backward of `loss` (seed 1; `None`: this rank has nothing to compute in the micro-batch),
-/// plus the running sums `summed` (one per entry of `params`, from earlier micro-batches), then
-/// the mean over the ranks of `comm`, overlapped (see the module docs). The result holds a
-/// gradient for each parameter that has one on some rank. Every rank calls it with the same
-/// parameter list.
+/// Backward of `last` (a root and its seed gradient; `None`: this rank has nothing to compute in
+/// the micro-batch), plus the running sums `summed` (one per entry of `params`, from earlier
+/// backward passes), then the mean over the ranks of `comm`, overlapped (see the module docs).
+/// The result holds a gradient for each parameter that has one on some rank. Every rank calls it
+/// with the same parameter list.
 pub fn backward_and_all_reduce<C: Communicator + ?Sized>(
     comm: &C,
     params: &[(String, Param)],
-    loss: Option<&Var>,
+    last: Option<(&Var, Tensor)>,
     summed: &[Option<Tensor>],
 ) -> Result<(Gradients, OverlapStats)> {
-    let overlap = !tensor::profiler::enabled()
-        && params
-            .iter()
-            .all(|(_, p)| p.tensor().device() == Device::Cpu);
-    run(comm, params, loss, summed, BUCKET_CAP_BYTES, overlap)
+    let on_cpu = params
+        .iter()
+        .all(|(_, p)| p.tensor().device() == Device::Cpu);
+    let (walk, not_overlapped) = match (on_cpu, tensor::profiler::enabled()) {
+        (false, _) => (Walk::Inline, None),
+        (true, false) => (Walk::Helper, None),
+        (true, true) => (Walk::Sequential, Some(NotOverlapped::Profiler)),
+    };
+    let (grads, mut stats) = run(comm, params, last, summed, BUCKET_CAP_BYTES, walk)?;
+    if comm.world_size() > 1 {
+        stats.not_overlapped = not_overlapped;
+    }
+    Ok((grads, stats))
+}
+
+/// How backward and the buckets' collectives run side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walk {
+    /// Backward on a helper thread, the collectives on the calling thread (CPU ranks).
+    Helper,
+    /// Backward on the calling thread, each bucket launched from the hook as it completes (GPU
+    /// ranks: its sum runs on the communication stream).
+    Inline,
+    /// Backward, then the buckets.
+    Sequential,
 }
 
 fn run<C: Communicator + ?Sized>(
     comm: &C,
     params: &[(String, Param)],
-    loss: Option<&Var>,
+    last: Option<(&Var, Tensor)>,
     summed: &[Option<Tensor>],
     cap_bytes: usize,
-    overlap: bool,
+    walk: Walk,
 ) -> Result<(Gradients, OverlapStats)> {
     if summed.len() != params.len() {
         bail!(
@@ -114,14 +165,20 @@ fn run<C: Communicator + ?Sized>(
         );
     }
     let mut r = Reducer::new(comm, params, summed, cap_bytes)?;
-    let Some(loss) = loss else {
+    let Some((loss, seed)) = last else {
         return r.finish();
     };
-    let seed = Tensor::ones(loss.shape(), loss.value().dtype(), loss.value().device())?;
     r.skip_unreached(&loss.grad_leaf_ids())?;
-    if !overlap || r.world == 1 {
+    if walk != Walk::Helper || r.world == 1 {
         let _phase = tensor::profiler::phase(tensor::profiler::Phase::Backward);
-        loss.backward_with_hook(seed, &mut |v, g| r.offer(v, g))?;
+        let inline = walk == Walk::Inline && r.world > 1;
+        loss.backward_with_hook(seed, &mut |v, g| {
+            r.offer(v, g)?;
+            match inline {
+                true => r.launch_complete(&|| true),
+                false => Ok(()),
+            }
+        })?;
         return r.finish();
     }
     let running = AtomicBool::new(true);
@@ -137,12 +194,13 @@ fn run<C: Communicator + ?Sized>(
             running.store(false, Ordering::SeqCst);
             out
         });
-        let mut failed = r.launch_complete(&running);
+        let during = || running.load(Ordering::SeqCst);
+        let mut failed = r.launch_complete(&during);
         for (v, g) in rx {
             if failed.is_err() {
                 break;
             }
-            failed = r.offer(&v, &g).and_then(|()| r.launch_complete(&running));
+            failed = r.offer(&v, &g).and_then(|()| r.launch_complete(&during));
         }
         let walked = walker
             .join()
@@ -165,6 +223,8 @@ struct Reducer<'a, C: ?Sized> {
     next: usize,
     /// Per unique parameter: its final local gradient, then its mean.
     ready: Vec<Option<Tensor>>,
+    /// Per launched bucket: its sum, started, to finish.
+    pending: Vec<PendingSum>,
     /// Per unique parameter: whether this rank has a gradient for it.
     present: Vec<bool>,
     stats: OverlapStats,
@@ -220,6 +280,7 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
             buckets,
             next: 0,
             ready: vec![None; n],
+            pending: Vec::new(),
             present: vec![false; n],
             stats: OverlapStats::default(),
         })
@@ -268,19 +329,22 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
         Ok(())
     }
 
-    /// Launches the next buckets in plan order while each is complete.
-    fn launch_complete(&mut self, running: &AtomicBool) -> Result<()> {
+    /// Launches the next buckets in plan order while each is complete; `during()`: whether
+    /// backward is still running.
+    fn launch_complete(&mut self, during: &dyn Fn() -> bool) -> Result<()> {
         while self.next < self.buckets.len()
             && self.buckets[self.next]
                 .iter()
                 .all(|&u| self.ready[u].is_some())
         {
-            self.launch(running.load(Ordering::SeqCst))?;
+            self.launch(during())?;
         }
         Ok(())
     }
 
+    /// Starts the next bucket's sum over the ranks.
     fn launch(&mut self, during_backward: bool) -> Result<()> {
+        let _phase = tensor::profiler::phase(tensor::profiler::Phase::Communication);
         let bucket = &self.buckets[self.next];
         let started = Instant::now();
         let refs: Vec<&Tensor> = bucket
@@ -291,10 +355,8 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
             .iter()
             .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
             .sum();
-        let means = bucket_mean(self.comm, &refs)?;
-        for (&u, m) in bucket.iter().zip(means) {
-            self.ready[u] = Some(m);
-        }
+        self.pending
+            .push(self.comm.start_all_reduce_sum_flat(&refs)?);
         self.stats.buckets.push(BucketRecord {
             tensors: bucket.len(),
             bytes,
@@ -302,6 +364,25 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
             during_backward,
         });
         self.next += 1;
+        Ok(())
+    }
+
+    /// Finishes every launched bucket's sum, in launch order, and divides it by the world size.
+    fn finish_sums(&mut self) -> Result<()> {
+        for (k, pending) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            let started = Instant::now();
+            let sum = self.comm.finish_sum(pending)?;
+            let bucket = &self.buckets[k];
+            let shapes: Vec<&[usize]> = bucket
+                .iter()
+                .map(|&u| self.unique[u].0.value().shape())
+                .collect();
+            let means = views_of_mean(self.comm, sum, &shapes)?;
+            for (&u, m) in bucket.iter().zip(means) {
+                self.ready[u] = Some(m);
+            }
+            self.stats.buckets[k].secs += started.elapsed().as_secs_f64();
+        }
         Ok(())
     }
 
@@ -333,6 +414,7 @@ impl<'a, C: Communicator + ?Sized> Reducer<'a, C> {
             for (u, a) in anywhere.iter_mut().enumerate() {
                 *a = all.iter().any(|w| w.get(1 + u) == Some(&1));
             }
+            self.finish_sums()?;
         }
         let mut grads = Gradients::default();
         for (u, g) in self.ready.into_iter().enumerate() {
@@ -384,6 +466,11 @@ mod tests {
         }
     }
 
+    /// The seed gradient of a scalar loss.
+    fn one(loss: &Var) -> Tensor {
+        Tensor::ones(loss.shape(), loss.value().dtype(), loss.value().device()).unwrap()
+    }
+
     fn bits(g: &Gradients, params: &[(String, Param)]) -> Vec<Option<Vec<u64>>> {
         params
             .iter()
@@ -400,8 +487,9 @@ mod tests {
     }
 
     /// Two micro-batches (the first summed, the second through the overlapped reducer), on 3
-    /// ranks: the same bits as backward, sums, then `all_reduce_grads`; the last layer's bucket
-    /// is launched while backward still runs (15 layers' backward are left after it).
+    /// ranks: the same bits as backward, sums, then `all_reduce_grads`, whether backward runs on
+    /// a helper thread, launches the buckets from its hook or runs before them; the last layer's
+    /// bucket is launched while backward still runs (15 layers' backward are left after it).
     #[test]
     fn overlapped_equals_sequential_bit_for_bit_and_launches_during_backward() {
         let (width, depth, world) = (128, 16, 3);
@@ -425,20 +513,29 @@ mod tests {
             all_reduce_grads(&comm, &net.params, &mut want).unwrap();
             // One layer per bucket.
             let cap = width * width * 4;
-            let (got, stats) = run(&comm, &net.params, Some(&second), &summed, cap, true).unwrap();
+            let last = || Some((&second, one(&second)));
+            let (got, stats) = run(&comm, &net.params, last(), &summed, cap, Walk::Helper).unwrap();
+            let (inline, inline_stats) =
+                run(&comm, &net.params, last(), &summed, cap, Walk::Inline).unwrap();
             let (seq, seq_stats) =
-                run(&comm, &net.params, Some(&second), &summed, cap, false).unwrap();
+                run(&comm, &net.params, last(), &summed, cap, Walk::Sequential).unwrap();
             (
                 bits(&want, &net.params),
                 bits(&got, &net.params),
                 bits(&seq, &net.params),
+                bits(&inline, &net.params),
                 stats,
                 seq_stats,
+                inline_stats,
             )
         });
-        for (want, got, seq, stats, seq_stats) in &results {
+        for (want, got, seq, inline, stats, seq_stats, inline_stats) in &results {
             assert_eq!(got, want);
             assert_eq!(seq, want);
+            assert_eq!(inline, want);
+            // Inline: every bucket is launched from the hook, inside the backward walk.
+            assert_eq!(inline_stats.buckets.len(), depth + 1);
+            assert!(inline_stats.buckets.iter().all(|b| b.during_backward));
             assert_eq!(want, &results[0].0, "ranks differ");
             assert!(
                 want[depth].is_none(),
@@ -464,10 +561,10 @@ mod tests {
             let (g, _) = run(
                 &comm,
                 &net.params,
-                (rank == 0).then_some(&loss),
+                (rank == 0).then(|| (&loss, one(&loss))),
                 &summed,
                 64,
-                true,
+                Walk::Helper,
             )
             .unwrap();
             let own = loss.backward().unwrap();

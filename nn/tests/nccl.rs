@@ -233,3 +233,90 @@ fn ranks_joined_by_init_rank_through_the_store_sum_and_gather() {
         assert!(e.contains("rank 1 passes a bucket of 2 f32"), "{e}");
     }
 }
+
+/// A chain of 3 square f32 layers on `device` (the same weights on every rank), and rank
+/// `rank`'s loss for micro-batch `micro`: `sum(x @ w0 @ w1 @ w2) * scale` over 4 rows of input.
+fn chain(device: Device) -> Vec<(String, nn::Param)> {
+    (0..3)
+        .map(|i| {
+            let w = randn(&[8, 8], 0.5, DType::F32, 70 + i)
+                .to_device(device)
+                .unwrap();
+            (format!("w{i}"), nn::Param::new(w))
+        })
+        .collect()
+}
+
+fn chain_loss(params: &[(String, nn::Param)], rows: &Tensor, scale: f64) -> autograd::Var {
+    let mut h = autograd::Var::constant(rows.clone());
+    for (_, p) in params {
+        h = h.matmul(&p.var()).unwrap();
+    }
+    h.sum_all().unwrap().mul_scalar(scale).unwrap()
+}
+
+/// Input rows `4 * rank .. 4 * rank + 4` of micro-batch `micro`'s global batch of 8.
+fn chain_rows(micro: u64, rank: usize, world: usize) -> Tensor {
+    let all = randn(&[8, 8], 1.0, DType::F32, 80 + micro);
+    let per = 8 / world;
+    all.narrow(0, rank * per, per).unwrap()
+}
+
+/// One step of 2 micro-batches through `nn::StepGrads` on `comm`: the averaged gradients.
+fn chain_step(comm: &dyn Communicator, device: Device, overlap: bool) -> Vec<Vec<f64>> {
+    let params = chain(device);
+    let mut sums = nn::StepGrads::new(&params, overlap);
+    let world = comm.world_size();
+    for micro in 0..2 {
+        let rows = chain_rows(micro, comm.rank(), world)
+            .to_device(device)
+            .unwrap();
+        // Half the sum over the global micro-batch's rows: the mean over the ranks of `world`
+        // times each rank's half-sum over its rows.
+        let loss = chain_loss(&params, &rows, 0.5 * world as f64);
+        sums.backward(comm, &loss, None, micro == 1).unwrap();
+    }
+    let (grads, stats) = sums.finish(comm).unwrap();
+    if world > 1 {
+        assert_eq!(stats.not_overlapped.is_none(), overlap, "{stats:?}");
+        if overlap {
+            // The one bucket is launched from the hook, inside the backward walk.
+            assert!(stats.buckets.iter().all(|b| b.during_backward), "{stats:?}");
+        }
+    }
+    params
+        .iter()
+        .map(|(_, p)| grads.get(&p.var()).unwrap().to_vec_f64().unwrap())
+        .collect()
+}
+
+/// The gradient all-reduce overlapped with backward on GPU ranks (`nn::StepGrads`: the bucket's
+/// sum on each GPU's communication stream, launched from the backward hook, the compute stream
+/// waiting for it before the mean is taken): on 2 NCCL ranks, the same bits as the all-reduce after
+/// backward and on both ranks, and one GPU with the global batch within 1e-6.
+#[test]
+fn the_overlapped_all_reduce_on_two_gpus_equals_the_one_after_backward_and_one_gpu() {
+    if !gpus_or_skip(
+        "the_overlapped_all_reduce_on_two_gpus_equals_the_one_after_backward_and_one_gpu",
+        2,
+    ) {
+        return;
+    }
+    let run = |overlap: bool| {
+        let comms = Nccl::group_with_timeout(&[0, 1], Duration::from_secs(60)).unwrap();
+        on_ranks(comms, |comm| chain_step(&comm, comm.device(), overlap))
+    };
+    let overlapped = run(true);
+    let after = run(false);
+    assert_eq!(overlapped, after, "overlapped vs after backward");
+    assert_eq!(overlapped[0], overlapped[1], "the ranks differ");
+    let one = chain_step(&nn::SingleProcess, Device::Cuda(0), true);
+    for (i, (got, want)) in overlapped[0].iter().zip(&one).enumerate() {
+        let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-6 * scale, "w{i}: {err:e} of {scale:e}");
+    }
+}

@@ -50,7 +50,7 @@ pub use tokenize::{tokenize_corpus, tokenize_queries, TokenizeReport};
 pub use topk::{rank_order, Hit, TopK};
 pub use train::{latest_checkpoint, train, TrainConfig, TrainReport};
 pub use train_data::{sample_passages, TrainDataset};
-pub use train_step::{loss_and_grads, GradCacheChunks, MicroBatchGrads, StepOptions};
+pub use train_step::{loss_and_grads, GradCacheChunks, MicroBatchBackward, StepOptions};
 
 /// A progress bar of `len` steps with `template`, hidden unless `verbose` and stderr is a
 /// terminal.

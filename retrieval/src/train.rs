@@ -42,8 +42,10 @@
 //! through [`loss_and_grads`] with the run's communicator: without `negatives_x_device` its
 //! queries score its own passages (in-batch negatives per rank, as Tevatron's), with it every
 //! rank's passages (Tevatron's `world x loss` scaling). Each micro-batch's gradients are divided
-//! by the number of micro-batches and summed; [`nn::all_reduce_grads`] averages the sums over
-//! the ranks, then they are clipped, unscaled and applied identically on every rank. So N ranks
+//! by the number of micro-batches and summed ([`nn::StepGrads`]); the sums are averaged over the
+//! ranks in buckets, each launched while the step's last backward pass still runs (DDP's
+//! overlap; `overlap_all_reduce`), then they are clipped, unscaled and applied identically on
+//! every rank. So N ranks
 //! of batch `b` train as one rank of batch `b` with N accumulation steps, and with
 //! `negatives_x_device` as one rank of batch `N x b`. Dropout draws by global row
 //! (`train_step.rs`), so every rank's generator is where one process's would be. The logged loss
@@ -55,13 +57,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use autograd::{Gradients, Var};
+use autograd::Var;
 use nn::comm::host::{all_ok, sum_f64};
 use nn::loss_scale::LossScalerState;
 use nn::{
-    all_reduce_grads, step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig,
-    AdamWVariant, Communicator, Ctx, LossScaler, LrSchedule, Module, Precision, SingleProcess,
-    StepDecision,
+    step_params, unscale_and_clip, warmup_steps, AdamW, AdamWConfig, AdamWVariant, CommTotals,
+    Communicator, Ctx, LossScaler, LrSchedule, Module, OverlapStats, Precision, SingleProcess,
+    StepDecision, StepGrads,
 };
 use serde::{Deserialize, Serialize};
 use tensor::profiler::{self, Phase};
@@ -72,7 +74,7 @@ use crate::formats::JsonlWriter;
 use crate::train_data::{
     epoch_order, stream_seed, BatchConfig, TrainBatch, TrainDataset, DROPOUT_STREAM,
 };
-use crate::train_step::{loss_and_grads, GradCacheChunks, MicroBatchGrads, StepOptions};
+use crate::train_step::{loss_and_grads, GradCacheChunks, MicroBatchBackward, StepOptions};
 use crate::{Error, Result};
 
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -135,6 +137,9 @@ pub struct TrainConfig {
     pub grad_cache: Option<GradCacheChunks>,
     /// Encoder weights missing from the checkpoint are randomly initialised instead of an error.
     pub allow_random_init: bool,
+    /// Data parallel: all-reduce each gradient bucket while the step's last backward pass still
+    /// runs (true, as torch DDP), or after it (false; the same bits, for comparison).
+    pub overlap_all_reduce: bool,
 }
 
 impl Default for TrainConfig {
@@ -170,6 +175,7 @@ impl Default for TrainConfig {
             negatives_x_device: false,
             grad_cache: None,
             allow_random_init: false,
+            overlap_all_reduce: true,
         }
     }
 }
@@ -240,6 +246,10 @@ pub struct TrainReport {
     pub log: Vec<LogEntry>,
     /// Checkpoints written by this run, in order.
     pub checkpoints: Vec<PathBuf>,
+    /// This rank's gradient all-reduces over the run's steps (empty with one rank).
+    pub comm: CommTotals,
+    /// With more than one rank, the run's line about them ([`CommTotals::line`]).
+    pub data_parallel: Option<String>,
 }
 
 /// `checkpoint-N` directories of `dir` with their N, by N.
@@ -349,6 +359,8 @@ struct StepStats {
     loss: f64,
     grad_norm: f64,
     lr: f64,
+    /// What the gradient all-reduce did.
+    comm: OverlapStats,
 }
 
 /// Rank `rank`'s examples of a global micro-batch of `m` examples over `world` ranks: equal
@@ -372,6 +384,8 @@ struct Run<'c> {
     scaler: LossScaler,
     /// How a micro-batch's loss and gradients are computed.
     options: StepOptions,
+    /// Overlap the step's last backward pass with the all-reduce.
+    overlap: bool,
 }
 
 impl<'c> Run<'c> {
@@ -481,18 +495,31 @@ impl<'c> Run<'c> {
                 grad_cache: cfg.grad_cache,
                 precision: cfg.precision,
             },
+            overlap: cfg.overlap_all_reduce,
         })
     }
 
-    /// The loss and gradients of this rank's part of one global micro-batch
-    /// ([`loss_and_grads`]), the gradients multiplied by `weight` (and by the loss scale).
-    fn micro_batch(&mut self, batch: &TrainBatch, weight: f64) -> Result<MicroBatchGrads> {
+    /// The loss of this rank's part of one global micro-batch ([`loss_and_grads`]), its
+    /// gradients multiplied by `weight` (and by the loss scale) added to `grads`; `last`: the
+    /// step's last micro-batch.
+    fn micro_batch(
+        &mut self,
+        batch: &TrainBatch,
+        weight: f64,
+        grads: &mut StepGrads,
+        last: bool,
+    ) -> Result<f64> {
         let _data = profiler::phase(Phase::Data);
         let (query, passages) = (
             batch.query.to_device(self.device)?,
             batch.passages.to_device(self.device)?,
         );
         drop(_data);
+        let backward = MicroBatchBackward {
+            grads,
+            loss_scale: self.scaler.scale() as f64 * weight,
+            last,
+        };
         profiler::in_phase(Phase::Forward, || {
             loss_and_grads(
                 &self.model,
@@ -501,35 +528,26 @@ impl<'c> Run<'c> {
                 &mut self.ctx,
                 &self.options,
                 self.comm,
-                self.scaler.scale() as f64 * weight,
+                backward,
             )
         })
     }
 
     /// This rank's parts of the global micro-batches of one optimizer step, their gradients
-    /// summed (each micro-batch's divided by their number) and averaged over the ranks,
-    /// unscaling and clipping, AdamW, schedule (module docs). Returns this rank's mean loss
-    /// over the micro-batches (the global one with cross-device negatives).
+    /// summed (each micro-batch's divided by their number) and averaged over the ranks (the last
+    /// backward pass overlapping the all-reduce), unscaling and clipping, AdamW, schedule (module
+    /// docs). Returns this rank's mean loss over the micro-batches (the global one with
+    /// cross-device negatives).
     fn step(&mut self, micro: &[TrainBatch], max_grad_norm: f64) -> Result<StepStats> {
         let _profiled = profiler::step(self.state.global_step + 1);
         let k = micro.len().max(1) as f64;
         let mut loss = 0f64;
-        let mut grads = Gradients::default();
-        for batch in micro {
-            let m = self.micro_batch(batch, 1.0 / k)?;
-            loss += m.loss / k;
-            for (_, p) in &self.params {
-                let v = p.var();
-                if let Some(g) = m.grads.get(&v) {
-                    let sum = match grads.remove(&v) {
-                        None => g.clone(),
-                        Some(acc) => acc.add(g)?,
-                    };
-                    grads.insert(&v, sum);
-                }
-            }
+        let mut sums = StepGrads::new(&self.params, self.overlap);
+        for (i, batch) in micro.iter().enumerate() {
+            let last = i + 1 == micro.len();
+            loss += self.micro_batch(batch, 1.0 / k, &mut sums, last)? / k;
         }
-        all_reduce_grads(self.comm, &self.params, &mut grads)?;
+        let (mut grads, comm) = sums.finish(self.comm)?;
         // Take the gradients out to clip them in place, then hand them back to the optimizer.
         let mut taken: Vec<(Var, Tensor)> = Vec::new();
         for (_, p) in &self.params {
@@ -564,6 +582,7 @@ impl<'c> Run<'c> {
             loss,
             grad_norm,
             lr,
+            comm,
         })
     }
 
@@ -769,6 +788,8 @@ pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainRepor
     bar.set_position(run.state.global_step);
     let mut written = Vec::new();
     let (mut window_loss, mut window_steps) = (0f64, 0u64);
+    let started = std::time::Instant::now();
+    let mut comm_totals = CommTotals::default();
 
     'epochs: while run.state.epoch < epochs {
         let order = epoch_order(n, cfg.seed, run.state.epoch);
@@ -785,6 +806,7 @@ pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainRepor
                 }
             }
             let stats = run.step(&shards, cfg.max_grad_norm)?;
+            comm_totals.add(&stats.comm);
             (window_loss, window_steps) = (window_loss + stats.loss, window_steps + 1);
             bar.inc(1);
             let step = run.state.global_step;
@@ -824,6 +846,8 @@ pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainRepor
         run.state.step_in_epoch = 0;
     }
     bar.finish_and_clear();
+    let data_parallel =
+        (world > 1).then(|| comm_totals.line(world, started.elapsed().as_secs_f64()));
     let saved = match rank {
         0 => run
             .model
@@ -842,6 +866,8 @@ pub fn train_on(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<TrainRepor
         num_examples: n,
         log: run.state.log_history,
         checkpoints: written,
+        comm: comm_totals,
+        data_parallel,
     })
 }
 

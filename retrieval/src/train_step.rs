@@ -1,6 +1,8 @@
-//! The loss and the parameter gradients of one rank's micro-batch of `train-retriever`, before
-//! the data-parallel all-reduce and clipping: [`loss_and_grads`]. Two of Tevatron's options
-//! change how they are computed, never what a one-process full batch would give.
+//! The loss and the parameter gradients of one rank's micro-batch of `train-retriever`, added to
+//! the step's gradient sums (`nn::StepGrads`), before clipping: [`loss_and_grads`]. Two of
+//! Tevatron's options change how they are computed, never what a one-process full batch would
+//! give. The step's last backward pass (the last micro-batch's, or with the gradient cache its
+//! last chunk's re-encode) runs overlapped with the data-parallel all-reduce of the sums.
 //!
 //! Cross-device negatives (`--negatives_x_device`, Tevatron's `DenseModel`): each rank encodes its
 //! `Q` queries and `Q * n` passages, then all-gathers both ([`nn::all_gather()`]: every rank's rows
@@ -14,7 +16,7 @@
 //! ```
 //!
 //! Rank r's gradient is `world` times what the global loss sends through its own vectors; the
-//! data-parallel mean over ranks (`nn::all_reduce_grads`) then sums those shares: the gradient of
+//! data-parallel mean over ranks (`nn::StepGrads::finish`) then sums those shares: the gradient of
 //! the global loss, what one process computes over the global batch. The loss returned is the
 //! unscaled global loss (Tevatron's trainer divides the scaled one back for its logs).
 //!
@@ -25,7 +27,8 @@
 //! 2. the loss (cross-device as above when asked) over the whole batch of vectors, as leaves,
 //!    and its gradient with respect to every vector;
 //! 3. re-encode chunk by chunk with the graph and back-propagate each chunk's slice of those
-//!    vector gradients; the parameter gradients of the chunks add up.
+//!    vector gradients; the parameter gradients of the chunks add up (into the step's running
+//!    sums, chunk after chunk; the last chunk's backward overlaps the all-reduce).
 //!
 //! By the chain rule the sum is the full batch's gradient; the only condition is that both
 //! passes compute the same vectors, so dropout must draw the same masks: each chunk's forward
@@ -38,8 +41,8 @@
 //! far as one process would move it over the global batch, whatever the world size and the
 //! chunks: so N ranks, or chunks, draw the masks one process draws over the whole batch.
 
-use autograd::{no_grad, Gradients, Var};
-use nn::{all_gather, BatchRows, Communicator, Ctx, Module, Precision};
+use autograd::{no_grad, Var};
+use nn::{all_gather, BatchRows, Communicator, Ctx, Precision, StepGrads};
 use tensor::{DType, Rng, Tensor};
 
 use crate::dense::{contrastive_loss, DenseModel, TokenBatch};
@@ -64,20 +67,22 @@ pub struct StepOptions {
     pub precision: Precision,
 }
 
-/// What [`loss_and_grads`] returns.
-pub struct MicroBatchGrads {
-    /// The loss to log: the mean cross-entropy of this rank's queries, or of every rank's with
-    /// cross-device negatives (unscaled).
-    pub loss: f64,
-    /// The gradient of `loss_scale` times the loss that is back-propagated (see the module docs)
-    /// for every parameter that has one, keyed by the parameters' `Var`s.
-    pub grads: Gradients,
+/// Where one micro-batch's backward passes go.
+pub struct MicroBatchBackward<'a> {
+    /// The step's gradient sums (and, on its last backward pass, their all-reduce).
+    pub grads: &'a mut StepGrads,
+    /// The gradients are those of `loss_scale` times the loss that is back-propagated (the fp16
+    /// loss scaler's scale times the micro-batch's weight in the step; 1 otherwise).
+    pub loss_scale: f64,
+    /// The step's last micro-batch on this rank: its last backward pass is the step's.
+    pub last: bool,
 }
 
-/// The loss and parameter gradients of this rank's micro-batch (`query` [Q, q_len], `passages`
-/// [Q*n, p_len], every rank of `comm` passing the same sizes), with the gradients multiplied by
-/// `loss_scale` (the fp16 loss scaler's scale; 1 otherwise). Dropout draws from `ctx` by global
-/// row (module docs); afterwards `ctx.rng` has moved past the global batch's draws.
+/// The loss of this rank's micro-batch (`query` [Q, q_len], `passages` [Q*n, p_len], every rank
+/// of `comm` passing the same sizes), its gradients added to `backward.grads` (see
+/// [`MicroBatchBackward`]). The loss is the one to log: the mean cross-entropy of this rank's
+/// queries, or of every rank's with cross-device negatives (unscaled). Dropout draws from `ctx`
+/// by global row (module docs); afterwards `ctx.rng` has moved past the global batch's draws.
 pub fn loss_and_grads(
     model: &DenseModel,
     query: &TokenBatch,
@@ -85,8 +90,8 @@ pub fn loss_and_grads(
     ctx: &mut Ctx,
     opts: &StepOptions,
     comm: &dyn Communicator,
-    loss_scale: f64,
-) -> Result<MicroBatchGrads> {
+    backward: MicroBatchBackward,
+) -> Result<f64> {
     let (q, p) = (query.len(), passages.len());
     if q == 0 || !p.is_multiple_of(q) {
         return Err(Error::Config(format!(
@@ -111,11 +116,11 @@ pub fn loss_and_grads(
         comm,
         x_device: opts.negatives_x_device && world > 1,
         precision: opts.precision,
-        scale: loss_scale,
+        scale: backward.loss_scale,
     };
     let result = match opts.grad_cache {
-        None => whole_batch(model, sides, ctx, &loss),
-        Some(_) => grad_cache(model, sides, ctx, &loss),
+        None => whole_batch(model, sides, ctx, &loss, backward),
+        Some(_) => grad_cache(model, sides, ctx, &loss, backward),
     };
     ctx.rows = None;
     result
@@ -182,12 +187,12 @@ impl Loss<'_> {
         Ok((backward, logged))
     }
 
-    /// The gradients of `loss` times the loss scale.
-    fn backward(&self, loss: &Var) -> Result<Gradients> {
+    /// `loss` times the loss scale.
+    fn scaled(&self, loss: Var) -> Result<Var> {
         if self.scale == 1.0 {
-            Ok(loss.backward()?)
+            Ok(loss)
         } else {
-            Ok(loss.mul_scalar(self.scale)?.backward()?)
+            Ok(loss.mul_scalar(self.scale)?)
         }
     }
 }
@@ -198,7 +203,8 @@ fn whole_batch(
     mut sides: [Encoding; 2],
     ctx: &mut Ctx,
     loss: &Loss,
-) -> Result<MicroBatchGrads> {
+    backward: MicroBatchBackward,
+) -> Result<f64> {
     let (value, logged) = loss.precision.autocast(|| -> Result<(Var, f64)> {
         let mut reps = Vec::new();
         for side in sides.iter_mut() {
@@ -207,10 +213,11 @@ fn whole_batch(
         }
         loss.over(&reps[0], &reps[1])
     })?;
-    Ok(MicroBatchGrads {
-        loss: logged,
-        grads: loss.backward(&value)?,
-    })
+    let scaled = loss.scaled(value)?;
+    backward
+        .grads
+        .backward(loss.comm, &scaled, None, backward.last)?;
+    Ok(logged)
 }
 
 /// One side (queries or passages) of a gradient-cache step: the batch, where its rows sit
@@ -253,28 +260,14 @@ impl<'a> Encoding<'a> {
     }
 }
 
-/// Adds every parameter gradient of `more` into `total`.
-fn accumulate(model: &DenseModel, total: &mut Gradients, mut more: Gradients) -> Result<()> {
-    for (_, param) in model.encoder.named_params() {
-        let v = param.var();
-        if let Some(g) = more.remove(&v) {
-            let sum = match total.remove(&v) {
-                Some(t) => t.add(&g)?,
-                None => g,
-            };
-            total.insert(&v, sum);
-        }
-    }
-    Ok(())
-}
-
 /// The three passes of the module docs over `sides` = [queries, passages].
 fn grad_cache(
     model: &DenseModel,
     mut sides: [Encoding; 2],
     ctx: &mut Ctx,
     loss: &Loss,
-) -> Result<MicroBatchGrads> {
+    backward: MicroBatchBackward,
+) -> Result<f64> {
     // 1. Vectors without a graph; each side starts where the previous one's whole draw ended.
     let mut reps: Vec<Var> = Vec::new();
     for side in sides.iter_mut() {
@@ -293,27 +286,26 @@ fn grad_cache(
     let after = ctx.rng;
     // 2. The loss over the vectors, and its gradient with respect to them.
     let (value, logged) = loss.precision.autocast(|| loss.over(&reps[0], &reps[1]))?;
-    let mut rep_grads = loss.backward(&value)?;
-    drop(value);
-    // 3. Re-encode with the graph, chunk by chunk, and back-propagate the vectors' gradients.
-    let mut grads = Gradients::default();
-    for (side, rep) in sides.iter().zip(&reps) {
-        let Some(g) = rep_grads.remove(rep) else {
-            continue;
-        };
-        for (c, range) in side.chunks.iter().enumerate() {
-            let v = loss
-                .precision
-                .autocast(|| side.encode_chunk(model, c, ctx))?;
-            let slice = g
-                .narrow(0, range.start, range.len())?
-                .to_dtype(v.value().dtype())?;
-            accumulate(model, &mut grads, v.backward_with(slice)?)?;
+    let mut rep_grads = loss.scaled(value)?.backward()?;
+    // 3. Re-encode with the graph, chunk by chunk, and back-propagate the vectors' gradients;
+    // the last chunk's backward is this micro-batch's last.
+    let mut chunks = Vec::new();
+    for (s, (side, rep)) in sides.iter().zip(&reps).enumerate() {
+        if let Some(g) = rep_grads.remove(rep) {
+            for (c, range) in side.chunks.iter().enumerate() {
+                chunks.push((s, c, g.narrow(0, range.start, range.len())?));
+            }
         }
     }
+    let n = chunks.len();
+    for (i, (s, c, slice)) in chunks.into_iter().enumerate() {
+        let v = loss
+            .precision
+            .autocast(|| sides[s].encode_chunk(model, c, ctx))?;
+        let seed = slice.to_dtype(v.value().dtype())?;
+        let last = backward.last && i + 1 == n;
+        backward.grads.backward(loss.comm, &v, Some(seed), last)?;
+    }
     ctx.rng = after;
-    Ok(MicroBatchGrads {
-        loss: logged,
-        grads,
-    })
+    Ok(logged)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nn::{Communicator, Module, ThreadGroup};
 use retrieval::train::{train_on, LogEntry, TrainReport};
-use retrieval::{train, DenseModel, TrainConfig};
+use retrieval::{train, DenseModel, GradCacheChunks, TrainConfig};
 
 mod common;
 use common::{setup, tiny_model_dir_init, Scratch};
@@ -154,5 +154,62 @@ fn n_ranks_equal_one_rank_accumulating_n_micro_batches() {
         assert!(err <= 1e-6, "weights: relative error {err} ({world} ranks)");
         // Not trivially equal: the weights moved.
         assert!(weights_error(&out, &model) > 1e-3);
+    }
+}
+
+/// The all-reduce overlapped with each step's last backward pass (the default; with the gradient
+/// cache, the last chunk's re-encode) trains bit-identically to the all-reduce after it
+/// (`overlap_all_reduce: false`): 2 ranks, 2 accumulation steps, dropout on, with and without
+/// cross-device negatives and the gradient cache. The run's data-parallel line says which ran.
+#[test]
+fn overlapped_and_after_backward_all_reduce_train_bit_identically() {
+    let s = Scratch::new("retrieval-dp-overlap");
+    let (_, data) = setup(&s.0, 12, 0.0);
+    let model = tiny_model_dir_init(&s.0.join("init-wide"), 0.1, 0.2);
+    let chunks = Some(GradCacheChunks {
+        gc_q_chunk_size: 1,
+        gc_p_chunk_size: 2,
+    });
+    for (i, (negatives_x_device, grad_cache)) in
+        [(false, None), (true, None), (true, chunks), (false, chunks)]
+            .into_iter()
+            .enumerate()
+    {
+        let run = |overlap_all_reduce: bool| {
+            let out = s.0.join(format!("run-{i}-{overlap_all_reduce}"));
+            let cfg = TrainConfig {
+                negatives_x_device,
+                grad_cache,
+                gradient_accumulation_steps: 2,
+                overlap_all_reduce,
+                ..config(&model, &data, &out)
+            };
+            (on_ranks(2, &cfg), weights(&out))
+        };
+        let what = format!("x_device {negatives_x_device}, grad cache {grad_cache:?}");
+        let (overlapped, w_overlapped) = run(true);
+        let (after, w_after) = run(false);
+        assert_eq!(overlapped[0].log.len(), 3);
+        assert_eq!(overlapped[0].log, after[0].log, "{what}");
+        assert!(w_overlapped == w_after, "{what}: the weights differ");
+        for (r, a) in overlapped.iter().zip(&after) {
+            // The overlapped buckets also carry the zeros of the parameters no rank has a
+            // gradient for (the pooler), which the path after backward leaves out.
+            assert_eq!((r.comm.steps, a.comm.steps), (3, 3));
+            assert!(r.comm.bytes >= a.comm.bytes && a.comm.bytes > 0, "{what}");
+            assert!(r.comm.not_overlapped.is_none(), "{what}");
+            assert_eq!(a.comm.not_overlapped, Some(nn::NotOverlapped::Off));
+        }
+        let line = overlapped[0].data_parallel.as_deref().unwrap();
+        assert!(
+            line.starts_with("data parallel: 2 ranks; per step ")
+                && line.contains("launched while the backward pass was still running"),
+            "{line}"
+        );
+        let line = after[0].data_parallel.as_deref().unwrap();
+        assert!(
+            line.ends_with("not overlapped with the backward pass (turned off)"),
+            "{line}"
+        );
     }
 }

@@ -2,14 +2,19 @@
 //! the gradient cache with any chunk sizes, and cross-device negatives on 2 and 3 CPU ranks
 //! (ThreadGroup threads, gradients averaged as data parallelism averages them), alone and
 //! together, give the full batch's loss and every parameter gradient within 1e-6 relative. The
-//! model runs in f64 so that the only differences left are summation orders.
+//! model runs in f64 so that the only differences left are summation orders. The gradients go
+//! through `nn::StepGrads` as the trainer's do: the backward pass (the last chunk's, with the
+//! gradient cache) overlapped with the all-reduce, which gives the same bits as the all-reduce
+//! after backward.
 
 use std::path::Path;
 use std::time::Duration;
 
-use nn::{all_reduce_grads, Communicator, Ctx, Module, SingleProcess, ThreadGroup};
+use nn::{Communicator, Ctx, Module, SingleProcess, StepGrads, ThreadGroup};
 use retrieval::dense::{PadTo, SpecialIds};
-use retrieval::{loss_and_grads, DenseModel, GradCacheChunks, StepOptions, TokenBatch};
+use retrieval::{
+    loss_and_grads, DenseModel, GradCacheChunks, MicroBatchBackward, StepOptions, TokenBatch,
+};
 use tensor::{DType, Rng};
 
 mod common;
@@ -78,9 +83,30 @@ struct Outcome {
     rng: Rng,
 }
 
+/// The loss of `q`/`p` through `loss_and_grads` as the step's one micro-batch, and the gradients
+/// averaged over the ranks of `comm` (overlapped with backward, or after it).
+fn step(
+    model: &DenseModel,
+    (q, p): (&TokenBatch, &TokenBatch),
+    ctx: &mut Ctx,
+    opts: StepOptions,
+    comm: &dyn Communicator,
+    overlap: bool,
+) -> (f64, autograd::Gradients) {
+    let mut sums = StepGrads::new(&model.encoder.named_params(), overlap);
+    let backward = MicroBatchBackward {
+        grads: &mut sums,
+        loss_scale: 1.0,
+        last: true,
+    };
+    let loss = loss_and_grads(model, q, p, ctx, &opts, comm, backward).unwrap();
+    let (grads, _) = sums.finish(comm).unwrap();
+    (loss, grads)
+}
+
 /// This rank's share of the global batch through `loss_and_grads`, gradients averaged over the
-/// ranks of `comm`.
-fn run_rank(dir: &Path, comm: &dyn Communicator, opts: StepOptions) -> Outcome {
+/// ranks of `comm` (overlapped with the backward pass, or after it).
+fn run_rank_with(dir: &Path, comm: &dyn Communicator, opts: StepOptions, overlap: bool) -> Outcome {
     let model = model_f64(dir);
     let (q, p) = global_batch();
     let per = QUERIES / comm.world_size();
@@ -89,10 +115,8 @@ fn run_rank(dir: &Path, comm: &dyn Communicator, opts: StepOptions) -> Outcome {
         rows(&p, comm.rank() * per * N_PASSAGES, per * N_PASSAGES),
     );
     let mut ctx = Ctx::training(DROPOUT_AT);
-    let out = loss_and_grads(&model, &q, &p, &mut ctx, &opts, comm, 1.0).unwrap();
+    let (loss, grads) = step(&model, (&q, &p), &mut ctx, opts, comm, overlap);
     let params = model.encoder.named_params();
-    let mut grads = out.grads;
-    all_reduce_grads(comm, &params, &mut grads).unwrap();
     // Every parameter but the pooler's (the loss never uses it) has a gradient.
     let grads: Vec<(String, Vec<f64>)> = params
         .iter()
@@ -107,22 +131,30 @@ fn run_rank(dir: &Path, comm: &dyn Communicator, opts: StepOptions) -> Outcome {
         "parameters without a gradient"
     );
     Outcome {
-        loss: out.loss,
+        loss,
         grads,
         rng: ctx.rng,
     }
 }
 
-/// `run_rank` on every rank of a ThreadGroup of `world`.
-fn on_ranks(dir: &Path, world: usize, opts: StepOptions) -> Vec<Outcome> {
+fn run_rank(dir: &Path, comm: &dyn Communicator, opts: StepOptions) -> Outcome {
+    run_rank_with(dir, comm, opts, true)
+}
+
+/// `run_rank_with` on every rank of a ThreadGroup of `world`.
+fn on_ranks_with(dir: &Path, world: usize, opts: StepOptions, overlap: bool) -> Vec<Outcome> {
     let comms = ThreadGroup::with_timeout(world, Duration::from_secs(120)).unwrap();
     std::thread::scope(|s| {
         let hs: Vec<_> = comms
             .into_iter()
-            .map(|c| s.spawn(move || run_rank(dir, &c, opts)))
+            .map(|c| s.spawn(move || run_rank_with(dir, &c, opts, overlap)))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+fn on_ranks(dir: &Path, world: usize, opts: StepOptions) -> Vec<Outcome> {
+    on_ranks_with(dir, world, opts, true)
 }
 
 /// Asserts `got` equals `want` (the plain one-process full batch): the loss and each gradient
@@ -167,17 +199,16 @@ fn gradient_cache_chunks_equal_the_full_batch_with_dropout() {
         ..DROPOUT_AT
     });
     let (q, p) = global_batch();
-    let other = loss_and_grads(
-        &model_f64(&dir),
-        &q,
-        &p,
+    let model = model_f64(&dir);
+    let (other, _) = step(
+        &model,
+        (&q, &p),
         &mut ctx,
-        &StepOptions::default(),
+        StepOptions::default(),
         &SingleProcess,
-        1.0,
-    )
-    .unwrap();
-    assert!((other.loss - plain.loss).abs() > 1e-6 * plain.loss);
+        true,
+    );
+    assert!((other - plain.loss).abs() > 1e-6 * plain.loss);
     for (qc, pc) in [
         (1, 1),
         (3, 3),
@@ -221,6 +252,45 @@ fn cross_device_negatives_on_2_and_3_ranks_equal_one_process() {
     }
 }
 
+/// The all-reduce overlapped with the backward pass (the last chunk's re-encode, with the
+/// gradient cache) gives the same bits as the all-reduce after it, on every rank: with and
+/// without cross-device negatives, with and without the gradient cache.
+#[test]
+fn overlapped_all_reduce_equals_the_all_reduce_after_backward_bit_for_bit() {
+    let scratch = Scratch::new("train-step-overlap");
+    let dir = tiny_model_dir(&scratch.0, 0.1);
+    let bits = |o: &Outcome| -> Vec<u64> {
+        let mut b = vec![o.loss.to_bits()];
+        b.extend(
+            o.grads
+                .iter()
+                .flat_map(|(_, g)| g.iter().map(|x| x.to_bits())),
+        );
+        b
+    };
+    for x_device in [false, true] {
+        for chunks in [None, grad_cache(1, 3)] {
+            let opts = StepOptions {
+                negatives_x_device: x_device,
+                grad_cache: chunks,
+                ..StepOptions::default()
+            };
+            let what = format!("x_device {x_device}, grad cache {chunks:?}");
+            let overlapped = on_ranks_with(&dir, 2, opts, true);
+            let after = on_ranks_with(&dir, 2, opts, false);
+            for (rank, (a, b)) in overlapped.iter().zip(&after).enumerate() {
+                assert_eq!(bits(a), bits(b), "{what}, rank {rank}");
+                assert_eq!(a.rng, b.rng);
+            }
+            assert_eq!(bits(&overlapped[0]).len(), bits(&overlapped[1]).len());
+            assert_eq!(
+                overlapped[0].grads, overlapped[1].grads,
+                "{what}: ranks differ"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_chunk_sizes_and_misaligned_dropout_rows_are_clear_errors() {
     let scratch = Scratch::new("train-step-errors");
@@ -233,7 +303,13 @@ fn bad_chunk_sizes_and_misaligned_dropout_rows_are_clear_errors() {
             ..StepOptions::default()
         };
         let mut ctx = Ctx::training(DROPOUT_AT);
-        loss_and_grads(&model, q, p, &mut ctx, &opts, &SingleProcess, 1.0)
+        let mut sums = StepGrads::new(&model.encoder.named_params(), true);
+        let backward = MicroBatchBackward {
+            grads: &mut sums,
+            loss_scale: 1.0,
+            last: true,
+        };
+        loss_and_grads(&model, q, p, &mut ctx, &opts, &SingleProcess, backward)
             .err()
             .map(|e| e.to_string())
     };

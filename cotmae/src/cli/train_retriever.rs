@@ -199,6 +199,7 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
             gc_p_chunk_size: a.gc_p_chunk_size,
         }),
         allow_random_init: a.allow_random_init,
+        overlap_all_reduce: true,
     };
     let ran = with_threads(a.threads, || {
         run_as_role(&a.launch, !device.is_cpu(), |comm, env| -> CliResult<_> {
@@ -242,6 +243,9 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
             "last logged step {}: loss {:.4}, lr {:.3e}",
             last.step, last.loss, last.learning_rate
         );
+    }
+    if let Some(line) = &report.data_parallel {
+        eprintln!("{line}");
     }
     Ok(())
 }

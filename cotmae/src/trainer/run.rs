@@ -400,7 +400,7 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
         Ok::<f64, Error>(norms.last().copied().unwrap_or(f64::NAN))
     };
     // Data parallel: bytes all-reduced and seconds in the all-reduce over this run's steps.
-    let (mut comm_bytes, mut comm_secs, mut overlapped) = (0u64, 0f64, 0f64);
+    let mut comm_totals = nn::CommTotals::default();
     let head_logged = model.args.use_decoder_head && model.args.enable_head_mlm;
     with_batches(loader, t.dataloader_num_workers, |next| -> Result<()> {
         let mut interval = Instant::now();
@@ -431,8 +431,7 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
             }
             state.loader = s.loader;
             state.dropout_rng = ctx.rng.into();
-            (comm_bytes, comm_secs) = (comm_bytes + s.comm_bytes, comm_secs + s.comm_secs);
-            overlapped += s.comm_overlapped_secs;
+            comm_totals.add(&s.comm);
             pending.push((state.global_step, !s.skipped, s.sums, s.losses, s.grad_norm));
             let step = state.global_step;
             if let Some(log) = log.as_mut() {
@@ -495,20 +494,8 @@ pub fn pretrain_on(args: &PretrainArgs, comm: &dyn Communicator) -> Result<Train
 
     let runtime = started.elapsed().as_secs_f64().max(1e-9);
     let (train_loss, _, _) = state.total.means();
-    let steps = (state.global_step - steps_before).max(1);
     if world > 1 {
-        println(
-            &mut log,
-            &format!(
-                "data parallel: {world} ranks; per step {} bytes of gradients all-reduced, \
-                 {:.1} ms in the all-reduce (waiting for the other ranks included; {:.1}% of the \
-                 step time), {:.1}% of it launched while the backward pass was still running",
-                comm_bytes / steps,
-                1e3 * comm_secs / steps as f64,
-                100.0 * comm_secs / runtime,
-                100.0 * overlapped / comm_secs.max(f64::MIN_POSITIVE)
-            ),
-        );
+        println(&mut log, &comm_totals.line(world, runtime));
     }
     let ck = Checkpoint::of(&model, &tokenizer, &o.opt, &state, &training_args);
     let written = match rank {

@@ -34,9 +34,9 @@
 
 use std::ops::Range;
 
-use autograd::{Gradients, Var};
-use nn::{backward_and_all_reduce, BatchRows, Communicator, StepDecision};
+use autograd::Var;
 use nn::{step_params, unscale_and_clip, AdamW, Ctx, LossScaler, LrSchedule, Param, Precision};
+use nn::{BatchRows, Communicator, OverlapStats, StepDecision, StepGrads};
 use tensor::profiler::{self, Phase};
 use tensor::{DType, Device, Tensor};
 
@@ -76,13 +76,10 @@ pub struct StepStats {
     pub loader: LoaderState,
     /// fp16: the gradients overflowed and the update was skipped.
     pub skipped: bool,
-    /// Data parallel: bytes this rank all-reduced (gradients) and seconds it spent in the
-    /// all-reduce call, waiting for the other ranks included (0 with one rank; on a GPU the call
-    /// only queues NCCL's work, so this is the host's share).
-    pub comm_bytes: u64,
-    pub comm_secs: f64,
-    /// The part of `comm_secs` spent in buckets launched while backward was still running.
-    pub comm_overlapped_secs: f64,
+    /// Data parallel: what this rank's gradient all-reduce did (its buckets' bytes and seconds,
+    /// waiting for the other ranks included; none with one rank; on a GPU the call only queues
+    /// NCCL's work, so the seconds are the host's share).
+    pub comm: OverlapStats,
 }
 
 /// Each parameter once (tied weights are one `Param`), in state-dict order.
@@ -196,7 +193,9 @@ pub fn train_step(
     let _profiled = profiler::step(step);
     let (rank, world) = (comm.rank(), comm.world_size());
     let ga = o.accumulation.max(1);
-    let mut summed: Vec<Option<Tensor>> = vec![None; params.len()];
+    // The micro-batches' gradients are summed; the last one's backward all-reduces the sums as
+    // its gradients become final (the earlier ones only sum, as DDP under `no_sync`).
+    let mut step_grads = StepGrads::new(params, true);
     let mut sums = LossSums {
         steps: 1,
         ..LossSums::default()
@@ -209,11 +208,7 @@ pub fn train_step(
     // Data parallel: whether a rank had nothing to compute in some micro-batch (its generator
     // then did not move on with the others').
     let mut idle_rank = false;
-    // Data parallel: the last micro-batch's backward all-reduces the summed gradients as they
-    // become final (the earlier ones only sum, as DDP under `no_sync`).
-    let mut reduced: Option<(Gradients, nn::OverlapStats)> = None;
     for m in 0..ga {
-        let reduce_now = world > 1 && m + 1 == ga;
         let item = profiler::in_phase(Phase::Data, &mut *next_batch)?;
         sums.sequences += 2 * item.docs as u64;
         loader = Some(item.state);
@@ -221,9 +216,6 @@ pub fn train_step(
         let Some((local, rows, weights)) = rank_shard(item.batch, item.docs, rank, world)? else {
             // Nothing to compute: this rank adds zero gradients and zero losses to the sums.
             losses.push(Tensor::zeros(&[1, 3], DType::F32, o.device)?);
-            if reduce_now {
-                reduced = Some(backward_and_all_reduce(comm, params, None, &summed)?);
-            }
             continue;
         };
         let batch = profiler::in_phase(Phase::Data, || local.to_device(o.device))?;
@@ -235,49 +227,18 @@ pub fn train_step(
         let out = out?;
         let (scaled, logged) = shard_loss(model, &out, weights, world, factor)?;
         losses.push(logged);
-        if reduce_now {
-            reduced = Some(backward_and_all_reduce(
-                comm,
-                params,
-                Some(&scaled),
-                &summed,
-            )?);
-            continue;
-        }
-        let grads = scaled.backward()?;
-        drop((out, scaled, batch));
-        for ((_, p), slot) in params.iter().zip(summed.iter_mut()) {
-            if let Some(g) = grads.get(&p.var()) {
-                *slot = Some(match slot.take() {
-                    None => g.clone(),
-                    Some(acc) => acc.add(g)?,
-                });
-            }
-        }
+        step_grads.backward(comm, &scaled, None, m + 1 == ga)?;
     }
     let loader = loader.expect("at least one micro-batch");
     let losses = Tensor::cat(&losses.iter().collect::<Vec<_>>(), 0)?;
+    // A rank idle in the last micro-batch joins the all-reduce here, the others already have
+    // (the same collectives in the same order on every rank).
+    let (mut grads, comm_stats) = step_grads.finish(comm)?;
     if idle_rank {
         // Every rank that computed moved its generator as one process would; an idle one did not.
         let at = comm.all_gather_host(vec![ctx.rng.offset])?;
         ctx.rng.offset = at.iter().map(|w| w[0]).max().unwrap_or(ctx.rng.offset);
     }
-
-    let (mut grads, comm_bytes, comm_secs, comm_overlapped_secs) = match reduced {
-        Some((grads, stats)) => {
-            let bytes = grads_bytes(params, &grads);
-            (grads, bytes, stats.comm_secs(), stats.overlapped_secs())
-        }
-        None => {
-            let mut grads = Gradients::default();
-            for ((_, p), g) in params.iter().zip(summed) {
-                if let Some(g) = g {
-                    grads.insert(&p.var(), g);
-                }
-            }
-            (grads, 0, 0.0, 0.0)
-        }
-    };
     let mut with_grad: Vec<(usize, Tensor)> = params
         .iter()
         .enumerate()
@@ -312,9 +273,7 @@ pub fn train_step(
             lr,
             loader,
             skipped: true,
-            comm_bytes,
-            comm_secs,
-            comm_overlapped_secs,
+            comm: comm_stats,
         });
     }
     for (i, g) in with_grad {
@@ -329,19 +288,8 @@ pub fn train_step(
         lr,
         loader,
         skipped: false,
-        comm_bytes,
-        comm_secs,
-        comm_overlapped_secs,
+        comm: comm_stats,
     })
-}
-
-/// The bytes of the gradients of `params` in `grads` (each `Param` once).
-fn grads_bytes(params: &[(String, Param)], grads: &Gradients) -> u64 {
-    params
-        .iter()
-        .filter_map(|(_, p)| grads.get(&p.var()))
-        .map(|g| (g.elem_count() * g.dtype().size_in_bytes()) as u64)
-        .sum()
 }
 
 /// The error of a step whose gradient norm is not finite (the run has diverged); `losses` is

@@ -187,6 +187,15 @@ pub fn step_bits(v: &Value) -> Vec<(String, u64)> {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cotmae");
 
+/// A TCP port on localhost that is free now (for a run's `--master_port`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The lines of `child`'s stderr, as they come.
 pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stderr = child.stderr.take().unwrap();

@@ -31,6 +31,20 @@ mod nccl;
 pub use env::DistEnv;
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
+#[cfg(feature = "cuda")]
+pub(crate) fn pending_nccl(p: tensor::cuda::nccl::PendingBucket) -> PendingSum {
+    PendingSum(Pending::Nccl(p))
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) fn nccl_of(
+    p: PendingSum,
+) -> std::result::Result<tensor::cuda::nccl::PendingBucket, PendingSum> {
+    match p.0 {
+        Pending::Nccl(b) => Ok(b),
+        other => Err(PendingSum(other)),
+    }
+}
 pub use tcp_group::TcpGroup;
 pub use thread_group::ThreadGroup;
 
@@ -62,10 +76,56 @@ pub trait Communicator: Send {
     /// error every rank returns.
     fn all_gather(&self, t: &Tensor) -> Result<Tensor>;
 
+    /// Starts [`Communicator::all_reduce_sum_flat`]: a GPU communicator runs the sum on its
+    /// communication stream beside the compute stream's later work and returns before it ends;
+    /// the others compute it at once. [`Communicator::finish_sum`] gives the result. Every rank
+    /// starts the same sums in the same order.
+    fn start_all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<PendingSum> {
+        self.all_reduce_sum_flat(tensors).map(PendingSum::ready)
+    }
+
+    /// The sum that [`Communicator::start_all_reduce_sum_flat`] started: on a GPU the compute
+    /// stream is ordered after it (the host does not wait), so every op on the result sees it.
+    fn finish_sum(&self, pending: PendingSum) -> Result<Tensor> {
+        pending.into_ready()
+    }
+
     /// Replaces each tensor by its mean over the ranks (bucketed; see
     /// [`crate::data_parallel::all_reduce_mean`]).
     fn all_reduce_mean(&self, tensors: &mut [&mut Tensor]) -> Result<()> {
         crate::data_parallel::all_reduce_mean(self, tensors)
+    }
+}
+
+/// An all-reduce sum that was started ([`Communicator::start_all_reduce_sum_flat`]) and is read
+/// through the communicator that started it ([`Communicator::finish_sum`]).
+pub struct PendingSum(Pending);
+
+enum Pending {
+    /// Computed when it was started.
+    Ready(Tensor),
+    /// Running on a GPU's communication stream.
+    #[cfg(feature = "cuda")]
+    Nccl(tensor::cuda::nccl::PendingBucket),
+}
+
+impl PendingSum {
+    /// A sum computed at once.
+    pub fn ready(sum: Tensor) -> PendingSum {
+        PendingSum(Pending::Ready(sum))
+    }
+
+    /// The sum, when it was computed at once; an error for one still running on a GPU (only the
+    /// communicator that started it can order the GPU after it).
+    pub fn into_ready(self) -> Result<Tensor> {
+        match self.0 {
+            Pending::Ready(t) => Ok(t),
+            #[cfg(feature = "cuda")]
+            Pending::Nccl(_) => bail!(
+                "finish_sum",
+                "a sum running on a GPU's communication stream is finished by its communicator"
+            ),
+        }
     }
 }
 

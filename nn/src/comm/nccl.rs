@@ -5,6 +5,12 @@
 //! publishes it through the run's TCP store ([`super::store`]), which also carries the host
 //! exchanges below.
 //!
+//! The gradient all-reduce overlapped with backward starts its buckets' sums
+//! ([`Communicator::start_all_reduce_sum_flat`]) on each GPU's communication stream (after an
+//! event on the compute stream, so the flattened bucket is complete; `cuda/src/comm_stream.rs`)
+//! and finishes them ([`Communicator::finish_sum`]) by making the compute stream wait for an
+//! event recorded after each sum: the backward kernels issued in between run beside the sums.
+//!
 //! NCCL cannot tell when ranks disagree (it hangs or sums garbage), so each all-reduce is fenced
 //! by two host exchanges between the ranks (between threads, or through the store): before it, every rank reports its bucket's dtype
 //! and length (or why it has none) and all ranks fail together, naming the rank, unless they
@@ -19,6 +25,7 @@ use super::{
     check_same_buckets, check_same_tensors, dtype_code, dtype_of_code, gathered_shape,
     Communicator, TcpGroup, DEFAULT_TIMEOUT,
 };
+use super::{nccl_of, pending_nccl, PendingSum};
 use std::cell::Cell;
 use std::time::Duration;
 use tensor::cuda::nccl::{Bucket, NcclComm, NcclId, Reduce};
@@ -94,7 +101,9 @@ impl Nccl {
         Device::Cuda(self.comm.gpu().ordinal())
     }
 
-    fn reduce(&self, tensors: &[&Tensor]) -> Result<Tensor> {
+    /// The fenced all-reduce of `tensors` (module docs): flattened into a bucket, which `issue`
+    /// hands to NCCL once every rank agrees on its dtype and length.
+    fn reduce<R>(&self, tensors: &[&Tensor], issue: impl FnOnce(Bucket) -> Result<R>) -> Result<R> {
         let bucket = Bucket::flatten(&self.comm, tensors);
         let shape = bucket
             .as_ref()
@@ -107,7 +116,7 @@ impl Nccl {
                 .map(|w| (dtype_of_code(w[0]), w[1] as usize))
                 .collect::<Vec<_>>(),
         )?;
-        let issued = bucket?.all_reduce(&self.comm, Reduce::Sum);
+        let issued = bucket.and_then(issue);
         let status = issued
             .as_ref()
             .map(|_| Vec::new())
@@ -164,7 +173,23 @@ impl Communicator for Nccl {
     }
 
     fn all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<Tensor> {
-        self.reduce(tensors).inspect_err(|_| self.failed.set(true))
+        self.reduce(tensors, |b| b.all_reduce(&self.comm, Reduce::Sum))
+            .inspect_err(|_| self.failed.set(true))
+    }
+
+    fn start_all_reduce_sum_flat(&self, tensors: &[&Tensor]) -> Result<PendingSum> {
+        self.reduce(tensors, |b| b.start_all_reduce(&self.comm))
+            .map(pending_nccl)
+            .inspect_err(|_| self.failed.set(true))
+    }
+
+    fn finish_sum(&self, pending: PendingSum) -> Result<Tensor> {
+        match nccl_of(pending) {
+            Ok(bucket) => bucket
+                .wait(&self.comm)
+                .inspect_err(|_| self.failed.set(true)),
+            Err(ready) => ready.into_ready(),
+        }
     }
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {

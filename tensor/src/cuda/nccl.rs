@@ -4,6 +4,10 @@
 //! bucket comes back as a 1-D tensor of the total length, which callers slice back into the
 //! tensors' shapes (views, no copy).
 //!
+//! [`Bucket::start_all_reduce`] sums on the rank's communication stream instead, beside the
+//! compute stream's later kernels (the gradient all-reduce overlapped with backward); the
+//! [`PendingBucket`] it returns gives the sum once the compute stream is ordered after it.
+//!
 //! [`all_gather`] is the other collective: one tensor per rank, every rank's copied into its slot
 //! of one buffer of `world` slots, which `ncclAllGather` fills in place on every rank.
 //!
@@ -12,7 +16,7 @@
 
 use super::{float_kernel, operands, strided, tensor_of, wrap, CudaBuf};
 use crate::{bail, contiguous_strides, DType, Device, Result, Tensor};
-pub use cuda::nccl::{nccl_version, NcclComm, NcclId, Reduce};
+pub use cuda::nccl::{nccl_version, CommDone, NcclComm, NcclId, Reduce};
 use cuda::ops::elementwise::copy_into;
 
 const OP: &str = "nccl all_reduce";
@@ -105,6 +109,41 @@ impl Bucket {
             CudaBuf::BF16(b) => comm.all_reduce(b, 0, self.len, op)?,
             _ => bail!(OP, "dtype {} cannot be all-reduced", self.dtype),
         }
+        Ok(tensor_of(comm.gpu(), self.buf, &[self.len]))
+    }
+}
+
+/// A bucket whose sum across ranks runs on the communication stream ([`Bucket::start_all_reduce`]).
+pub struct PendingBucket {
+    buf: CudaBuf,
+    len: usize,
+    done: CommDone,
+}
+
+impl Bucket {
+    /// Sums the bucket across every rank of `comm` in place on `comm`'s communication stream,
+    /// after the compute stream's work so far (the flattening included); the compute stream goes
+    /// on meanwhile. Every rank must call this with a bucket of the same length and dtype.
+    pub fn start_all_reduce(mut self, comm: &NcclComm) -> Result<PendingBucket> {
+        let done = match &mut self.buf {
+            CudaBuf::F32(b) => comm.all_reduce_async(b, 0, self.len)?,
+            CudaBuf::F16(b) => comm.all_reduce_async(b, 0, self.len)?,
+            CudaBuf::BF16(b) => comm.all_reduce_async(b, 0, self.len)?,
+            _ => bail!(OP, "dtype {} cannot be all-reduced", self.dtype),
+        };
+        Ok(PendingBucket {
+            buf: self.buf,
+            len: self.len,
+            done,
+        })
+    }
+}
+
+impl PendingBucket {
+    /// The summed bucket as a 1-D tensor: the compute stream waits for the sum first (the host
+    /// does not), so every op on the result runs after it.
+    pub fn wait(self, comm: &NcclComm) -> Result<Tensor> {
+        comm.wait(&self.done)?;
         Ok(tensor_of(comm.gpu(), self.buf, &[self.len]))
     }
 }
