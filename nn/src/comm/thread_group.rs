@@ -113,6 +113,7 @@ impl Communicator for ThreadGroup {
         let mine = match (t.device(), gathered_shape(GATHER, t.shape(), world)) {
             (Device::Cpu, Ok(_)) => t.contiguous().map_err(|e| e.to_string()),
             (Device::Cpu, Err(e)) => Err(e.to_string()),
+            #[cfg(feature = "cuda")]
             (d, _) => Err(format!(
                 "the tensor is on {d}; ThreadGroup gathers CPU tensors (Nccl gathers GPU ones)"
             )),
