@@ -209,7 +209,7 @@ struct Active {
     gpu: Option<gpu::Started>,
 }
 
-/// Ids that link a GPU op's CPU launch to its kernel in the trace (feature `cuda`).
+/// Flow ids that link an op's CPU slice to its kernel slice on the GPU track.
 #[cfg(feature = "cuda")]
 static NEXT_FLOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
