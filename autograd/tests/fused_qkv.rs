@@ -7,7 +7,7 @@
 //! tolerance of the CPU's f32, on contiguous and transposed projections.
 
 use autograd::Var;
-use tensor::testing::{max_rel_err, randn};
+use tensor::testing::randn;
 use tensor::{DType, Device, Result, Rng, Tensor};
 
 const B: usize = 2;
@@ -154,7 +154,7 @@ fn on_a_gpu_fused_attention_reads_the_views_in_place_and_matches() {
                 (&got, &cpu_out, "output"),
                 (&got_grad, &cpu_grad, "gradient"),
             ] {
-                let e = max_rel_err(g, c);
+                let e = tensor::testing::max_rel_err(g, c);
                 assert!(
                     e <= tol,
                     "{what}: {name} relative error {e:.2e} > {tol:.0e}"

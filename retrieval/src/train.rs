@@ -672,6 +672,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     train_on(cfg, &SingleProcess)
 }
 
+/// The folder of the output directory where `train-retriever --config_name` writes the random
+/// initialisation the run starts from.
+pub const RANDOM_INIT_DIR: &str = "random-init";
+
 /// Rank 0's check and creation of the output directory.
 fn prepare_output_dir(cfg: &TrainConfig) -> Result<()> {
     let out = &cfg.output_dir;
@@ -681,7 +685,10 @@ fn prepare_output_dir(cfg: &TrainConfig) -> Result<()> {
     for dir in stale {
         eprintln!("removed {}: an incomplete checkpoint", dir.display());
     }
-    let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    // `train-retriever --config_name` writes the random initialisation it starts from there
+    // first (after the same check).
+    let non_empty = std::fs::read_dir(out)
+        .is_ok_and(|mut d| d.any(|e| e.map_or(true, |e| e.file_name() != RANDOM_INIT_DIR)));
     if non_empty && !cfg.overwrite_output_dir && cfg.resume_from_checkpoint.is_none() {
         return Err(Error::Config(format!(
             "output directory {} already exists and is not empty; use overwrite_output_dir to \

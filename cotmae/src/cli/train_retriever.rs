@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use retrieval::train::train_on;
+use retrieval::train::{train_on, RANDOM_INIT_DIR};
 use retrieval::{latest_checkpoint, GradCacheChunks, PadTo, TrainConfig};
 
 use super::{with_threads, CliResult};
@@ -148,9 +148,17 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
     if let Some(ckpt) = &resume {
         eprintln!("train-retriever: resuming from {}", ckpt.display());
     }
+    let init = a.config_name.clone().map(|config| RandomInit {
+        config,
+        tokenizer: a.tokenizer_name.clone(),
+        output_dir: a.output_dir.clone(),
+        seed: a.seed,
+        overwrite_output_dir: a.overwrite_output_dir,
+        resume: a.resume_from_checkpoint.is_some(),
+    });
     let model_name_or_path = match (&a.model_name_or_path, &a.config_name) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(config)) => random_init(config, a.tokenizer_name.as_deref(), &a)?,
+        (None, Some(_)) => a.output_dir.join(RANDOM_INIT_DIR),
         (None, None) => unreachable!("clap requires one of them"),
     };
     let cfg = TrainConfig {
@@ -202,6 +210,9 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
                 device,
                 ..cfg.clone()
             };
+            if let Some(init) = &init {
+                random_init_on(init, comm)?;
+            }
             if rank0 {
                 a.profile.start()?;
             }
@@ -235,41 +246,71 @@ pub fn run(a: TrainRetrieverArgs) -> CliResult {
     Ok(())
 }
 
-/// Writes the random encoder of `--config_name` (drawn from `--seed` on the same stream as
-/// `pretrain --config_name`, so both start from the same weights) to `<output_dir>/random-init`
-/// with the tokenizer, and returns that directory. Skipped when it is already there (a resume).
-fn random_init(
-    config: &std::path::Path,
-    tokenizer: Option<&std::path::Path>,
-    a: &TrainRetrieverArgs,
-) -> CliResult<PathBuf> {
-    let tok_dir =
-        tokenizer.ok_or("--config_name needs --tokenizer_name (a directory with vocab.txt)")?;
-    let dir = a.output_dir.join("random-init");
-    if a.resume_from_checkpoint.is_some() && dir.join("config.json").exists() {
-        return Ok(dir);
+/// What `--config_name` needs to write the random initialisation a run starts from.
+struct RandomInit {
+    config: PathBuf,
+    tokenizer: Option<PathBuf>,
+    output_dir: PathBuf,
+    seed: u64,
+    overwrite_output_dir: bool,
+    resume: bool,
+}
+
+/// Rank 0 writes the random initialisation of `--config_name` ([`random_init`]) while the other
+/// ranks wait for it; every rank then fails if rank 0 could not write it.
+fn random_init_on(init: &RandomInit, comm: &dyn nn::Communicator) -> CliResult {
+    let written = if comm.rank() == 0 {
+        random_init(init)
+    } else {
+        Ok(())
+    };
+    if comm.world_size() > 1 {
+        let outcome = comm.all_gather_host(vec![written.is_ok() as u64])?;
+        if written.is_ok() && outcome[0] != [1] {
+            return Err(format!(
+                "rank 0 could not write the random initialisation to {} (its error is above)",
+                init.output_dir.join(RANDOM_INIT_DIR).display()
+            )
+            .into());
+        }
     }
-    let non_empty = std::fs::read_dir(&a.output_dir).is_ok_and(|mut d| d.next().is_some());
-    if non_empty && !a.overwrite_output_dir && a.resume_from_checkpoint.is_none() {
+    written
+}
+
+/// Writes the random encoder of `--config_name` (drawn from `--seed` on the same stream as
+/// `pretrain --config_name`, so both start from the same weights) to
+/// `<output_dir>/random-init` with the tokenizer; the trainer then starts from that directory.
+/// Skipped when it is already there (a resume).
+fn random_init(init: &RandomInit) -> CliResult {
+    let tok_dir = init
+        .tokenizer
+        .as_deref()
+        .ok_or("--config_name needs --tokenizer_name (a directory with vocab.txt)")?;
+    let dir = init.output_dir.join(RANDOM_INIT_DIR);
+    if init.resume && dir.join("config.json").exists() {
+        return Ok(());
+    }
+    let non_empty = std::fs::read_dir(&init.output_dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !init.overwrite_output_dir && !init.resume {
         return Err(format!(
             "output directory {} already exists and is not empty; use overwrite_output_dir to \
              train into it or resume_from_checkpoint to continue",
-            a.output_dir.display()
+            init.output_dir.display()
         )
         .into());
     }
-    let config = bert::BertConfig::from_file(config)?;
+    let config = bert::BertConfig::from_file(&init.config)?;
     let tok = bert::Tokenizer::from_dir(tok_dir)?;
     let mut rng = tensor::Rng {
-        seed: a.seed,
+        seed: init.seed,
         offset: crate::trainer::streams::INIT,
     };
     let model = bert::BertForMaskedLM::new(&config, &mut rng)?;
     model.save_pretrained(&dir, Some(&tok))?;
     eprintln!(
         "train-retriever: random initialisation (seed {}) saved to {}",
-        a.seed,
+        init.seed,
         dir.display()
     );
-    Ok(dir)
+    Ok(())
 }

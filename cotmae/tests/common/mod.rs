@@ -2,6 +2,8 @@
 //! cut-down vocabulary and a tiny BERT config, the flags that train on it, and log readers.
 #![allow(dead_code)]
 
+pub mod retriever;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -110,12 +110,15 @@ impl Communicator for ThreadGroup {
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         let world = self.world_size();
-        let mine = match (t.device(), gathered_shape(GATHER, t.shape(), world)) {
-            (Device::Cpu, Ok(_)) => t.contiguous().map_err(|e| e.to_string()),
-            (Device::Cpu, Err(e)) => Err(e.to_string()),
-            (d, _) => Err(format!(
-                "the tensor is on {d}; ThreadGroup gathers CPU tensors (Nccl gathers GPU ones)"
-            )),
+        let mine = if t.device().is_cpu() {
+            gathered_shape(GATHER, t.shape(), world)
+                .and_then(|_| t.contiguous())
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "the tensor is on {}; ThreadGroup gathers CPU tensors (Nccl gathers GPU ones)",
+                t.device()
+            ))
         };
         self.member.agree(GATHER, "all_gather", mine, |all| {
             check_same_tensors(GATHER, all.iter().map(|t| (t.dtype(), t.shape())))?;

@@ -25,7 +25,7 @@ pub use trace::{read_chrome_trace, write_chrome_trace};
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -209,7 +209,9 @@ struct Active {
     gpu: Option<gpu::Started>,
 }
 
-static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
+/// Flow ids that link an op's CPU slice to its kernel slice on the GPU track.
+#[cfg(feature = "cuda")]
+static NEXT_FLOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Opens an op scope. The builder methods add shapes, FLOPs and bytes; they do nothing (and
 /// format nothing) when profiling is off.
