@@ -6,6 +6,9 @@ torch.optim.AdamW), batch 8 x 128; and loading a checkpoint directory (time and 
 
 usage: bert_torch.py [--threads 2]          timings, JSON lines like the Rust side
        bert_torch.py --load DIR             load DIR with BertModel.from_pretrained
+       bert_torch.py --profile [STEPS]      torch.profiler over STEPS (default 3) bf16 autocast
+                                            MLM train steps after 2 warm-up steps: the per-op
+                                            table (self CPU time), the twin of our per-op table
 """
 import argparse
 import json
@@ -69,6 +72,44 @@ def timings():
         report(f"bert_mlm_train_step{suffix}", time_ms(step))
 
 
+def profile(steps):
+    """torch.profiler over bf16 autocast MLM train steps (the same step as `timings`' _bf16 row):
+    ops by self CPU time, and the forward/backward/optimizer split."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig())
+    ids = torch.randint(1000, 30000, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    labels = torch.where(torch.rand(BATCH, SEQ) < 0.3, ids, torch.full_like(ids, -100))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step():
+        with record_function("phase:forward"), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        with record_function("phase:backward"):
+            out.loss.backward()
+        with record_function("phase:optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    ms = (time.perf_counter() - t) * 1e3 / steps
+    print(f"# torch bf16 autocast MLM train step, {steps} steps profiled: {ms:.1f} ms/step "
+          "(with the profiler on)")
+    avg = prof.key_averages()
+    print(avg.table(sort_by="self_cpu_time_total", row_limit=45))
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=40))
+
+
 def load(path):
     from transformers import BertModel
 
@@ -83,11 +124,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--load", metavar="DIR")
+    ap.add_argument("--profile", nargs="?", type=int, const=3, metavar="STEPS")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(json.dumps({"torch": torch.__version__, "threads": a.threads}), file=sys.stderr)
     if a.load:
         load(a.load)
+    elif a.profile:
+        profile(a.profile)
     else:
         timings()
 
