@@ -65,6 +65,17 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// One VNNI pair row of a B panel from two rows of B: `dst[2c]` = the bf16 bits of
+    /// `even[c]`, `dst[2c + 1]` those of `odd[c]`.
+    fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
+        for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+            d[0] = e.bf16_bits();
+            d[1] = o.bf16_bits();
+        }
+    }
+}
+
 /// Element types an operand may be read from.
 pub trait Bf16Source: Copy + Send + Sync {
     fn bf16_bits(self) -> u16;
@@ -106,6 +117,9 @@ impl PackedA {
             .for_each(|(blk, chunk)| {
                 let i0 = blk * M_PAD;
                 let rows = M_PAD.min(m.saturating_sub(i0));
+                if rows == 0 {
+                    return; // m = 0: one block of zeros
+                }
                 if src.cs == 1 || k == 1 {
                     for r in 0..rows {
                         let row = &mut chunk[r * kp..r * kp + k];
@@ -116,8 +130,16 @@ impl PackedA {
                             row[0] = src.data[start].bf16_bits();
                         }
                     }
+                } else if src.rs == 1 {
+                    // A transposed view (x^T in a weight gradient): walk k outside so each read
+                    // run, the block's rows of column l, is one slice along memory.
+                    for l in 0..k {
+                        let start = src.offset + l * src.cs + i0;
+                        for (r, x) in src.data[start..start + rows].iter().enumerate() {
+                            chunk[r * kp + l] = x.bf16_bits();
+                        }
+                    }
                 } else {
-                    // A transposed view: walk k outside so each read run is along memory.
                     for l in 0..k {
                         for r in 0..rows {
                             chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
@@ -149,6 +171,9 @@ impl PackedB {
             .for_each(|(p, panel)| {
                 let j0 = p * PANEL;
                 let cols = PANEL.min(n.saturating_sub(j0));
+                if cols == 0 {
+                    return; // the padding panel of an odd panel count: zeros
+                }
                 // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
                 let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
                 if src.rs == 1 {
@@ -156,6 +181,21 @@ impl PackedB {
                     for c in 0..cols {
                         for l in 0..k {
                             panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+                        }
+                    }
+                } else if src.cs == 1 {
+                    // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
+                    // columns interleave into one pair row.
+                    let row = |l: usize| {
+                        let start = src.offset + l * src.rs + j0;
+                        &src.data[start..start + cols]
+                    };
+                    for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
+                        interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
+                    }
+                    if k % 2 == 1 {
+                        for (c, x) in row(k - 1).iter().enumerate() {
+                            panel[slot(k - 1, c)] = x.bf16_bits();
                         }
                     }
                 } else {
@@ -238,6 +278,33 @@ mod tests {
             cs: k,
         };
         assert_eq!(PackedB::pack(src_t, k, n).data, p.data);
+        // And through a view with no unit stride (every other element of a wider buffer), the
+        // generic walk.
+        let wide: Vec<f32> = b.iter().flat_map(|&x| [x, -1.0]).collect();
+        let src_w = Strided {
+            data: &wide,
+            offset: 0,
+            rs: 2 * n,
+            cs: 2,
+        };
+        assert_eq!(PackedB::pack(src_w, k, n).data, p.data);
+        assert_eq!(
+            PackedA::pack(src_w, k, n).data,
+            PackedA::pack(src, k, n).data
+        );
+        // Even k and a row offset take the pair loop without the odd last row.
+        let src_2 = Strided {
+            data: &b,
+            offset: n,
+            rs: n,
+            cs: 1,
+        };
+        let p2 = PackedB::pack(src_2, 2, n);
+        assert_eq!(
+            bf16::from_bits(p2.data[p2.panel_stride() + 1]).to_f32(),
+            216.0
+        );
+        assert_eq!(bf16::from_bits(p2.data[2 * 5]).to_f32(), 105.0);
         // A: rows padded to 32, k to 32.
         let a = PackedA::pack(src, k, n);
         assert_eq!((a.mp, a.kp), (32, 32));
