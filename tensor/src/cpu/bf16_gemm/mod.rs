@@ -25,11 +25,16 @@
 //!         for each micro row (MR rows):  kernel(acc tile += A rows . B panels)
 //!     epilogue: out = cast(gelu?(acc + bias))           (the only write of C)
 //! ```
+//!
+//! Small products (the demo's tiny BERT, attention's head products) take `small.rs` instead:
+//! the same kernels, with the packing done by the tasks into per-thread buffers.
 
 mod amx;
 mod avx512;
 pub mod pack;
 mod portable;
+pub mod small;
+mod transpose;
 
 pub use pack::{Bf16Source, PackedA, PackedB, Strided};
 
@@ -388,7 +393,7 @@ mod tests {
     use super::*;
 
     /// Deterministic values in [-2, 2) with plenty of bits below bf16's 8.
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::Rng::new(seed);
         let t = crate::Tensor::rand_uniform(
             &[len],
@@ -404,7 +409,7 @@ mod tests {
 
     /// Every micro-kernel this CPU runs, by name, and the AMX kernel's emulation (its tile
     /// order and addressing, `amx::emulate`), which runs anywhere.
-    fn kernels() -> Vec<(&'static str, Micro)> {
+    pub(super) fn kernels() -> Vec<(&'static str, Micro)> {
         let mut all: Vec<_> = Backend::available()
             .into_iter()
             .map(|b| (b.name(), b.micro()))
@@ -425,7 +430,7 @@ mod tests {
     /// Checks `got` [m, n] against the f64 product of the bf16-rounded operands: the error may be
     /// f32 accumulation's alone, k * 2^-24 * sum |a b| (plus the epilogue's few roundings).
     #[allow(clippy::too_many_arguments)]
-    fn check(
+    pub(super) fn check(
         got: &[f32],
         a: &Strided<f32>,
         b: &Strided<f32>,

@@ -76,15 +76,48 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Columns l and l + 1 of a block of A's rows (`even`, `odd`: each along memory, as in a
+    /// transposed view) into the packed rows: `dst[r * kp]` and `dst[r * kp + 1]` for row r.
+    fn spread_pair<T: Bf16Source>(even: &[T], odd: &[T], kp: usize, dst: &mut [u16]) {
+        for ((d, &e), &o) in dst.chunks_mut(kp).zip(even).zip(odd) {
+            d[0] = e.bf16_bits();
+            d[1] = o.bf16_bits();
+        }
+    }
+}
+
+multiversion! {
+    /// Column c of a B panel from its k values along memory (`col`, a row of W in a W^T view):
+    /// value l goes to `dst[(l / 2) * 32 + l % 2]`, `dst` starting at the panel's column c.
+    fn spread_column<T: Bf16Source>(col: &[T], dst: &mut [u16]) {
+        let pairs = col.chunks_exact(2);
+        if let [x] = pairs.remainder() {
+            dst[(col.len() / 2) * 2 * PANEL] = x.bf16_bits();
+        }
+        for (d, pair) in dst.chunks_mut(2 * PANEL).zip(pairs) {
+            d[0] = pair[0].bf16_bits();
+            d[1] = pair[1].bf16_bits();
+        }
+    }
+}
+
 /// Element types an operand may be read from.
 pub trait Bf16Source: Copy + Send + Sync {
     fn bf16_bits(self) -> u16;
+    /// The slice as f32 when it is (the vectorised transposed packing reads f32).
+    fn as_f32(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Bf16Source for f32 {
     #[inline(always)]
     fn bf16_bits(self) -> u16 {
         round_bf16(self)
+    }
+    fn as_f32(data: &[f32]) -> Option<&[f32]> {
+        Some(data)
     }
 }
 
@@ -97,6 +130,126 @@ impl Bf16Source for bf16 {
 
 fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
+}
+
+/// Rows `i0 .. i0 + rows` of A [.., k] into `dst`, row r at `dst[r * kp ..]` (k <= kp); the
+/// padding of `dst` (columns k .. kp, rows past `rows`) is left as it is (zero when packing).
+pub(crate) fn pack_a_rows<T: Bf16Source>(
+    src: Strided<T>,
+    i0: usize,
+    rows: usize,
+    k: usize,
+    kp: usize,
+    dst: &mut [u16],
+) {
+    if rows == 0 {
+        return; // m = 0: one block of zeros
+    }
+    if src.cs == 1 || k == 1 {
+        for r in 0..rows {
+            let row = &mut dst[r * kp..r * kp + k];
+            let start = src.offset + (i0 + r) * src.rs;
+            if src.cs == 1 {
+                round_row(&src.data[start..start + k], row);
+            } else {
+                row[0] = src.data[start].bf16_bits();
+            }
+        }
+    } else if src.rs == 1 {
+        // A transposed view (x^T in a weight gradient): walk k outside so each read
+        // run, the block's rows of column l, is one slice along memory.
+        // Whole 16 x 32 blocks of an f32 view through register transposes (`transpose.rs`),
+        // the rest two columns at a time, filling adjacent halves of each row.
+        let (rows_t, k_t) = match T::as_f32(src.data) {
+            Some(data) => super::transpose::pack_blocks(
+                Strided {
+                    data,
+                    offset: src.offset,
+                    rs: src.rs,
+                    cs: src.cs,
+                },
+                i0,
+                rows,
+                k,
+                kp,
+                dst,
+            ),
+            None => (0, 0),
+        };
+        let column = |l: usize| {
+            let start = src.offset + l * src.cs + i0;
+            &src.data[start..start + rows]
+        };
+        for l in (0..k.saturating_sub(1)).step_by(2) {
+            let r0 = if l < k_t { rows_t } else { 0 };
+            if r0 == rows {
+                continue;
+            }
+            spread_pair(
+                &column(l)[r0..],
+                &column(l + 1)[r0..],
+                kp,
+                &mut dst[r0 * kp + l..],
+            );
+        }
+        if k % 2 == 1 {
+            for (r, x) in column(k - 1).iter().enumerate() {
+                dst[r * kp + k - 1] = x.bf16_bits();
+            }
+        }
+    } else {
+        for l in 0..k {
+            for r in 0..rows {
+                dst[r * kp + l] = src.at(i0 + r, l).bf16_bits();
+            }
+        }
+    }
+}
+
+/// Columns `j0 .. j0 + cols` (cols <= 16) of B [k, ..] into one VNNI panel `panel`
+/// ([pairs][16][2], module doc); the padding (columns past `cols`, the odd k's second half, pair
+/// rows past k / 2) is left as it is (zero when packing).
+pub(crate) fn pack_b_panel<T: Bf16Source>(
+    src: Strided<T>,
+    j0: usize,
+    cols: usize,
+    k: usize,
+    panel: &mut [u16],
+) {
+    if cols == 0 {
+        return; // the padding panel of an odd panel count: zeros
+    }
+    // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
+    let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
+    if src.rs == 1 {
+        // W^T views (the linear layer in training), k^T in attention: each column is along
+        // memory.
+        for c in 0..cols {
+            let start = src.offset + (j0 + c) * src.cs;
+            spread_column(&src.data[start..start + k], &mut panel[2 * c..]);
+        }
+    } else if src.cs == 1 {
+        // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
+        // columns interleave into one pair row.
+        let row = |l: usize| {
+            let start = src.offset + l * src.rs + j0;
+            &src.data[start..start + cols]
+        };
+        for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
+            interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
+        }
+        if k % 2 == 1 {
+            for (c, x) in row(k - 1).iter().enumerate() {
+                panel[slot(k - 1, c)] = x.bf16_bits();
+            }
+        }
+    } else {
+        for l in 0..k {
+            for c in 0..cols {
+                panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+            }
+        }
+    }
 }
 
 /// A [m, k] as row-major bf16 bits [mp, kp] (module doc).
@@ -116,36 +269,7 @@ impl PackedA {
             .enumerate()
             .for_each(|(blk, chunk)| {
                 let i0 = blk * M_PAD;
-                let rows = M_PAD.min(m.saturating_sub(i0));
-                if rows == 0 {
-                    return; // m = 0: one block of zeros
-                }
-                if src.cs == 1 || k == 1 {
-                    for r in 0..rows {
-                        let row = &mut chunk[r * kp..r * kp + k];
-                        let start = src.offset + (i0 + r) * src.rs;
-                        if src.cs == 1 {
-                            round_row(&src.data[start..start + k], row);
-                        } else {
-                            row[0] = src.data[start].bf16_bits();
-                        }
-                    }
-                } else if src.rs == 1 {
-                    // A transposed view (x^T in a weight gradient): walk k outside so each read
-                    // run, the block's rows of column l, is one slice along memory.
-                    for l in 0..k {
-                        let start = src.offset + l * src.cs + i0;
-                        for (r, x) in src.data[start..start + rows].iter().enumerate() {
-                            chunk[r * kp + l] = x.bf16_bits();
-                        }
-                    }
-                } else {
-                    for l in 0..k {
-                        for r in 0..rows {
-                            chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
-                        }
-                    }
-                }
+                pack_a_rows(src, i0, M_PAD.min(m.saturating_sub(i0)), k, kp, chunk);
             });
         PackedA { data, m, k, mp, kp }
     }
@@ -170,41 +294,7 @@ impl PackedB {
             .enumerate()
             .for_each(|(p, panel)| {
                 let j0 = p * PANEL;
-                let cols = PANEL.min(n.saturating_sub(j0));
-                if cols == 0 {
-                    return; // the padding panel of an odd panel count: zeros
-                }
-                // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
-                let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
-                if src.rs == 1 {
-                    // W^T views (the linear layer in training): each column is along memory.
-                    for c in 0..cols {
-                        for l in 0..k {
-                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
-                        }
-                    }
-                } else if src.cs == 1 {
-                    // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
-                    // columns interleave into one pair row.
-                    let row = |l: usize| {
-                        let start = src.offset + l * src.rs + j0;
-                        &src.data[start..start + cols]
-                    };
-                    for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
-                        interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
-                    }
-                    if k % 2 == 1 {
-                        for (c, x) in row(k - 1).iter().enumerate() {
-                            panel[slot(k - 1, c)] = x.bf16_bits();
-                        }
-                    }
-                } else {
-                    for l in 0..k {
-                        for c in 0..cols {
-                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
-                        }
-                    }
-                }
+                pack_b_panel(src, j0, PANEL.min(n.saturating_sub(j0)), k, panel);
             });
         PackedB {
             data,
@@ -245,6 +335,63 @@ mod tests {
             assert_eq!(round_bf16(x), bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(bf16::from_bits(round_bf16(f32::NAN)).is_nan());
+    }
+
+    /// A transposed f32 view packs to the same bytes as the row-major matrix: whole 16 x 32
+    /// blocks through the register transposes (`transpose.rs`), the leftover rows and columns
+    /// two at a time, with ties, NaN, infinities and subnormals among the values.
+    #[test]
+    fn transposed_a_packs_like_row_major_through_the_register_transposes() {
+        let specials = [
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -0.0,
+            f32::MAX,
+        ];
+        for (m, k) in [(16, 32), (48, 48), (50, 75), (33, 64), (15, 100), (64, 31)] {
+            let value = |i: usize, l: usize| {
+                let x = ((i * 7919 + l * 104_729) % 2003) as f32 / 97.0 - 10.0;
+                if (i + 3 * l).is_multiple_of(29) {
+                    specials[(i + l) % specials.len()]
+                } else {
+                    x * (1.0 + 1.0 / 3.0)
+                }
+            };
+            let row_major: Vec<f32> = (0..m * k).map(|e| value(e / k, e % k)).collect();
+            // Column-major with 5 spare rows per column and an offset: A = (a view of) x^T.
+            let ld = m + 5;
+            let mut col_major = vec![-7.0f32; 3 + k * ld];
+            for i in 0..m {
+                for l in 0..k {
+                    col_major[3 + l * ld + i] = value(i, l);
+                }
+            }
+            let want = PackedA::pack(
+                Strided {
+                    data: &row_major,
+                    offset: 0,
+                    rs: k,
+                    cs: 1,
+                },
+                m,
+                k,
+            );
+            let got = PackedA::pack(
+                Strided {
+                    data: &col_major,
+                    offset: 3,
+                    rs: 1,
+                    cs: ld,
+                },
+                m,
+                k,
+            );
+            assert!(got.data == want.data, "{m}x{k}");
+        }
     }
 
     #[test]
