@@ -224,9 +224,26 @@ pub(crate) fn pack_b_panel<T: Bf16Source>(
     if src.rs == 1 {
         // W^T views (the linear layer in training), k^T in attention: each column is along
         // memory.
-        for c in 0..cols {
+        // A full panel of an f32 view: 32 values at a time through register transposes
+        // (`transpose.rs`); the rest column by column.
+        let k_t = match (cols, T::as_f32(src.data)) {
+            (PANEL, Some(data)) => super::transpose::pack_panel_blocks(
+                Strided {
+                    data,
+                    offset: src.offset,
+                    rs: src.rs,
+                    cs: src.cs,
+                },
+                j0,
+                k,
+                panel,
+            ),
+            _ => 0,
+        };
+        for c in (0..cols).filter(|_| k_t < k) {
             let start = src.offset + (j0 + c) * src.cs;
-            spread_column(&src.data[start..start + k], &mut panel[2 * c..]);
+            let rest = &mut panel[k_t / 2 * 2 * PANEL + 2 * c..];
+            spread_column(&src.data[start + k_t..start + k], rest);
         }
     } else if src.cs == 1 {
         // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
@@ -391,6 +408,30 @@ mod tests {
                 k,
             );
             assert!(got.data == want.data, "{m}x{k}");
+            // The same matrices as B [m, k]: W^T-like (columns along memory) packs like
+            // row-major B, full panels through the transposes.
+            let want = PackedB::pack(
+                Strided {
+                    data: &row_major,
+                    offset: 0,
+                    rs: k,
+                    cs: 1,
+                },
+                m,
+                k,
+            );
+            let col_major_t: Vec<f32> = (0..m * k).map(|e| value(e % m, e / m)).collect();
+            let got = PackedB::pack(
+                Strided {
+                    data: &col_major_t,
+                    offset: 0,
+                    rs: 1,
+                    cs: m,
+                },
+                m,
+                k,
+            );
+            assert!(got.data == want.data, "B {m}x{k}");
         }
     }
 

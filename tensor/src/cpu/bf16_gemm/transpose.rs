@@ -11,6 +11,10 @@
 //!   T_r lane q = pair q of row r  ->  one 64-byte store: 32 bf16 of packed row r
 //! ```
 //!
+//! B panels from a view with B's columns along memory (W^T in a training forward, k^T in
+//! attention) take the same transpose: a panel column's 32 values round and narrow to 16 pairs
+//! (one zmm of u32), 16 columns transpose to 16 pair rows of 64 bytes.
+//!
 //! The rounding is `pack::round_bf16` lane by lane (nearest even, NaN kept quiet), so the bytes
 //! equal the scalar packing's.
 
@@ -57,6 +61,68 @@ pub(super) fn pack_blocks(
         }
     }
     (rows_done, k_done)
+}
+
+/// Packs the first `k / 32 * 32` values of every column of one full B panel (16 columns from
+/// `j0`) from a view with columns along memory (`src.rs == 1`: W^T, k^T) into `panel`
+/// (`pack.rs` layout): per 32 values, 16 columns of 16 pairs, transposed to 16 pair rows.
+/// Returns the k values done, 0 where the CPU lacks AVX-512.
+pub(super) fn pack_panel_blocks(
+    src: Strided<f32>,
+    j0: usize,
+    k: usize,
+    panel: &mut [u16],
+) -> usize {
+    debug_assert_eq!(src.rs, 1);
+    let k_done = k / COLS * COLS;
+    if crate::cpu::simd::simd_level() < 2 || k_done == 0 {
+        return 0;
+    }
+    let last_read = src.offset + (j0 + ROWS - 1) * src.cs + k_done - 1;
+    assert!(last_read < src.data.len() && k_done / 2 * 2 * ROWS <= panel.len());
+    for l0 in (0..k_done).step_by(COLS) {
+        // SAFETY: avx512f is present (simd level 2); the reads src.offset + (j0 + c) * cs + l
+        // (c < 16, l < k_done) and the writes l0 / 2 * 32 .. + 16 * 32 are inside the buffers
+        // (asserted above).
+        unsafe {
+            panel_block(
+                src.data.as_ptr().add(src.offset + j0 * src.cs + l0),
+                src.cs,
+                panel.as_mut_ptr().add(l0 / 2 * 2 * ROWS),
+            )
+        };
+    }
+    k_done
+}
+
+/// 32 values of 16 columns (column c at `src + c * cs`, along memory) -> 16 pair rows of a B
+/// panel at `dst` (pair row q at `dst + 32 q`: column c's values 2q and 2q + 1).
+///
+/// # Safety
+/// avx512f; every read and write above is inside its buffer.
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_block(src: *const f32, cs: usize, dst: *mut u16) {
+    let mut v = [_mm512_setzero_si512(); 16];
+    for (c, x) in v.iter_mut().enumerate() {
+        // SAFETY: the caller's contract.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_loadu_si512(src.add(c * cs) as *const _),
+                _mm512_loadu_si512(src.add(c * cs + 16) as *const _),
+            )
+        };
+        // 32 bf16 in order = 16 pairs (u32 lanes), the even value in the low half.
+        let (lo, hi) = (
+            _mm512_cvtepi32_epi16(round16(lo)),
+            _mm512_cvtepi32_epi16(round16(hi)),
+        );
+        *x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    let t = transpose(v);
+    for (q, row) in t.iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_storeu_si512(dst.add(q * 2 * ROWS) as *mut _, *row) };
+    }
 }
 
 /// 16 lanes of f32 bits -> their bf16 bits in the low halves (`pack::round_bf16`).
