@@ -26,9 +26,10 @@ const ROWS: usize = 16;
 /// Columns (k values) per transpose: 16 pairs.
 const COLS: usize = 32;
 
-/// Packs the part of rows `i0 .. i0 + rows` (columns `0 .. k`) of A that whole 16 x 32 blocks
-/// cover, from a transposed view (`src.rs == 1`), into `dst` (row r at `dst[r * kp ..]`).
-/// Returns (rows, columns) done: multiples of 16 and 32, (0, 0) where the CPU lacks AVX-512.
+/// Packs the part of rows `i0 .. i0 + rows` (columns `0 .. k`) of A that whole 16-row blocks
+/// and whole pairs of columns cover, from a transposed view (`src.rs == 1`), into `dst` (row r
+/// at `dst[r * kp ..]`). Returns (rows, columns) done: a multiple of 16 and k rounded down to
+/// even, (0, 0) where the CPU lacks AVX-512.
 pub(super) fn pack_blocks(
     src: Strided<f32>,
     i0: usize,
@@ -38,7 +39,8 @@ pub(super) fn pack_blocks(
     dst: &mut [u16],
 ) -> (usize, usize) {
     debug_assert_eq!(src.rs, 1);
-    let (rows_done, k_done) = (rows / ROWS * ROWS, k / COLS * COLS);
+    // Every whole pair: the last block may hold fewer than 16.
+    let (rows_done, k_done) = (rows / ROWS * ROWS, k / 2 * 2);
     if crate::cpu::simd::simd_level() < 2 || rows_done == 0 || k_done == 0 {
         return (0, 0);
     }
@@ -56,6 +58,7 @@ pub(super) fn pack_blocks(
                     src.cs,
                     dst.as_mut_ptr().add(r0 * kp + l0),
                     kp,
+                    (COLS / 2).min((k_done - l0) / 2),
                 )
             };
         }
@@ -63,10 +66,11 @@ pub(super) fn pack_blocks(
     (rows_done, k_done)
 }
 
-/// Packs the first `k / 32 * 32` values of every column of one full B panel (16 columns from
-/// `j0`) from a view with columns along memory (`src.rs == 1`: W^T, k^T) into `panel`
-/// (`pack.rs` layout): per 32 values, 16 columns of 16 pairs, transposed to 16 pair rows.
-/// Returns the k values done, 0 where the CPU lacks AVX-512.
+/// Packs the k values of every column of one full B panel (16 columns from `j0`) from a view
+/// with columns along memory (`src.rs == 1`: W^T, k^T) into `panel` (`pack.rs` layout): per 32
+/// values, 16 columns of 16 pairs, transposed to 16 pair rows (the last block masked, an odd
+/// k's last pair completed with a zero). Returns the k values done: k, or 0 where the CPU lacks
+/// AVX-512.
 pub(super) fn pack_panel_blocks(
     src: Strided<f32>,
     j0: usize,
@@ -74,13 +78,12 @@ pub(super) fn pack_panel_blocks(
     panel: &mut [u16],
 ) -> usize {
     debug_assert_eq!(src.rs, 1);
-    let k_done = k / COLS * COLS;
-    if crate::cpu::simd::simd_level() < 2 || k_done == 0 {
+    if crate::cpu::simd::simd_level() < 2 || k == 0 {
         return 0;
     }
-    let last_read = src.offset + (j0 + ROWS - 1) * src.cs + k_done - 1;
-    assert!(last_read < src.data.len() && k_done / 2 * 2 * ROWS <= panel.len());
-    for l0 in (0..k_done).step_by(COLS) {
+    let last_read = src.offset + (j0 + ROWS - 1) * src.cs + k - 1;
+    assert!(last_read < src.data.len() && k.div_ceil(2) * 2 * ROWS <= panel.len());
+    for l0 in (0..k).step_by(COLS) {
         // SAFETY: avx512f is present (simd level 2); the reads src.offset + (j0 + c) * cs + l
         // (c < 16, l < k_done) and the writes l0 / 2 * 32 .. + 16 * 32 are inside the buffers
         // (asserted above).
@@ -89,26 +92,30 @@ pub(super) fn pack_panel_blocks(
                 src.data.as_ptr().add(src.offset + j0 * src.cs + l0),
                 src.cs,
                 panel.as_mut_ptr().add(l0 / 2 * 2 * ROWS),
+                COLS.min(k - l0),
             )
         };
     }
-    k_done
+    k
 }
 
-/// 32 values of 16 columns (column c at `src + c * cs`, along memory) -> 16 pair rows of a B
-/// panel at `dst` (pair row q at `dst + 32 q`: column c's values 2q and 2q + 1).
+/// `values` (<= 32) values of 16 columns (column c at `src + c * cs`, along memory) -> the
+/// ceil(values / 2) pair rows of a B panel at `dst` (pair row q at `dst + 32 q`: column c's
+/// values 2q and 2q + 1, zero past `values`).
 ///
 /// # Safety
 /// avx512f; every read and write above is inside its buffer.
 #[target_feature(enable = "avx512f")]
-unsafe fn panel_block(src: *const f32, cs: usize, dst: *mut u16) {
+unsafe fn panel_block(src: *const f32, cs: usize, dst: *mut u16, values: usize) {
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
+    let (lo_lanes, hi_lanes) = (mask(values), mask(values.saturating_sub(16)));
     let mut v = [_mm512_setzero_si512(); 16];
     for (c, x) in v.iter_mut().enumerate() {
-        // SAFETY: the caller's contract.
+        // SAFETY: the caller's contract (a masked load reads only its lanes).
         let (lo, hi) = unsafe {
             (
-                _mm512_loadu_si512(src.add(c * cs) as *const _),
-                _mm512_loadu_si512(src.add(c * cs + 16) as *const _),
+                _mm512_maskz_loadu_epi32(lo_lanes, src.add(c * cs) as *const _),
+                _mm512_maskz_loadu_epi32(hi_lanes, src.add(c * cs + 16) as *const _),
             )
         };
         // 32 bf16 in order = 16 pairs (u32 lanes), the even value in the low half.
@@ -119,7 +126,7 @@ unsafe fn panel_block(src: *const f32, cs: usize, dst: *mut u16) {
         *x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     }
     let t = transpose(v);
-    for (q, row) in t.iter().enumerate() {
+    for (q, row) in t.iter().enumerate().take(values.div_ceil(2)) {
         // SAFETY: the caller's contract.
         unsafe { _mm512_storeu_si512(dst.add(q * 2 * ROWS) as *mut _, *row) };
     }
@@ -138,15 +145,15 @@ fn round16(x: __m512i) -> __m512i {
     _mm512_mask_mov_epi32(rounded, nan, quiet)
 }
 
-/// One 16 x 32 block: column l at `src + l * cs` (16 rows along memory), packed row r at
-/// `dst + r * kp` (32 u16).
+/// One block of 16 rows x `pairs` (<= 16) pairs of columns: column l at `src + l * cs` (16 rows
+/// along memory), packed row r at `dst + r * kp` (2 `pairs` u16).
 ///
 /// # Safety
 /// avx512f; every read and write above is inside its buffer.
 #[target_feature(enable = "avx512f")]
-unsafe fn block(src: *const f32, cs: usize, dst: *mut u16, kp: usize) {
+unsafe fn block(src: *const f32, cs: usize, dst: *mut u16, kp: usize, pairs: usize) {
     let mut p = [_mm512_setzero_si512(); 16];
-    for (q, v) in p.iter_mut().enumerate() {
+    for (q, v) in p.iter_mut().enumerate().take(pairs) {
         // SAFETY: the caller's contract.
         let (even, odd) = unsafe {
             (
@@ -157,9 +164,10 @@ unsafe fn block(src: *const f32, cs: usize, dst: *mut u16, kp: usize) {
         *v = _mm512_or_si512(round16(even), _mm512_slli_epi32(round16(odd), 16));
     }
     let t = transpose(p);
+    let lanes = (1u32 << pairs) - 1;
     for (r, v) in t.iter().enumerate() {
-        // SAFETY: the caller's contract.
-        unsafe { _mm512_storeu_si512(dst.add(r * kp) as *mut _, *v) };
+        // SAFETY: the caller's contract (a masked store writes only its lanes).
+        unsafe { _mm512_mask_storeu_epi32(dst.add(r * kp) as *mut _, lanes as u16, *v) };
     }
 }
 
