@@ -199,13 +199,16 @@ fn agrees_with_portable() -> bool {
     ok
 }
 
-/// What is applied to each f32 sum before it is written.
+/// What is applied to each f32 sum before it is written, in this order.
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Added to column j.
     pub bias: Option<&'a [f32]>,
     /// GELU (erf form) after the bias.
     pub gelu: bool,
+    /// Added last, element by element: an [m, n] row-major matrix (one batch entry only), the
+    /// residual a BERT output projection adds before its LayerNorm.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// Output element types.
@@ -228,30 +231,27 @@ impl OutElem for bf16 {
 }
 
 multiversion! {
-    /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`)), in 16 lanes where
-    /// the CPU has them (the scalar build would call libm's `fmaf` for every GELU step).
-    fn epilogue_row<O: OutElem>(acc: &[f32], bias: Option<&[f32]>, gelu: bool, dst: &mut [O]) {
-        match (bias, gelu) {
-            (Some(b), true) => {
-                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
-                    *d = O::from_f32((v + bj).gelu());
-                }
-            }
-            (Some(b), false) => {
-                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
-                    *d = O::from_f32(v + bj);
-                }
-            }
-            (None, true) => {
-                for (d, &v) in dst.iter_mut().zip(acc) {
-                    *d = O::from_f32(v.gelu());
-                }
-            }
-            (None, false) => {
-                for (d, &v) in dst.iter_mut().zip(acc) {
-                    *d = O::from_f32(v);
-                }
-            }
+    /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`) + `residual[c]`),
+    /// one step per pass over the row (in L1), in 16 lanes where the CPU has them (the scalar
+    /// build would call libm's `fmaf` for every GELU step).
+    fn epilogue_row<O: OutElem>(
+        acc: &mut [f32],
+        bias: Option<&[f32]>,
+        gelu: bool,
+        residual: Option<&[f32]>,
+        dst: &mut [O],
+    ) {
+        if let Some(b) = bias {
+            acc.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
+        }
+        if gelu {
+            acc.iter_mut().for_each(|v| *v = v.gelu());
+        }
+        if let Some(r) = residual {
+            acc.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
+        }
+        for (d, &v) in dst.iter_mut().zip(acc.iter()) {
+            *d = O::from_f32(v);
         }
     }
 }
@@ -304,6 +304,9 @@ fn gemm_micro<O: OutElem>(
     if let Some(bias) = ep.bias {
         assert_eq!(bias.len(), n);
     }
+    if let Some(residual) = ep.residual {
+        assert!(a.len() == 1 && residual.len() == m * n);
+    }
     if m * n == 0 {
         return;
     }
@@ -315,11 +318,46 @@ fn gemm_micro<O: OutElem>(
         let (pa, pb) = (a[e], b[if b.len() == 1 { 0 } else { e }]);
         // SAFETY: the entry's [m, n] block starts at e * m * n inside `out` (length asserted).
         let dst = unsafe { dst.add(e * m * n) };
-        task(micro, pa, pb, rest / col_tiles, rest % col_tiles, ep, dst);
+        task(
+            micro,
+            pa,
+            pb,
+            rest / col_tiles,
+            rest % col_tiles,
+            ep,
+            dst,
+            n,
+        );
     });
 }
 
-/// One [MC, NC] tile of C (module doc).
+/// One product `a b` computed on the calling thread with the current backend, C row i written
+/// at `out + i * ldo` (a block of a wider matrix). For callers that are themselves one of many
+/// parallel tasks: the fused attention (`cpu::attention_bf16`) runs two per (batch, head).
+///
+/// # Safety
+/// `out` is valid for writes of `(a.m - 1) * ldo + b.n` elements and no other thread touches
+/// the elements this product writes (rows of `b.n` at stride `ldo`).
+pub(crate) unsafe fn gemm_serial<O: OutElem>(
+    a: &PackedA,
+    b: &PackedB,
+    ep: Epilogue,
+    out: *mut O,
+    ldo: usize,
+) {
+    let (m, n) = (a.m, b.n);
+    assert!(a.k == b.k && ldo >= n && ep.bias.is_none_or(|bias| bias.len() == n));
+    assert!(ep.residual.is_none_or(|r| r.len() == m * n));
+    let micro = Backend::current().micro();
+    for ti in 0..m.div_ceil(MC) {
+        for tj in 0..n.div_ceil(NC) {
+            task(micro, a, b, ti, tj, ep, OutPtr(out), ldo);
+        }
+    }
+}
+
+/// One [MC, NC] tile of C (module doc); C's rows are `ldo` elements apart.
+#[allow(clippy::too_many_arguments)]
 fn task<O: OutElem>(
     micro: Micro,
     a: &PackedA,
@@ -328,6 +366,7 @@ fn task<O: OutElem>(
     tj: usize,
     ep: Epilogue,
     out: OutPtr<O>,
+    ldo: usize,
 ) {
     let (m, n, kp) = (a.m, b.n, a.kp);
     let (i0, p0) = (ti * MC, tj * NC_PANELS);
@@ -374,12 +413,13 @@ fn task<O: OutElem>(
     }
     let j0 = p0 * PANEL;
     for r in 0..rows {
-        let src = &acc[r * NC..r * NC + cols];
-        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n of this entry's block; no other
-        // task writes this tile.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * n + j0), cols) };
+        let src = &mut acc[r * NC..r * NC + cols];
+        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's block; no
+        // other task writes this tile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
         let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
-        epilogue_row(src, bias, ep.gelu, dst);
+        let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
+        epilogue_row(src, bias, ep.gelu, residual, dst);
     }
 }
 
@@ -549,6 +589,7 @@ mod tests {
                 let ep = Epilogue {
                     bias: Some(&bias),
                     gelu,
+                    residual: None,
                 };
                 let mut out = vec![0f32; batch * m * n];
                 gemm_micro(micro, &ra, &rb, ep, &mut out);

@@ -56,23 +56,22 @@ pub fn round_bf16(x: f32) -> u16 {
     (if nan { quiet } else { rounded }) as u16
 }
 
-multiversion! {
-    /// `dst[i]` = the bf16 bits of `src[i]` (one packed row), in 16 lanes where the CPU has them.
-    fn round_row<T: Bf16Source>(src: &[T], dst: &mut [u16]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.bf16_bits();
-        }
+/// `dst[i]` = the bf16 bits of `src[i]`: one packed row (inlined into the vectorised block
+/// and panel functions below, which dispatch on the CPU's vector width once per call).
+#[inline(always)]
+fn round_row<T: Bf16Source>(src: &[T], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.bf16_bits();
     }
 }
 
-multiversion! {
-    /// One VNNI pair row of a B panel from two rows of B: `dst[2c]` = the bf16 bits of
-    /// `even[c]`, `dst[2c + 1]` those of `odd[c]`.
-    fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
-        for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
-            d[0] = e.bf16_bits();
-            d[1] = o.bf16_bits();
-        }
+/// One VNNI pair row of a B panel from two rows of B: `dst[2c]` = the bf16 bits of `even[c]`,
+/// `dst[2c + 1]` those of `odd[c]`.
+#[inline(always)]
+fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
+    for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+        d[0] = e.bf16_bits();
+        d[1] = o.bf16_bits();
     }
 }
 
@@ -120,32 +119,7 @@ impl PackedA {
                 if rows == 0 {
                     return; // m = 0: one block of zeros
                 }
-                if src.cs == 1 || k == 1 {
-                    for r in 0..rows {
-                        let row = &mut chunk[r * kp..r * kp + k];
-                        let start = src.offset + (i0 + r) * src.rs;
-                        if src.cs == 1 {
-                            round_row(&src.data[start..start + k], row);
-                        } else {
-                            row[0] = src.data[start].bf16_bits();
-                        }
-                    }
-                } else if src.rs == 1 {
-                    // A transposed view (x^T in a weight gradient): walk k outside so each read
-                    // run, the block's rows of column l, is one slice along memory.
-                    for l in 0..k {
-                        let start = src.offset + l * src.cs + i0;
-                        for (r, x) in src.data[start..start + rows].iter().enumerate() {
-                            chunk[r * kp + l] = x.bf16_bits();
-                        }
-                    }
-                } else {
-                    for l in 0..k {
-                        for r in 0..rows {
-                            chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
-                        }
-                    }
-                }
+                pack_a_block(src, i0, rows, k, kp, chunk);
             });
         PackedA { data, m, k, mp, kp }
     }
@@ -174,37 +148,7 @@ impl PackedB {
                 if cols == 0 {
                     return; // the padding panel of an odd panel count: zeros
                 }
-                // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
-                let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
-                if src.rs == 1 {
-                    // W^T views (the linear layer in training): each column is along memory.
-                    for c in 0..cols {
-                        for l in 0..k {
-                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
-                        }
-                    }
-                } else if src.cs == 1 {
-                    // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
-                    // columns interleave into one pair row.
-                    let row = |l: usize| {
-                        let start = src.offset + l * src.rs + j0;
-                        &src.data[start..start + cols]
-                    };
-                    for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
-                        interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
-                    }
-                    if k % 2 == 1 {
-                        for (c, x) in row(k - 1).iter().enumerate() {
-                            panel[slot(k - 1, c)] = x.bf16_bits();
-                        }
-                    }
-                } else {
-                    for l in 0..k {
-                        for c in 0..cols {
-                            panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
-                        }
-                    }
-                }
+                pack_b_panel(src, j0, cols, k, panel);
             });
         PackedB {
             data,
@@ -218,6 +162,94 @@ impl PackedB {
     /// u16s from one panel to the next.
     pub fn panel_stride(&self) -> usize {
         self.kp * PANEL
+    }
+}
+
+multiversion! {
+    /// Rows `i0 .. i0 + rows` of A into `chunk` (rows of `kp`, zero padding already there).
+    fn pack_a_block<T: Bf16Source>(
+        src: Strided<'_, T>,
+        i0: usize,
+        rows: usize,
+        k: usize,
+        kp: usize,
+        chunk: &mut [u16],
+    ) {
+        if src.cs == 1 || k == 1 {
+            for r in 0..rows {
+                let row = &mut chunk[r * kp..r * kp + k];
+                let start = src.offset + (i0 + r) * src.rs;
+                if src.cs == 1 {
+                    round_row(&src.data[start..start + k], row);
+                } else {
+                    row[0] = src.data[start].bf16_bits();
+                }
+            }
+        } else if src.rs == 1 {
+            // A transposed view (x^T in a weight gradient): walk k outside so each read
+            // run, the block's rows of column l, is one slice along memory.
+            for l in 0..k {
+                let start = src.offset + l * src.cs + i0;
+                for (r, x) in src.data[start..start + rows].iter().enumerate() {
+                    chunk[r * kp + l] = x.bf16_bits();
+                }
+            }
+        } else {
+            for l in 0..k {
+                for r in 0..rows {
+                    chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Columns `j0 .. j0 + cols` of B (at most one panel) into `panel` (zero padding there).
+    fn pack_b_panel<T: Bf16Source>(
+        src: Strided<'_, T>,
+        j0: usize,
+        cols: usize,
+        k: usize,
+        panel: &mut [u16],
+    ) {
+        // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
+        let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
+        if src.rs == 1 {
+            // W^T views (the linear layer in training), k^T in attention: each column
+            // is along memory, so its pairs (rows 2p, 2p + 1) are adjacent. Round the
+            // column in one vector pass, then move each pair (32 bits) to its pair row.
+            let mut column = vec![0u16; 2 * k.div_ceil(2)];
+            for c in 0..cols {
+                let start = src.offset + (j0 + c) * src.cs;
+                round_row(&src.data[start..start + k], &mut column[..k]);
+                let rows = panel.chunks_exact_mut(2 * PANEL);
+                for (pair_row, pair) in rows.zip(column.chunks_exact(2)) {
+                    pair_row[2 * c..2 * c + 2].copy_from_slice(pair);
+                }
+            }
+        } else if src.cs == 1 {
+            // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
+            // columns interleave into one pair row.
+            let row = |l: usize| {
+                let start = src.offset + l * src.rs + j0;
+                &src.data[start..start + cols]
+            };
+            for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
+                interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
+            }
+            if k % 2 == 1 {
+                for (c, x) in row(k - 1).iter().enumerate() {
+                    panel[slot(k - 1, c)] = x.bf16_bits();
+                }
+            }
+        } else {
+            for l in 0..k {
+                for c in 0..cols {
+                    panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+                }
+            }
+        }
     }
 }
 
