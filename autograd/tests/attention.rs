@@ -237,3 +237,50 @@ fn on_the_cpu_the_door_never_takes_the_flash_path() {
         .to_string();
     assert!(e.starts_with("matmul"), "{e}");
 }
+
+/// Inference under bf16 autocast on the CPU takes the fused kernel (`Tensor::attention_bf16`):
+/// the composition's bits under the same autocast, as a constant; with gradients on, or with
+/// dropout, the door keeps the composition (whose saved probabilities the backward needs).
+#[test]
+fn cpu_bf16_inference_is_the_composition_bit_for_bit() {
+    let scale = (D as f64).powf(-0.5);
+    let bf16 = Some(DType::BF16);
+    for (sq, sk) in [(5, 5), (4, 40)] {
+        let src = sources(sq, sk, DType::F32, 3);
+        let m = mask(sq, sk, DType::F32);
+        let [q, k, v] = leaves(&src);
+        let (q, k, v) = (heads(&q).unwrap(), heads(&k).unwrap(), heads(&v).unwrap());
+        let rng = &mut Rng::new(0);
+        let want = autograd::autocast(bf16, || {
+            composed([&q, &k, &v], Some(&m), scale, 0.1, false, rng)
+        })
+        .unwrap();
+        let door = |p: f64, rng: Option<&mut Rng>| {
+            autograd::autocast(bf16, || {
+                Var::scaled_dot_product_attention(&q, &k, &v, Some(&m), scale, p, rng)
+            })
+            .unwrap()
+        };
+        let fused = autograd::no_grad(|| door(0.0, None));
+        assert!(!fused.requires_grad());
+        let same = |a: &Var| {
+            let (x, y) = (
+                a.value().to_vec_f64().unwrap(),
+                want.value().to_vec_f64().unwrap(),
+            );
+            x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        assert!(same(&fused), "{sq}x{sk}: fused inference != composition");
+        // The fused output is laid out [B, Sq, H, D] (heads side by side), the composition's
+        // [B, H, Sq, D]: which one ran shows in the strides.
+        assert!(fused.value().transpose(1, 2).unwrap().is_contiguous());
+        let with_grad = door(0.0, None);
+        assert!(same(&with_grad) && with_grad.value().is_contiguous());
+        let mut r1 = Rng::new(7);
+        let dropped = autograd::no_grad(|| door(0.5, Some(&mut r1)));
+        assert!(
+            dropped.value().is_contiguous(),
+            "dropout keeps the composition"
+        );
+    }
+}

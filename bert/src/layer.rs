@@ -24,7 +24,8 @@ impl BertIntermediate {
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let _m = tensor::profiler::module("intermediate");
-        self.dense.forward_gelu(x)
+        // Its only reader is the output projection (`BertOutput`).
+        self.dense.forward_gelu_for_product(x)
     }
 }
 
@@ -53,9 +54,14 @@ impl BertOutput {
 
     pub fn forward(&self, x: &Var, residual: &Var, ctx: &mut Ctx) -> Result<Var> {
         let _m = tensor::profiler::module("output");
-        let y = self
-            .dropout
-            .forward_add(&self.dense.forward(x)?, residual, ctx)?;
+        let y = match ctx.train && self.dropout.p != 0.0 {
+            true => {
+                let h = self.dense.forward(x)?;
+                self.dropout.forward_add(&h, residual, ctx)?
+            }
+            // Dropout is the identity: the residual can join the product's epilogue.
+            false => self.dense.forward_residual(x, residual)?,
+        };
         self.layer_norm.forward(&y)
     }
 }

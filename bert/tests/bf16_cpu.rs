@@ -109,3 +109,20 @@ fn bf16_encode_has_cosine_above_0_999_with_f32() {
         );
     }
 }
+
+/// Inference's fused paths (packed weights with the bias, GELU and residual in the GEMM's
+/// epilogue, the intermediate activations handed on already rounded to bf16, the fused
+/// attention) compute the same values in the same order as the graph's separate ops: the
+/// two encodings agree bit for bit.
+#[test]
+fn bf16_inference_fusions_equal_the_graph_ops_bit_for_bit() {
+    let model = BertModel::new(&config(), false, &mut Rng::new(5)).unwrap();
+    let inference = encode(&model, Some(DType::BF16), false);
+    let graph = encode(&model, Some(DType::BF16), true);
+    let differ = inference
+        .iter()
+        .zip(&graph)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{differ} of {} values differ", graph.len());
+}

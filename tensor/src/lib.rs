@@ -28,7 +28,7 @@ pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use layout::{broadcast_shapes, contiguous_strides, resolve_dim, Layout};
-pub use ops::matmul_bf16::PackedWeight;
+pub use ops::matmul_bf16::{PackedEpilogue, PackedWeight};
 pub use rng::Rng;
 pub use storage::{Buf, CpuStorage, Storage};
 pub use tensor::Tensor;

@@ -9,6 +9,8 @@
 //!   composed path would draw for the `[B, H, Sq, Sk]` probs, from the same generator state, and
 //!   advances the generator by the same amount. A mask of another float dtype (an f32 mask with
 //!   half q/k/v) is cast to q's dtype.
+//! - Inference under bf16 autocast on the CPU: `Tensor::attention_bf16`, one fused pass per
+//!   (batch, head) with the same bits as the composed ops below.
 //! - Otherwise (the CPU, or sizes outside the limits): the composed ops, q kᵀ (`matmul`), the fused
 //!   masked softmax (`softmax_last`), `dropout` drawing from `rng`, and `matmul` with v: on the
 //!   CPU exactly the ops, order and random draws attention used before this door existed, so
@@ -59,6 +61,9 @@ impl Var {
             let (mask, dropout) = flash_inputs(q.value(), k.value(), mask, dropout_p, rng)?;
             return Var::flash_attention(q, k, v, mask.as_ref(), scale, dropout);
         }
+        if let Some(out) = fused_cpu_bf16(q, k, v, mask, scale, rng.is_some())? {
+            return Ok(out);
+        }
         let scores = q.matmul(&k.transpose(2, 3)?)?;
         // Half scores (autocast) take the mask in their dtype, as the flash path does.
         let mask = match mask {
@@ -101,6 +106,30 @@ impl Var {
             |[dq, dk, dv]| Ok(vec![Some(dq), Some(dk), Some(dv)]),
         )
     }
+}
+
+/// Inference under bf16 autocast on the CPU (no gradient, no dropout, f32 CPU operands and
+/// mask): `Tensor::attention_bf16`, the composed path's bits without its [B, H, Sq, Sk]
+/// intermediates. None when that does not apply.
+fn fused_cpu_bf16(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    mask: Option<&Tensor>,
+    scale: f64,
+    dropout: bool,
+) -> Result<Option<Var>> {
+    let (qt, kt, vt) = (q.value(), k.value(), v.value());
+    let applies = !dropout
+        && !crate::is_grad_enabled()
+        && crate::autocast::cpu_bf16_products(&[qt, kt, vt])
+        && mask.is_none_or(|m| crate::autocast::cpu_bf16_products(&[m]))
+        && [qt, kt, vt].iter().all(|t| t.rank() == 4);
+    if !applies {
+        return Ok(None);
+    }
+    let out = Tensor::attention_bf16(qt, kt, vt, mask, scale)?;
+    Ok(Some(Var::constant(out)))
 }
 
 /// q, k and v of a fused projection `qkv [B, S, 3 * heads * D]` (q, then k, then v along the

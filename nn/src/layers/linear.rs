@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::module::{join, Module};
 use crate::Param;
 use autograd::Var;
-use tensor::{DType, Device, PackedWeight, Result, Rng, Tensor};
+use tensor::{DType, Device, PackedEpilogue, PackedWeight, Result, Rng, Tensor};
 
 pub struct Linear {
     pub weight: Param,
@@ -77,11 +77,29 @@ impl Linear {
         }
     }
 
-    /// Inference under bf16 autocast on the CPU: `x W^T + b` (then GELU) in one bf16 GEMM on
-    /// the cached packed W^T; None when that does not apply.
-    fn forward_packed_bf16(&self, x: &Var, gelu: bool) -> Result<Option<Var>> {
+    /// Inference under bf16 autocast on the CPU: `x W^T + b` (then GELU, then `residual`) in
+    /// one bf16 GEMM on the cached packed W^T, written as `out`; None when that does not apply.
+    /// `x` may be f32 or already bf16 (see [`Linear::forward_gelu_for_product`]).
+    fn forward_packed_bf16(
+        &self,
+        x: &Var,
+        gelu: bool,
+        residual: Option<&Var>,
+        out: DType,
+    ) -> Result<Option<Var>> {
         let w = self.weight.var();
-        if autograd::is_grad_enabled() || !autograd::cpu_bf16_products(&[x.value(), w.value()]) {
+        let x_ok = x.value().device() == Device::Cpu
+            && matches!(x.value().dtype(), DType::F32 | DType::BF16);
+        let lead = |v: &Var| v.shape()[..v.shape().len().saturating_sub(1)].to_vec();
+        let residual_ok = residual.is_none_or(|r| {
+            let cpu_f32 = r.value().dtype() == DType::F32 && r.value().device() == Device::Cpu;
+            cpu_f32 && lead(r) == lead(x) && r.shape().last() == w.shape().first()
+        });
+        if autograd::is_grad_enabled()
+            || !autograd::cpu_bf16_products(&[w.value()])
+            || !x_ok
+            || !residual_ok
+        {
             return Ok(None);
         }
         let packed = {
@@ -97,16 +115,44 @@ impl Linear {
         };
         let bias = self.bias.as_ref().map(|b| b.var().value().clone());
         let y = self.apply(x, |x2| {
-            let y = x2
-                .value()
-                .matmul_packed_bf16(&packed, bias.as_ref(), gelu)?;
+            let residual = residual
+                .map(|r| r.value().reshape(&[x2.shape()[0], packed.shape()[1]]))
+                .transpose()?;
+            let ep = PackedEpilogue {
+                bias: bias.as_ref(),
+                gelu,
+                residual: residual.as_ref(),
+                out,
+            };
+            let y = x2.value().matmul_packed_bf16_with(&packed, &ep)?;
             Ok(Var::constant(y))
         })?;
         Ok(Some(y))
     }
 
+    /// `forward(x) + residual` (a residual connection; `residual` has the output's shape). In
+    /// inference under bf16 autocast on the CPU the add runs in the GEMM's epilogue, the same
+    /// bits as the separate add without its pass over memory.
+    pub fn forward_residual(&self, x: &Var, residual: &Var) -> Result<Var> {
+        if let Some(y) = self.forward_packed_bf16(x, false, Some(residual), DType::F32)? {
+            return Ok(y);
+        }
+        self.forward(x)?.add_promoted(residual)
+    }
+
+    /// `forward_gelu(x)` for an output that only feeds another product (BERT's intermediate
+    /// activations, read by the output projection). In inference under bf16 autocast on the
+    /// CPU it comes back already rounded to bf16, the rounding that product applies to its
+    /// operand anyway: the same result, with half the bytes written and read and no f32 pass.
+    pub fn forward_gelu_for_product(&self, x: &Var) -> Result<Var> {
+        if let Some(y) = self.forward_packed_bf16(x, true, None, DType::BF16)? {
+            return Ok(y);
+        }
+        self.forward_gelu(x)
+    }
+
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        if let Some(y) = self.forward_packed_bf16(x, false)? {
+        if let Some(y) = self.forward_packed_bf16(x, false, None, DType::F32)? {
             return Ok(y);
         }
         if let Some(y) = self.forward_half(x, false)? {
@@ -121,7 +167,7 @@ impl Linear {
     /// gelu(x W^T + b): on the CPU the same bits as `forward(x)?.gelu()`; on CUDA the bias and
     /// the GELU run as one fused kernel after the GEMM (`Var::matmul_bias_gelu`).
     pub fn forward_gelu(&self, x: &Var) -> Result<Var> {
-        if let Some(y) = self.forward_packed_bf16(x, true)? {
+        if let Some(y) = self.forward_packed_bf16(x, true, None, DType::F32)? {
             return Ok(y);
         }
         if let Some(y) = self.forward_half(x, true)? {
@@ -361,5 +407,54 @@ mod tests {
             lin.weight_t.lock().unwrap().is_none(),
             "no f32 W^T copy under bf16"
         );
+    }
+
+    /// Under CPU bf16 inference, `forward_residual` adds the residual in the GEMM's epilogue and
+    /// `forward_gelu_for_product` hands back bf16: both the same bits as the separate steps
+    /// (the add after the product; the rounding the next product's packing applies), and both
+    /// plain compositions elsewhere (f32, or gradients on).
+    #[test]
+    fn residual_and_bf16_handoff_equal_the_separate_steps() {
+        let mut rng = Rng::new(9);
+        let x = Tensor::randn(&[2, 5, 40], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        let r = Tensor::randn(&[2, 5, 24], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        let lin = Linear::new(40, 24, true, 0.5, &mut rng).unwrap();
+        let b = Tensor::randn(&[24], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+        lin.bias.as_ref().unwrap().set("bias", b).unwrap();
+        let (xv, rv) = (Var::constant(x), Var::constant(r));
+        let bits = |t: &Tensor| -> Vec<u64> {
+            t.to_vec_f64()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for cast in [Some(DType::BF16), None] {
+            let run = || {
+                let fused = lin.forward_residual(&xv, &rv).unwrap();
+                let separate = lin.forward(&xv).unwrap().add(&rv).unwrap();
+                assert_eq!(
+                    bits(fused.value()),
+                    bits(separate.value()),
+                    "{cast:?} residual"
+                );
+                let handed = lin.forward_gelu_for_product(&xv).unwrap();
+                let rounded = lin
+                    .forward_gelu(&xv)
+                    .unwrap()
+                    .value()
+                    .to_dtype(DType::BF16)
+                    .unwrap();
+                let want_dtype = if cast.is_some() {
+                    DType::BF16
+                } else {
+                    DType::F32
+                };
+                assert_eq!(handed.value().dtype(), want_dtype);
+                let handed = handed.value().to_dtype(DType::BF16).unwrap();
+                assert_eq!(bits(&handed), bits(&rounded), "{cast:?} bf16 hand-off");
+            };
+            autograd::autocast(cast, || autograd::no_grad(run));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! nothing of `Tensor`; the op files in `crate::ops` validate arguments and dispatch here.
 
 pub mod activation;
+pub mod attention_bf16;
 pub mod bf16_gemm;
 pub mod copy;
 pub mod elementwise;

@@ -81,23 +81,57 @@ multiversion! {
                 }
                 continue;
             }
-            let mx = max(y);
-            if mx == T::NEG_INFINITY {
-                y.fill(T::ZERO);
-                continue;
-            }
-            for v in y.iter_mut() {
-                *v = (*v - mx).vexp();
-            }
-            let inv = T::ONE / sum(y);
-            for v in y.iter_mut() {
-                *v *= inv;
-            }
+            normalise(y);
         }
         out.finish()
     }
 }
 // ANCHOR_END: softmax_rows
+
+/// softmax of a row of shifted inputs, in place: exp(y - max y) / Σ; zeros when all are -inf.
+#[inline(always)]
+fn normalise<T: VecFloat>(y: &mut [T]) {
+    let mx = max(y);
+    if mx == T::NEG_INFINITY {
+        y.fill(T::ZERO);
+        return;
+    }
+    for v in y.iter_mut() {
+        *v = (*v - mx).vexp();
+    }
+    let inv = T::ONE / sum(y);
+    for v in y.iter_mut() {
+        *v *= inv;
+    }
+}
+
+multiversion! {
+    /// `softmax_last` of rows `r0..` (rows of `n`, all of `x`) in place: the same arithmetic as
+    /// the out-of-place kernel, so the same bits. Mask rows are indexed from `r0`. The fused
+    /// attention (`cpu::attention_bf16`) runs it on each head's score block.
+    pub(crate) fn softmax_rows_in_place<T: VecFloat>(
+        x: &mut [T],
+        n: usize,
+        r0: usize,
+        mask: Option<&RowMask<'_, T>>,
+        scale: T,
+    ) {
+        for (r, y) in (r0..).zip(x.chunks_exact_mut(n)) {
+            match mask {
+                None => y.iter_mut().for_each(|v| *v *= scale),
+                Some(m) if m.stride == 0 => {
+                    let mv = m.data[m.row_offsets[r]];
+                    y.iter_mut().for_each(|v| *v = v.fma(scale, mv));
+                }
+                Some(m) => {
+                    let mr = &m.data[m.row_offsets[r]..][..n];
+                    y.iter_mut().zip(mr).for_each(|(v, &mv)| *v = v.fma(scale, mv));
+                }
+            }
+            normalise(y);
+        }
+    }
+}
 
 /// Backward of `softmax_last` / `log_softmax_last` over rows of `n`, from the forward output `y`
 /// (softmax, or log-softmax when `log`) and the output gradient `dy`:

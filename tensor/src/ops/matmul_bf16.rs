@@ -16,6 +16,31 @@ use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+/// What [`Tensor::matmul_packed_bf16_with`] applies to the f32 sums, in this order, and the
+/// output dtype.
+#[derive(Clone, Copy)]
+pub struct PackedEpilogue<'a> {
+    /// [n], added to each row.
+    pub bias: Option<&'a Tensor>,
+    /// The erf GELU after the bias.
+    pub gelu: bool,
+    /// [m, n], added last (a residual connection).
+    pub residual: Option<&'a Tensor>,
+    /// F32 or BF16.
+    pub out: DType,
+}
+
+impl Default for PackedEpilogue<'_> {
+    fn default() -> Self {
+        PackedEpilogue {
+            bias: None,
+            gelu: false,
+            residual: None,
+            out: DType::F32,
+        }
+    }
+}
+
 /// A right operand [k, n] in the GEMM's packed bf16 layout, made once and reused.
 pub struct PackedWeight(PackedB);
 
@@ -233,7 +258,11 @@ fn product<O: OutElem + Default + Clone>(
     let rhs_shared = rhs_l.strides()[..r - 2].iter().all(|&s| s == 0) || entries == 1;
     let (ars, acs) = tail(&lhs_l);
     let (brs, bcs) = tail(&rhs_l);
-    let ep = Epilogue { bias, gelu };
+    let ep = Epilogue {
+        bias,
+        gelu,
+        residual: None,
+    };
     // The linear-layer case: the batch folded into the rows of one product.
     if let (true, Some(folded)) = (rhs_shared, lhs_l.reshape(&[entries * m, k])) {
         let (frs, fcs) = (folded.strides()[0], folded.strides()[1]);
@@ -331,6 +360,18 @@ impl Tensor {
         bias: Option<&Tensor>,
         gelu: bool,
     ) -> Result<Tensor> {
+        let ep = PackedEpilogue {
+            bias,
+            gelu,
+            ..Default::default()
+        };
+        self.matmul_packed_bf16_with(w, &ep)
+    }
+
+    /// `self [m, k]` (f32 or bf16) times a packed weight [k, n], then `ep` in the GEMM's
+    /// epilogue, written in `ep.out` (f32 or bf16: bf16 rounds the f32 result once, as packing
+    /// it for a next product would).
+    pub fn matmul_packed_bf16_with(&self, w: &PackedWeight, ep: &PackedEpilogue) -> Result<Tensor> {
         const OP: &str = "matmul_packed_bf16";
         check_cpu(OP, &[self])?;
         let [k, n] = w.shape();
@@ -342,21 +383,50 @@ impl Tensor {
             );
         }
         let m = self.shape()[0];
+        let residual = match ep.residual {
+            Some(r) if r.shape() != [m, n] || !r.device().is_cpu() => crate::bail!(
+                OP,
+                "expects a CPU residual of shape [{m}, {n}], got {:?}",
+                r.shape()
+            ),
+            Some(r) => Some(r.to_dtype(DType::F32)?.contiguous()?),
+            None => None,
+        };
+        let inputs: Vec<&Tensor> = [self].into_iter().chain(residual.as_ref()).collect();
         let _p = crate::profiler::scope(OP)
-            .io(&[self], &[m, n])
+            .io(&inputs, &[m, n])
             .extra_bytes((k * n * 2) as u64)
             .flops(crate::profiler::flops::matmul(1, m, k, n));
-        let b = bias.map(|b| bias_f32(OP, b, n)).transpose()?;
+        let b = ep.bias.map(|b| bias_f32(OP, b, n)).transpose()?;
+        let residual = residual
+            .as_ref()
+            .map(|r| {
+                r.cpu_storage(OP)?
+                    .as_slice::<f32>(OP)
+                    .map(|s| &s[r.layout().offset()..][..m * n])
+            })
+            .transpose()?;
         let l = self.layout();
         let (offset, rs, cs) = (l.offset(), l.strides()[0], l.strides()[1]);
         let pa = source(OP, self)?.pack_a(offset, rs, cs, m, k);
-        let mut out = vec![0f32; m * n];
-        let ep = Epilogue {
+        let gemm_ep = Epilogue {
             bias: b.as_deref(),
-            gelu,
+            gelu: ep.gelu,
+            residual,
         };
-        bf16_gemm::gemm(&[&pa], &[&w.0], ep, &mut out);
-        Tensor::from_vec(out, &[m, n])
+        match ep.out {
+            DType::F32 => {
+                let mut out = vec![0f32; m * n];
+                bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, &mut out);
+                Tensor::from_vec(out, &[m, n])
+            }
+            DType::BF16 => {
+                let mut out = vec![bf16::ZERO; m * n];
+                bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, &mut out);
+                Tensor::from_vec(out, &[m, n])
+            }
+            dtype => Err(Error::UnsupportedDType { op: OP, dtype }),
+        }
     }
 
     /// `matmul` of two bf16 CPU tensors: the bf16 GEMM with a bf16 output.

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_bf16;
 pub mod cast;
 pub mod concat;
 pub mod dropout;

@@ -103,13 +103,28 @@ fn check_rows(op: &'static str, x: &Tensor) -> Result<()> {
 
 /// A mask prepared for the kernel: the tensor, its per-row storage offsets after broadcasting to
 /// the input's shape, and its last-dim stride (0 or 1).
-struct PreparedMask {
+pub(crate) struct PreparedMask {
     tensor: Tensor,
     row_offsets: Vec<usize>,
     stride: usize,
 }
 
-fn prepare_mask(op: &'static str, mask: &Tensor, shape: &[usize]) -> Result<PreparedMask> {
+impl PreparedMask {
+    /// The kernels' view of it.
+    pub(crate) fn rows<T: WithDType>(&self, op: &'static str) -> Result<RowMask<'_, T>> {
+        Ok(RowMask {
+            data: self.tensor.cpu_storage(op)?.as_slice::<T>(op)?,
+            row_offsets: &self.row_offsets,
+            stride: self.stride,
+        })
+    }
+}
+
+pub(crate) fn prepare_mask(
+    op: &'static str,
+    mask: &Tensor,
+    shape: &[usize],
+) -> Result<PreparedMask> {
     let n = shape[shape.len() - 1];
     let mut tensor = mask.clone();
     let mut l = tensor.layout().broadcast_to(op, shape)?;
@@ -169,14 +184,7 @@ fn forward(
         log: bool,
     ) -> Result<CpuStorage> {
         let xs = contiguous_slice::<T>(op, s, x.layout())?;
-        let m = match mask {
-            Some(pm) => Some(RowMask {
-                data: pm.tensor.cpu_storage(op)?.as_slice::<T>(op)?,
-                row_offsets: &pm.row_offsets,
-                stride: pm.stride,
-            }),
-            None => None,
-        };
+        let m = mask.map(|pm| pm.rows::<T>(op)).transpose()?;
         let out = kernel::softmax_last(xs, n, m.as_ref(), T::from_f64(scale), log);
         Ok(CpuStorage::from_vec(out))
     }

@@ -32,7 +32,7 @@
 //!   so tdpbf16ps pairs A's halves (2p, 2p+1) with the same halves of B's column c.
 //!
 //! Around the kernel (`mod.rs`): a task owns a [64, 192] block of C in an f32 accumulator;
-//! for each k block of 256 (8 k steps), for each 32-column pair of panels, for each 32-row
+//! for each k block of 768 (24 k steps), for each 32-column pair of panels, for each 32-row
 //! half: one call of this kernel. The tiles hold C only during one call, so there are no
 //! tile-register spills and every k block re-reads the accumulator from L1/L2.
 //! ```

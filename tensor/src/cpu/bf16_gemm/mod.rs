@@ -20,7 +20,7 @@
 //! ```text
 //!   tasks: (batch entry, 64-row block, 192-column block) of C, in parallel
 //!     acc = zeros [64, 192] f32                         (the task's C tile, stays in L2)
-//!     for k0 in 0..kp step 256:                          (A [64, 256] and B [256, 192] blocks)
+//!     for k0 in 0..kp step 768:                          (A [64, 768] and B [768, 192] blocks)
 //!       for each micro column (NB panels of 16):         (B micro-panel stays in L1)
 //!         for each micro row (MR rows):  kernel(acc tile += A rows . B panels)
 //!     epilogue: out = cast(gelu?(acc + bias))           (the only write of C)
@@ -50,8 +50,11 @@ const MC: usize = 64;
 /// B panels (of 16 columns) per task: 192 columns, a multiple of every backend's micro-tile.
 const NC_PANELS: usize = 12;
 const NC: usize = NC_PANELS * PANEL;
-/// k elements per block (a multiple of 32, the AMX tile depth).
-const KC: usize = 256;
+/// k elements per block (a multiple of 32, the AMX tile depth). Each block re-reads and
+/// re-writes the task's accumulator, so a deep block pays that less often: on the avx512
+/// kernel (Zen 4, 1 thread) 768 ran the BERT-base products 2-4% faster than 256, 128 was
+/// slower still, and 1024-3072 were no better than 768. BERT's k = 768 is then one block.
+const KC: usize = 768;
 
 /// Which micro-kernel computes the products (module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,13 +207,16 @@ fn agrees_with_portable() -> bool {
     ok
 }
 
-/// What is applied to each f32 sum before it is written.
+/// What is applied to each f32 sum before it is written, in this order.
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Added to column j.
     pub bias: Option<&'a [f32]>,
     /// GELU (erf form) after the bias.
     pub gelu: bool,
+    /// Added last, element by element: an [m, n] row-major matrix (one batch entry only), the
+    /// residual a BERT output projection adds before its LayerNorm.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// Output element types.
@@ -233,30 +239,27 @@ impl OutElem for bf16 {
 }
 
 multiversion! {
-    /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`)), in 16 lanes where
-    /// the CPU has them (the scalar build would call libm's `fmaf` for every GELU step).
-    fn epilogue_row<O: OutElem>(acc: &[f32], bias: Option<&[f32]>, gelu: bool, dst: &mut [O]) {
-        match (bias, gelu) {
-            (Some(b), true) => {
-                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
-                    *d = O::from_f32((v + bj).gelu());
-                }
-            }
-            (Some(b), false) => {
-                for ((d, &v), &bj) in dst.iter_mut().zip(acc).zip(b) {
-                    *d = O::from_f32(v + bj);
-                }
-            }
-            (None, true) => {
-                for (d, &v) in dst.iter_mut().zip(acc) {
-                    *d = O::from_f32(v.gelu());
-                }
-            }
-            (None, false) => {
-                for (d, &v) in dst.iter_mut().zip(acc) {
-                    *d = O::from_f32(v);
-                }
-            }
+    /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`) + `residual[c]`),
+    /// one step per pass over the row (in L1), in 16 lanes where the CPU has them (the scalar
+    /// build would call libm's `fmaf` for every GELU step).
+    fn epilogue_row<O: OutElem>(
+        acc: &mut [f32],
+        bias: Option<&[f32]>,
+        gelu: bool,
+        residual: Option<&[f32]>,
+        dst: &mut [O],
+    ) {
+        if let Some(b) = bias {
+            acc.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
+        }
+        if gelu {
+            acc.iter_mut().for_each(|v| *v = v.gelu());
+        }
+        if let Some(r) = residual {
+            acc.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
+        }
+        for (d, &v) in dst.iter_mut().zip(acc.iter()) {
+            *d = O::from_f32(v);
         }
     }
 }
@@ -309,6 +312,9 @@ fn gemm_micro<O: OutElem>(
     if let Some(bias) = ep.bias {
         assert_eq!(bias.len(), n);
     }
+    if let Some(residual) = ep.residual {
+        assert!(a.len() == 1 && residual.len() == m * n);
+    }
     if m * n == 0 {
         return;
     }
@@ -320,11 +326,46 @@ fn gemm_micro<O: OutElem>(
         let (pa, pb) = (a[e], b[if b.len() == 1 { 0 } else { e }]);
         // SAFETY: the entry's [m, n] block starts at e * m * n inside `out` (length asserted).
         let dst = unsafe { dst.add(e * m * n) };
-        task(micro, pa, pb, rest / col_tiles, rest % col_tiles, ep, dst);
+        task(
+            micro,
+            pa,
+            pb,
+            rest / col_tiles,
+            rest % col_tiles,
+            ep,
+            dst,
+            n,
+        );
     });
 }
 
-/// One [MC, NC] tile of C (module doc).
+/// One product `a b` computed on the calling thread with the current backend, C row i written
+/// at `out + i * ldo` (a block of a wider matrix). For callers that are themselves one of many
+/// parallel tasks: the fused attention (`cpu::attention_bf16`) runs two per (batch, head).
+///
+/// # Safety
+/// `out` is valid for writes of `(a.m - 1) * ldo + b.n` elements and no other thread touches
+/// the elements this product writes (rows of `b.n` at stride `ldo`).
+pub(crate) unsafe fn gemm_serial<O: OutElem>(
+    a: &PackedA,
+    b: &PackedB,
+    ep: Epilogue,
+    out: *mut O,
+    ldo: usize,
+) {
+    let (m, n) = (a.m, b.n);
+    assert!(a.k == b.k && ldo >= n && ep.bias.is_none_or(|bias| bias.len() == n));
+    assert!(ep.residual.is_none_or(|r| r.len() == m * n));
+    let micro = Backend::current().micro();
+    for ti in 0..m.div_ceil(MC) {
+        for tj in 0..n.div_ceil(NC) {
+            task(micro, a, b, ti, tj, ep, OutPtr(out), ldo);
+        }
+    }
+}
+
+/// One [MC, NC] tile of C (module doc); C's rows are `ldo` elements apart.
+#[allow(clippy::too_many_arguments)]
 fn task<O: OutElem>(
     micro: Micro,
     a: &PackedA,
@@ -333,6 +374,7 @@ fn task<O: OutElem>(
     tj: usize,
     ep: Epilogue,
     out: OutPtr<O>,
+    ldo: usize,
 ) {
     let (m, n, kp) = (a.m, b.n, a.kp);
     let (i0, p0) = (ti * MC, tj * NC_PANELS);
@@ -379,12 +421,13 @@ fn task<O: OutElem>(
     }
     let j0 = p0 * PANEL;
     for r in 0..rows {
-        let src = &acc[r * NC..r * NC + cols];
-        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n of this entry's block; no other
-        // task writes this tile.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * n + j0), cols) };
+        let src = &mut acc[r * NC..r * NC + cols];
+        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's block; no
+        // other task writes this tile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
         let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
-        epilogue_row(src, bias, ep.gelu, dst);
+        let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
+        epilogue_row(src, bias, ep.gelu, residual, dst);
     }
 }
 
@@ -472,7 +515,7 @@ mod tests {
             (15, 17, 33),
             (33, 15, 17),
             (17, 33, 1),
-            (1, 1000, 15),  // several k blocks
+            (1, 1700, 15),  // several k blocks
             (1000, 33, 17), // several row tiles
             (17, 15, 1000), // several column tiles
         ];
@@ -554,6 +597,7 @@ mod tests {
                 let ep = Epilogue {
                     bias: Some(&bias),
                     gelu,
+                    residual: None,
                 };
                 let mut out = vec![0f32; batch * m * n];
                 gemm_micro(micro, &ra, &rb, ep, &mut out);
@@ -584,7 +628,7 @@ mod tests {
     /// tile addressing (a wrong A half, B panel, k step or C quadrant) shows as a difference.
     #[test]
     fn amx_emulation_equals_the_portable_kernel_bit_for_bit() {
-        let (m, k, n) = (70, 600, 83); // 3 row micro-tiles, 3 k blocks, an odd panel count
+        let (m, k, n) = (70, 1600, 83); // 3 row micro-tiles, 3 k blocks, an odd panel count
         let (av, bv) = (values(m * k, 40), values(k * n, 41));
         let a = Strided {
             data: &av,

@@ -56,56 +56,40 @@ pub fn round_bf16(x: f32) -> u16 {
     (if nan { quiet } else { rounded }) as u16
 }
 
-multiversion! {
-    /// `dst[i]` = the bf16 bits of `src[i]` (one packed row), in 16 lanes where the CPU has them.
-    fn round_row<T: Bf16Source>(src: &[T], dst: &mut [u16]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.bf16_bits();
-        }
+/// `dst[i]` = the bf16 bits of `src[i]`: one packed row (inlined into the vectorised block
+/// and panel functions below, which dispatch on the CPU's vector width once per call).
+#[inline(always)]
+fn round_row<T: Bf16Source>(src: &[T], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.bf16_bits();
     }
 }
 
-multiversion! {
-    /// One VNNI pair row of a B panel from two rows of B: `dst[2c]` = the bf16 bits of
-    /// `even[c]`, `dst[2c + 1]` those of `odd[c]`.
-    fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
-        for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
-            d[0] = e.bf16_bits();
-            d[1] = o.bf16_bits();
-        }
+/// One VNNI pair row of a B panel from two rows of B: `dst[2c]` = the bf16 bits of `even[c]`,
+/// `dst[2c + 1]` those of `odd[c]`.
+#[inline(always)]
+fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
+    for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+        d[0] = e.bf16_bits();
+        d[1] = o.bf16_bits();
     }
 }
 
-multiversion! {
-    /// Columns l and l + 1 of a block of A's rows (`even`, `odd`: each along memory, as in a
-    /// transposed view) into the packed rows: `dst[r * kp]` and `dst[r * kp + 1]` for row r.
-    fn spread_pair<T: Bf16Source>(even: &[T], odd: &[T], kp: usize, dst: &mut [u16]) {
-        for ((d, &e), &o) in dst.chunks_mut(kp).zip(even).zip(odd) {
-            d[0] = e.bf16_bits();
-            d[1] = o.bf16_bits();
-        }
-    }
-}
-
-multiversion! {
-    /// Column c of a B panel from its k values along memory (`col`, a row of W in a W^T view):
-    /// value l goes to `dst[(l / 2) * 32 + l % 2]`, `dst` starting at the panel's column c.
-    fn spread_column<T: Bf16Source>(col: &[T], dst: &mut [u16]) {
-        let pairs = col.chunks_exact(2);
-        if let [x] = pairs.remainder() {
-            dst[(col.len() / 2) * 2 * PANEL] = x.bf16_bits();
-        }
-        for (d, pair) in dst.chunks_mut(2 * PANEL).zip(pairs) {
-            d[0] = pair[0].bf16_bits();
-            d[1] = pair[1].bf16_bits();
-        }
+/// Columns l and l + 1 of a block of A's rows (`even`, `odd`: each along memory, as in a
+/// transposed view) into the packed rows: `dst[r * kp]` and `dst[r * kp + 1]` for row r
+/// (inlined into the vectorised `pack_a_block`).
+#[inline(always)]
+fn spread_pair<T: Bf16Source>(even: &[T], odd: &[T], kp: usize, dst: &mut [u16]) {
+    for ((d, &e), &o) in dst.chunks_mut(kp).zip(even).zip(odd) {
+        d[0] = e.bf16_bits();
+        d[1] = o.bf16_bits();
     }
 }
 
 /// Element types an operand may be read from.
 pub trait Bf16Source: Copy + Send + Sync {
     fn bf16_bits(self) -> u16;
-    /// The slice as f32 when it is (the vectorised transposed packing reads f32).
+    /// The slice as f32 when it is (the register-transpose packing reads f32).
     fn as_f32(_data: &[Self]) -> Option<&[f32]> {
         None
     }
@@ -132,143 +116,6 @@ fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-/// Rows `i0 .. i0 + rows` of A [.., k] into `dst`, row r at `dst[r * kp ..]` (k <= kp); the
-/// padding of `dst` (columns k .. kp, rows past `rows`) is left as it is (zero when packing).
-pub(crate) fn pack_a_rows<T: Bf16Source>(
-    src: Strided<T>,
-    i0: usize,
-    rows: usize,
-    k: usize,
-    kp: usize,
-    dst: &mut [u16],
-) {
-    if rows == 0 {
-        return; // m = 0: one block of zeros
-    }
-    if src.cs == 1 || k == 1 {
-        for r in 0..rows {
-            let row = &mut dst[r * kp..r * kp + k];
-            let start = src.offset + (i0 + r) * src.rs;
-            if src.cs == 1 {
-                round_row(&src.data[start..start + k], row);
-            } else {
-                row[0] = src.data[start].bf16_bits();
-            }
-        }
-    } else if src.rs == 1 {
-        // A transposed view (x^T in a weight gradient): walk k outside so each read
-        // run, the block's rows of column l, is one slice along memory.
-        // Whole 16 x 32 blocks of an f32 view through register transposes (`transpose.rs`),
-        // the rest two columns at a time, filling adjacent halves of each row.
-        let (rows_t, k_t) = match T::as_f32(src.data) {
-            Some(data) => super::transpose::pack_blocks(
-                Strided {
-                    data,
-                    offset: src.offset,
-                    rs: src.rs,
-                    cs: src.cs,
-                },
-                i0,
-                rows,
-                k,
-                kp,
-                dst,
-            ),
-            None => (0, 0),
-        };
-        let column = |l: usize| {
-            let start = src.offset + l * src.cs + i0;
-            &src.data[start..start + rows]
-        };
-        for l in (0..k.saturating_sub(1)).step_by(2) {
-            let r0 = if l < k_t { rows_t } else { 0 };
-            if r0 == rows {
-                continue;
-            }
-            spread_pair(
-                &column(l)[r0..],
-                &column(l + 1)[r0..],
-                kp,
-                &mut dst[r0 * kp + l..],
-            );
-        }
-        if k % 2 == 1 {
-            for (r, x) in column(k - 1).iter().enumerate() {
-                dst[r * kp + k - 1] = x.bf16_bits();
-            }
-        }
-    } else {
-        for l in 0..k {
-            for r in 0..rows {
-                dst[r * kp + l] = src.at(i0 + r, l).bf16_bits();
-            }
-        }
-    }
-}
-
-/// Columns `j0 .. j0 + cols` (cols <= 16) of B [k, ..] into one VNNI panel `panel`
-/// ([pairs][16][2], module doc); the padding (columns past `cols`, the odd k's second half, pair
-/// rows past k / 2) is left as it is (zero when packing).
-pub(crate) fn pack_b_panel<T: Bf16Source>(
-    src: Strided<T>,
-    j0: usize,
-    cols: usize,
-    k: usize,
-    panel: &mut [u16],
-) {
-    if cols == 0 {
-        return; // the padding panel of an odd panel count: zeros
-    }
-    // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
-    let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
-    if src.rs == 1 {
-        // W^T views (the linear layer in training), k^T in attention: each column is along
-        // memory.
-        // A full panel of an f32 view: 32 values at a time through register transposes
-        // (`transpose.rs`); the rest column by column.
-        let k_t = match (cols, T::as_f32(src.data)) {
-            (PANEL, Some(data)) => super::transpose::pack_panel_blocks(
-                Strided {
-                    data,
-                    offset: src.offset,
-                    rs: src.rs,
-                    cs: src.cs,
-                },
-                j0,
-                k,
-                panel,
-            ),
-            _ => 0,
-        };
-        for c in (0..cols).filter(|_| k_t < k) {
-            let start = src.offset + (j0 + c) * src.cs;
-            let rest = &mut panel[k_t / 2 * 2 * PANEL + 2 * c..];
-            spread_column(&src.data[start + k_t..start + k], rest);
-        }
-    } else if src.cs == 1 {
-        // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
-        // columns interleave into one pair row.
-        let row = |l: usize| {
-            let start = src.offset + l * src.rs + j0;
-            &src.data[start..start + cols]
-        };
-        for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
-            interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
-        }
-        if k % 2 == 1 {
-            for (c, x) in row(k - 1).iter().enumerate() {
-                panel[slot(k - 1, c)] = x.bf16_bits();
-            }
-        }
-    } else {
-        for l in 0..k {
-            for c in 0..cols {
-                panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
-            }
-        }
-    }
-}
-
 /// A [m, k] as row-major bf16 bits [mp, kp] (module doc).
 pub struct PackedA {
     pub data: Vec<u16>,
@@ -286,7 +133,11 @@ impl PackedA {
             .enumerate()
             .for_each(|(blk, chunk)| {
                 let i0 = blk * M_PAD;
-                pack_a_rows(src, i0, M_PAD.min(m.saturating_sub(i0)), k, kp, chunk);
+                let rows = M_PAD.min(m.saturating_sub(i0));
+                if rows == 0 {
+                    return; // m = 0: one block of zeros
+                }
+                pack_a_block(src, i0, rows, k, kp, chunk);
             });
         PackedA { data, m, k, mp, kp }
     }
@@ -311,7 +162,11 @@ impl PackedB {
             .enumerate()
             .for_each(|(p, panel)| {
                 let j0 = p * PANEL;
-                pack_b_panel(src, j0, PANEL.min(n.saturating_sub(j0)), k, panel);
+                let cols = PANEL.min(n.saturating_sub(j0));
+                if cols == 0 {
+                    return; // the padding panel of an odd panel count: zeros
+                }
+                pack_b_panel(src, j0, cols, k, panel);
             });
         PackedB {
             data,
@@ -325,6 +180,141 @@ impl PackedB {
     /// u16s from one panel to the next.
     pub fn panel_stride(&self) -> usize {
         self.kp * PANEL
+    }
+}
+
+multiversion! {
+    /// Rows `i0 .. i0 + rows` of A into `chunk` (rows of `kp`, zero padding already there).
+    pub(crate) fn pack_a_block<T: Bf16Source>(
+        src: Strided<'_, T>,
+        i0: usize,
+        rows: usize,
+        k: usize,
+        kp: usize,
+        chunk: &mut [u16],
+    ) {
+        if src.cs == 1 || k == 1 {
+            for r in 0..rows {
+                let row = &mut chunk[r * kp..r * kp + k];
+                let start = src.offset + (i0 + r) * src.rs;
+                if src.cs == 1 {
+                    round_row(&src.data[start..start + k], row);
+                } else {
+                    row[0] = src.data[start].bf16_bits();
+                }
+            }
+        } else if src.rs == 1 {
+            // A transposed view (x^T in a weight gradient, q^T and probs^T in attention):
+            // whole 16-row blocks of an f32 view through register transposes
+            // (`transpose.rs`), the rest two columns at a time, filling adjacent halves of
+            // each row.
+            let (rows_t, k_t) = match T::as_f32(src.data) {
+                Some(data) => super::transpose::pack_blocks(
+                    Strided {
+                        data,
+                        offset: src.offset,
+                        rs: src.rs,
+                        cs: src.cs,
+                    },
+                    i0,
+                    rows,
+                    k,
+                    kp,
+                    chunk,
+                ),
+                None => (0, 0),
+            };
+            let column = |l: usize| {
+                let start = src.offset + l * src.cs + i0;
+                &src.data[start..start + rows]
+            };
+            for l in (0..k.saturating_sub(1)).step_by(2) {
+                let r0 = if l < k_t { rows_t } else { 0 };
+                if r0 == rows {
+                    continue;
+                }
+                spread_pair(
+                    &column(l)[r0..],
+                    &column(l + 1)[r0..],
+                    kp,
+                    &mut chunk[r0 * kp + l..],
+                );
+            }
+            if k % 2 == 1 {
+                for (r, x) in column(k - 1).iter().enumerate() {
+                    chunk[r * kp + k - 1] = x.bf16_bits();
+                }
+            }
+        } else {
+            for l in 0..k {
+                for r in 0..rows {
+                    chunk[r * kp + l] = src.at(i0 + r, l).bf16_bits();
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Columns `j0 .. j0 + cols` of B (at most one panel) into `panel` (zero padding there).
+    pub(crate) fn pack_b_panel<T: Bf16Source>(
+        src: Strided<'_, T>,
+        j0: usize,
+        cols: usize,
+        k: usize,
+        panel: &mut [u16],
+    ) {
+        // Element (l, c) of the panel sits at pair row l / 2, column c, half l % 2.
+        let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
+        if src.rs == 1 {
+            // W^T views (the linear layer in training), k^T in attention: each column
+            // is along memory, so its pairs (rows 2p, 2p + 1) are adjacent. A full panel
+            // of an f32 view goes through register transposes (`transpose.rs`); otherwise
+            // round each column in one vector pass, then move each pair (32 bits) to its
+            // pair row.
+            let full = match (cols, T::as_f32(src.data)) {
+                (PANEL, Some(data)) => {
+                    let view = Strided {
+                        data,
+                        offset: src.offset,
+                        rs: src.rs,
+                        cs: src.cs,
+                    };
+                    super::transpose::pack_panel_blocks(view, j0, k, panel) == k
+                }
+                _ => false,
+            };
+            let mut column = vec![0u16; if full { 0 } else { 2 * k.div_ceil(2) }];
+            for c in (0..cols).filter(|_| !full) {
+                let start = src.offset + (j0 + c) * src.cs;
+                round_row(&src.data[start..start + k], &mut column[..k]);
+                let rows = panel.chunks_exact_mut(2 * PANEL);
+                for (pair_row, pair) in rows.zip(column.chunks_exact(2)) {
+                    pair_row[2 * c..2 * c + 2].copy_from_slice(pair);
+                }
+            }
+        } else if src.cs == 1 {
+            // Row-major B (W in dx = g W, g in dW = x^T g): two rows of the panel's
+            // columns interleave into one pair row.
+            let row = |l: usize| {
+                let start = src.offset + l * src.rs + j0;
+                &src.data[start..start + cols]
+            };
+            for (p, pair) in panel.chunks_exact_mut(2 * PANEL).take(k / 2).enumerate() {
+                interleave_pair(row(2 * p), row(2 * p + 1), &mut pair[..2 * cols]);
+            }
+            if k % 2 == 1 {
+                for (c, x) in row(k - 1).iter().enumerate() {
+                    panel[slot(k - 1, c)] = x.bf16_bits();
+                }
+            }
+        } else {
+            for l in 0..k {
+                for c in 0..cols {
+                    panel[slot(l, c)] = src.at(l, j0 + c).bf16_bits();
+                }
+            }
+        }
     }
 }
 

@@ -16,13 +16,13 @@
 //!       for each 192-column tile of C:
 //!         acc = 0 (scratch, rows x tile width)
 //!         for k0 in 0..kp step 256, panel groups, micro rows: kernel(acc += A . B)
-//!         epilogue: out rows = cast(gelu?(acc + bias))
+//!         epilogue: out rows = cast(gelu?(acc + bias) + residual)
 //! ```
 //!
 //! k is padded to a whole pair (to 32 only for AMX, whose tiles are 16 pairs deep), rows to the
 //! micro-kernel's height, B panels to an even count only for AMX (its kernel reads two).
 
-use super::pack::{pack_a_rows, pack_b_panel, Bf16Source, Strided, K_PAD, PANEL};
+use super::pack::{pack_a_block, pack_b_panel, Bf16Source, Strided, K_PAD, PANEL};
 use super::{amx, epilogue_row, Backend, Epilogue, Micro, MicroTile, OutElem, KC, MC, NC_PANELS};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -90,7 +90,9 @@ fn pack_b<T: Bf16Source>(src: Strided<T>, k: usize, n: usize, pad: Padded, dst: 
     dst.resize(pad.panels * stride, 0);
     let one = |(p, panel): (usize, &mut [u16])| {
         let j0 = p * PANEL;
-        pack_b_panel(src, j0, PANEL.min(n.saturating_sub(j0)), k, panel);
+        if j0 < n {
+            pack_b_panel(src, j0, PANEL.min(n - j0), k, panel);
+        }
     };
     if k * n < SERIAL_PACK {
         dst.chunks_exact_mut(stride).enumerate().for_each(one);
@@ -126,6 +128,9 @@ pub(super) fn gemm_strided_micro<TA: Bf16Source, TB: Bf16Source, O: OutElem>(
     assert_eq!(out.len(), a.len() * m * n);
     if let Some(bias) = ep.bias {
         assert_eq!(bias.len(), n);
+    }
+    if let Some(residual) = ep.residual {
+        assert!(a.len() == 1 && residual.len() == m * n);
     }
     if m * n == 0 {
         return;
@@ -214,7 +219,7 @@ fn block<TA: Bf16Source, O: OutElem>(
     let (kp, mp) = (pad.kp, rows.next_multiple_of(mr));
     sa.clear();
     sa.resize(mp * kp, 0);
-    pack_a_rows(a, i0, rows, k, kp, sa);
+    pack_a_block(a, i0, rows, k, kp, sa);
     if tiles {
         // SAFETY: `Backend::Amx` is only chosen when usable (CPU, OS and permission checked).
         unsafe { amx::configure() };
@@ -255,7 +260,14 @@ fn block<TA: Bf16Source, O: OutElem>(
         let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
         for r in 0..rows {
             let dst = &mut out[r * n + j0..r * n + j0 + cols];
-            epilogue_row(&acc[r * ldc..r * ldc + cols], bias, ep.gelu, dst);
+            let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
+            epilogue_row(
+                &mut acc[r * ldc..r * ldc + cols],
+                bias,
+                ep.gelu,
+                residual,
+                dst,
+            );
         }
     }
 }
@@ -345,6 +357,7 @@ mod tests {
                 let ep = Epilogue {
                     bias: Some(&bias),
                     gelu,
+                    residual: None,
                 };
                 for shared in [false, true] {
                     let bs = if shared { &b[..1] } else { &b[..] };
