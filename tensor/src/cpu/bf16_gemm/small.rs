@@ -23,7 +23,10 @@
 //! micro-kernel's height, B panels to an even count only for AMX (its kernel reads two).
 
 use super::pack::{pack_a_block, pack_b_panel, Bf16Source, Strided, K_PAD, PANEL};
-use super::{amx, epilogue_row, Backend, Epilogue, Micro, MicroTile, OutElem, KC, MC, NC_PANELS};
+use super::{
+    amx, check_shapes, epilogue_row, tile_products, Backend, Epilogue, Micro, OutElem, MC,
+    NC_PANELS,
+};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -124,14 +127,7 @@ pub(super) fn gemm_strided_micro<TA: Bf16Source, TB: Bf16Source, O: OutElem>(
     ep: Epilogue,
     out: &mut [O],
 ) {
-    assert!(!a.is_empty() && (b.len() == 1 || b.len() == a.len()));
-    assert_eq!(out.len(), a.len() * m * n);
-    if let Some(bias) = ep.bias {
-        assert_eq!(bias.len(), n);
-    }
-    if let Some(residual) = ep.residual {
-        assert!(a.len() == 1 && residual.len() == m * n);
-    }
+    check_shapes((a.len(), b.len()), (m, n), &ep, out);
     if m * n == 0 {
         return;
     }
@@ -208,12 +204,7 @@ fn block<TA: Bf16Source, O: OutElem>(
     sa: &mut Vec<u16>,
     acc: &mut Vec<f32>,
 ) {
-    let Micro {
-        mr,
-        nb: nb_max,
-        kernel,
-        tiles,
-    } = micro;
+    let Micro { mr, tiles, .. } = micro;
     let rows = out.len() / n;
     debug_assert!(i0 + rows <= m);
     let (kp, mp) = (pad.kp, rows.next_multiple_of(mr));
@@ -230,31 +221,22 @@ fn block<TA: Bf16Source, O: OutElem>(
         let ldc = tile.next_multiple_of(pad.group) * PANEL;
         acc.clear();
         acc.resize(mp * ldc, 0.0);
-        for k0 in (0..kp).step_by(KC) {
-            let kpairs = KC.min(kp - k0) / 2;
-            for jp in (0..tile).step_by(nb_max) {
-                let nb = nb_max.min(tile - jp);
-                for ir in (0..rows).step_by(mr) {
-                    // SAFETY: A rows ir + mr <= mp, columns k0 + 2 kpairs <= kp (sa holds
-                    // mp * kp); B panels p0 + jp + nb <= panels (p0 + jp + 2 for AMX: the count
-                    // is even), pair rows k0 / 2 + kpairs <= kp / 2 (b holds panels * kp * 16);
-                    // acc rows ir + mr <= mp, columns (jp + nb) * 16 <= ldc ((jp + 2) * 16 for
-                    // AMX: ldc is rounded up to even panels).
-                    unsafe {
-                        kernel(MicroTile {
-                            a: sa.as_ptr().add(ir * kp + k0),
-                            lda: kp,
-                            b: b.data.as_ptr().add((p0 + jp) * b.stride + k0 * PANEL),
-                            panel_stride: b.stride,
-                            kpairs,
-                            c: acc.as_mut_ptr().add(ir * ldc + jp * PANEL),
-                            ldc,
-                            nb,
-                        });
-                    }
-                }
-            }
-        }
+        // SAFETY: `sa` holds mp * kp (rows rounded up to mr); B panels p0 + tile, rounded up to
+        // even for AMX, <= pad.panels (even for AMX); acc holds mp rows of ldc, the tile's
+        // panels rounded up the same way.
+        unsafe {
+            tile_products(
+                micro,
+                sa.as_ptr(),
+                kp,
+                b.data.as_ptr().add(p0 * b.stride),
+                b.stride,
+                tile,
+                rows,
+                acc.as_mut_ptr(),
+                ldc,
+            )
+        };
         let j0 = p0 * PANEL;
         let cols = (tile * PANEL).min(n - j0);
         let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
