@@ -13,14 +13,15 @@
 //! the half dtype once) times the `[3H, H]` half weight that `nn::fused_half` keeps for
 //! query/key/value (the three half copies in one buffer, written by AdamW; the f32 parameters
 //! and the checkpoint keep HF's three tensors), plus the `[3H]` bias, gives `[B, L, 3H]`, which
-//! `Var::fused_qkv_attention` reads as three strided views. On the CPU the three `Linear`s run
-//! as before.
+//! `Var::fused_qkv_attention` reads as three strided views. On the CPU, inference under bf16
+//! autocast runs the three projections as one product too (`nn::layers::SideBySide`, the same
+//! bits as three) and the fused CPU attention on its views; otherwise the three `Linear`s.
 
 use crate::config::BertConfig;
 use crate::init::Init;
 use crate::layer::BertOutput;
 use autograd::Var;
-use nn::layers::{Dropout, Linear};
+use nn::layers::{Dropout, Linear, SideBySide};
 use nn::{join, Ctx, Module, Param};
 use tensor::{bail, DType, Result, Tensor};
 
@@ -60,6 +61,8 @@ pub struct BertSelfAttention {
     pub value: Linear,
     pub num_heads: usize,
     pub dropout: Dropout,
+    /// The three projections as one product in CPU bf16 inference.
+    qkv_cpu: SideBySide,
 }
 
 impl BertSelfAttention {
@@ -71,6 +74,7 @@ impl BertSelfAttention {
             value: init.linear(h, h, c)?,
             num_heads: c.num_attention_heads,
             dropout: Dropout::new(c.attention_probs_dropout_prob),
+            qkv_cpu: SideBySide::default(),
         })
     }
 
@@ -89,6 +93,17 @@ impl BertSelfAttention {
             return context.transpose(1, 2)?.reshape(&[b, l, h]);
         }
         let heads = |y: Var| y.reshape(&[b, l, n, d])?.transpose(1, 2);
+        let projections = [&self.query, &self.key, &self.value];
+        let dropout_off = !ctx.train || self.dropout.p == 0.0;
+        if let (true, Some(qkv)) = (dropout_off, self.qkv_cpu.forward(&projections, x)?) {
+            // CPU bf16 inference: one product, then three strided views of it (the fused
+            // attention reads them in place).
+            let view = |i: usize| heads(qkv.narrow(2, i * h, h)?);
+            let (q, k, v) = (view(0)?, view(1)?, view(2)?);
+            let scale = (d as f64).powf(-0.5);
+            let context = Var::scaled_dot_product_attention(&q, &k, &v, mask, scale, 0.0, None)?;
+            return context.transpose(1, 2)?.reshape(&[b, l, h]);
+        }
         let q = heads(self.query.forward(x)?)?;
         let k = heads(self.key.forward(x)?)?;
         let v = heads(self.value.forward(x)?)?;
