@@ -7,7 +7,9 @@
 //!   `Linear` keeps it per weight value) with the bias and GELU fused into the GEMM's epilogue.
 //! - `matmul` / `matmul_bias` of bf16 tensors use the same GEMM with a bf16 output.
 
-use crate::cpu::bf16_gemm::{self, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided};
+use crate::cpu::bf16_gemm::{
+    self, small, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided,
+};
 use crate::ops::matmul::check_operands;
 use crate::profiler::Scope;
 use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
@@ -133,6 +135,62 @@ impl SourceSlice<'_> {
     }
 }
 
+/// Multiply-adds per product (m k n) up to which it runs in `bf16_gemm::small`, the tasks
+/// packing their own operands into per-thread buffers: the demo's tiny BERT (at most
+/// 768 x 512 x 128 = 50M) and attention's head products go there, BERT-base's linear layers
+/// (1024 x 768 x 768 = 604M and up) keep the general driver, whose A is packed once for all
+/// its column tiles.
+const SMALL_MACS: usize = 1 << 26;
+
+fn is_small(m: usize, k: usize, n: usize) -> bool {
+    m.saturating_mul(k).saturating_mul(n) <= SMALL_MACS
+}
+
+/// One operand of one batch entry: (offset, row stride, column stride) into its buffer.
+type Operand = (usize, usize, usize);
+
+impl SourceSlice<'_> {
+    /// `out[e]` = epilogue(`self`[a[e]] `rhs`[b[e]]) through `bf16_gemm::small` (b has one entry,
+    /// shared, or one per entry).
+    fn small_product<O: OutElem>(
+        self,
+        a: &[Operand],
+        rhs: SourceSlice,
+        b: &[Operand],
+        mkn: (usize, usize, usize),
+        ep: Epilogue,
+        out: &mut [O],
+    ) {
+        fn views<'a, T>(data: &'a [T], ops: &[Operand]) -> Vec<Strided<'a, T>> {
+            ops.iter()
+                .map(|&(offset, rs, cs)| Strided {
+                    data,
+                    offset,
+                    rs,
+                    cs,
+                })
+                .collect()
+        }
+        fn with_rhs<TA: Bf16Source, O: OutElem>(
+            a: &[Strided<TA>],
+            rhs: SourceSlice,
+            b: &[Operand],
+            mkn: (usize, usize, usize),
+            ep: Epilogue,
+            out: &mut [O],
+        ) {
+            match rhs {
+                SourceSlice::F32(d) => small::gemm_strided(a, &views(d, b), mkn, ep, out),
+                SourceSlice::Bf16(d) => small::gemm_strided(a, &views(d, b), mkn, ep, out),
+            }
+        }
+        match self {
+            SourceSlice::F32(d) => with_rhs(&views(d, a), rhs, b, mkn, ep, out),
+            SourceSlice::Bf16(d) => with_rhs(&views(d, a), rhs, b, mkn, ep, out),
+        }
+    }
+}
+
 /// Both operands on the CPU, f32 or bf16 each.
 fn check_cpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     for t in ts {
@@ -208,6 +266,12 @@ fn product<O: OutElem + Default + Clone>(
     // The linear-layer case: the batch folded into the rows of one product.
     if let (true, Some(folded)) = (rhs_shared, lhs_l.reshape(&[entries * m, k])) {
         let (frs, fcs) = (folded.strides()[0], folded.strides()[1]);
+        if is_small(entries * m, k, n) {
+            let a = [(folded.offset(), frs, fcs)];
+            let b = [(rhs_l.offset(), brs, bcs)];
+            sa.small_product(&a, sb, &b, (entries * m, k, n), ep, &mut out);
+            return Ok((out, with([m, n])));
+        }
         let pa = sa.pack_a(folded.offset(), frs, fcs, entries * m, k);
         let pb = sb.pack_b(rhs_l.offset(), brs, bcs, k, n);
         bf16_gemm::gemm(&[&pa], &[&pb], ep, &mut out);
@@ -217,6 +281,15 @@ fn product<O: OutElem + Default + Clone>(
         Layout::new(batch.clone(), l.strides()[..r - 2].to_vec(), l.offset()).offsets()
     };
     let (lo, ro) = (offsets(&lhs_l), offsets(&rhs_l));
+    if is_small(m, k, n) {
+        let a: Vec<_> = lo.iter().map(|&o| (o, ars, acs)).collect();
+        let b: Vec<_> = ro[..if rhs_shared { 1 } else { ro.len() }]
+            .iter()
+            .map(|&o| (o, brs, bcs))
+            .collect();
+        sa.small_product(&a, sb, &b, (m, k, n), ep, &mut out);
+        return Ok((out, with([m, n])));
+    }
     // Many small entries (attention's [B, H] products): pack them in parallel, one task each.
     let pas: Vec<PackedA> = lo
         .par_iter()

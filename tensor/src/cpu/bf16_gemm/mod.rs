@@ -25,11 +25,16 @@
 //!         for each micro row (MR rows):  kernel(acc tile += A rows . B panels)
 //!     epilogue: out = cast(gelu?(acc + bias))           (the only write of C)
 //! ```
+//!
+//! Small products (the demo's tiny BERT, attention's head products) take `small.rs` instead:
+//! the same kernels, with the packing done by the tasks into per-thread buffers.
 
 mod amx;
 mod avx512;
 pub mod pack;
 mod portable;
+pub mod small;
+mod transpose;
 
 pub use pack::{Bf16Source, PackedA, PackedB, Strided};
 
@@ -292,6 +297,24 @@ pub fn gemm_with<O: OutElem>(
     gemm_micro(backend.micro(), a, b, ep, out)
 }
 
+/// Asserts a product's shapes: `entries` A operands (at least one) and one B or one per entry,
+/// `out` [entries, m, n], the bias [n], the residual [m, n] (one entry only).
+fn check_shapes<O>(
+    (entries, bs): (usize, usize),
+    (m, n): (usize, usize),
+    ep: &Epilogue,
+    out: &[O],
+) {
+    assert!(entries > 0 && (bs == 1 || bs == entries));
+    assert_eq!(out.len(), entries * m * n);
+    if let Some(bias) = ep.bias {
+        assert_eq!(bias.len(), n);
+    }
+    if let Some(residual) = ep.residual {
+        assert!(entries == 1 && residual.len() == m * n);
+    }
+}
+
 /// [`gemm_with`] for any micro-kernel (the tests also drive the AMX emulation through it).
 fn gemm_micro<O: OutElem>(
     micro: Micro,
@@ -300,16 +323,10 @@ fn gemm_micro<O: OutElem>(
     ep: Epilogue,
     out: &mut [O],
 ) {
-    assert!(!a.is_empty() && (b.len() == 1 || b.len() == a.len()));
+    assert!(!a.is_empty());
     let (m, k, n) = (a[0].m, a[0].k, b[0].n);
     assert!(a.iter().all(|x| (x.m, x.k) == (m, k)) && b.iter().all(|x| (x.k, x.n) == (k, n)));
-    assert_eq!(out.len(), a.len() * m * n);
-    if let Some(bias) = ep.bias {
-        assert_eq!(bias.len(), n);
-    }
-    if let Some(residual) = ep.residual {
-        assert!(a.len() == 1 && residual.len() == m * n);
-    }
+    check_shapes((a.len(), b.len()), (m, n), &ep, out);
     if m * n == 0 {
         return;
     }
@@ -359,6 +376,57 @@ pub(crate) unsafe fn gemm_serial<O: OutElem>(
     }
 }
 
+/// The products of one tile of C (module doc's k / panel / row loops): `acc` [rows, panels * 16]
+/// (rows `ldc` apart) += A's packed rows (`kp` u16 apart from `a`) times `panels` packed B
+/// panels (`panel_stride` apart from `b`).
+///
+/// # Safety
+/// `a` holds `rows` rounded up to `micro.mr` rows of `kp` (k padded for the kernel); `b` holds
+/// `panels` (rounded up to even for AMX, whose kernel reads two) panels of kp / 2 pair rows;
+/// `acc` holds the rows of `a`, `ldc` >= 16 times the panels of `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_products(
+    micro: Micro,
+    a: *const u16,
+    kp: usize,
+    b: *const u16,
+    panel_stride: usize,
+    panels: usize,
+    rows: usize,
+    acc: *mut f32,
+    ldc: usize,
+) {
+    let Micro {
+        mr,
+        nb: nb_max,
+        kernel,
+        ..
+    } = micro;
+    for k0 in (0..kp).step_by(KC) {
+        let kpairs = KC.min(kp - k0) / 2;
+        for jp in (0..panels).step_by(nb_max) {
+            let nb = nb_max.min(panels - jp);
+            for ir in (0..rows).step_by(mr) {
+                // SAFETY: A rows ir + mr and columns k0 + 2 kpairs, B panels jp + nb (jp + 2 for
+                // AMX) and pair rows k0 / 2 + kpairs, acc rows ir + mr and columns
+                // (jp + nb) * 16 (jp + 2 for AMX) are inside the buffers (the contract above).
+                unsafe {
+                    kernel(MicroTile {
+                        a: a.add(ir * kp + k0),
+                        lda: kp,
+                        b: b.add(jp * panel_stride + k0 * PANEL),
+                        panel_stride,
+                        kpairs,
+                        c: acc.add(ir * ldc + jp * PANEL),
+                        ldc,
+                        nb,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// One [MC, NC] tile of C (module doc); C's rows are `ldo` elements apart.
 #[allow(clippy::too_many_arguments)]
 fn task<O: OutElem>(
@@ -375,45 +443,27 @@ fn task<O: OutElem>(
     let (i0, p0) = (ti * MC, tj * NC_PANELS);
     let (rows, cols) = (MC.min(m - i0), NC.min(n - p0 * PANEL));
     let panels = cols.div_ceil(PANEL);
-    let Micro {
-        mr,
-        nb: nb_max,
-        kernel,
-        tiles,
-    } = micro;
     let mut acc = vec![0f32; MC * NC];
-    if tiles {
+    if micro.tiles {
         // SAFETY: `Backend::Amx` is only chosen when usable (CPU, OS and permission checked).
         unsafe { amx::configure() };
     }
-    // Row micro-tiles stay inside A's rows padded to 32 (i0 and mr divide 32 or 64), panel
-    // groups inside B's panels (an even count, AMX's NB).
-    for k0 in (0..kp).step_by(KC) {
-        let kpairs = KC.min(kp - k0) / 2;
-        for jp in (0..panels).step_by(nb_max) {
-            let nb = nb_max.min(panels - jp);
-            for ir in (0..rows).step_by(mr) {
-                // SAFETY: A row i0 + ir + mr <= a.mp, column k0 + 2 kpairs <= kp; B panels
-                // p0 + jp + nb_max <= b.panels for AMX (even count) and p0 + jp + nb <= panels
-                // otherwise, pair rows k0 / 2 + kpairs <= kp / 2; acc rows ir + mr <= MC
-                // (MC a multiple of every mr), columns (jp + nb_max) * 16 <= NC.
-                unsafe {
-                    kernel(MicroTile {
-                        a: a.data.as_ptr().add((i0 + ir) * kp + k0),
-                        lda: kp,
-                        b: b.data
-                            .as_ptr()
-                            .add((p0 + jp) * b.panel_stride() + k0 * PANEL),
-                        panel_stride: b.panel_stride(),
-                        kpairs,
-                        c: acc.as_mut_ptr().add(ir * NC + jp * PANEL),
-                        ldc: NC,
-                        nb,
-                    });
-                }
-            }
-        }
-    }
+    // SAFETY: A rows i0 + rows rounded up to mr <= a.mp (i0 and mr divide 32 or 64), kp
+    // columns; B panels p0 + panels, rounded up to even for AMX, <= b.panels (an even count);
+    // acc rows rounded up to mr <= MC (a multiple of every mr), NC >= those panels' columns.
+    unsafe {
+        tile_products(
+            micro,
+            a.data.as_ptr().add(i0 * kp),
+            kp,
+            b.data.as_ptr().add(p0 * b.panel_stride()),
+            b.panel_stride(),
+            panels,
+            rows,
+            acc.as_mut_ptr(),
+            NC,
+        )
+    };
     let j0 = p0 * PANEL;
     for r in 0..rows {
         let src = &mut acc[r * NC..r * NC + cols];
@@ -431,7 +481,7 @@ mod tests {
     use super::*;
 
     /// Deterministic values in [-2, 2) with plenty of bits below bf16's 8.
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::Rng::new(seed);
         let t = crate::Tensor::rand_uniform(
             &[len],
@@ -447,7 +497,7 @@ mod tests {
 
     /// Every micro-kernel this CPU runs, by name, and the AMX kernel's emulation (its tile
     /// order and addressing, `amx::emulate`), which runs anywhere.
-    fn kernels() -> Vec<(&'static str, Micro)> {
+    pub(super) fn kernels() -> Vec<(&'static str, Micro)> {
         let mut all: Vec<_> = Backend::available()
             .into_iter()
             .map(|b| (b.name(), b.micro()))
@@ -468,7 +518,7 @@ mod tests {
     /// Checks `got` [m, n] against the f64 product of the bf16-rounded operands: the error may be
     /// f32 accumulation's alone, k * 2^-24 * sum |a b| (plus the epilogue's few roundings).
     #[allow(clippy::too_many_arguments)]
-    fn check(
+    pub(super) fn check(
         got: &[f32],
         a: &Strided<f32>,
         b: &Strided<f32>,

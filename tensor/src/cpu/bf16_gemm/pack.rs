@@ -75,15 +75,33 @@ fn interleave_pair<T: Bf16Source>(even: &[T], odd: &[T], dst: &mut [u16]) {
     }
 }
 
+/// Columns l and l + 1 of a block of A's rows (`even`, `odd`: each along memory, as in a
+/// transposed view) into the packed rows: `dst[r * kp]` and `dst[r * kp + 1]` for row r
+/// (inlined into the vectorised `pack_a_block`).
+#[inline(always)]
+fn spread_pair<T: Bf16Source>(even: &[T], odd: &[T], kp: usize, dst: &mut [u16]) {
+    for ((d, &e), &o) in dst.chunks_mut(kp).zip(even).zip(odd) {
+        d[0] = e.bf16_bits();
+        d[1] = o.bf16_bits();
+    }
+}
+
 /// Element types an operand may be read from.
 pub trait Bf16Source: Copy + Send + Sync {
     fn bf16_bits(self) -> u16;
+    /// The slice as f32 when it is (the register-transpose packing reads f32).
+    fn as_f32(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Bf16Source for f32 {
     #[inline(always)]
     fn bf16_bits(self) -> u16 {
         round_bf16(self)
+    }
+    fn as_f32(data: &[f32]) -> Option<&[f32]> {
+        Some(data)
     }
 }
 
@@ -167,7 +185,7 @@ impl PackedB {
 
 multiversion! {
     /// Rows `i0 .. i0 + rows` of A into `chunk` (rows of `kp`, zero padding already there).
-    fn pack_a_block<T: Bf16Source>(
+    pub(crate) fn pack_a_block<T: Bf16Source>(
         src: Strided<'_, T>,
         i0: usize,
         rows: usize,
@@ -186,12 +204,45 @@ multiversion! {
                 }
             }
         } else if src.rs == 1 {
-            // A transposed view (x^T in a weight gradient): walk k outside so each read
-            // run, the block's rows of column l, is one slice along memory.
-            for l in 0..k {
+            // A transposed view (x^T in a weight gradient, q^T and probs^T in attention):
+            // whole 16-row blocks of an f32 view through register transposes
+            // (`transpose.rs`), the rest two columns at a time, filling adjacent halves of
+            // each row.
+            let (rows_t, k_t) = match T::as_f32(src.data) {
+                Some(data) => super::transpose::pack_blocks(
+                    Strided {
+                        data,
+                        offset: src.offset,
+                        rs: src.rs,
+                        cs: src.cs,
+                    },
+                    i0,
+                    rows,
+                    k,
+                    kp,
+                    chunk,
+                ),
+                None => (0, 0),
+            };
+            let column = |l: usize| {
                 let start = src.offset + l * src.cs + i0;
-                for (r, x) in src.data[start..start + rows].iter().enumerate() {
-                    chunk[r * kp + l] = x.bf16_bits();
+                &src.data[start..start + rows]
+            };
+            for l in (0..k.saturating_sub(1)).step_by(2) {
+                let r0 = if l < k_t { rows_t } else { 0 };
+                if r0 == rows {
+                    continue;
+                }
+                spread_pair(
+                    &column(l)[r0..],
+                    &column(l + 1)[r0..],
+                    kp,
+                    &mut chunk[r0 * kp + l..],
+                );
+            }
+            if k % 2 == 1 {
+                for (r, x) in column(k - 1).iter().enumerate() {
+                    chunk[r * kp + k - 1] = x.bf16_bits();
                 }
             }
         } else {
@@ -206,7 +257,7 @@ multiversion! {
 
 multiversion! {
     /// Columns `j0 .. j0 + cols` of B (at most one panel) into `panel` (zero padding there).
-    fn pack_b_panel<T: Bf16Source>(
+    pub(crate) fn pack_b_panel<T: Bf16Source>(
         src: Strided<'_, T>,
         j0: usize,
         cols: usize,
@@ -217,10 +268,24 @@ multiversion! {
         let slot = |l: usize, c: usize| (l / 2) * 2 * PANEL + 2 * c + (l & 1);
         if src.rs == 1 {
             // W^T views (the linear layer in training), k^T in attention: each column
-            // is along memory, so its pairs (rows 2p, 2p + 1) are adjacent. Round the
-            // column in one vector pass, then move each pair (32 bits) to its pair row.
-            let mut column = vec![0u16; 2 * k.div_ceil(2)];
-            for c in 0..cols {
+            // is along memory, so its pairs (rows 2p, 2p + 1) are adjacent. A full panel
+            // of an f32 view goes through register transposes (`transpose.rs`); otherwise
+            // round each column in one vector pass, then move each pair (32 bits) to its
+            // pair row.
+            let full = match (cols, T::as_f32(src.data)) {
+                (PANEL, Some(data)) => {
+                    let view = Strided {
+                        data,
+                        offset: src.offset,
+                        rs: src.rs,
+                        cs: src.cs,
+                    };
+                    super::transpose::pack_panel_blocks(view, j0, k, panel) == k
+                }
+                _ => false,
+            };
+            let mut column = vec![0u16; if full { 0 } else { 2 * k.div_ceil(2) }];
+            for c in (0..cols).filter(|_| !full) {
                 let start = src.offset + (j0 + c) * src.cs;
                 round_row(&src.data[start..start + k], &mut column[..k]);
                 let rows = panel.chunks_exact_mut(2 * PANEL);
@@ -277,6 +342,87 @@ mod tests {
             assert_eq!(round_bf16(x), bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(bf16::from_bits(round_bf16(f32::NAN)).is_nan());
+    }
+
+    /// A transposed f32 view packs to the same bytes as the row-major matrix: whole 16 x 32
+    /// blocks through the register transposes (`transpose.rs`), the leftover rows and columns
+    /// two at a time, with ties, NaN, infinities and subnormals among the values.
+    #[test]
+    fn transposed_a_packs_like_row_major_through_the_register_transposes() {
+        let specials = [
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -0.0,
+            f32::MAX,
+        ];
+        for (m, k) in [(16, 32), (48, 48), (50, 75), (33, 64), (15, 100), (64, 31)] {
+            let value = |i: usize, l: usize| {
+                let x = ((i * 7919 + l * 104_729) % 2003) as f32 / 97.0 - 10.0;
+                if (i + 3 * l).is_multiple_of(29) {
+                    specials[(i + l) % specials.len()]
+                } else {
+                    x * (1.0 + 1.0 / 3.0)
+                }
+            };
+            let row_major: Vec<f32> = (0..m * k).map(|e| value(e / k, e % k)).collect();
+            // Column-major with 5 spare rows per column and an offset: A = (a view of) x^T.
+            let ld = m + 5;
+            let mut col_major = vec![-7.0f32; 3 + k * ld];
+            for i in 0..m {
+                for l in 0..k {
+                    col_major[3 + l * ld + i] = value(i, l);
+                }
+            }
+            let want = PackedA::pack(
+                Strided {
+                    data: &row_major,
+                    offset: 0,
+                    rs: k,
+                    cs: 1,
+                },
+                m,
+                k,
+            );
+            let got = PackedA::pack(
+                Strided {
+                    data: &col_major,
+                    offset: 3,
+                    rs: 1,
+                    cs: ld,
+                },
+                m,
+                k,
+            );
+            assert!(got.data == want.data, "{m}x{k}");
+            // The same matrices as B [m, k]: W^T-like (columns along memory) packs like
+            // row-major B, full panels through the transposes.
+            let want = PackedB::pack(
+                Strided {
+                    data: &row_major,
+                    offset: 0,
+                    rs: k,
+                    cs: 1,
+                },
+                m,
+                k,
+            );
+            let col_major_t: Vec<f32> = (0..m * k).map(|e| value(e % m, e / m)).collect();
+            let got = PackedB::pack(
+                Strided {
+                    data: &col_major_t,
+                    offset: 0,
+                    rs: 1,
+                    cs: m,
+                },
+                m,
+                k,
+            );
+            assert!(got.data == want.data, "B {m}x{k}");
+        }
     }
 
     #[test]
