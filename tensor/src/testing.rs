@@ -14,6 +14,13 @@ pub fn uniform(shape: &[usize], lo: f64, hi: f64, dtype: DType, seed: u64) -> Te
     Tensor::rand_uniform(shape, lo, hi, dtype, Device::Cpu, &mut Rng::new(seed)).expect("uniform")
 }
 
+/// The bits of every element (widened to f64, which is exact for every float dtype), for
+/// asserting that two results are the same bit for bit.
+pub fn bits(t: &Tensor) -> Vec<u64> {
+    let v = t.to_vec_f64().expect("bits");
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// max |a - b| / max |b| over all elements (0 when both are empty or all zero).
 pub fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape(), "max_rel_err: shapes differ");

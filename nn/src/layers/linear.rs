@@ -422,13 +422,7 @@ mod tests {
         let b = Tensor::randn(&[24], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
         lin.bias.as_ref().unwrap().set("bias", b).unwrap();
         let (xv, rv) = (Var::constant(x), Var::constant(r));
-        let bits = |t: &Tensor| -> Vec<u64> {
-            t.to_vec_f64()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
+        use tensor::testing::bits;
         for cast in [Some(DType::BF16), None] {
             let run = || {
                 let fused = lin.forward_residual(&xv, &rv).unwrap();

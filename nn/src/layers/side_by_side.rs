@@ -88,13 +88,7 @@ mod tests {
         }
         let refs: Vec<&Linear> = layers.iter().collect();
         let fused = SideBySide::default();
-        let bits = |t: &Tensor| -> Vec<u64> {
-            t.to_vec_f64()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
+        use tensor::testing::bits;
         let check = |what: &str| {
             autograd::autocast(Some(DType::BF16), || {
                 autograd::no_grad(|| {

@@ -61,13 +61,7 @@ fn ids(shape: &[usize], below: usize, seed: u64) -> Tensor {
 /// `f` on the CPU and on `dev` agree bit for bit (same shape and dtype, the result on `dev`).
 fn exact(what: &str, dev: Device, inputs: &[&Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
     let (want, got) = run_both(what, dev, inputs, f);
-    let bits = |t: &Tensor| -> Vec<u64> {
-        t.to_vec_f64()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    use crate::testing::bits;
     assert_eq!(bits(&got), bits(&want), "{what} ({})", want.dtype());
 }
 
