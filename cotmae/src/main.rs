@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() {
+    // Freed tensors stay mapped for the next step (no page fault per fresh buffer).
+    tensor::heap::keep_freed_memory();
     let cli = cotmae::cli::Cli::parse();
     if let Err(e) = cotmae::cli::run(cli) {
         // Our error types already put their cause in their message (file: cause).

@@ -14,6 +14,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod fs;
+pub mod heap;
 mod layout;
 pub mod memory;
 pub mod ops;

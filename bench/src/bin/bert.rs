@@ -103,6 +103,7 @@ fn timings() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    tensor::heap::keep_freed_memory(); // as the cotmae binary runs
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [] => timings(),

@@ -495,6 +495,7 @@ fn print_counters(
 }
 
 fn main() -> Result<()> {
+    tensor::heap::keep_freed_memory(); // as the cotmae binary runs
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [cmd, path, rest @ ..] if cmd == "batch" => write_batch(path, rest),

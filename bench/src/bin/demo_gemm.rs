@@ -34,6 +34,7 @@ struct Row<'a> {
 }
 
 fn main() -> Result<()> {
+    tensor::heap::keep_freed_memory(); // as the cotmae binary runs
     let linear = [(HIDDEN, HIDDEN), (HIDDEN, 4 * HIDDEN), (4 * HIDDEN, HIDDEN)];
     let mut operands = Vec::new();
     for (i, &(fan_in, fan_out)) in linear.iter().enumerate() {

@@ -24,6 +24,7 @@ fn shape_str(shapes: &[&[usize]]) -> String {
 }
 
 fn main() -> Result<()> {
+    tensor::heap::keep_freed_memory(); // as the cotmae binary runs
     let min = Duration::from_millis(
         std::env::var("BENCH_MIN_MS")
             .ok()
