@@ -3,7 +3,8 @@
 //! processes, saving a bert-base-sized checkpoint and loading it (time and peak RSS).
 //! The PyTorch twin is `bench/bert_torch.py`; `bench/run_bert.sh` runs both.
 //!
-//! usage: bert                 timings, JSON lines
+//! usage: bert                 timings, JSON lines (BENCH_ONLY=NAME: only the rows whose name
+//!                             contains NAME, e.g. `encode_bf16` under `perf record`)
 //!        bert save DIR        write a random bert-base BertForMaskedLM to DIR
 //!        bert load DIR        load DIR as a BertModel; JSON line with ms and peak RSS
 
@@ -36,8 +37,13 @@ fn timings() -> Result<()> {
     let model = BertForMaskedLM::new(&BertConfig::default(), rng)?;
     let (ids, mask, labels) = bench::mlm_batch(rng, BATCH, SEQ)?;
 
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |row: &str| row.contains(&only);
     // f32, then the same under bf16 autocast (rows suffixed `_bf16`, as bench/bert_torch.py's).
     for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {
+        if !wanted(&format!("bert_encode{suffix}")) {
+            continue;
+        }
         let encode = || -> Result<()> {
             no_grad(|| {
                 autograd::autocast(cast, || {
@@ -71,6 +77,9 @@ fn timings() -> Result<()> {
         ..Default::default()
     };
     for (cast, suffix) in [(None, ""), (Some(DType::BF16), "_bf16")] {
+        if !wanted(&format!("bert_mlm_train_step{suffix}")) {
+            continue;
+        }
         // Each precision trains a fresh copy of the same initial model (same seed, same batch),
         // so the first losses compare: the bf16 row once started from the weights the f32 row's
         // timed steps had already trained on this batch, and so logged a far lower loss.

@@ -19,7 +19,8 @@
 //!     tileloadd tmm4/tmm5 <- A rows 0..16 / 16..32, 64 bytes at row stride lda
 //!     tileloadd tmm6/tmm7 <- panels j, j+1: 16 pair rows of 64 bytes, contiguous (1 KiB)
 //!     tdpbf16ps x 4: tmm0 += tmm4 tmm6, tmm1 += tmm4 tmm7, tmm2 += tmm5 tmm6, tmm3 += tmm5 tmm7
-//!   C is loaded from and stored back to the task's f32 accumulator (row stride ldc).
+//!   C is loaded from (tilezero for the first k block) and stored back to the task's f32
+//!   accumulator (row stride ldc).
 //!
 //! VNNI packing (`pack.rs`): a B tile is 16 k pairs x 16 columns of one panel, each row 64 bytes:
 //!
@@ -125,6 +126,7 @@ pub unsafe fn kernel(t: MicroTile) {
         kpairs,
         c,
         ldc,
+        fresh,
         ..
     } = t;
     debug_assert!(kpairs > 0 && kpairs.is_multiple_of(16));
@@ -137,11 +139,28 @@ pub unsafe fn kernel(t: MicroTile) {
         let b1 = b.add(panel_stride);
         let c_lo = c;
         let c_hi = c.add(16 * ldc);
+        // The tile registers keep their values from one asm! block to the next (module doc).
+        if fresh {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nomem, nostack),
+            );
+        } else {
+            asm!(
+                "tileloadd tmm0, [{c_lo} + {ldc}*1]",
+                "tileloadd tmm1, [{c_lo} + {ldc}*1 + 64]",
+                "tileloadd tmm2, [{c_hi} + {ldc}*1]",
+                "tileloadd tmm3, [{c_hi} + {ldc}*1 + 64]",
+                c_lo = in(reg) c_lo,
+                c_hi = in(reg) c_hi,
+                ldc = in(reg) ldc_bytes,
+                options(nostack, readonly),
+            );
+        }
         asm!(
-            "tileloadd tmm0, [{c_lo} + {ldc}*1]",
-            "tileloadd tmm1, [{c_lo} + {ldc}*1 + 64]",
-            "tileloadd tmm2, [{c_hi} + {ldc}*1]",
-            "tileloadd tmm3, [{c_hi} + {ldc}*1 + 64]",
             "2:",
             "tileloadd tmm4, [{a_lo} + {lda}*1]",
             "tileloadd tmm5, [{a_hi} + {lda}*1]",
@@ -199,7 +218,9 @@ pub unsafe fn emulate(t: MicroTile) {
         let c_rows = |tile: usize, r: usize| t.c.add((tile / 2 * 16 + r) * t.ldc + tile % 2 * 16);
         for (tile, ct) in c.iter_mut().enumerate() {
             for (r, row) in ct.iter_mut().enumerate() {
-                std::ptr::copy_nonoverlapping(c_rows(tile, r), row.as_mut_ptr(), 16);
+                if !t.fresh {
+                    std::ptr::copy_nonoverlapping(c_rows(tile, r), row.as_mut_ptr(), 16);
+                }
             }
         }
         for step in 0..t.kpairs / 16 {

@@ -16,7 +16,7 @@
 //!    row 7    [ acc70     | acc71     | acc72     ]        = 28 of the 32 zmm registers
 //!
 //!  loop order:
-//!    acc = C tile (loaded: it holds the previous k blocks' sums)
+//!    acc = C tile (loaded: it holds the previous k blocks' sums; zeros for the first block)
 //!    for p in pairs:                         NB loads of B (contiguous, 64 B apart per p)
 //!      for i in 0..8:                        1 broadcast of A (row i, lda apart)
 //!        for j in 0..NB: acc[i][j] = vdpbf16ps(acc[i][j], a, b[j])
@@ -60,14 +60,17 @@ unsafe fn tile<const N: usize>(t: MicroTile) {
         kpairs,
         c,
         ldc,
+        fresh,
         ..
     } = t;
     // SAFETY: the caller's contract: every address below is inside its buffer.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); N]; MR];
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(c.add(i * ldc + j * PANEL));
+        if !fresh {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(c.add(i * ldc + j * PANEL));
+                }
             }
         }
         for p in 0..kpairs {

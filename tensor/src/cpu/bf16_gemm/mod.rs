@@ -19,7 +19,8 @@
 //!
 //! ```text
 //!   tasks: (batch entry, 64-row block, 192-column block) of C, in parallel
-//!     acc = zeros [64, 192] f32                         (the task's C tile, stays in L2)
+//!     acc = [64, 192] f32, the thread's             (the task's C tile, stays in L2;
+//!                                                    the first k block writes, not adds)
 //!     for k0 in 0..kp step 768:                          (A [64, 768] and B [768, 192] blocks)
 //!       for each micro column (NB panels of 16):         (B micro-panel stays in L1)
 //!         for each micro row (MR rows):  kernel(acc tile += A rows . B panels)
@@ -67,6 +68,8 @@ pub enum Backend {
 /// One call of a micro-kernel: C[MR, nb * 16] += A[MR, 2 kpairs] B[2 kpairs, nb * 16], over the
 /// packed operands (`pack.rs`). `a` addresses MR rows of `lda` u16s, `b` `nb` panels
 /// `panel_stride` u16s apart holding `kpairs` pair rows each, `c` MR rows of `ldc` f32.
+/// With `fresh` (the first k block) C starts from zero instead: it is only written, so the
+/// accumulator needs no zeroing first (and 0 + x is x, so the sums are the same bits).
 #[derive(Clone, Copy)]
 pub struct MicroTile {
     pub a: *const u16,
@@ -77,6 +80,7 @@ pub struct MicroTile {
     pub c: *mut f32,
     pub ldc: usize,
     pub nb: usize,
+    pub fresh: bool,
 }
 
 type Kernel = unsafe fn(MicroTile);
@@ -423,6 +427,7 @@ unsafe fn tile_products(
                         c: acc.add(ir * ldc + jp * PANEL),
                         ldc,
                         nb,
+                        fresh: k0 == 0,
                     });
                 }
             }
@@ -446,37 +451,47 @@ fn task<O: OutElem>(
     let (i0, p0) = (ti * MC, tj * NC_PANELS);
     let (rows, cols) = (MC.min(m - i0), NC.min(n - p0 * PANEL));
     let panels = cols.div_ceil(PANEL);
-    let mut acc = vec![0f32; MC * NC];
     if micro.tiles {
         // SAFETY: `Backend::Amx` is only chosen when usable (CPU, OS and permission checked).
         unsafe { amx::configure() };
     }
-    // SAFETY: A rows i0 + rows rounded up to mr <= a.mp (i0 and mr divide 32 or 64), kp
-    // columns; B panels p0 + panels, rounded up to even for AMX, <= b.panels (an even count);
-    // acc rows rounded up to mr <= MC (a multiple of every mr), NC >= those panels' columns.
-    unsafe {
-        tile_products(
-            micro,
-            a.data.as_ptr().add(i0 * kp),
-            kp,
-            b.data.as_ptr().add(p0 * b.panel_stride()),
-            b.panel_stride(),
-            panels,
-            rows,
-            acc.as_mut_ptr(),
-            NC,
-        )
-    };
-    let j0 = p0 * PANEL;
-    for r in 0..rows {
-        let src = &mut acc[r * NC..r * NC + cols];
-        // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's block; no
-        // other task writes this tile.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
-        let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
-        let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
-        epilogue_row(src, bias, ep.gelu, residual, dst);
-    }
+    // The thread's accumulator, not zeroed: the first k block's kernels write it (`fresh`)
+    // before anything reads it.
+    TASK_ACC.with_borrow_mut(|acc| {
+        // SAFETY: A rows i0 + rows rounded up to mr <= a.mp (i0 and mr divide 32 or 64), kp
+        // columns; B panels p0 + panels, rounded up to even for AMX, <= b.panels (an even
+        // count); acc rows rounded up to mr <= MC (a multiple of every mr), NC >= those
+        // panels' columns.
+        unsafe {
+            tile_products(
+                micro,
+                a.data.as_ptr().add(i0 * kp),
+                kp,
+                b.data.as_ptr().add(p0 * b.panel_stride()),
+                b.panel_stride(),
+                panels,
+                rows,
+                acc.as_mut_ptr(),
+                NC,
+            )
+        };
+        let j0 = p0 * PANEL;
+        for r in 0..rows {
+            let src = &mut acc[r * NC..r * NC + cols];
+            // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's
+            // block; no other task writes this tile.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
+            let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
+            let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
+            epilogue_row(src, bias, ep.gelu, residual, dst);
+        }
+    });
+}
+
+thread_local! {
+    /// A task's f32 accumulator [MC, NC], kept for the thread's next task.
+    static TASK_ACC: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::new(vec![0.0; MC * NC]);
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub unsafe fn kernel(t: MicroTile) {
         c,
         ldc,
         nb,
+        fresh,
     } = t;
     let f = |bits: u16| bf16::from_bits(bits).to_f32();
     for i in 0..MR {
@@ -33,7 +34,7 @@ pub unsafe fn kernel(t: MicroTile) {
             unsafe {
                 let bj = b.add(panel * panel_stride + 2 * col);
                 let ai = a.add(i * lda);
-                let mut s = *c.add(i * ldc + j);
+                let mut s = if fresh { 0.0 } else { *c.add(i * ldc + j) };
                 for p in 0..kpairs {
                     s += f(*ai.add(2 * p)) * f(*bj.add(p * 2 * PANEL));
                     s += f(*ai.add(2 * p + 1)) * f(*bj.add(p * 2 * PANEL + 1));

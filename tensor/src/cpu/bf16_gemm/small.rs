@@ -14,7 +14,7 @@
 //!     task = (entry, block of 32 or 64 rows):        B of the entry -> scratch
 //!       A rows of the block -> scratch               A rows -> scratch, then as on the left
 //!       for each 192-column tile of C:
-//!         acc = 0 (scratch, rows x tile width)
+//!         acc (scratch, rows x tile width; the first k block writes it)
 //!         for k0 in 0..kp step 256, panel groups, micro rows: kernel(acc += A . B)
 //!         epilogue: out rows = cast(gelu?(acc + bias) + residual)
 //! ```
@@ -219,8 +219,9 @@ fn block<TA: Bf16Source, O: OutElem>(
     for p0 in (0..with_cols).step_by(NC_PANELS) {
         let tile = NC_PANELS.min(with_cols - p0);
         let ldc = tile.next_multiple_of(pad.group) * PANEL;
-        acc.clear();
-        acc.resize(mp * ldc, 0.0);
+        if acc.len() < mp * ldc {
+            acc.resize(mp * ldc, 0.0); // never zeroed again: the kernels write before adding
+        }
         // SAFETY: `sa` holds mp * kp (rows rounded up to mr); B panels p0 + tile, rounded up to
         // even for AMX, <= pad.panels (even for AMX); acc holds mp rows of ldc, the tile's
         // panels rounded up the same way.
