@@ -8,13 +8,14 @@
 //! - `matmul` / `matmul_bias` of bf16 tensors use the same GEMM with a bf16 output.
 
 use crate::cpu::bf16_gemm::{
-    self, small, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided,
+    self, filled, small, Bf16Source, Epilogue, OutElem, PackedA, PackedB, Strided,
 };
 use crate::ops::matmul::check_operands;
 use crate::profiler::Scope;
 use crate::{broadcast_shapes, DType, Error, Layout, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// What [`Tensor::matmul_packed_bf16_with`] applies to the f32 sums, in this order, and the
 /// output dtype.
@@ -159,7 +160,7 @@ impl SourceSlice<'_> {
         b: &[Operand],
         mkn: (usize, usize, usize),
         ep: Epilogue,
-        out: &mut [O],
+        out: &mut [MaybeUninit<O>],
     ) {
         fn views<'a, T>(data: &'a [T], ops: &[Operand]) -> Vec<Strided<'a, T>> {
             ops.iter()
@@ -177,7 +178,7 @@ impl SourceSlice<'_> {
             b: &[Operand],
             mkn: (usize, usize, usize),
             ep: Epilogue,
-            out: &mut [O],
+            out: &mut [MaybeUninit<O>],
         ) {
             match rhs {
                 SourceSlice::F32(d) => small::gemm_strided(a, &views(d, b), mkn, ep, out),
@@ -225,7 +226,7 @@ fn bias_f32(op: &'static str, bias: &Tensor, n: usize) -> Result<Vec<f32>> {
 
 /// The batched product of `lhs` [.., m, k] and `rhs` [.., k, n] (batch dims broadcast) through
 /// the bf16 GEMM, written as `O`; returns the output and its shape.
-fn product<O: OutElem + Default + Clone>(
+fn product<O: OutElem>(
     op: &'static str,
     lhs: &Tensor,
     rhs: &Tensor,
@@ -248,9 +249,9 @@ fn product<O: OutElem + Default + Clone>(
         rhs.layout().broadcast_to(op, &with([k, n]))?,
     );
     let entries: usize = batch.iter().product();
-    let mut out = vec![O::default(); entries * m * n];
-    if out.is_empty() {
-        return Ok((out, with([m, n])));
+    let shape = with([m, n]);
+    if entries * m * n == 0 {
+        return Ok((Vec::new(), shape));
     }
     let r = batch.len() + 2;
     let tail = |l: &Layout| (l.strides()[r - 2], l.strides()[r - 1]);
@@ -263,48 +264,49 @@ fn product<O: OutElem + Default + Clone>(
         gelu,
         residual: None,
     };
-    // The linear-layer case: the batch folded into the rows of one product.
-    if let (true, Some(folded)) = (rhs_shared, lhs_l.reshape(&[entries * m, k])) {
-        let (frs, fcs) = (folded.strides()[0], folded.strides()[1]);
-        if is_small(entries * m, k, n) {
-            let a = [(folded.offset(), frs, fcs)];
-            let b = [(rhs_l.offset(), brs, bcs)];
-            sa.small_product(&a, sb, &b, (entries * m, k, n), ep, &mut out);
-            return Ok((out, with([m, n])));
+    let fill = |out: &mut [MaybeUninit<O>]| {
+        // The linear-layer case: the batch folded into the rows of one product.
+        if let (true, Some(folded)) = (rhs_shared, lhs_l.reshape(&[entries * m, k])) {
+            let (frs, fcs) = (folded.strides()[0], folded.strides()[1]);
+            if is_small(entries * m, k, n) {
+                let a = [(folded.offset(), frs, fcs)];
+                let b = [(rhs_l.offset(), brs, bcs)];
+                return sa.small_product(&a, sb, &b, (entries * m, k, n), ep, out);
+            }
+            let pa = sa.pack_a(folded.offset(), frs, fcs, entries * m, k);
+            let pb = sb.pack_b(rhs_l.offset(), brs, bcs, k, n);
+            return bf16_gemm::gemm(&[&pa], &[&pb], ep, out);
         }
-        let pa = sa.pack_a(folded.offset(), frs, fcs, entries * m, k);
-        let pb = sb.pack_b(rhs_l.offset(), brs, bcs, k, n);
-        bf16_gemm::gemm(&[&pa], &[&pb], ep, &mut out);
-        return Ok((out, with([m, n])));
-    }
-    let offsets = |l: &Layout| {
-        Layout::new(batch.clone(), l.strides()[..r - 2].to_vec(), l.offset()).offsets()
-    };
-    let (lo, ro) = (offsets(&lhs_l), offsets(&rhs_l));
-    if is_small(m, k, n) {
-        let a: Vec<_> = lo.iter().map(|&o| (o, ars, acs)).collect();
-        let b: Vec<_> = ro[..if rhs_shared { 1 } else { ro.len() }]
-            .iter()
-            .map(|&o| (o, brs, bcs))
+        let offsets = |l: &Layout| {
+            Layout::new(batch.clone(), l.strides()[..r - 2].to_vec(), l.offset()).offsets()
+        };
+        let (lo, ro) = (offsets(&lhs_l), offsets(&rhs_l));
+        if is_small(m, k, n) {
+            let a: Vec<_> = lo.iter().map(|&o| (o, ars, acs)).collect();
+            let b: Vec<_> = ro[..if rhs_shared { 1 } else { ro.len() }]
+                .iter()
+                .map(|&o| (o, brs, bcs))
+                .collect();
+            return sa.small_product(&a, sb, &b, (m, k, n), ep, out);
+        }
+        // Many small entries (attention's [B, H] products): pack them in parallel, one task each.
+        let pas: Vec<PackedA> = lo
+            .par_iter()
+            .map(|&o| sa.pack_a(o, ars, acs, m, k))
             .collect();
-        sa.small_product(&a, sb, &b, (m, k, n), ep, &mut out);
-        return Ok((out, with([m, n])));
-    }
-    // Many small entries (attention's [B, H] products): pack them in parallel, one task each.
-    let pas: Vec<PackedA> = lo
-        .par_iter()
-        .map(|&o| sa.pack_a(o, ars, acs, m, k))
-        .collect();
-    let pbs: Vec<PackedB> = if rhs_shared {
-        vec![sb.pack_b(ro[0], brs, bcs, k, n)]
-    } else {
-        ro.par_iter()
-            .map(|&o| sb.pack_b(o, brs, bcs, k, n))
-            .collect()
+        let pbs: Vec<PackedB> = if rhs_shared {
+            vec![sb.pack_b(ro[0], brs, bcs, k, n)]
+        } else {
+            ro.par_iter()
+                .map(|&o| sb.pack_b(o, brs, bcs, k, n))
+                .collect()
+        };
+        let (ra_, rb_): (Vec<&PackedA>, Vec<&PackedB>) =
+            (pas.iter().collect(), pbs.iter().collect());
+        bf16_gemm::gemm(&ra_, &rb_, ep, out)
     };
-    let (ra_, rb_): (Vec<&PackedA>, Vec<&PackedB>) = (pas.iter().collect(), pbs.iter().collect());
-    bf16_gemm::gemm(&ra_, &rb_, ep, &mut out);
-    Ok((out, with([m, n])))
+    // SAFETY: each path is one GEMM over the whole [entries, m, n] output, which writes all of it.
+    Ok((unsafe { bf16_gemm::filled(entries * m * n, fill) }, shape))
 }
 
 /// The profiler scope of a bf16 product `lhs [.., m, k] @ rhs [.., k, n]` (batch from the
@@ -415,16 +417,15 @@ impl Tensor {
             residual,
         };
         match ep.out {
-            DType::F32 => {
-                let mut out = vec![0f32; m * n];
-                bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, &mut out);
-                Tensor::from_vec(out, &[m, n])
-            }
-            DType::BF16 => {
-                let mut out = vec![bf16::ZERO; m * n];
-                bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, &mut out);
-                Tensor::from_vec(out, &[m, n])
-            }
+            // SAFETY: the product writes all of its [m, n] output.
+            DType::F32 => Tensor::from_vec(
+                unsafe { filled::<f32>(m * n, |o| bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, o)) },
+                &[m, n],
+            ),
+            DType::BF16 => Tensor::from_vec(
+                unsafe { filled::<bf16>(m * n, |o| bf16_gemm::gemm(&[&pa], &[&w.0], gemm_ep, o)) },
+                &[m, n],
+            ),
             dtype => Err(Error::UnsupportedDType { op: OP, dtype }),
         }
     }

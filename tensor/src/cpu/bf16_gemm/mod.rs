@@ -44,6 +44,8 @@ use crate::cpu::simd::multiversion;
 use half::bf16;
 use pack::PANEL;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::slice;
 use std::sync::OnceLock;
 
 /// Rows of C per task.
@@ -194,10 +196,11 @@ fn agrees_with_portable() -> bool {
         k,
         n,
     );
-    let run = |backend| {
-        let mut out = vec![0f32; m * n];
-        gemm_with(backend, &[&pa], &[&pb], Epilogue::default(), &mut out);
-        out
+    // SAFETY: the product writes all of its output.
+    let run = |backend| unsafe {
+        filled::<f32>(m * n, |out| {
+            gemm_with(backend, &[&pa], &[&pb], Epilogue::default(), out)
+        })
     };
     let (got, want) = (run(Backend::Amx), run(Backend::Portable));
     let scale = want.iter().fold(1f32, |s, x| s.max(x.abs()));
@@ -251,7 +254,7 @@ multiversion! {
         bias: Option<&[f32]>,
         gelu: bool,
         residual: Option<&[f32]>,
-        dst: &mut [O],
+        dst: &mut [MaybeUninit<O>],
     ) {
         if let Some(b) = bias {
             acc.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
@@ -263,20 +266,34 @@ multiversion! {
             acc.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
         }
         for (d, &v) in dst.iter_mut().zip(acc.iter()) {
-            *d = O::from_f32(v);
+            d.write(O::from_f32(v));
         }
     }
 }
 
 /// `out[e]` (row-major [m, n]) = epilogue(`a[e]` `b[e]`) for every batch entry e, with the
-/// current backend. `b` has one entry (shared by the batch) or one per entry.
-pub fn gemm<O: OutElem>(a: &[&PackedA], b: &[&PackedB], ep: Epilogue, out: &mut [O]) {
+/// current backend. `b` has one entry (shared by the batch) or one per entry. Every element of
+/// `out` is written (it may start uninitialised: see [`filled`]).
+pub fn gemm<O: OutElem>(a: &[&PackedA], b: &[&PackedB], ep: Epilogue, out: &mut [MaybeUninit<O>]) {
     gemm_with(Backend::current(), a, b, ep, out)
+}
+
+/// A fresh `Vec` of `len` outputs that `fill` writes, never zeroed first (a product's output is
+/// written once, by its epilogue; zeroing it first was a whole extra pass over memory).
+///
+/// # Safety
+/// `fill` writes every one of the `len` elements (as [`gemm`] and `small::gemm_strided` do).
+pub unsafe fn filled<O>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's contract: the first `len` elements are written.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// A raw output pointer shared by tasks that write disjoint tiles.
 #[derive(Clone, Copy)]
-struct OutPtr<O>(*mut O);
+struct OutPtr<O>(*mut MaybeUninit<O>);
 // SAFETY: each task writes only its own tile (rows x columns) of one batch entry.
 unsafe impl<O: Send> Send for OutPtr<O> {}
 unsafe impl<O: Send> Sync for OutPtr<O> {}
@@ -296,7 +313,7 @@ pub fn gemm_with<O: OutElem>(
     a: &[&PackedA],
     b: &[&PackedB],
     ep: Epilogue,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
 ) {
     gemm_micro(backend.micro(), a, b, ep, out)
 }
@@ -325,7 +342,7 @@ fn gemm_micro<O: OutElem>(
     a: &[&PackedA],
     b: &[&PackedB],
     ep: Epilogue,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
 ) {
     assert!(!a.is_empty());
     let (m, k, n) = (a[0].m, a[0].k, b[0].n);
@@ -378,7 +395,7 @@ pub(crate) unsafe fn gemm_serial<O: OutElem>(
     let micro = Backend::current().micro();
     for ti in 0..m.div_ceil(MC) {
         for tj in 0..n.div_ceil(NC) {
-            task(micro, a, b, ti, tj, ep, OutPtr(out), ldo);
+            task(micro, a, b, ti, tj, ep, OutPtr::<O>(out.cast()), ldo);
         }
     }
 }
@@ -480,8 +497,7 @@ fn task<O: OutElem>(
             let src = &mut acc[r * NC..r * NC + cols];
             // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's
             // block; no other task writes this tile.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
+            let dst = unsafe { slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
             let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
             let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
             epilogue_row(src, bias, ep.gelu, residual, dst);
@@ -497,6 +513,13 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `out` as the GEMM's output slots. The tests fill their outputs first (NaN, zeros) and
+    /// read them after, so an element the GEMM failed to write shows.
+    pub(super) fn slots<O>(out: &mut [O]) -> &mut [MaybeUninit<O>] {
+        // SAFETY: the GEMM writes only initialised values into the slots.
+        unsafe { &mut *(out as *mut [O] as *mut [MaybeUninit<O>]) }
+    }
 
     /// Deterministic values in [-2, 2) with plenty of bits below bf16's 8.
     pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -619,7 +642,7 @@ mod tests {
                     };
                     let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
                     let mut out = vec![f32::NAN; m * n];
-                    gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), &mut out);
+                    gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), slots(&mut out));
                     let what = format!("{name} ta={ta} tb={tb}");
                     check(&out, &a, &b, (m, k, n), None, false, &what);
                 }
@@ -663,9 +686,9 @@ mod tests {
                     residual: None,
                 };
                 let mut out = vec![0f32; batch * m * n];
-                gemm_micro(micro, &ra, &rb, ep, &mut out);
+                gemm_micro(micro, &ra, &rb, ep, slots(&mut out));
                 let mut out16 = vec![bf16::ZERO; batch * m * n];
-                gemm_micro(micro, &ra, &rb, ep, &mut out16);
+                gemm_micro(micro, &ra, &rb, ep, slots(&mut out16));
                 for e in 0..batch {
                     let what = format!("{name} entry {e} gelu={gelu}");
                     let got = &out[e * m * n..(e + 1) * m * n];
@@ -678,7 +701,13 @@ mod tests {
             }
             // One B shared by the batch gives each entry's own product.
             let mut shared = vec![0f32; batch * m * n];
-            gemm_micro(micro, &ra, &rb[..1], Epilogue::default(), &mut shared);
+            gemm_micro(
+                micro,
+                &ra,
+                &rb[..1],
+                Epilogue::default(),
+                slots(&mut shared),
+            );
             for e in 0..batch {
                 let got = &shared[e * m * n..(e + 1) * m * n];
                 check(got, &a[e], &b[0], (m, k / 2, n), None, false, "shared B");
@@ -708,7 +737,7 @@ mod tests {
         let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
         let run = |micro| {
             let mut out = vec![0f32; m * n];
-            gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), &mut out);
+            gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), slots(&mut out));
             out
         };
         let (_, emulated) = kernels().pop().expect("the emulation is listed last");

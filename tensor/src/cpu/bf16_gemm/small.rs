@@ -29,6 +29,7 @@ use super::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Elements of B below which it is packed on the calling thread (a rayon split costs more).
 const SERIAL_PACK: usize = 1 << 15;
@@ -106,14 +107,14 @@ fn pack_b<T: Bf16Source>(src: Strided<T>, k: usize, n: usize, pad: Padded, dst: 
 
 /// `out[e]` (row-major [m, n]) = epilogue(`a[e]` `b[e]`) for every batch entry e, with the
 /// current backend, the operands read in place (any strides) and packed by the tasks (module
-/// doc). `b` has one entry (shared by the batch) or one per entry. The same sums as
+/// doc). Every element of `out` is written (it may start uninitialised). `b` has one entry (shared by the batch) or one per entry. The same sums as
 /// [`super::gemm`] up to the order of the f32 additions.
 pub fn gemm_strided<TA: Bf16Source, TB: Bf16Source, O: OutElem>(
     a: &[Strided<TA>],
     b: &[Strided<TB>],
     mkn: (usize, usize, usize),
     ep: Epilogue,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
 ) {
     gemm_strided_micro(Backend::current().micro(), a, b, mkn, ep, out)
 }
@@ -125,7 +126,7 @@ pub(super) fn gemm_strided_micro<TA: Bf16Source, TB: Bf16Source, O: OutElem>(
     b: &[Strided<TB>],
     (m, k, n): (usize, usize, usize),
     ep: Epilogue,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
 ) {
     check_shapes((a.len(), b.len()), (m, n), &ep, out);
     if m * n == 0 {
@@ -200,7 +201,7 @@ fn block<TA: Bf16Source, O: OutElem>(
     b: Panels,
     Dims { m, k, n, pad }: Dims,
     ep: Epilogue,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     sa: &mut Vec<u16>,
     acc: &mut Vec<f32>,
 ) {
@@ -261,7 +262,7 @@ mod tests {
     //! `bf16_gemm`'s own tests), for every kernel this CPU runs and the AMX emulation, and
     //! against the general driver ([`super::super::gemm_micro`]) bit for bit: both add the same
     //! products in the same order (k blocks of 256, pairs in order), the zero padding adds zeros.
-    use super::super::tests::{check, kernels, values};
+    use super::super::tests::{check, kernels, slots, values};
     use super::super::{gemm_micro, PackedA, PackedB};
     use super::*;
     use half::bf16;
@@ -296,12 +297,25 @@ mod tests {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     let (a, b) = (strided(&av, m, k, ta), strided(&bv, k, n, tb));
                     let mut out = vec![f32::NAN; m * n];
-                    gemm_strided_micro(micro, &[a], &[b], (m, k, n), Epilogue::default(), &mut out);
+                    gemm_strided_micro(
+                        micro,
+                        &[a],
+                        &[b],
+                        (m, k, n),
+                        Epilogue::default(),
+                        slots(&mut out),
+                    );
                     let what = format!("{name} small ta={ta} tb={tb}");
                     check(&out, &a, &b, (m, k, n), None, false, &what);
                     let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
                     let mut general = vec![0f32; m * n];
-                    gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), &mut general);
+                    gemm_micro(
+                        micro,
+                        &[&pa],
+                        &[&pb],
+                        Epilogue::default(),
+                        slots(&mut general),
+                    );
                     assert!(
                         general == out,
                         "{what} {m}x{k}x{n}: differs from the general driver"
@@ -345,9 +359,9 @@ mod tests {
                 for shared in [false, true] {
                     let bs = if shared { &b[..1] } else { &b[..] };
                     let mut out = vec![0f32; batch * m * n];
-                    gemm_strided_micro(micro, &a, bs, (m, kk, n), ep, &mut out);
+                    gemm_strided_micro(micro, &a, bs, (m, kk, n), ep, slots(&mut out));
                     let mut out16 = vec![bf16::ZERO; batch * m * n];
-                    gemm_strided_micro(micro, &a, bs, (m, kk, n), ep, &mut out16);
+                    gemm_strided_micro(micro, &a, bs, (m, kk, n), ep, slots(&mut out16));
                     for e in 0..batch {
                         let what = format!("{name} entry {e} gelu={gelu} shared={shared}");
                         let got = &out[e * m * n..(e + 1) * m * n];
