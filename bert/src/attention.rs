@@ -15,7 +15,8 @@
 //! and the checkpoint keep HF's three tensors), plus the `[3H]` bias, gives `[B, L, 3H]`, which
 //! `Var::fused_qkv_attention` reads as three strided views. On the CPU, inference under bf16
 //! autocast runs the three projections as one product too (`nn::layers::SideBySide`, the same
-//! bits as three) and the fused CPU attention on its views; otherwise the three `Linear`s.
+//! bits as three) and the fused CPU attention on its views, q, k, v and the context passed as
+//! bf16 (the rounding their products apply anyway); otherwise the three `Linear`s.
 
 use crate::config::BertConfig;
 use crate::init::Init;
@@ -95,9 +96,15 @@ impl BertSelfAttention {
         let heads = |y: Var| y.reshape(&[b, l, n, d])?.transpose(1, 2);
         let projections = [&self.query, &self.key, &self.value];
         let dropout_off = !ctx.train || self.dropout.p == 0.0;
-        if let (true, Some(qkv)) = (dropout_off, self.qkv_cpu.forward(&projections, x)?) {
+        let qkv = match dropout_off {
+            // q, k and v as bf16: the fused attention's packing rounds them to bf16 anyway.
+            true => self.qkv_cpu.forward(&projections, x, DType::BF16)?,
+            false => None,
+        };
+        if let Some(qkv) = qkv {
             // CPU bf16 inference: one product, then three strided views of it (the fused
-            // attention reads them in place).
+            // attention reads them in place, and writes the context as bf16 too: the output
+            // projection's operand).
             let view = |i: usize| heads(qkv.narrow(2, i * h, h)?);
             let (q, k, v) = (view(0)?, view(1)?, view(2)?);
             let scale = (d as f64).powf(-0.5);

@@ -27,7 +27,7 @@
 use crate::autocast::gemm_dtype;
 use crate::var::Var;
 use tensor::ops::attention::AttentionDropout;
-use tensor::{Device, Result, Rng, Tensor};
+use tensor::{DType, Device, Result, Rng, Tensor};
 
 /// False when `COTMAE_ATTENTION=composed` (see the module doc).
 fn flash_enabled() -> bool {
@@ -108,9 +108,9 @@ impl Var {
     }
 }
 
-/// Inference under bf16 autocast on the CPU (no gradient, no dropout, f32 CPU operands and
-/// mask): `Tensor::attention_bf16`, the composed path's bits without its [B, H, Sq, Sk]
-/// intermediates. None when that does not apply.
+/// Inference under bf16 autocast on the CPU (no gradient, no dropout, q, k, v all f32 or all
+/// bf16 on the CPU, an f32 mask): `Tensor::attention_bf16`, the composed path's bits without its
+/// [B, H, Sq, Sk] intermediates. None when that does not apply.
 fn fused_cpu_bf16(
     q: &Var,
     k: &Var,
@@ -120,9 +120,16 @@ fn fused_cpu_bf16(
     dropout: bool,
 ) -> Result<Option<Var>> {
     let (qt, kt, vt) = (q.value(), k.value(), v.value());
+    // bf16 q, k, v: the fused BERT projection hands them over rounded (what the packing does).
+    let operand = |t: &Tensor| {
+        matches!(t.dtype(), DType::F32 | DType::BF16)
+            && t.dtype() == qt.dtype()
+            && t.device() == Device::Cpu
+    };
     let applies = !dropout
         && !crate::is_grad_enabled()
-        && crate::autocast::cpu_bf16_products(&[qt, kt, vt])
+        && crate::autocast::autocast_dtype() == Some(DType::BF16)
+        && [qt, kt, vt].into_iter().all(operand)
         && mask.is_none_or(|m| crate::autocast::cpu_bf16_products(&[m]))
         && [qt, kt, vt].iter().all(|t| t.rank() == 4);
     if !applies {

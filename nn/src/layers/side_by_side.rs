@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::layers::Linear;
 use autograd::Var;
-use tensor::{PackedWeight, Result, Tensor};
+use tensor::{DType, PackedEpilogue, PackedWeight, Result, Tensor};
 
 /// (ids of the weights' and biases' `Var`s, W^T side by side packed, the biases concatenated).
 type Packed = (Vec<usize>, Arc<PackedWeight>, Option<Tensor>);
@@ -21,9 +21,10 @@ pub struct SideBySide {
 
 impl SideBySide {
     /// `x [.., in]` through every layer of `layers`, outputs side by side along the last dim
-    /// (`[.., Σ out]`), as one bf16 GEMM; None where that does not apply (gradients on, no bf16
+    /// (`[.., Σ out]`, written as `out`: f32, or bf16 for a consumer that rounds them anyway),
+    /// as one bf16 GEMM; None where that does not apply (gradients on, no bf16
     /// autocast, a non-CPU or non-f32 operand, some layers with a bias and some without).
-    pub fn forward(&self, layers: &[&Linear], x: &Var) -> Result<Option<Var>> {
+    pub fn forward(&self, layers: &[&Linear], x: &Var, out: DType) -> Result<Option<Var>> {
         let weights: Vec<Var> = layers.iter().map(|l| l.weight.var()).collect();
         let biases: Vec<Var> = layers
             .iter()
@@ -58,7 +59,13 @@ impl SideBySide {
         let k = *shape.last().unwrap_or(&0);
         let rows = x.value().elem_count() / k.max(1);
         let x2 = x.value().reshape(&[rows, k])?;
-        let y = x2.matmul_packed_bf16(&packed, bias.as_ref(), false)?;
+        let ep = PackedEpilogue {
+            bias: bias.as_ref(),
+            gelu: false,
+            residual: None,
+            out,
+        };
+        let y = x2.matmul_packed_bf16_with(&packed, &ep)?;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
         Ok(Some(Var::constant(y.reshape(&out_shape)?)))
@@ -92,7 +99,8 @@ mod tests {
         let check = |what: &str| {
             autograd::autocast(Some(DType::BF16), || {
                 autograd::no_grad(|| {
-                    let got = fused.forward(&refs, &x).unwrap().expect("applies");
+                    let got = fused.forward(&refs, &x, DType::F32).unwrap();
+                    let got = got.expect("applies");
                     let parts: Vec<Tensor> = layers
                         .iter()
                         .map(|l| l.forward(&x).unwrap().value().clone())
@@ -101,6 +109,10 @@ mod tests {
                     let want = Tensor::cat(&parts, 2).unwrap();
                     assert_eq!(got.shape(), want.shape(), "{what}");
                     assert_eq!(bits(got.value()), bits(&want), "{what}");
+                    // Written as bf16: the same values, rounded.
+                    let got16 = fused.forward(&refs, &x, DType::BF16).unwrap().unwrap();
+                    let want16 = want.to_dtype(DType::BF16).unwrap();
+                    assert_eq!(bits(got16.value()), bits(&want16), "{what}: bf16 out");
                 })
             })
         };
@@ -110,10 +122,12 @@ mod tests {
         w.set("weight", updated).unwrap();
         check("after a weight update");
         autograd::autocast(Some(DType::BF16), || {
-            assert!(fused.forward(&refs, &x).unwrap().is_none(), "gradients on");
+            let y = fused.forward(&refs, &x, DType::F32).unwrap();
+            assert!(y.is_none(), "gradients on");
         });
         autograd::no_grad(|| {
-            assert!(fused.forward(&refs, &x).unwrap().is_none(), "no autocast");
+            let y = fused.forward(&refs, &x, DType::F32).unwrap();
+            assert!(y.is_none(), "no autocast");
         });
     }
 }

@@ -19,24 +19,29 @@
 //! the copy that moved the heads back next to each other: the output is written as
 //! [B, Sq, H, D], what the attention output projection reads.
 //!
+//! q, k and v may be f32 or already bf16 (BERT's fused projection hands them over as bf16: the
+//! rounding their packing applies anyway); the output has their type.
+//!
 //! Inference only: training keeps the composed ops, whose saved probabilities the backward reads.
 
-use super::bf16_gemm::{gemm_serial, Epilogue, PackedA, PackedB, Strided};
+use super::bf16_gemm::Strided;
+use super::bf16_gemm::{filled, gemm_serial, Bf16Source, Epilogue, OutElem, PackedA, PackedB};
 use super::softmax::{softmax_rows_in_place, RowMask};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A [B, H, S, D] operand read in place: element (b, h, s, d) at
 /// `data[offset + b * strides[0] + h * strides[1] + s * strides[2] + d * strides[3]]`.
 #[derive(Clone, Copy)]
-pub struct Heads<'a> {
-    pub data: &'a [f32],
+pub struct Heads<'a, T> {
+    pub data: &'a [T],
     pub offset: usize,
     pub strides: [usize; 4],
 }
 
-impl<'a> Heads<'a> {
+impl<'a, T> Heads<'a, T> {
     /// Head (b, h) as an [S, D] matrix.
-    fn head(&self, b: usize, h: usize) -> Strided<'a, f32> {
+    fn head(&self, b: usize, h: usize) -> Strided<'a, T> {
         Strided {
             data: self.data,
             offset: self.offset + b * self.strides[0] + h * self.strides[1],
@@ -59,33 +64,33 @@ pub struct Dims {
 
 /// An output pointer shared by the (batch, head) tasks, which write disjoint elements.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+struct Out<T>(*mut T);
 // SAFETY: task (b, h) writes only out[b, :, h, :] (see `attention_bf16`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
 
-impl Out {
+impl<T> Out<T> {
     /// The pointer `count` elements on (a method, so closures capture the whole `Out`).
     ///
     /// # Safety
     /// The result stays inside the output.
-    unsafe fn add(self, count: usize) -> *mut f32 {
+    unsafe fn add(self, count: usize) -> *mut T {
         // SAFETY: the caller's contract.
         unsafe { self.0.add(count) }
     }
 }
 
 /// softmax(q k^T * scale + mask) v for every (batch, head) (module doc), returned as
-/// [B, Sq, H, Dv] f32. `mask` rows are indexed by (b, h, i) flattened, as `softmax_last`'s over
-/// the [B, H, Sq, Sk] scores.
-pub fn attention_bf16(
-    q: Heads,
-    k: Heads,
-    v: Heads,
+/// [B, Sq, H, Dv] in q, k and v's type. `mask` rows are indexed by (b, h, i) flattened, as
+/// `softmax_last`'s over the [B, H, Sq, Sk] scores.
+pub fn attention_bf16<T: Bf16Source + OutElem>(
+    q: Heads<T>,
+    k: Heads<T>,
+    v: Heads<T>,
     dims: Dims,
     mask: Option<&RowMask<'_, f32>>,
     scale: f32,
-) -> Vec<f32> {
+) -> Vec<T> {
     let Dims {
         batch,
         heads,
@@ -94,36 +99,38 @@ pub fn attention_bf16(
         d,
         dv,
     } = dims;
-    let mut out = vec![0f32; batch * sq * heads * dv];
-    let dst = Out(out.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each(|e| {
-        let (b, h) = (e / heads, e % heads);
-        let qp = PackedA::pack(q.head(b, h), sq, d);
-        // k^T as a [D, Sk] matrix: the same element walk with the two strides swapped.
-        let kt = Strided {
-            rs: k.strides[3],
-            cs: k.strides[2],
-            ..k.head(b, h)
-        };
-        let kp = PackedB::pack(kt, d, sk);
-        let mut s = vec![0f32; sq * sk];
-        // SAFETY: `s` holds sq rows of sk; this task owns it.
-        unsafe { gemm_serial(&qp, &kp, Epilogue::default(), s.as_mut_ptr(), sk) };
-        softmax_rows_in_place(&mut s, sk.max(1), e * sq, mask, scale);
-        let probs = Strided {
-            data: &s,
-            offset: 0,
-            rs: sk,
-            cs: 1,
-        };
-        let pp = PackedA::pack(probs, sq, sk);
-        let vp = PackedB::pack(v.head(b, h), sk, dv);
-        // SAFETY: out[b, i, h, :] for i < sq starts at ((b * sq + i) * heads + h) * dv, rows
-        // heads * dv apart, the last ending inside `out`; only this task writes head h of b.
-        unsafe {
-            let o = dst.add((b * sq * heads + h) * dv);
-            gemm_serial(&pp, &vp, Epilogue::default(), o, heads * dv);
-        }
-    });
-    out
+    let all_heads = |out: &mut [MaybeUninit<T>]| {
+        let dst = Out(out.as_mut_ptr().cast::<T>());
+        (0..batch * heads).into_par_iter().for_each(|e| {
+            let (b, h) = (e / heads, e % heads);
+            let qp = PackedA::pack(q.head(b, h), sq, d);
+            // k^T as a [D, Sk] matrix: the same element walk with the two strides swapped.
+            let kt = Strided {
+                rs: k.strides[3],
+                cs: k.strides[2],
+                ..k.head(b, h)
+            };
+            let kp = PackedB::pack(kt, d, sk);
+            let mut s = vec![0f32; sq * sk];
+            // SAFETY: `s` holds sq rows of sk; this task owns it.
+            unsafe { gemm_serial(&qp, &kp, Epilogue::default(), s.as_mut_ptr(), sk) };
+            softmax_rows_in_place(&mut s, sk.max(1), e * sq, mask, scale);
+            let probs = Strided {
+                data: &s,
+                offset: 0,
+                rs: sk,
+                cs: 1,
+            };
+            let pp = PackedA::pack(probs, sq, sk);
+            let vp = PackedB::pack(v.head(b, h), sk, dv);
+            // SAFETY: out[b, i, h, :] for i < sq starts at ((b * sq + i) * heads + h) * dv, rows
+            // heads * dv apart, the last ending inside `out`; only this task writes head h of b.
+            unsafe {
+                let o = dst.add((b * sq * heads + h) * dv);
+                gemm_serial(&pp, &vp, Epilogue::default(), o, heads * dv);
+            }
+        });
+    };
+    // SAFETY: task (b, h) writes out[b, i, h, :] for every i < sq: together, all of it.
+    unsafe { filled(batch * sq * heads * dv, all_heads) }
 }

@@ -5,10 +5,13 @@
 
 use super::softmax::{check_dtype, prepare_mask};
 use crate::cpu::attention_bf16::{self as kernel, Dims, Heads};
-use crate::{DType, Result, Tensor};
+use crate::cpu::bf16_gemm::{Bf16Source, OutElem};
+use crate::cpu::softmax::RowMask;
+use crate::{DType, Error, Result, Tensor, WithDType};
+use half::bf16;
 
-/// `t`'s f32 CPU elements as a [`Heads`] view.
-fn heads<'a>(op: &'static str, t: &'a Tensor) -> Result<Heads<'a>> {
+/// `t`'s CPU elements (of type `T`) as a [`Heads`] view.
+fn heads<'a, T: WithDType>(op: &'static str, t: &'a Tensor) -> Result<Heads<'a, T>> {
     let l = t.layout();
     let strides = [
         l.strides()[0],
@@ -17,16 +20,17 @@ fn heads<'a>(op: &'static str, t: &'a Tensor) -> Result<Heads<'a>> {
         l.strides()[3],
     ];
     Ok(Heads {
-        data: t.cpu_storage(op)?.as_slice::<f32>(op)?,
+        data: t.cpu_storage(op)?.as_slice::<T>(op)?,
         offset: l.offset(),
         strides,
     })
 }
 
 impl Tensor {
-    /// q `[B, H, Sq, D]`, k `[B, H, Sk, D]`, v `[B, H, Sk, Dv]` (f32 CPU tensors, any strides)
-    /// and an f32 additive mask broadcast to `[B, H, Sq, Sk]`: returns `[B, H, Sq, Dv]` f32, a
-    /// view of a `[B, Sq, H, Dv]` buffer (so `transpose(1, 2)` of it is contiguous).
+    /// q `[B, H, Sq, D]`, k `[B, H, Sk, D]`, v `[B, H, Sk, Dv]` (CPU tensors, any strides, all
+    /// three f32 or all three bf16) and an f32 additive mask broadcast to `[B, H, Sq, Sk]`:
+    /// returns `[B, H, Sq, Dv]` in q's dtype, a view of a `[B, Sq, H, Dv]` buffer (so
+    /// `transpose(1, 2)` of it is contiguous).
     pub fn attention_bf16(
         q: &Tensor,
         k: &Tensor,
@@ -35,8 +39,19 @@ impl Tensor {
         scale: f64,
     ) -> Result<Tensor> {
         const OP: &str = "attention_bf16";
+        if !matches!(q.dtype(), DType::F32 | DType::BF16) {
+            return Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: q.dtype(),
+            });
+        }
+        for t in [k, v] {
+            check_dtype(OP, q.dtype(), t)?;
+        }
+        if let Some(m) = mask {
+            check_dtype(OP, DType::F32, m)?;
+        }
         for t in [q, k, v].into_iter().chain(mask) {
-            check_dtype(OP, DType::F32, t)?;
             if !t.device().is_cpu() {
                 crate::bail!(
                     OP,
@@ -81,15 +96,23 @@ impl Tensor {
         let _p = crate::profiler::scope(OP)
             .io(&[q, k, v], &[b, h, sq, dv])
             .flops(flops);
-        let out = kernel::attention_bf16(
-            heads(OP, q)?,
-            heads(OP, k)?,
-            heads(OP, v)?,
-            dims,
-            rows.as_ref(),
-            scale as f32,
-        );
-        Tensor::from_vec(out, &[b, sq, h, dv])?.transpose(1, 2)
+        /// The kernel on q, k, v of element type `T`, as a [B, Sq, H, Dv] tensor.
+        fn run<T: WithDType + Bf16Source + OutElem>(
+            [q, k, v]: [&Tensor; 3],
+            dims: Dims,
+            rows: Option<&RowMask<'_, f32>>,
+            scale: f32,
+        ) -> Result<Tensor> {
+            let (q, k, v) = (heads(OP, q)?, heads(OP, k)?, heads(OP, v)?);
+            let out = kernel::attention_bf16::<T>(q, k, v, dims, rows, scale);
+            Tensor::from_vec(out, &[dims.batch, dims.sq, dims.heads, dims.dv])
+        }
+        let qkv = [q, k, v];
+        let out = match q.dtype() {
+            DType::BF16 => run::<bf16>(qkv, dims, rows.as_ref(), scale as f32)?,
+            _ => run::<f32>(qkv, dims, rows.as_ref(), scale as f32)?,
+        };
+        out.transpose(1, 2)
     }
 }
 
@@ -156,6 +179,16 @@ mod tests {
                 );
                 // Written as [B, Sq, H, Dv]: the heads side by side without a copy.
                 assert!(got.transpose(1, 2).unwrap().is_contiguous());
+                // q, k, v handed over as bf16 (what their packing rounds them to anyway): the
+                // same result, rounded to bf16.
+                let [q16, k16, v16] = [&q, &k, &v].map(|t| t.to_dtype(DType::BF16).unwrap());
+                let got16 = Tensor::attention_bf16(&q16, &k16, &v16, mask, scale).unwrap();
+                assert_eq!(got16.dtype(), DType::BF16);
+                let want16 = want.to_dtype(DType::BF16).unwrap();
+                assert!(
+                    crate::testing::bits(&got16) == crate::testing::bits(&want16),
+                    "case {case}: bf16 q, k, v differ from the composed ops on f32 ones"
+                );
             }
         }
     }
@@ -172,6 +205,11 @@ mod tests {
         );
         let q64 = q.to_dtype(DType::F64).unwrap();
         assert!(Tensor::attention_bf16(&q64, &k, &v, None, 1.0).is_err());
+        let q16 = q.to_dtype(DType::BF16).unwrap();
+        assert!(
+            Tensor::attention_bf16(&q16, &k, &v, None, 1.0).is_err(),
+            "q bf16, k and v f32"
+        );
         let bad_mask = Tensor::zeros(&[1, 1, 1, 5], DType::F32, crate::Device::Cpu).unwrap();
         assert!(Tensor::attention_bf16(&q, &k, &v, Some(&bad_mask), 1.0).is_err());
     }
