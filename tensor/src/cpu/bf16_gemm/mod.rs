@@ -247,8 +247,8 @@ impl OutElem for bf16 {
 
 multiversion! {
     /// One row of the epilogue: `dst[c]` = out(gelu?(`acc[c]` + `bias[c]`) + `residual[c]`),
-    /// one step per pass over the row (in L1), in 16 lanes where the CPU has them (the scalar
-    /// build would call libm's `fmaf` for every GELU step).
+    /// in 16 lanes where the CPU has them (the scalar build would call libm's `fmaf` for every
+    /// GELU step).
     fn epilogue_row<O: OutElem>(
         acc: &mut [f32],
         bias: Option<&[f32]>,
@@ -256,17 +256,37 @@ multiversion! {
         residual: Option<&[f32]>,
         dst: &mut [MaybeUninit<O>],
     ) {
-        if let Some(b) = bias {
-            acc.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
-        }
-        if gelu {
-            acc.iter_mut().for_each(|v| *v = v.gelu());
-        }
-        if let Some(r) = residual {
-            acc.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
-        }
-        for (d, &v) in dst.iter_mut().zip(acc.iter()) {
+        let out = |d: &mut MaybeUninit<O>, v: f32| {
             d.write(O::from_f32(v));
+        };
+        // BERT's four cases as one pass each (the sums straight to the output); any other
+        // combination one step per pass. Same operations in the same order either way.
+        match (bias, gelu, residual) {
+            (None, false, None) => dst.iter_mut().zip(acc.iter()).for_each(|(d, &v)| out(d, v)),
+            (Some(b), false, None) => {
+                let each = dst.iter_mut().zip(acc.iter()).zip(b);
+                each.for_each(|((d, &v), &bj)| out(d, v + bj))
+            }
+            (Some(b), true, None) => {
+                let each = dst.iter_mut().zip(acc.iter()).zip(b);
+                each.for_each(|((d, &v), &bj)| out(d, (v + bj).gelu()))
+            }
+            (Some(b), false, Some(r)) => {
+                let each = dst.iter_mut().zip(acc.iter()).zip(b).zip(r);
+                each.for_each(|(((d, &v), &bj), &x)| out(d, v + bj + x))
+            }
+            _ => {
+                if let Some(b) = bias {
+                    acc.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
+                }
+                if gelu {
+                    acc.iter_mut().for_each(|v| *v = v.gelu());
+                }
+                if let Some(r) = residual {
+                    acc.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
+                }
+                dst.iter_mut().zip(acc.iter()).for_each(|(d, &v)| out(d, v));
+            }
         }
     }
 }
