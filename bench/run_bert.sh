@@ -5,6 +5,7 @@
 # round on each side (see bench/compare.py). Prints the ratios. usage: bench/run_bert.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh torch transformers
 threads="${1:-2}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

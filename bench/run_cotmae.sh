@@ -11,6 +11,7 @@
 #   eager attention instead of sdpa.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh torch transformers
 threads="${1:-2}"
 shift || true
 [ "${1:-}" = "--" ] && shift

@@ -4,6 +4,7 @@
 # usage: bench/run_linear.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh torch
 threads="${1:-2}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

@@ -4,6 +4,7 @@
 # each op keeps its best round on each side. usage: bench/run_ops.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh torch
 threads="${1:-2}"
 out="$(mktemp -d)"
 cargo build --release -p bench --bin ops >&2

@@ -6,6 +6,7 @@
 # usage: bench/run_search.sh [THREADS [NQ NC DIM [DEPTH]]]    (needs pip install faiss-cpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh faiss numpy
 threads="${1:-2}" nq="${2:-1000}" nc="${3:-200000}" dim="${4:-768}" depth="${5:-1000}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

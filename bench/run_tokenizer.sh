@@ -3,6 +3,7 @@
 # same thread count; both print an ids hash, which must agree. usage: bench/run_tokenizer.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/require_python.sh tokenizers transformers
 threads="${1:-2}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
