@@ -115,12 +115,7 @@ pub fn attention_bf16<T: Bf16Source + OutElem>(
             // SAFETY: `s` holds sq rows of sk; this task owns it.
             unsafe { gemm_serial(&qp, &kp, Epilogue::default(), s.as_mut_ptr(), sk) };
             softmax_rows_in_place(&mut s, sk.max(1), e * sq, mask, scale);
-            let probs = Strided {
-                data: &s,
-                offset: 0,
-                rs: sk,
-                cs: 1,
-            };
+            let probs = Strided::rows(&s, sk);
             let pp = PackedA::pack(probs, sq, sk);
             let vp = PackedB::pack(v.head(b, h), sk, dv);
             // SAFETY: out[b, i, h, :] for i < sq starts at ((b * sq + i) * heads + h) * dv, rows

@@ -176,26 +176,8 @@ fn agrees_with_portable() -> bool {
     let val = |i: usize| ((i * 7919 % 613) as f32 - 306.0) / 64.0;
     let a: Vec<f32> = (0..m * k).map(val).collect();
     let b: Vec<f32> = (0..k * n).map(|i| val(i + 11)).collect();
-    let pa = PackedA::pack(
-        Strided {
-            data: &a,
-            offset: 0,
-            rs: k,
-            cs: 1,
-        },
-        m,
-        k,
-    );
-    let pb = PackedB::pack(
-        Strided {
-            data: &b,
-            offset: 0,
-            rs: n,
-            cs: 1,
-        },
-        k,
-        n,
-    );
+    let pa = PackedA::pack(Strided::rows(&a, k), m, k);
+    let pb = PackedB::pack(Strided::rows(&b, n), k, n);
     // SAFETY: the product writes all of its output.
     let run = |backend| unsafe {
         filled::<f32>(m * n, |out| {
@@ -638,12 +620,7 @@ mod tests {
                             cs: m,
                         }
                     } else {
-                        Strided {
-                            data: &av,
-                            offset: 0,
-                            rs: k,
-                            cs: 1,
-                        }
+                        Strided::rows(&av, k)
                     };
                     let b = if tb {
                         Strided {
@@ -653,12 +630,7 @@ mod tests {
                             cs: k,
                         }
                     } else {
-                        Strided {
-                            data: &bv,
-                            offset: 0,
-                            rs: n,
-                            cs: 1,
-                        }
+                        Strided::rows(&bv, n)
                     };
                     let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
                     let mut out = vec![f32::NAN; m * n];
@@ -742,12 +714,7 @@ mod tests {
     fn amx_emulation_equals_the_portable_kernel_bit_for_bit() {
         let (m, k, n) = (70, 1600, 83); // 3 row micro-tiles, 3 k blocks, an odd panel count
         let (av, bv) = (values(m * k, 40), values(k * n, 41));
-        let a = Strided {
-            data: &av,
-            offset: 0,
-            rs: k,
-            cs: 1,
-        };
+        let a = Strided::rows(&av, k);
         let b = Strided {
             data: &bv,
             offset: 0,

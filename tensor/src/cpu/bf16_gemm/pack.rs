@@ -38,6 +38,18 @@ pub struct Strided<'a, T> {
     pub cs: usize,
 }
 
+impl<'a, T> Strided<'a, T> {
+    /// A row-major matrix at the start of `data`: rows `rs` elements apart, columns adjacent.
+    pub fn rows(data: &'a [T], rs: usize) -> Strided<'a, T> {
+        Strided {
+            data,
+            offset: 0,
+            rs,
+            cs: 1,
+        }
+    }
+}
+
 impl<T: Copy> Strided<'_, T> {
     #[inline(always)]
     pub(crate) fn at(&self, i: usize, j: usize) -> T {
@@ -377,16 +389,7 @@ mod tests {
                     col_major[3 + l * ld + i] = value(i, l);
                 }
             }
-            let want = PackedA::pack(
-                Strided {
-                    data: &row_major,
-                    offset: 0,
-                    rs: k,
-                    cs: 1,
-                },
-                m,
-                k,
-            );
+            let want = PackedA::pack(Strided::rows(&row_major, k), m, k);
             let got = PackedA::pack(
                 Strided {
                     data: &col_major,
@@ -400,16 +403,7 @@ mod tests {
             assert!(got.data == want.data, "{m}x{k}");
             // The same matrices as B [m, k]: W^T-like (columns along memory) packs like
             // row-major B, full panels through the transposes.
-            let want = PackedB::pack(
-                Strided {
-                    data: &row_major,
-                    offset: 0,
-                    rs: k,
-                    cs: 1,
-                },
-                m,
-                k,
-            );
+            let want = PackedB::pack(Strided::rows(&row_major, k), m, k);
             let col_major_t: Vec<f32> = (0..m * k).map(|e| value(e % m, e / m)).collect();
             let got = PackedB::pack(
                 Strided {
@@ -430,12 +424,7 @@ mod tests {
         // B [3, 17] row-major: b(l, j) = 100 l + j, exactly representable in bf16.
         let (k, n) = (3, 17);
         let b: Vec<f32> = (0..k * n).map(|i| (100 * (i / n) + i % n) as f32).collect();
-        let src = Strided {
-            data: &b,
-            offset: 0,
-            rs: n,
-            cs: 1,
-        };
+        let src = Strided::rows(&b, n);
         let p = PackedB::pack(src, k, n);
         assert_eq!((p.kp, p.panels), (32, 2));
         let get = |panel: usize, pair: usize, c: usize, h: usize| {
