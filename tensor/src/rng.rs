@@ -63,15 +63,21 @@ pub fn uniform_mask(seed: u64, offset: u64, n: usize, p: f32, below: u8) -> Vec<
         for (q, quad) in rest.chunks_mut(4).enumerate() {
             let w = philox_block(seed, first + q as u64);
             for (x, &word) in quad.iter_mut().zip(&w) {
-                *x = if word_to_unit(word) < p {
-                    below
-                } else {
-                    1 - below
-                };
+                *x = mask_value(word, p, below);
             }
         }
     });
     m
+}
+
+/// One mask value from one Philox word: `below` where its uniform is under `p`.
+#[inline(always)]
+fn mask_value(word: u32, p: f32, below: u8) -> u8 {
+    if word_to_unit(word) < p {
+        below
+    } else {
+        1 - below
+    }
 }
 
 /// Philox blocks computed side by side by [`mask_lanes`]: 16 u32 lanes, one zmm per word.
@@ -100,7 +106,7 @@ crate::cpu::simd::multiversion! {
             }
             for (l, quad) in group.chunks_exact_mut(4).enumerate() {
                 for (x, word) in quad.iter_mut().zip([x0[l], x1[l], x2[l], x3[l]]) {
-                    *x = T::from(if word_to_unit(word) < p { below } else { 1 - below });
+                    *x = T::from(mask_value(word, p, below));
                 }
             }
         }

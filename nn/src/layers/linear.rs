@@ -114,7 +114,7 @@ impl Linear {
             }
         };
         let bias = self.bias.as_ref().map(|b| b.var().value().clone());
-        let y = self.apply(x, |x2| {
+        let y = on_rows(x, |x2| {
             let residual = residual
                 .map(|r| r.value().reshape(&[x2.shape()[0], packed.shape()[1]]))
                 .transpose()?;
@@ -158,7 +158,7 @@ impl Linear {
         if let Some(y) = self.forward_half(x, false)? {
             return Ok(y);
         }
-        self.apply(x, |x2| match &self.bias {
+        on_rows(x, |x2| match &self.bias {
             Some(b) => x2.matmul_bias(&self.weight_t()?, &b.var()),
             None => x2.matmul(&self.weight_t()?),
         })
@@ -173,7 +173,7 @@ impl Linear {
         if let Some(y) = self.forward_half(x, true)? {
             return Ok(y);
         }
-        self.apply(x, |x2| match &self.bias {
+        on_rows(x, |x2| match &self.bias {
             Some(b) => x2.matmul_bias_gelu(&self.weight_t()?, &b.var()),
             None => x2.matmul(&self.weight_t()?)?.gelu(),
         })
@@ -185,24 +185,25 @@ impl Linear {
         if autocast_half(x).is_none() || w.dtype() != DType::F32 || w.device() == Device::Cpu {
             return Ok(None);
         }
-        self.apply(x, |x2| {
+        on_rows(x, |x2| {
             half_copy_product(x2, &self.weight, self.bias.as_ref(), gelu)?
                 .ok_or_else(|| tensor::Error::op("Linear", "no half-precision product applies"))
         })
         .map(Some)
     }
+}
 
-    /// `f(x2)` on x flattened to [rows, in], reshaped back to x's leading dims.
-    fn apply(&self, x: &Var, f: impl FnOnce(&Var) -> Result<Var>) -> Result<Var> {
-        let shape = x.shape().to_vec();
-        let in_features = *shape.last().unwrap_or(&0);
-        let rows = x.value().elem_count() / in_features.max(1);
-        let x2 = x.reshape(&[rows, in_features])?;
-        let y = f(&x2)?;
-        let mut out_shape = shape;
-        *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
-        y.reshape(&out_shape)
-    }
+/// `f(x2)` on x flattened to [rows, in], reshaped back to x's leading dims (a linear layer's
+/// product on any number of leading dims).
+pub(crate) fn on_rows(x: &Var, f: impl FnOnce(&Var) -> Result<Var>) -> Result<Var> {
+    let shape = x.shape().to_vec();
+    let in_features = *shape.last().unwrap_or(&0);
+    let rows = x.value().elem_count() / in_features.max(1);
+    let x2 = x.reshape(&[rows, in_features])?;
+    let y = f(&x2)?;
+    let mut out_shape = shape;
+    *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
+    y.reshape(&out_shape)
 }
 
 impl Module for Linear {

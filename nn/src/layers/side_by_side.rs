@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::layers::linear::on_rows;
 use crate::layers::Linear;
 use autograd::Var;
 use tensor::{DType, PackedEpilogue, PackedWeight, Result, Tensor};
@@ -55,20 +56,17 @@ impl SideBySide {
                 }
             }
         };
-        let shape = x.shape().to_vec();
-        let k = *shape.last().unwrap_or(&0);
-        let rows = x.value().elem_count() / k.max(1);
-        let x2 = x.value().reshape(&[rows, k])?;
         let ep = PackedEpilogue {
             bias: bias.as_ref(),
             gelu: false,
             residual: None,
             out,
         };
-        let y = x2.matmul_packed_bf16_with(&packed, &ep)?;
-        let mut out_shape = shape;
-        *out_shape.last_mut().expect("rank >= 1") = y.shape()[1];
-        Ok(Some(Var::constant(y.reshape(&out_shape)?)))
+        let y = on_rows(x, |x2| {
+            let y = x2.value().matmul_packed_bf16_with(&packed, &ep)?;
+            Ok(Var::constant(y))
+        })?;
+        Ok(Some(y))
     }
 }
 

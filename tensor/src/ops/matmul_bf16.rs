@@ -306,7 +306,7 @@ fn product<O: OutElem>(
         bf16_gemm::gemm(&ra_, &rb_, ep, out)
     };
     // SAFETY: each path is one GEMM over the whole [entries, m, n] output, which writes all of it.
-    Ok((unsafe { bf16_gemm::filled(entries * m * n, fill) }, shape))
+    Ok((unsafe { filled(entries * m * n, fill) }, shape))
 }
 
 /// The profiler scope of a bf16 product `lhs [.., m, k] @ rhs [.., k, n]` (batch from the

@@ -208,6 +208,23 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
+impl Epilogue<'_> {
+    /// `dst` = the epilogue of `acc`, the sums of row i, columns j0 .. j0 + acc.len() of an
+    /// [m, n] product (the bias and residual sliced to match).
+    fn row<O: OutElem>(
+        &self,
+        acc: &mut [f32],
+        (i, j0): (usize, usize),
+        n: usize,
+        dst: &mut [MaybeUninit<O>],
+    ) {
+        let cols = acc.len();
+        let bias = self.bias.map(|b| &b[j0..j0 + cols]);
+        let residual = self.residual.map(|x| &x[i * n + j0..][..cols]);
+        epilogue_row(acc, bias, self.gelu, residual, dst);
+    }
+}
+
 /// Output element types.
 pub trait OutElem: Copy + Send + Sync {
     fn from_f32(x: f32) -> Self;
@@ -500,9 +517,7 @@ fn task<O: OutElem>(
             // SAFETY: row i0 + r < m, columns j0 .. j0 + cols <= n <= ldo of this entry's
             // block; no other task writes this tile.
             let dst = unsafe { slice::from_raw_parts_mut(out.0.add((i0 + r) * ldo + j0), cols) };
-            let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
-            let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
-            epilogue_row(src, bias, ep.gelu, residual, dst);
+            ep.row(src, (i0 + r, j0), n, dst);
         }
     });
 }
@@ -521,6 +536,18 @@ mod tests {
     pub(super) fn slots<O>(out: &mut [O]) -> &mut [MaybeUninit<O>] {
         // SAFETY: the GEMM writes only initialised values into the slots.
         unsafe { &mut *(out as *mut [O] as *mut [MaybeUninit<O>]) }
+    }
+
+    /// A [r, c] operand over `data`: row-major, or (`transposed`) the same values stored
+    /// column-major.
+    pub(super) fn strided(data: &[f32], r: usize, c: usize, transposed: bool) -> Strided<'_, f32> {
+        let (rs, cs) = if transposed { (1, r) } else { (c, 1) };
+        Strided {
+            data,
+            offset: 0,
+            rs,
+            cs,
+        }
     }
 
     /// Deterministic values in [-2, 2) with plenty of bits below bf16's 8.
@@ -607,36 +634,28 @@ mod tests {
             (1000, 33, 17), // several row tiles
             (17, 15, 1000), // several column tiles
         ];
+        each_case(&sizes, 2, |micro, a, b, (m, k, n), what| {
+            let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
+            let mut out = vec![f32::NAN; m * n];
+            gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), slots(&mut out));
+            check(&out, &a, &b, (m, k, n), None, false, what);
+        });
+    }
+
+    /// `f(micro, a, b, (m, k, n), what)` for every kernel, every size and all four transposes
+    /// of fresh operands (entry s of `sizes` seeded from `seed_step * s`).
+    pub(super) fn each_case(
+        sizes: &[(usize, usize, usize)],
+        seed_step: u64,
+        f: impl Fn(Micro, Strided<f32>, Strided<f32>, (usize, usize, usize), &str),
+    ) {
         for (name, micro) in kernels() {
             for (s, &(m, k, n)) in sizes.iter().enumerate() {
-                let (av, bv) = (values(m * k, 2 * s as u64), values(k * n, 2 * s as u64 + 1));
+                let seed = seed_step * s as u64;
+                let (av, bv) = (values(m * k, seed), values(k * n, seed + 1));
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                    // A transposed operand is the same values stored column-major.
-                    let a = if ta {
-                        Strided {
-                            data: &av,
-                            offset: 0,
-                            rs: 1,
-                            cs: m,
-                        }
-                    } else {
-                        Strided::rows(&av, k)
-                    };
-                    let b = if tb {
-                        Strided {
-                            data: &bv,
-                            offset: 0,
-                            rs: 1,
-                            cs: k,
-                        }
-                    } else {
-                        Strided::rows(&bv, n)
-                    };
-                    let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
-                    let mut out = vec![f32::NAN; m * n];
-                    gemm_micro(micro, &[&pa], &[&pb], Epilogue::default(), slots(&mut out));
-                    let what = format!("{name} ta={ta} tb={tb}");
-                    check(&out, &a, &b, (m, k, n), None, false, &what);
+                    let (a, b) = (strided(&av, m, k, ta), strided(&bv, k, n, tb));
+                    f(micro, a, b, (m, k, n), &format!("{name} ta={ta} tb={tb}"));
                 }
             }
         }

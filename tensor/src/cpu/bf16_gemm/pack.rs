@@ -50,6 +50,18 @@ impl<'a, T> Strided<'a, T> {
     }
 }
 
+impl<'a, T: Bf16Source> Strided<'a, T> {
+    /// The same view, typed f32, when `T` is f32 (the register-transpose packing reads f32).
+    fn as_f32(self) -> Option<Strided<'a, f32>> {
+        T::as_f32(self.data).map(|data| Strided {
+            data,
+            offset: self.offset,
+            rs: self.rs,
+            cs: self.cs,
+        })
+    }
+}
+
 impl<T: Copy> Strided<'_, T> {
     #[inline(always)]
     pub(crate) fn at(&self, i: usize, j: usize) -> T {
@@ -220,20 +232,8 @@ multiversion! {
             // whole 16-row blocks of an f32 view through register transposes
             // (`transpose.rs`), the rest two columns at a time, filling adjacent halves of
             // each row.
-            let (rows_t, k_t) = match T::as_f32(src.data) {
-                Some(data) => super::transpose::pack_blocks(
-                    Strided {
-                        data,
-                        offset: src.offset,
-                        rs: src.rs,
-                        cs: src.cs,
-                    },
-                    i0,
-                    rows,
-                    k,
-                    kp,
-                    chunk,
-                ),
+            let (rows_t, k_t) = match src.as_f32() {
+                Some(view) => super::transpose::pack_blocks(view, i0, rows, k, kp, chunk),
                 None => (0, 0),
             };
             let column = |l: usize| {
@@ -284,25 +284,19 @@ multiversion! {
             // of an f32 view goes through register transposes (`transpose.rs`); otherwise
             // round each column in one vector pass, then move each pair (32 bits) to its
             // pair row.
-            let full = match (cols, T::as_f32(src.data)) {
-                (PANEL, Some(data)) => {
-                    let view = Strided {
-                        data,
-                        offset: src.offset,
-                        rs: src.rs,
-                        cs: src.cs,
-                    };
-                    super::transpose::pack_panel_blocks(view, j0, k, panel) == k
-                }
-                _ => false,
-            };
-            let mut column = vec![0u16; if full { 0 } else { 2 * k.div_ceil(2) }];
-            for c in (0..cols).filter(|_| !full) {
-                let start = src.offset + (j0 + c) * src.cs;
-                round_row(&src.data[start..start + k], &mut column[..k]);
-                let rows = panel.chunks_exact_mut(2 * PANEL);
-                for (pair_row, pair) in rows.zip(column.chunks_exact(2)) {
-                    pair_row[2 * c..2 * c + 2].copy_from_slice(pair);
+            let view = src.as_f32().filter(|_| cols == PANEL);
+            let full = view.is_some_and(|v| {
+                super::transpose::pack_panel_blocks(v, j0, k, panel) == k
+            });
+            if !full {
+                let mut column = vec![0u16; 2 * k.div_ceil(2)];
+                for c in 0..cols {
+                    let start = src.offset + (j0 + c) * src.cs;
+                    round_row(&src.data[start..start + k], &mut column[..k]);
+                    let rows = panel.chunks_exact_mut(2 * PANEL);
+                    for (pair_row, pair) in rows.zip(column.chunks_exact(2)) {
+                        pair_row[2 * c..2 * c + 2].copy_from_slice(pair);
+                    }
                 }
             }
         } else if src.cs == 1 {

@@ -15,7 +15,7 @@
 //!       A rows of the block -> scratch               A rows -> scratch, then as on the left
 //!       for each 192-column tile of C:
 //!         acc (scratch, rows x tile width; the first k block writes it)
-//!         for k0 in 0..kp step 256, panel groups, micro rows: kernel(acc += A . B)
+//!         for k0 in 0..kp step 768 (KC), panel groups, micro rows: kernel(acc += A . B)
 //!         epilogue: out rows = cast(gelu?(acc + bias) + residual)
 //! ```
 //!
@@ -23,10 +23,7 @@
 //! micro-kernel's height, B panels to an even count only for AMX (its kernel reads two).
 
 use super::pack::{pack_a_block, pack_b_panel, Bf16Source, Strided, K_PAD, PANEL};
-use super::{
-    amx, check_shapes, epilogue_row, tile_products, Backend, Epilogue, Micro, OutElem, MC,
-    NC_PANELS,
-};
+use super::{amx, check_shapes, tile_products, Backend, Epilogue, Micro, OutElem, MC, NC_PANELS};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -241,17 +238,9 @@ fn block<TA: Bf16Source, O: OutElem>(
         };
         let j0 = p0 * PANEL;
         let cols = (tile * PANEL).min(n - j0);
-        let bias = ep.bias.map(|b| &b[j0..j0 + cols]);
         for r in 0..rows {
             let dst = &mut out[r * n + j0..r * n + j0 + cols];
-            let residual = ep.residual.map(|x| &x[(i0 + r) * n + j0..][..cols]);
-            epilogue_row(
-                &mut acc[r * ldc..r * ldc + cols],
-                bias,
-                ep.gelu,
-                residual,
-                dst,
-            );
+            ep.row(&mut acc[r * ldc..r * ldc + cols], (i0 + r, j0), n, dst);
         }
     }
 }
@@ -261,22 +250,11 @@ mod tests {
     //! The small-product driver against the f64 product of the rounded operands (the checks of
     //! `bf16_gemm`'s own tests), for every kernel this CPU runs and the AMX emulation, and
     //! against the general driver ([`super::super::gemm_micro`]) bit for bit: both add the same
-    //! products in the same order (k blocks of 256, pairs in order), the zero padding adds zeros.
-    use super::super::tests::{check, kernels, slots, values};
+    //! products in the same order (the same k blocks, pairs in order), the zero padding adds zeros.
+    use super::super::tests::{check, each_case, kernels, slots, values};
     use super::super::{gemm_micro, PackedA, PackedB};
     use super::*;
     use half::bf16;
-
-    /// A [r, c] operand over `data`: row-major, or (`transposed`) stored column-major.
-    fn strided(data: &[f32], r: usize, c: usize, transposed: bool) -> Strided<'_, f32> {
-        let (rs, cs) = if transposed { (1, r) } else { (c, 1) };
-        Strided {
-            data,
-            offset: 0,
-            rs,
-            cs,
-        }
-    }
 
     #[test]
     fn every_kernel_every_transpose_odd_sizes_equal_to_the_general_driver() {
@@ -291,38 +269,20 @@ mod tests {
             (200, 33, 17), // several row blocks
             (17, 15, 400), // several column tiles
         ];
-        for (name, micro) in kernels() {
-            for (s, &(m, k, n)) in sizes.iter().enumerate() {
-                let (av, bv) = (values(m * k, 3 * s as u64), values(k * n, 3 * s as u64 + 1));
-                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                    let (a, b) = (strided(&av, m, k, ta), strided(&bv, k, n, tb));
-                    let mut out = vec![f32::NAN; m * n];
-                    gemm_strided_micro(
-                        micro,
-                        &[a],
-                        &[b],
-                        (m, k, n),
-                        Epilogue::default(),
-                        slots(&mut out),
-                    );
-                    let what = format!("{name} small ta={ta} tb={tb}");
-                    check(&out, &a, &b, (m, k, n), None, false, &what);
-                    let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
-                    let mut general = vec![0f32; m * n];
-                    gemm_micro(
-                        micro,
-                        &[&pa],
-                        &[&pb],
-                        Epilogue::default(),
-                        slots(&mut general),
-                    );
-                    assert!(
-                        general == out,
-                        "{what} {m}x{k}x{n}: differs from the general driver"
-                    );
-                }
-            }
-        }
+        each_case(&sizes, 3, |micro, a, b, (m, k, n), what| {
+            let mut out = vec![f32::NAN; m * n];
+            let ep = Epilogue::default();
+            gemm_strided_micro(micro, &[a], &[b], (m, k, n), ep, slots(&mut out));
+            let what = format!("{what} small");
+            check(&out, &a, &b, (m, k, n), None, false, &what);
+            let (pa, pb) = (PackedA::pack(a, m, k), PackedB::pack(b, k, n));
+            let mut general = vec![0f32; m * n];
+            gemm_micro(micro, &[&pa], &[&pb], ep, slots(&mut general));
+            assert!(
+                general == out,
+                "{what} {m}x{k}x{n}: differs from the general driver"
+            );
+        });
     }
 
     #[test]
