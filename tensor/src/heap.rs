@@ -7,12 +7,13 @@
 //! fresh pages, and the first write to each 4 KiB page is a page fault the kernel has to zero.
 //! glibc raises its mmap threshold as it sees big buffers freed, but the heap trimming keeps
 //! returning memory, so which step pays depends on the allocation order: `cotmae
-//! train-retriever` on the demo's data took 1.6 million faults and 4.5 s of system time in a
-//! 8 s run under `--bf16`, 0.4 million under f32.
+//! train-retriever` on the demo's data took 1.7 million faults and 4.4 s of system time in a
+//! 7.5 s run under `--bf16`, 0.5 million under f32
+//! (`docs/perf/2026-12-06-cpu-page-faults-heap-session9.txt`).
 //!
 //! [`keep_freed_memory`] tells glibc to serve buffers below 32 MiB from the heap and never to
 //! trim it: freed pages stay mapped and are handed to the next allocation already faulted in
-//! (31 thousand faults, 0.6 s of system time in the same run). The price is that the process
+//! (32 thousand faults, 0.5 s of system time in the same run). The price is that the process
 //! keeps its peak heap until it exits, which is what a training loop reaches again every step
 //! anyway. Buffers of 32 MiB and more still come from `mmap` (their faults are small next to
 //! the work done on them). Binaries call it once at the start of `main`; a library should not
